@@ -1,0 +1,51 @@
+"""Device selection and seeding, shared by every chapter (book ch3 and ch8: moving to the GPU)."""
+import random
+
+import numpy as np
+import torch
+
+from common.data import DataError
+
+
+def pick_device(name="auto"):
+    """`auto` -> cuda if present, else mps, else cpu; an explicit device that is absent is an error."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DataError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DataError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DataError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DataError(f"--device {name}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise DataError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    return device
+
+
+def add_device_argument(parser, default="auto"):
+    """The `--device` flag every script shares."""
+    parser.add_argument("--device", default=default,
+                        help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps (default: %(default)s)")
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (all devices) in one call."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def map_location(device):
+    """For torch.load: put every stored tensor on `device`, whatever device it was saved from."""
+    return torch.device(device)

@@ -1,0 +1,91 @@
+"""Chapter 4 bonus: audio as tensors, a bird chirp.  python ch04_data/audio.py
+
+Reads the 5-second ESC-50 clip (44.1 kHz, 220,500 int16 samples), turns it into a
+spectrogram (129 frequency bins x 984 time steps) with SciPy, and stacks a left and a
+right channel into a (2, 129, 984) "stereo" tensor: the clip is mono, so both channels are
+the same spectrogram, as in the book's notebook. Writes runs/ch04/audio.png.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import scipy.io.wavfile
+import scipy.signal
+import torch
+
+from common.data import DataError, add_data_dir_argument, book_file, run_cli
+
+CHIRP_WAV = "p1ch4/audio-chirp/1-100038-A-14.wav"
+
+
+def read_wav(path):
+    """(sample rate in Hz, (samples,) int16 tensor) for a mono WAV file."""
+    try:
+        rate, samples = scipy.io.wavfile.read(path)
+    except ValueError as e:
+        raise DataError(f"{path}: not a WAV file ({e})") from None
+    if samples.ndim != 1:
+        raise DataError(f"{path}: expected a mono clip, got {samples.shape[1]} channels")
+    return rate, torch.from_numpy(samples)
+
+
+def spectrogram(waveform, rate):
+    """(frequencies,), (times,) and (frequencies, times) power tensors (SciPy's defaults:
+    256-sample Tukey windows overlapping by 32 samples, so 129 one-sided frequency bins)."""
+    freqs, times, power = scipy.signal.spectrogram(waveform.numpy(), rate)
+    return torch.from_numpy(freqs), torch.from_numpy(times), torch.from_numpy(power)
+
+
+def stereo(left, right):
+    """Two (F, T) spectrograms -> (2, F, T), channel first like an image."""
+    return torch.stack((left, right), dim=0)
+
+
+def plot_audio(waveform, rate, freqs, times, power, out_dir):
+    """The waveform and its spectrogram in decibels."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True,
+                                   gridspec_kw={"height_ratios": (1, 2)})
+    seconds = np.arange(len(waveform)) / rate
+    ax1.plot(seconds, waveform.numpy(), linewidth=0.3)
+    ax1.set(title=f"1-100038-A-14.wav: {len(waveform):,} samples at {rate} Hz",
+            ylabel="amplitude")
+    db = 10 * torch.log10(power + 1e-10)       # power -> decibels; the floor avoids log(0)
+    mesh = ax2.pcolormesh(times.numpy(), freqs.numpy() / 1000, db.numpy(), shading="auto",
+                          vmin=float(db.max()) - 80)
+    fig.colorbar(mesh, ax=ax2, label="dB", orientation="horizontal", pad=0.15, shrink=0.6)
+    ax2.set(title=f"spectrogram {tuple(power.shape)} (frequency, time)",
+            xlabel="time (s)", ylabel="frequency (kHz)")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "audio.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_dir_argument(p)
+    p.add_argument("--out", default="runs/ch04", help="folder for audio.png")
+    args = p.parse_args(argv)
+
+    rate, waveform = read_wav(book_file(CHIRP_WAV, args.data_dir, name="audio-chirp"))
+    print(f"{rate} Hz, {len(waveform)} samples ({len(waveform) / rate:.2f} s), {waveform.dtype}")
+    freqs, times, power = spectrogram(waveform, rate)
+    print(f"spectrogram {tuple(power.shape)}: {len(freqs)} bins up to {freqs[-1]:.0f} Hz, "
+          f"{len(times)} time steps")
+    sp = stereo(power, power)                  # a mono clip: left = right
+    print(f"stereo stack {tuple(sp.shape)}")
+    png = plot_audio(waveform, rate, freqs, times, power, Path(args.out))
+    print(f"wrote {png}")
+    return {"rate": rate, "waveform": waveform, "freqs": freqs, "times": times,
+            "power": power, "stereo": sp, "png": png}
+
+
+if __name__ == "__main__":
+    run_cli(main)

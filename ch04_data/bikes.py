@@ -1,0 +1,124 @@
+"""Chapter 4.4: time series, the hourly bike sharing counts.  python ch04_data/bikes.py
+
+Loads hour-fixed.csv (17,520 hours x 17 columns, the day-of-month kept from the date),
+reshapes it into 730 days x 24 hours with a view, moves the hour axis last
+(N, C, L = 730, 17, 24), one-hot encodes the weather situation into 4 extra channels
+(21 in all), and rescales the weather and temperature columns. Writes runs/ch04/bikes.png
+(rentals by hour of the day).
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.data import DataError, add_data_dir_argument, book_file, run_cli
+
+HOUR_CSV = "p1ch4/bike-sharing-dataset/hour-fixed.csv"
+N_COLUMNS = 17
+DTEDAY, WORKINGDAY, WEATHERSIT, TEMP, CNT = 1, 8, 9, 10, 16   # column indices
+N_WEATHER = 4                      # weathersit runs 1 (clear) .. 4 (heavy rain)
+
+
+def load_hours(path):
+    """(17520, 17) float32 tensor; the date column becomes its day of the month."""
+    try:
+        table = np.loadtxt(path, dtype=np.float32, delimiter=",", skiprows=1,
+                           converters={DTEDAY: lambda s: float(s[8:10])})  # "2011-01-01" -> 1
+    except ValueError as e:
+        raise DataError(f"{path}: not the bike sharing hourly table ({e})") from None
+    if table.ndim != 2 or table.shape[1] != N_COLUMNS or table.shape[0] % 24:
+        raise DataError(f"{path}: expected whole days of {N_COLUMNS} columns, "
+                        f"got shape {table.shape}")
+    return torch.from_numpy(table)
+
+
+def to_days(bikes):
+    """(hours, C) -> (days, C, 24): a view into days, then the hour axis moved last."""
+    daily = bikes.view(-1, 24, bikes.shape[1])   # (730, 24, 17), strides (408, 17, 1): no copy
+    return daily.transpose(1, 2)                 # (730, 17, 24), strides (408, 1, 17)
+
+
+def weather_one_hot(daily):
+    """(days, C, 24) -> (days, 4, 24): weathersit 1..4 as a one-hot channel block."""
+    onehot = torch.zeros(daily.shape[0], N_WEATHER, daily.shape[2])
+    index = daily[:, WEATHERSIT, :].long().unsqueeze(1) - 1   # (days, 1, 24), values 0..3
+    return onehot.scatter_(1, index, 1.0)
+
+
+def prepare(daily):
+    """Append the weather one-hot (C -> C + 4) and rescale weathersit and temperature."""
+    out = torch.cat((daily, weather_one_hot(daily)), dim=1)    # (730, 21, 24), a new tensor
+    out[:, WEATHERSIT, :] = (out[:, WEATHERSIT, :] - 1.0) / 3.0   # 1..4 -> 0..1
+    temp = out[:, TEMP, :]
+    out[:, TEMP, :] = (temp - temp.min()) / (temp.max() - temp.min())   # min-max to 0..1
+    return out
+
+
+def z_score(x):
+    """The alternative the book shows: mean 0, standard deviation 1."""
+    return (x - x.mean()) / x.std()
+
+
+def plot_hourly(daily, out_dir):
+    """Mean rentals for each hour of the day, working days against the rest."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    working = daily[:, WORKINGDAY, 0] == 1
+    fig, ax = plt.subplots(figsize=(8, 4))
+    hours = range(24)
+    for mask, label in ((working, "working days"), (~working, "weekends and holidays")):
+        counts = daily[mask][:, CNT, :]           # (days, 24)
+        mean, std = counts.mean(dim=0), counts.std(dim=0)
+        ax.plot(hours, mean, marker="o", label=f"{label} ({int(mask.sum())})")
+        ax.fill_between(hours, mean - std, mean + std, alpha=0.2)
+    ax.set(title="Bike rentals by hour of the day (mean ± std over days)",
+           xlabel="hour", ylabel="rentals per hour", xticks=range(0, 24, 2))
+    ax.legend()
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "bikes.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_dir_argument(p)
+    p.add_argument("--out", default="runs/ch04", help="folder for bikes.png")
+    args = p.parse_args(argv)
+
+    bikes = load_hours(book_file(HOUR_CSV, args.data_dir, name="bikes"))
+    print(f"hours {tuple(bikes.shape)}, strides {bikes.stride()}")
+    days = bikes.view(-1, 24, bikes.shape[1])
+    print(f"days {tuple(days.shape)}, strides {days.stride()}")
+    daily = to_days(bikes)
+    print(f"days transposed to (N, C, L) {tuple(daily.shape)}, strides {daily.stride()}")
+
+    first_day = bikes[:24]
+    first_onehot = torch.zeros(24, N_WEATHER).scatter_(
+        1, first_day[:, WEATHERSIT].long().unsqueeze(1) - 1, 1.0)
+    print(f"first day's weather {first_day[:, WEATHERSIT].long().tolist()}")
+    first_hour = torch.cat((first_day, first_onehot), 1)[0]        # 17 columns + 4 one-hot
+    print(f"  first hour with its one-hot appended: {[round(v, 4) for v in first_hour.tolist()]}")
+
+    prepared = prepare(daily)
+    temp = daily[:, TEMP, :]
+    temp_z = z_score(temp)
+    print(f"prepared {tuple(prepared.shape)}: weathersit in [{prepared[:, WEATHERSIT].min():.2f}, "
+          f"{prepared[:, WEATHERSIT].max():.2f}], temp min-max in "
+          f"[{prepared[:, TEMP].min():.2f}, {prepared[:, TEMP].max():.2f}], "
+          f"temp z-score mean {temp_z.mean():.3f} std {temp_z.std():.3f}")
+
+    png = plot_hourly(daily, Path(args.out))
+    print(f"wrote {png}")
+    return {"bikes": bikes, "daily": daily, "prepared": prepared, "temp_z": temp_z,
+            "first_onehot": first_onehot, "png": png}
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,104 @@
+"""Chapter 4 bonus: video as tensors, the cockatoo clip.  python ch04_data/video.py
+
+Decodes cockatoo.mp4 (280 frames of 720 x 1280 RGB) and lays the frames out two ways:
+(C, T, H, W) = (3, 280, 720, 1280), the layout 3D convolutions take (time is one more
+spatial axis), and (T, C, H, W), a batch of images for 2D convolutions. Both are views of
+one uint8 tensor (774 MB); `--max-frames` keeps fewer. Reading MP4 needs a video plugin
+for imageio: `pip install imageio-ffmpeg` (or `av`). Writes runs/ch04/video.png.
+"""
+import argparse
+import importlib.util
+from pathlib import Path
+
+import imageio.v3 as iio
+import torch
+
+from common.data import DataError, add_data_dir_argument, book_file, run_cli
+
+COCKATOO_MP4 = "p1ch4/video-cockatoo/cockatoo.mp4"
+INSTALL_HINT = "pip install imageio-ffmpeg"
+PLUGINS = (("av", "pyav"), ("imageio_ffmpeg", "FFMPEG"))   # (module to import, imageio plugin)
+
+
+def video_plugin():
+    """The imageio plugin that can decode MP4 here ("pyav" or "FFMPEG"), or None."""
+    for module, plugin in PLUGINS:
+        if importlib.util.find_spec(module) is not None:
+            return plugin
+    return None
+
+
+def read_frames(path, plugin, max_frames=None):
+    """(T, H, W, 3) uint8 tensor of the first max_frames frames (all when None), and the
+    clip's total frame count (the whole clip is decoded to count it)."""
+    frames, n_total = [], 0
+    try:
+        for frame in iio.imiter(path, plugin=plugin):
+            if max_frames is None or n_total < max_frames:
+                frames.append(torch.from_numpy(frame[..., :3].copy()))
+            n_total += 1
+    except (OSError, RuntimeError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode the video ({e})") from None
+    if not frames:
+        raise DataError(f"{path}: no frames decoded")
+    return torch.stack(frames), n_total
+
+
+def layouts(frames):
+    """(T, H, W, C) -> views (C, T, H, W) for 3D convolutions and (T, C, H, W) for 2D.
+
+    The book's notebook transposes each frame with transpose(0, 2), which gives
+    (C, W, H); permuting keeps rows and columns in the usual (H, W) order."""
+    return frames.permute(3, 0, 1, 2), frames.permute(0, 3, 1, 2)
+
+
+def plot_frames(video_cthw, out_dir, n=6):
+    """n frames spread over the clip, from the (C, T, H, W) tensor."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_frames = video_cthw.shape[1]
+    picks = torch.linspace(0, n_frames - 1, min(n, n_frames)).round().long().tolist()
+    fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 2.2), squeeze=False)
+    for ax, t in zip(axes[0], picks, strict=True):
+        ax.imshow(video_cthw[:, t].permute(1, 2, 0).numpy())   # (C, H, W) -> (H, W, C)
+        ax.set_title(f"frame {t}")
+        ax.axis("off")
+    fig.suptitle(f"video tensor (C, T, H, W) = {tuple(video_cthw.shape)}")
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "video.png"
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_dir_argument(p)
+    p.add_argument("--max-frames", type=int, default=None,
+                   help="keep only the first N frames (default: all 280)")
+    p.add_argument("--out", default="runs/ch04", help="folder for video.png")
+    args = p.parse_args(argv)
+
+    path = book_file(COCKATOO_MP4, args.data_dir, name="video-cockatoo")
+    plugin = video_plugin()
+    if plugin is None:
+        raise DataError(f"reading {path.name} needs a video plugin for imageio "
+                        f"(imageio-ffmpeg or av); install one with:  {INSTALL_HINT}")
+    frames, n_total = read_frames(path, plugin, args.max_frames)
+    print(f"{n_total} frames in the clip (decoded with imageio's {plugin} plugin), "
+          f"kept {len(frames)}: {tuple(frames.shape)} {frames.dtype} (T, H, W, C)")
+    video_cthw, video_tchw = layouts(frames)
+    print(f"(C, T, H, W) {tuple(video_cthw.shape)}  for 3D convolutions")
+    print(f"(T, C, H, W) {tuple(video_tchw.shape)}  a batch of images for 2D convolutions")
+    png = plot_frames(video_cthw, Path(args.out))
+    print(f"wrote {png}")
+    return {"n_frames": n_total, "frames": frames, "video_cthw": video_cthw,
+            "video_tchw": video_tchw, "png": png}
+
+
+if __name__ == "__main__":
+    run_cli(main)

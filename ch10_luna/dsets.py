@@ -1,0 +1,250 @@
+"""Chapters 10-12: the LUNA16 candidate list, the split by series, and the crop dataset.
+
+    luna = find_luna(data_dir)                   # what is on disk (real LUNA16 or the sample)
+    candidates = read_candidates(luna)           # Candidate tuples, nodules and big ones first
+    train, val = split_by_series(candidates, val_stride=10)
+    ds = LunaDataset(train, luna.series)         # (1x32x48x48 HU, one-hot label, uid, center_irc)
+
+Crops come straight from the memory-mapped `.raw` files (common/ct.py), so there is no cache
+to prepare: the book's prepcache step and its ~165 GB of cache are not needed.
+"""
+import csv
+import functools
+import warnings
+from collections import namedtuple
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from common.ct import load_ct, read_mhd_header
+from common.data import DataError, data_root
+
+CROP_IRC = (32, 48, 48)
+
+# The book's CandidateInfoTuple, without type suffixes. Sorting puts nodules first, big ones first.
+Candidate = namedtuple("Candidate", ["is_nodule", "diameter_mm", "series_uid", "center_xyz"])
+
+
+@dataclass
+class LunaFiles:
+    """Where LUNA16 (or the synthetic sample) lives, and which series are on disk."""
+    root: Path
+    candidates_csv: Path
+    annotations_csv: Path
+    malignancy_csv: Path | None
+    series: dict = field(default_factory=dict)   # series_uid -> .mhd path
+    synthetic: bool = False
+
+
+def luna_dir(data_dir=None):
+    """`<data root>/luna`, or the folder itself when it already holds subset* folders."""
+    root = data_root(data_dir)
+    if any(root.glob("subset*")) or (root / "candidates.csv").exists():
+        return root
+    return root / "luna"
+
+
+def _first_existing(*paths):
+    return next((p for p in paths if p is not None and p.exists()), None)
+
+
+def find_luna(folder, synthetic=False):
+    """Scan a LUNA16 folder: CSVs and the series of every subset on disk. DataError if unusable."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"LUNA folder {folder} does not exist")
+    book = folder.parent / "part2" / "luna"                 # the book repository's CSV layout
+    candidates = _first_existing(folder / "candidates.csv", folder / "candidates_V2.csv",
+                                 folder / "candidates_V2" / "candidates_V2.csv",
+                                 book / "candidates.csv")
+    annotations = _first_existing(folder / "annotations.csv", book / "annotations.csv")
+    malignancy = _first_existing(folder / "annotations_with_malignancy.csv",
+                                 book / "annotations_with_malignancy.csv")
+    subsets = sorted(p for p in folder.glob("subset*") if p.is_dir())
+    missing = [name for name, p in (("candidates.csv", candidates),
+                                    ("annotations.csv", annotations)) if p is None]
+    if not subsets:
+        missing.append("subset0..subset9 folders")
+    if missing:
+        raise DataError(f"{folder}: missing {', '.join(missing)} (download with `python -m "
+                        "common.data download luna-csv luna-subset0`, or train on the built-in "
+                        "sample with --synthetic)")
+    series = {}
+    for subset in subsets:
+        mhds = sorted(subset.glob("*.mhd"))
+        if not mhds:
+            raise DataError(f"{subset} holds no .mhd files: finish extracting it or remove it")
+        for mhd in mhds:
+            check_series_files(mhd)
+            series[mhd.stem] = mhd
+    return LunaFiles(folder, candidates, annotations, malignancy, series, synthetic)
+
+
+def check_series_files(mhd_path):
+    """Cheap check of one series (header parses, .raw present and long enough): no voxel read."""
+    header = read_mhd_header(mhd_path)
+    raw = Path(mhd_path).parent / header["ElementDataFile"]
+    if header.get("CompressedData", "False").lower() == "true" or not raw.suffix == ".raw":
+        return                                      # SimpleITK reads these whole; nothing to size
+    if not raw.is_file():
+        raise DataError(f"{mhd_path}: its voxel file {raw.name} is missing")
+    try:
+        dims = [int(v) for v in header["DimSize"].split()]
+    except ValueError:
+        raise DataError(f"{mhd_path}: malformed DimSize {header['DimSize']!r}") from None
+    itemsize = {"MET_SHORT": 2, "MET_USHORT": 2, "MET_FLOAT": 4, "MET_UCHAR": 1,
+                "MET_CHAR": 1, "MET_INT": 4, "MET_UINT": 4, "MET_DOUBLE": 8}
+    expected = int(np.prod(dims)) * itemsize.get(header.get("ElementType", ""), 0)
+    if raw.stat().st_size < expected:
+        raise DataError(f"{raw}: truncated ({raw.stat().st_size:,} bytes, the header says "
+                        f"{expected:,}): download that subset again")
+
+
+def read_csv_rows(path, columns):
+    """(line number, dict) per data row, with the named columns required; DataError on bad rows."""
+    path = Path(path)
+    try:
+        f = open(path, newline="")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or any(c not in header for c in columns):
+            raise DataError(f"{path}: expected columns {', '.join(columns)}; header is {header}")
+        index = [header.index(c) for c in columns]
+        for row in reader:
+            if not row:
+                continue
+            if len(row) < len(header):
+                raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields, "
+                                f"expected {len(header)}")
+            yield reader.line_num, {c: row[i] for c, i in zip(columns, index)}
+
+
+def _floats(path, line, row, names):
+    try:
+        return tuple(float(row[n]) for n in names)
+    except ValueError:
+        bad = next(n for n in names if not _is_float(row[n]))
+        raise DataError(f"{path}, line {line}: {bad} is {row[bad]!r}, not a number") from None
+
+
+def _is_float(text):
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def read_annotations(path):
+    """series_uid -> [(center_xyz, diameter_mm), ...] from annotations.csv."""
+    by_series = {}
+    for line, row in read_csv_rows(path, ["seriesuid", "coordX", "coordY", "coordZ",
+                                          "diameter_mm"]):
+        x, y, z, d = _floats(path, line, row, ["coordX", "coordY", "coordZ", "diameter_mm"])
+        by_series.setdefault(row["seriesuid"], []).append(((x, y, z), d))
+    return by_series
+
+
+def match_diameter(center_xyz, annotations):
+    """The book's fuzzy match: an annotation within a quarter diameter on every axis, else 0."""
+    for ann_xyz, diameter in annotations:
+        if all(abs(c - a) <= diameter / 4 for c, a in zip(center_xyz, ann_xyz)):
+            return diameter
+    return 0.0
+
+
+def read_candidates(luna, require_on_disk=True):
+    """Candidates merged with annotation diameters, sorted nodules-first, largest first.
+
+    Candidates of series that are not on disk are skipped and counted in one warning.
+    """
+    annotations = read_annotations(luna.annotations_csv)
+    candidates, skipped = [], set()
+    path = luna.candidates_csv
+    for line, row in read_csv_rows(path, ["seriesuid", "coordX", "coordY", "coordZ", "class"]):
+        uid = row["seriesuid"]
+        if require_on_disk and uid not in luna.series:
+            skipped.add(uid)
+            continue
+        center_xyz = _floats(path, line, row, ["coordX", "coordY", "coordZ"])
+        if row["class"] not in ("0", "1"):
+            raise DataError(f"{path}, line {line}: class is {row['class']!r}, expected 0 or 1")
+        diameter = match_diameter(center_xyz, annotations.get(uid, ()))
+        candidates.append(Candidate(row["class"] == "1", diameter, uid, center_xyz))
+    if skipped:
+        warnings.warn(f"skipped the candidates of {len(skipped)} series not on disk under "
+                      f"{luna.root}", stacklevel=2)
+    if not candidates:
+        raise DataError(f"{path}: no candidate belongs to a series on disk under {luna.root}")
+    candidates.sort(reverse=True)
+    return candidates
+
+
+def split_by_series(candidates, val_stride=10):
+    """(train, val): every `val_stride`-th series (sorted by uid) goes to validation, whole."""
+    if val_stride < 2:
+        raise DataError(f"--val-stride must be at least 2, got {val_stride}")
+    uids = sorted({c.series_uid for c in candidates})
+    val_uids = set(uids[::val_stride])
+    train = [c for c in candidates if c.series_uid not in val_uids]
+    val = sorted((c for c in candidates if c.series_uid in val_uids),
+                 key=lambda c: (c.series_uid, c.center_xyz))    # by series: reads stay local
+    return train, val
+
+
+def epoch_order(labels, epoch_size=None, balanced=False, seed=0, epoch=1):
+    """Dataset indices for one epoch, reproducible from (seed, epoch).
+
+    Unbalanced: a permutation of all samples (cycled or cut to `epoch_size`). Balanced
+    (book ch12, ratio 1): positive, negative, positive, ... each class reshuffled every epoch.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    rng = np.random.default_rng([seed, epoch])
+    if not balanced:
+        size = len(labels) if epoch_size is None else epoch_size
+        reps = -(-size // len(labels))
+        return np.concatenate([rng.permutation(len(labels)) for _ in range(reps)])[:size]
+    pos, neg = np.flatnonzero(labels), np.flatnonzero(~labels)
+    if len(pos) == 0 or len(neg) == 0:
+        raise DataError("--balanced needs both nodules and non-nodules in the training set")
+    size = 2 * len(neg) if epoch_size is None else epoch_size
+    half = -(-size // 2)
+    pick = lambda idx: np.concatenate(  # noqa: E731
+        [rng.permutation(idx) for _ in range(-(-half // len(idx)))])[:half]
+    order = np.empty(2 * half, dtype=np.int64)
+    order[0::2], order[1::2] = pick(pos), pick(neg)
+    return order[:size]
+
+
+@functools.lru_cache(maxsize=128)
+def cached_ct(path):
+    """One Ct per series and process; memmaps are cheap, so many stay open."""
+    return load_ct(path)
+
+
+class LunaDataset(Dataset):
+    """Candidate i -> (crop (1, 32, 48, 48) float32 HU, label [not nodule, nodule], uid, irc)."""
+
+    def __init__(self, candidates, series_paths, crop_irc=CROP_IRC, load_ct=cached_ct):
+        self.candidates, self.series_paths = list(candidates), series_paths
+        self.crop_irc, self.load_ct = tuple(crop_irc), load_ct
+
+    def __len__(self):
+        return len(self.candidates)
+
+    def __getitem__(self, i):
+        c = self.candidates[i]
+        crop, center_irc = self.load_ct(self.series_paths[c.series_uid]).raw_candidate(
+            c.center_xyz, self.crop_irc)
+        label = torch.tensor([not c.is_nodule, c.is_nodule], dtype=torch.long)
+        return (torch.from_numpy(crop).unsqueeze(0), label, c.series_uid,
+                torch.tensor(center_irc))
+
+    def labels(self):
+        return [c.is_nodule for c in self.candidates]

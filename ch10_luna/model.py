@@ -1,0 +1,66 @@
+"""Chapter 11: the LUNA nodule-candidate classifier.
+
+Parameter names follow the book, so its published checkpoint loads strictly:
+
+    model = LunaModel()
+    state = torch.load("part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state",
+                       weights_only=True, map_location="cpu")
+    model.load_state_dict(state["model_state"])
+"""
+import math
+
+from torch import nn
+
+
+class LunaBlock(nn.Module):
+    """Two 3x3x3 convolutions with ReLU, then a 2x max-pool: halves every side."""
+
+    def __init__(self, in_channels, conv_channels):
+        super().__init__()
+        self.conv1 = nn.Conv3d(in_channels, conv_channels, kernel_size=3, padding=1)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv3d(conv_channels, conv_channels, kernel_size=3, padding=1)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d(2, 2)
+
+    def forward(self, x):
+        return self.maxpool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
+
+
+class LunaModel(nn.Module):
+    """BatchNorm tail, four LunaBlocks (8/16/32/64 channels), linear head; returns (logits, probs)."""
+
+    def __init__(self, in_channels=1, conv_channels=8, crop_irc=(32, 48, 48), n_classes=2):
+        super().__init__()
+        self.tail_batchnorm = nn.BatchNorm3d(in_channels)      # normalizes raw HU
+        self.block1 = LunaBlock(in_channels, conv_channels)
+        self.block2 = LunaBlock(conv_channels, conv_channels * 2)
+        self.block3 = LunaBlock(conv_channels * 2, conv_channels * 4)
+        self.block4 = LunaBlock(conv_channels * 4, conv_channels * 8)
+        # Four poolings shrink each side 16x: (32, 48, 48) -> (2, 3, 3), so 64 * 18 = 1152 inputs.
+        flat = conv_channels * 8 * math.prod(s // 16 for s in crop_irc)
+        self.head_linear = nn.Linear(flat, n_classes)
+        self.head_activation = nn.Softmax(dim=1)
+        init_weights(self)
+
+    def forward(self, x):                                       # x: (N, 1, 32, 48, 48) in HU
+        x = self.tail_batchnorm(x)
+        for block in (self.block1, self.block2, self.block3, self.block4):
+            x = block(x)                                        # ... -> (N, 64, 2, 3, 3)
+        logits = self.head_linear(x.flatten(1))                 # (N, 2)
+        return logits, self.head_activation(logits)
+
+
+def init_weights(model):
+    """Kaiming-normal weights (fan_out, ReLU) and small biases on every conv and linear layer.
+
+    The book drew biases with normal_(bias, -bound, bound), i.e. mean -bound and std bound;
+    a symmetric uniform(-bound, bound) is what it describes, so that is used here.
+    """
+    for m in model.modules():
+        if isinstance(m, (nn.Conv3d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, a=0, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                fan_out = m.weight.shape[0] * math.prod(m.weight.shape[2:])
+                bound = 1 / math.sqrt(fan_out)
+                nn.init.uniform_(m.bias, -bound, bound)

@@ -1,0 +1,370 @@
+"""common/data.py: data root, registry, and the real download path against a loopback server."""
+import hashlib
+import io
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from common import data
+from common.data import (
+    REPO_ROOT,
+    DataError,
+    Entry,
+    FileSpec,
+    book_file,
+    data_root,
+    extract_archive,
+    run_cli,
+)
+
+WINE = "p1ch4/tabular-wine/winequality-white.csv"
+WINE_URL_PATH = "/" + WINE
+NAMES = ["p1ch2", "p1ch3", "image-dog", "image-cats", "dicom-ct", "wine", "bikes", "jane-austen",
+         "audio-chirp", "video-cockatoo", "birds-vs-airplanes", "cls-val-example", "luna-csv",
+         "luna-models", "cifar10", "resnet101", "horse2zebra", "luna-annotations",
+         *[f"luna-subset{i}" for i in range(10)]]
+
+
+@pytest.fixture
+def mirror(serve, book_data, monkeypatch):
+    """A loopback server over the book's files, set as $DLWPT_MIRROR."""
+    srv = serve(book_data)
+    monkeypatch.setenv("DLWPT_MIRROR", srv.url)
+    return srv
+
+
+def write_tar_gz(path, members):
+    with tarfile.open(path, "w:gz") as tf:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def write_zip(path, members):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, payload in members.items():
+            zf.writestr(name, payload)
+    return path
+
+
+# --- data root, book_file, run_cli ---------------------------------------------------------------
+
+def test_data_root_precedence_flag_then_env_then_repo(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DLWPT_DATA", str(tmp_path / "env"))
+    assert data_root(str(tmp_path / "flag")) == tmp_path / "flag"
+    assert data_root() == tmp_path / "env"
+    data.main(["list", "--data-dir", str(tmp_path / "flag")])
+    assert capsys.readouterr().out.splitlines()[0] == f"data root: {tmp_path / 'flag'}"
+    monkeypatch.delenv("DLWPT_DATA")
+    assert data_root() == REPO_ROOT / "data"
+
+
+def test_book_file_error_names_the_download_command(tmp_path):
+    with pytest.raises(DataError) as e:
+        book_file(WINE, data_dir=tmp_path, name="wine")
+    assert str(e.value) == (f"{tmp_path / WINE} not found; get it with:"
+                            "  python -m common.data download wine")
+    (tmp_path / WINE).parent.mkdir(parents=True)
+    (tmp_path / WINE).write_text("x")
+    assert book_file(WINE, data_dir=tmp_path, name="wine") == tmp_path / WINE
+
+
+def test_run_cli_turns_data_error_into_one_line_and_exit_2(tmp_path, capsys):
+    def failing(argv):
+        raise DataError("the thing is missing")
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(failing)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "error: the thing is missing\n"
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(data.main, ["download", "no-such-name", "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("error: unknown data name no-such-name")
+    assert not any(tmp_path.iterdir())
+
+
+def test_module_entry_point_reports_errors_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "common.data", "download", "no-such-name",
+                             "--data-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: unknown data name no-such-name")
+    assert "Traceback" not in result.stderr
+
+
+# --- the registry --------------------------------------------------------------------------------
+
+def test_registry_names_layout_and_sources():
+    reg = data.registry()
+    assert set(NAMES) <= set(reg)
+    assert [f.relpath for f in reg["p1ch2"].files] == [
+        "p1ch2/bobby.jpg", "p1ch2/horse.jpg", "p1ch2/imagenet_classes.txt", "p1ch2/mnist.pth"]
+    dicom = reg["dicom-ct"].files
+    assert len(dicom) == 99 and len(reg["luna-models"].files) == 5
+    folder = "p1ch4/volumetric-dicom/2-LUNG 3.0  B70f-04083/"    # two spaces, kept
+    assert all(f.relpath.startswith(folder) for f in dicom)
+    quoted = "p1ch4/volumetric-dicom/2-LUNG%203.0%20%20B70f-04083/000000.dcm"
+    assert data.source(dicom[0]) == data.BOOK_BASE_URL + quoted
+    assert data.source(dicom[0], "http://127.0.0.1:8000/m") == "http://127.0.0.1:8000/m/" + quoted
+    assert data.source(dicom[0], "/srv/m") == Path("/srv/m") / dicom[0].relpath
+    assert [f.relpath for f in reg["luna-csv"].files] == [
+        "part2/luna/annotations.csv", "part2/luna/annotations_with_malignancy.csv",
+        "part2/luna/candidates.csv"]
+    assert reg["horse2zebra"].files[0].relpath == "p1ch2/horse2zebra_0.4.0.pth"
+    assert reg["birds-vs-airplanes"].files[0].relpath == "p1ch6/birds_vs_airplanes.pt"
+    assert reg["cls-val-example"].files[0].relpath == "p3ch15/cls_val_example.pt"
+
+    cifar = reg["cifar10"]
+    assert cifar.extract_to == "cifar-10-batches-py"
+    assert cifar.files[0].md5 == "c58f30108f718f92721af3b95e74349a"
+    assert cifar.files[0].url == "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    resnet = reg["resnet101"].files[0]
+    assert resnet.relpath == "weights/resnet101-63fe2227.pth" and resnet.sha256 == "63fe2227"
+    assert resnet.url == "https://download.pytorch.org/models/resnet101-63fe2227.pth"
+    for i in range(10):
+        entry = reg[f"luna-subset{i}"]
+        record = "3723295" if i <= 6 else "4121926"
+        assert entry.extract_to == f"luna/subset{i}"
+        assert f"/records/{record}/files/subset{i}.zip" in entry.files[0].url
+        assert len(entry.files[0].md5) == 32 and entry.files[0].size > 6e9
+    assert [f.relpath for f in reg["luna-annotations"].files] == [
+        "luna/annotations.csv", "luna/candidates.csv"]
+
+    for entry in reg.values():
+        for f in entry.files:
+            assert f.sha256 is None or len(f.sha256) in (8, 64)
+            assert (f.sha256 or f.md5) or f.size is None   # no checksum: nothing is claimed
+
+
+@pytest.mark.realdata
+def test_book_table_matches_the_book_files(book_data):
+    checked = 0
+    for entry in data.registry().values():
+        for f in entry.files:
+            if f.url is None and f.size is not None:
+                path = book_data / f.relpath
+                assert path.stat().st_size == f.size, f.relpath
+                assert hashlib.sha256(path.read_bytes()).hexdigest() == f.sha256, f.relpath
+                checked += 1
+    assert checked == 4 + 2 + 1 + 3 + 99 + 1 + 5 + 1 + 1 + 1 + 1 + 1 + 2 + 5
+
+
+def test_verify_sha256_prefix_md5_size_and_unknown(tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"weights")
+    sha = hashlib.sha256(b"weights").hexdigest()
+    md5 = hashlib.md5(b"weights").hexdigest()
+    assert data.verify(FileSpec("w.pth", None, None, sha[:8], None), path)[0] is True
+    assert data.verify(FileSpec("w.pth", None, 7, sha, md5), path)[0] is True
+    ok, _, why = data.verify(FileSpec("w.pth", None, None, "00000000", None), path)
+    assert ok is False and "sha256" in why
+    ok, _, why = data.verify(FileSpec("w.pth", None, 8, sha, None), path)
+    assert ok is False and "size 7 bytes, expected 8" in why
+    assert data.verify(FileSpec("w.pth", None, None, None, "0" * 32), path)[0] is False
+    assert data.verify(FileSpec("w.pth", None, None, None, None), path) == (
+        None, sha, "no published checksum")
+
+
+# --- the download path against a loopback server -------------------------------------------------
+
+@pytest.mark.realdata
+def test_download_verifies_and_skips_what_is_present(mirror, book_data, tmp_path, capsys):
+    paths = data.main(["download", "p1ch3", "wine", "--data-dir", str(tmp_path)])
+    assert [p.relative_to(tmp_path).as_posix() for p in paths] == [
+        "p1ch3/ourpoints.t", "p1ch3/ourpoints.hdf5", WINE]
+    for p in paths:
+        assert p.read_bytes() == (book_data / p.relative_to(tmp_path)).read_bytes()
+    assert not list(tmp_path.rglob("*.part"))
+    assert [rng for _, rng in mirror.log] == [None, None, None]
+    out = capsys.readouterr().out
+    assert "p1ch3: 2 downloaded and verified" in out and "wine: 1 downloaded and verified" in out
+
+    data.main(["download", "wine", "p1ch3", "--data-dir", str(tmp_path)])
+    assert len(mirror.log) == 3                                # nothing fetched again
+    assert "wine: 1 already present and verified" in capsys.readouterr().out
+
+
+@pytest.mark.realdata
+def test_interrupted_transfer_resumes_with_range(mirror, book_data, tmp_path):
+    mirror.truncations = 1                                     # the first response stops at 1000 B
+    [path] = data.download(["wine"], tmp_path)
+    assert path.read_bytes() == (book_data / WINE).read_bytes()
+    assert mirror.log == [(WINE_URL_PATH, None), (WINE_URL_PATH, "bytes=1000-")]
+
+
+@pytest.mark.realdata
+def test_interrupted_command_keeps_the_part_file_and_the_next_one_resumes(mirror, book_data,
+                                                                          tmp_path):
+    book = (book_data / WINE).read_bytes()
+    part = tmp_path / (WINE + ".part")
+    mirror.truncations = 10**6                                 # every response stops at 1000 B
+    with pytest.raises(DataError, match="run the same command again to resume") as e:
+        data.download(["wine"], tmp_path)
+    assert "\n" not in str(e.value)
+    assert part.read_bytes() == book[:data.ATTEMPTS * 1000]
+    assert not (tmp_path / WINE).exists()
+
+    mirror.truncations, mirror.log[:] = 0, []
+    data.download(["wine"], tmp_path)
+    assert mirror.log == [(WINE_URL_PATH, f"bytes={data.ATTEMPTS * 1000}-")]
+    assert (tmp_path / WINE).read_bytes() == book and not part.exists()
+
+
+@pytest.mark.realdata
+def test_corrupted_download_is_deleted_and_reported(mirror, tmp_path):
+    mirror.corrupt = True
+    with pytest.raises(DataError) as e:
+        data.download(["wine"], tmp_path)
+    message = str(e.value)
+    assert "\n" not in message
+    assert "checksum failed" in message and "deleted the partial file" in message
+    assert not (tmp_path / WINE).exists()
+    assert not (tmp_path / (WINE + ".part")).exists()
+
+
+@pytest.mark.realdata
+def test_server_that_ignores_range_starts_over(mirror, book_data, tmp_path, capsys):
+    mirror.ignore_range = True
+    part = tmp_path / (WINE + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"junk" * 750)                            # must not survive in the result
+    data.download(["wine"], tmp_path)
+    assert mirror.log == [(WINE_URL_PATH, "bytes=3000-")]
+    assert (tmp_path / WINE).read_bytes() == (book_data / WINE).read_bytes()
+    assert "ignored the resume request" in capsys.readouterr().out
+
+
+@pytest.mark.realdata
+def test_mirror_folder_is_copied_with_the_same_checks(book_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLWPT_MIRROR", str(book_data))
+    paths = data.download(["image-cats"], tmp_path / "root")
+    assert [p.name for p in paths] == ["cat1.png", "cat2.png", "cat3.png"]
+    for p in paths:
+        assert p.read_bytes() == (book_data / "p1ch4/image-cats" / p.name).read_bytes()
+    assert not list(tmp_path.rglob("*.part"))
+
+    bad = tmp_path / "bad-mirror"
+    shutil.copytree(book_data / "p1ch4/image-dog", bad / "p1ch4/image-dog")
+    (bad / "p1ch4/image-dog/bobby.jpg").write_bytes(b"not a dog")
+    monkeypatch.setenv("DLWPT_MIRROR", str(bad))
+    with pytest.raises(DataError, match="checksum failed"):
+        data.download(["image-dog"], tmp_path / "root")
+    assert not (tmp_path / "root/p1ch4/image-dog/bobby.jpg").exists()
+    with pytest.raises(DataError, match="not found in the mirror folder"):
+        data.download(["wine"], tmp_path / "root")
+
+
+@pytest.mark.realdata
+def test_list_shows_size_presence_and_verification(book_data, tmp_path, capsys):
+    for rel in (WINE, "p1ch3/ourpoints.t", *[f.relpath for f in data.registry()["bikes"].files]):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(book_data / rel, tmp_path / rel)
+    with open(tmp_path / "p1ch4/bike-sharing-dataset/day.csv", "ab") as f:
+        f.write(b"tampered\n")
+    rows = data.main(["list", "--data-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    by_name = {r["name"]: r for r in rows}
+    assert list(by_name) == list(data.registry())
+    assert by_name["wine"]["status"] == "verified" and by_name["wine"]["size"] == "258.2 KiB"
+    assert by_name["p1ch3"]["status"] == "incomplete (1 of 2 present)"
+    assert by_name["bikes"]["status"] == "CHECKSUM MISMATCH (1 of 5)"
+    assert by_name["dicom-ct"]["files"] == 99 and by_name["dicom-ct"]["status"] == "missing"
+    assert by_name["horse2zebra"]["size"] == "?" and by_name["luna-csv"]["size"].endswith("+")
+    assert by_name["cifar10"]["size"] == "162.6 MiB"
+    wine_line = next(line for line in out.splitlines() if line.startswith("wine "))
+    assert "1" in wine_line.split() and "258.2 KiB" in wine_line and "verified" in wine_line
+    assert out.rstrip().endswith("python -m common.data download NAME [NAME...]")
+
+
+def test_file_without_checksum_is_kept_and_its_sha256_printed(serve, tmp_path, capsys):
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv/model.pth").write_bytes(b"some weights")
+    srv = serve(tmp_path / "srv")
+    entry = Entry("model", "test", (FileSpec("w/model.pth", srv.url + "model.pth", None, None,
+                                             None),), None)
+    [path] = data.download_entry(entry, tmp_path / "root")
+    assert path.read_bytes() == b"some weights"
+    out = capsys.readouterr().out
+    assert "could not be verified" in out and hashlib.sha256(b"some weights").hexdigest() in out
+    assert data.entry_status(entry, tmp_path / "root") == "present, not verifiable"
+
+
+# --- archives ------------------------------------------------------------------------------------
+
+def test_archive_is_verified_unpacked_and_deleted(serve, tmp_path, capsys):
+    members = {"cifar-10-batches-py/data_batch_1": b"abc" * 1000,
+               "cifar-10-batches-py/batches.meta": b"meta"}
+    (tmp_path / "srv").mkdir()
+    archive = write_tar_gz(tmp_path / "srv/fake.tar.gz", members)
+    srv = serve(tmp_path / "srv")
+    spec = FileSpec("fake.tar.gz", srv.url + "fake.tar.gz", archive.stat().st_size, None,
+                    hashlib.md5(archive.read_bytes()).hexdigest())
+    entry = Entry("fake-cifar", "test", (spec,), "cifar-10-batches-py")
+    root = tmp_path / "root"
+    assert data.entry_status(entry, root) == "missing"
+
+    [target] = data.download_entry(entry, root)
+    assert target == root / "cifar-10-batches-py"
+    assert (target / "data_batch_1").read_bytes() == b"abc" * 1000
+    assert (target / "batches.meta").read_bytes() == b"meta"
+    assert not (root / "fake.tar.gz").exists()
+    assert "deleted the archive fake.tar.gz" in capsys.readouterr().out
+    assert data.entry_status(entry, root) == "verified (unpacked)"
+    data.download_entry(entry, root)
+    assert len(srv.log) == 1                                   # already unpacked: no download
+    assert "already unpacked from a verified archive" in capsys.readouterr().out
+
+    kept_root = tmp_path / "kept"
+    data.download_entry(entry, kept_root, keep_archive=True)
+    assert (kept_root / "fake.tar.gz").read_bytes() == archive.read_bytes()
+    assert "kept the archive" in capsys.readouterr().out
+
+    wrong = Entry("fake-cifar", "test", (spec._replace(md5="0" * 32),), "cifar-10-batches-py")
+    with pytest.raises(DataError, match="checksum failed"):
+        data.download_entry(wrong, tmp_path / "wrong")
+    assert not (tmp_path / "wrong/cifar-10-batches-py").exists()
+    assert not list((tmp_path / "wrong").iterdir())
+
+
+def test_zip_with_one_top_folder_unpacks_into_the_target(tmp_path):
+    nested = write_zip(tmp_path / "subset0.zip", {"subset0/a.mhd": b"m", "subset0/a.raw": b"r"})
+    target = extract_archive(nested, tmp_path / "root/luna/subset0")
+    assert sorted(p.name for p in target.iterdir()) == ["a.mhd", "a.raw"]
+    flat = write_zip(tmp_path / "flat.zip", {"b.mhd": b"m", "b.raw": b"r"})
+    target = extract_archive(flat, tmp_path / "root/luna/subset1")
+    assert sorted(p.name for p in target.iterdir()) == ["b.mhd", "b.raw"]
+    assert sorted(p.name for p in (tmp_path / "root/luna").iterdir()) == ["subset0", "subset1"]
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar"])
+@pytest.mark.parametrize("evil", ["../evil.txt", "ok/../../evil.txt", "/tmp/dlwpt-evil.txt"])
+def test_archive_members_outside_the_target_are_refused(tmp_path, kind, evil):
+    members = {"fine/a.txt": b"a", evil: b"evil"}
+    write = write_zip if kind == "zip" else write_tar_gz
+    archive = write(tmp_path / f"evil.{kind}", members)
+    root = tmp_path / "root"
+    with pytest.raises(DataError, match="outside"):
+        extract_archive(archive, root / "out")
+    assert not list(tmp_path.rglob("evil.txt"))
+    assert not root.exists() or not list(root.iterdir())       # nothing unpacked, no staging left
+
+
+def test_tar_links_are_refused(tmp_path):
+    archive = tmp_path / "link.tar"
+    with tarfile.open(archive, "w") as tf:
+        link = tarfile.TarInfo("out/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    with pytest.raises(DataError, match="links and special files"):
+        extract_archive(archive, tmp_path / "root/out")
+    assert not (tmp_path / "root/out").exists()

@@ -23,7 +23,7 @@ def read_image(path):
     """(H, W, 3) uint8 array from an image file; grey images get 3 channels, alpha is dropped."""
     try:
         image = np.asarray(iio.imread(path))
-    except Exception as e:          # each imageio plugin fails its own way (OSError, RuntimeError...)
+    except Exception as e:          # each imageio plugin fails its own way (OSError, ...)
         raise DataError(f"{path}: cannot read the image ({type(e).__name__})") from None
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)

@@ -55,7 +55,7 @@ def random_affine(n, spatial_dims, spec, generator=None, device="cpu"):
 
 
 def apply_affine(x, theta, mode="bilinear"):
-    """Resample a batch through per-sample matrices; the edge value fills what comes from outside."""
+    """Resample a batch through per-sample matrices; edge values fill what comes from outside."""
     grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
 

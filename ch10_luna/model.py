@@ -28,7 +28,7 @@ class LunaBlock(nn.Module):
 
 
 class LunaModel(nn.Module):
-    """BatchNorm tail, four LunaBlocks (8/16/32/64 channels), linear head; returns (logits, probs)."""
+    """BatchNorm tail, four LunaBlocks (8/16/32/64 channels), a linear head -> (logits, probs)."""
 
     def __init__(self, in_channels=1, conv_channels=8, crop_irc=(32, 48, 48), n_classes=2):
         super().__init__()

@@ -55,11 +55,13 @@ def _stamp_ball(field, center_vox, radius_vox, spacing_irc):
 
 def _draw_tube(field, points_mm, radii_mm, spacing_irc, step_mm=0.7):
     """Stamp balls along a polyline (mm, irc order) with radii interpolated along it."""
-    for (a, b), (ra, rb) in zip(zip(points_mm[:-1], points_mm[1:]), zip(radii_mm[:-1], radii_mm[1:])):
+    segments = zip(points_mm[:-1], points_mm[1:], radii_mm[:-1], radii_mm[1:])
+    for a, b, ra, rb in segments:
         n = max(2, int(np.linalg.norm(b - a) / step_mm))
         for t in np.linspace(0.0, 1.0, n):
             p = a + t * (b - a)
-            _stamp_ball(field, p / spacing_irc, ((1 - t) * ra + t * rb) / spacing_irc[1], spacing_irc)
+            radius_vox = ((1 - t) * ra + t * rb) / spacing_irc[1]
+            _stamp_ball(field, p / spacing_irc, radius_vox, spacing_irc)
 
 
 def _vessel_tree(rng, lung_mask, spacing_irc, start_mm, n_branches):
@@ -119,7 +121,7 @@ def _nodule_coverage(rng, shape, spacing_irc, center_vox, diameter_mm, malignant
     return tuple(slice(a, b) for a, b in zip(lo, hi)), field
 
 
-def synthesize_ct(rng, uid):
+def synthesize_ct(rng, negatives=(550, 800)):
     """One CT: (int16 HU volume, origin_xyz, spacing_xyz, nodules, negative centres in irc)."""
     n_slices, n_rows = int(rng.integers(56, 73)), 160
     spacing_xyz = (float(rng.uniform(1.55, 1.85)),) * 2 + (float(rng.choice([2.0, 2.25, 2.5])),)
@@ -178,9 +180,10 @@ def synthesize_ct(rng, uid):
                         "calcified": calcified, "window": window, "cover": cover})
 
     # Sub-3 mm specks: nodule-like but below LUNA's annotation size, so negatives.
-    specks = [lung_idx[rng.integers(len(lung_idx))].astype(float) for _ in range(rng.integers(3, 8))]
+    specks = [lung_idx[rng.integers(len(lung_idx))].astype(float)
+              for _ in range(rng.integers(3, 8))]
     for c in specks:
-        _stamp_ball(vessels, c, rng.uniform(0.55, 0.8) / 1.0, spacing_irc)
+        _stamp_ball(vessels, c, rng.uniform(0.55, 0.8), spacing_irc)
 
     density = np.where(lung, vessels, 0.0)
     solid = np.full(shape, TISSUE_HU, dtype=np.float32)
@@ -192,14 +195,14 @@ def synthesize_ct(rng, uid):
     hu = np.where(density > 0, hu * (1 - density) + solid * density, hu)
     hu = ndimage.gaussian_filter(hu, (0.4, 0.6, 0.6)) + rng.normal(0, 18, shape)
 
-    negatives = _negative_centres(rng, lung, vessels, nodules, specks, spacing_irc)
+    negatives = _negative_centres(rng, lung, vessels, nodules, specks, spacing_irc, negatives)
     volume = np.clip(np.round(hu), -1024, 3071).astype(np.int16)
     return volume, origin_xyz, spacing_xyz, nodules, negatives
 
 
-def _negative_centres(rng, lung, vessels, nodules, specks, spacing_irc):
+def _negative_centres(rng, lung, vessels, nodules, specks, spacing_irc, count_range):
     """Several hundred non-nodule candidate centres (irc), none within reach of a nodule."""
-    n_total = int(rng.integers(550, 800))
+    n_total = int(rng.integers(*count_range))
     vessel_idx = np.argwhere(vessels > 0.8)
     lung_idx = np.argwhere(lung)
     edge_idx = np.argwhere(lung & ~ndimage.binary_erosion(lung, iterations=2))
@@ -231,7 +234,8 @@ def _mal_details(rng, malignant):
     return ratings
 
 
-def generate_sample(out_dir, n_series=20, seed=0, n_subsets=10, progress=True):
+def generate_sample(out_dir, n_series=20, seed=0, n_subsets=10, negatives=(550, 800),
+                    progress=True):
     """Write the sample under `out_dir` (skipped when a complete one is there); returns out_dir."""
     out_dir = Path(out_dir)
     if (out_dir / MARKER).exists():
@@ -244,11 +248,13 @@ def generate_sample(out_dir, n_series=20, seed=0, n_subsets=10, progress=True):
     started = time.perf_counter()
     for i in range(n_series):
         uid = series_uid(seed, i)
-        volume, origin, spacing, nodules, negatives = synthesize_ct(rng, uid)
+        volume, origin, spacing, nodules, negative_irc = synthesize_ct(rng, negatives)
         subset = tmp / f"subset{i % n_subsets}"
         subset.mkdir(exist_ok=True)
         write_mhd(subset / f"{uid}.mhd", volume, origin, spacing)
-        to_xyz = lambda irc: irc_to_xyz(irc, origin, spacing, np.eye(3))  # noqa: E731
+        def to_xyz(irc, origin=origin, spacing=spacing):
+            return irc_to_xyz(irc, origin, spacing, np.eye(3))
+
         for n in nodules:
             xyz, d = to_xyz(n["center_irc"]), n["diameter_mm"]
             ann_rows.append([uid, *xyz, d])
@@ -258,7 +264,7 @@ def generate_sample(out_dir, n_series=20, seed=0, n_subsets=10, progress=True):
             for _ in range(int(rng.integers(1, 4))):        # CAD systems find a nodule repeatedly
                 jitter = rng.uniform(-d / 8, d / 8, 3)
                 cand_rows.append([uid, *(v + j for v, j in zip(xyz, jitter)), 1])
-        cand_rows.extend([uid, *to_xyz(c), 0] for c in negatives)
+        cand_rows.extend([uid, *to_xyz(c), 0] for c in negative_irc)
         if progress:
             print(f"\r  synthetic LUNA: {i + 1}/{n_series} CTs", end="", flush=True)
     if progress:

@@ -26,13 +26,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ch10_luna.augment import AugmentSpec, augment_batch
-from ch10_luna.dsets import (LunaDataset, epoch_order, find_luna, luna_dir, read_candidates,
-                             split_by_series)
+from ch10_luna.dsets import (
+    LunaDataset,
+    epoch_order,
+    find_luna,
+    luna_dir,
+    read_candidates,
+    split_by_series,
+)
 from ch10_luna.model import LunaModel
 from ch10_luna.synthetic import MARKER, generate_sample
-from common.data import DataError, REPO_ROOT, add_data_dir_argument, data_root, run_cli
+from common.data import REPO_ROOT, DataError, add_data_dir_argument, data_root, run_cli
 from common.device import add_device_argument, pick_device, seed_everything
 
+NO_AUGMENTATION = AugmentSpec()
 LABEL, PRED, LOSS = range(3)            # rows of the per-sample metrics tensor (book ch11)
 BOOK_BALANCED_EPOCH = 200_000           # the book's chapter 12 epoch
 SYNTHETIC_EPOCH = 1_600                 # 50 batches: one epoch in about 2 minutes on 2 CPU cores
@@ -89,7 +96,7 @@ def augment_spec(args):
 
 # ----------------------------------------------------------------------------- data
 def locate_luna(args, announce=print):
-    """LunaFiles for the run: real LUNA16 when present, else the synthetic sample (generated once)."""
+    """LunaFiles for the run: LUNA16 when present, else the synthetic sample (generated once)."""
     if args.data_dir is not None and not Path(args.data_dir).expanduser().is_dir():
         raise DataError(f"--data-dir {args.data_dir} does not exist")
     real = luna_dir(args.data_dir)
@@ -185,14 +192,14 @@ def to_input(x, device, memory_last):
 
 
 def compute_batch_loss(model, x, label, amp_ctx):
-    """Per-sample cross-entropy on label[:, 1] (the book's one-hot -> class index); (loss, P(nodule))."""
+    """Per-sample cross-entropy on label[:, 1] (one-hot -> class index); (loss, P(nodule))."""
     with amp_ctx:
         logits, probs = model(x)
         loss = F.cross_entropy(logits.float(), label[:, 1], reduction="none")
     return loss, probs[:, 1].float()
 
 
-def train_one_epoch(model, loader, optimizer, device, *, spec=AugmentSpec(), amp=False,
+def train_one_epoch(model, loader, optimizer, device, *, spec=NO_AUGMENTATION, amp=False,
                     scaler=None, generator_seed=0, metrics=None, start_batch=0, after_batch=None,
                     desc="trn", quiet=False):
     """One pass; returns (3, N) metrics: label, P(nodule) and loss for every sample.
@@ -201,6 +208,7 @@ def train_one_epoch(model, loader, optimizer, device, *, spec=AugmentSpec(), amp
     batches); `after_batch(i, metrics)` is called after every batch (for checkpoints).
     """
     model.train()
+    device = torch.device(device)
     n = len(loader.sampler) + start_batch * loader.batch_size
     if metrics is None:
         metrics = torch.zeros(3, n)
@@ -235,6 +243,7 @@ def train_one_epoch(model, loader, optimizer, device, *, spec=AugmentSpec(), amp
 def evaluate(model, loader, device, *, amp=False, desc="val", quiet=False):
     """The same loop without gradients: (3, N) metrics; the weights are not touched."""
     model.eval()
+    device = torch.device(device)
     metrics = torch.zeros(3, len(loader.sampler), device=device)
     amp_ctx, _ = amp_context(device, amp)
     memory_last = channels_last(device, amp)
@@ -303,7 +312,7 @@ def log_epoch(run_dir, writers, epoch, phase, metrics, summary, samples_seen):
 
 
 def open_writers(run_dir):
-    from torch.utils.tensorboard import SummaryWriter     # imports TensorBoard: only when used
+    from torch.utils.tensorboard import SummaryWriter  # imports TensorBoard: only when used
     return {phase: SummaryWriter(log_dir=str(run_dir / phase)) for phase in ("trn", "val")}
 
 
@@ -346,9 +355,10 @@ def load_checkpoint(path, model_name="LunaModel"):
 
 
 def restore_args(args, state):
-    """The resumed run keeps its own settings, except the ones that say how to run it now."""
-    saved = dict(state["args"])
-    saved.update({k: getattr(args, k) for k in RESUME_KEEPS})
+    """The resumed run keeps its own settings, except how to run it now, where given again."""
+    saved, defaults = dict(state["args"]), vars(parse_args([]))
+    saved.update({k: getattr(args, k) for k in RESUME_KEEPS
+                  if k == "resume" or getattr(args, k) != defaults[k]})
     return argparse.Namespace(**saved)
 
 
@@ -398,12 +408,13 @@ def train(args, device, state=None):
                             f"({str(e).splitlines()[0][:160]})") from None
         start_epoch, start_batch = state["epoch"], state.get("batch", 0)
         samples_seen, best_f1 = state["totalTrainingSamples_count"], state.get("best_f1", -1.0)
+        samples_seen = state.get("epoch_start_samples", samples_seen)   # mid-epoch: its start
         parts = state.get("trn_partial")
         partial = parts[rank] if parts and start_batch else None
         if start_batch == 0:                          # saved at the end of an epoch
             start_epoch += 1
         say(f"resuming {args.resume}: epoch {start_epoch}, batch {start_batch}, "
-            f"{samples_seen:,} samples seen")
+            f"{state['totalTrainingSamples_count']:,} samples seen")
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
     scaler = torch.amp.GradScaler(device.type) if amp_context(device, args.amp)[1] else None
@@ -432,7 +443,11 @@ def train(args, device, state=None):
                              args.num_workers, device)
         epoch_start_samples = samples_seen
 
-        def after_batch(done, metrics, epoch=epoch, base=epoch_start_samples):
+        len_batches = -(-len(my_order) // args.batch_size)
+
+        def after_batch(done, metrics, epoch=epoch, base=epoch_start_samples,
+                        len_batches=len_batches, epoch_len=len(order),  # noqa: B008
+                        best_f1=best_f1):
             if not args.checkpoint_every or done % args.checkpoint_every or done == len_batches:
                 return
             parts = [metrics.cpu()] if world == 1 else None
@@ -440,11 +455,10 @@ def train(args, device, state=None):
                 parts = [None] * world
                 dist.all_gather_object(parts, metrics.cpu())
             if main_proc:
-                seen = base + min(done * args.batch_size * world, len(order))
+                seen = base + min(done * args.batch_size * world, epoch_len)
                 save_checkpoint(last_path, model, optimizer, args, epoch, seen, batch=done,
-                                trn_partial=parts, best_f1=best_f1)
+                                trn_partial=parts, best_f1=best_f1, epoch_start_samples=base)
 
-        len_batches = -(-len(my_order) // args.batch_size)
         started = time.perf_counter()
         trn_metrics = train_one_epoch(
             model, loader, optimizer, device, spec=spec, amp=args.amp, scaler=scaler,

@@ -164,7 +164,8 @@ def _memmap_voxels(mhd_path, header):
 
 def _sitk_error(path, e):
     message = str(e).strip().splitlines()
-    detail = next((m for m in message if "ERROR" in m or "Unable" in m), message[-1] if message else "")
+    detail = next((m for m in message if "ERROR" in m or "Unable" in m),
+                  message[-1] if message else "")
     return DataError(f"{path}: SimpleITK cannot read it ({detail.strip()[:200]})")
 
 
@@ -221,11 +222,12 @@ def load_ct(path):
     raise DataError(f"{path}: expected an .mhd file or a DICOM series folder")
 
 
-def write_mhd(mhd_path, voxels, origin_xyz, spacing_xyz, direction=np.eye(3)):
+def write_mhd(mhd_path, voxels, origin_xyz, spacing_xyz, direction=None):
     """Write an (I, R, C) array as MetaImage `.mhd` + uncompressed `.raw` (via SimpleITK)."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(voxels))
     image.SetOrigin(tuple(map(float, origin_xyz)))
     image.SetSpacing(tuple(map(float, spacing_xyz)))
-    image.SetDirection(tuple(np.asarray(direction, dtype=np.float64).ravel()))
+    direction = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64)
+    image.SetDirection(tuple(direction.ravel()))
     sitk.WriteImage(image, str(mhd_path), useCompression=False)
     return Path(mhd_path)

@@ -8,7 +8,7 @@ from common.data import DataError
 
 
 def pick_device(name="auto"):
-    """`auto` -> cuda if present, else mps, else cpu; an explicit device that is absent is an error."""
+    """`auto`: cuda if present, else mps, else cpu. An explicit absent device is an error."""
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -36,7 +36,8 @@ def pick_device(name="auto"):
 def add_device_argument(parser, default="auto"):
     """The `--device` flag every script shares."""
     parser.add_argument("--device", default=default,
-                        help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps (default: %(default)s)")
+                        help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps "
+                             "(default: %(default)s)")
 
 
 def seed_everything(seed):

@@ -1,4 +1,5 @@
 """classify_resnet.py and horse2zebra.py: outputs, the weights policy, one-line errors."""
+import imageio.v3 as iio
 import pytest
 import torch
 
@@ -95,7 +96,6 @@ def test_horse2zebra_with_a_weights_file_keeps_the_image_size(tmp_path):
     assert result["input"].shape == (1, 3, 40, 60)    # 42 x 60.6 -> 42 x 60 -> multiples of 4
     assert result["output"].shape == result["input"].shape
     assert result["output"].min() >= -1 and result["output"].max() <= 1
-    import imageio.v3 as iio
     assert iio.imread(tmp_path / "zebra.png").shape == (40, 60, 3)
 
 

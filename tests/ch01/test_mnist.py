@@ -43,8 +43,8 @@ def test_loss_falls_with_sgd():
 
 
 def test_main_trains_and_writes_the_samples(tmp_path):
-    result = mnist_net.main(["--steps", "20", "--lr", "0.05", "--n-test", "200", "--out", str(tmp_path),
-                             "--device", "cpu"])
+    result = mnist_net.main(["--steps", "20", "--lr", "0.05", "--n-test", "200",
+                             "--out", str(tmp_path), "--device", "cpu"])
     assert len(result["losses"]) == 20
     assert result["accuracy_after"] > result["accuracy_before"]
     assert (tmp_path / "mnist_samples.png").stat().st_size > 0

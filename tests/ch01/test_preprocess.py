@@ -1,7 +1,9 @@
 """ImageNet preprocessing without torchvision: sizes, crop, normalization, agreement with PIL."""
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ch01_intro import preprocess as pp
 from common.data import DataError
@@ -36,9 +38,7 @@ def test_resize_shorter_keeps_the_aspect_ratio(hw, expected):
     assert pp.resize_shorter(chw, 256).shape == (3, *expected)
 
 
-def test_resize_matches_pil_bilinear_within_one_level():
-    from PIL import Image                         # what torchvision's Resize used in the book
-
+def test_resize_matches_pil_bilinear_within_one_level():  # PIL did the book's Resize
     image = np.random.default_rng(1).integers(0, 256, (180, 320, 3), dtype=np.uint8)
     expected = np.asarray(Image.fromarray(image).resize((455, 256), Image.BILINEAR))
     ours = pp.resize_shorter(pp.to_chw(image), 256).permute(1, 2, 0).numpy()
@@ -56,8 +56,6 @@ def test_center_crop_takes_the_middle():
 
 
 def test_read_image_gives_rgb_for_grey_and_rgba(tmp_path):
-    import imageio.v3 as iio
-
     grey, rgba = tmp_path / "grey.png", tmp_path / "rgba.png"
     iio.imwrite(grey, np.full((5, 6), 7, dtype=np.uint8))
     iio.imwrite(rgba, np.full((5, 6, 4), 9, dtype=np.uint8))

@@ -3,8 +3,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from common.ct import (HU_MAX, HU_MIN, IrcTuple, crop_bounds, irc_to_xyz, load_ct, write_mhd,
-                       xyz_to_irc)
+from common.ct import (
+    HU_MAX,
+    HU_MIN,
+    IrcTuple,
+    crop_bounds,
+    irc_to_xyz,
+    load_ct,
+    write_mhd,
+    xyz_to_irc,
+)
 from common.data import DataError
 
 

@@ -1,0 +1,246 @@
+"""Chapter 7: CIFAR-10 without torchvision: the python pickles, to_tensor, normalize, CIFAR-2.
+
+    python ch07_cifar/cifar.py               # real CIFAR-10 when downloaded, else synthetic
+    python ch07_cifar/cifar.py --synthetic   # force the built-in synthetic sample
+    python -m common.data download cifar10   # 170 MB -> <data root>/cifar-10-batches-py
+
+Prints the dataset sizes, one sample, the per-channel mean/std and the CIFAR-2 counts, and writes
+runs/ch07/cifar_samples.png (one row of images per class).
+"""
+import argparse
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from common.data import DataError, add_data_dir_argument, run_cli
+
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
+               "dog", "frog", "horse", "ship", "truck")
+CIFAR_DIR = "cifar-10-batches-py"                  # the folder inside cifar-10-python.tar.gz
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META_FILE = "batches.meta"
+BATCH_FILES = TRAIN_BATCHES + (TEST_BATCH, META_FILE)
+IMAGE_SHAPE = (3, 32, 32)                          # each row of b'data': 1024 R, 1024 G, 1024 B
+DOWNLOAD_COMMAND = "python -m common.data download cifar10"
+# The book's per-channel statistics of the 50,000 training images, after to_tensor.
+BOOK_MEAN = (0.4915, 0.4823, 0.4468)
+BOOK_STD = (0.2470, 0.2435, 0.2616)
+# CIFAR-2: airplane (0) and bird (2), relabelled 0 and 1.
+LABEL_MAP = {0: 0, 2: 1}
+CIFAR2_CLASS_NAMES = ("airplane", "bird")
+
+
+def _unpickle(path):
+    """The dict stored in one CIFAR file (keys are bytes); a DataError names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} not found; get CIFAR-10 with:  {DOWNLOAD_COMMAND}")
+    try:
+        with open(path, "rb") as f:
+            # The python version of CIFAR-10 is a Python 2 pickle: encoding="bytes" keeps its
+            # str keys as bytes. Unpickling runs code from the file: read only files you trust
+            # (the downloader checks the archive's md5).
+            entry = pickle.load(f, encoding="bytes")
+    except Exception as e:  # a corrupt pickle can fail in many ways: any of them is bad input
+        raise DataError(f"{path}: not a readable CIFAR-10 file ({type(e).__name__}: {e})") from None
+    if not isinstance(entry, dict):
+        raise DataError(f"{path}: expected a dict, found {type(entry).__name__}")
+    return entry
+
+
+def read_batch(path):
+    """One batch file -> (images uint8 (N, 3, 32, 32), labels int64 (N,)), checked."""
+    entry = _unpickle(path)
+    missing = [key for key in (b"data", b"labels") if key not in entry]
+    if missing:
+        raise DataError(f"{path}: not a CIFAR-10 batch (no {', '.join(map(repr, missing))} key)")
+    data, labels = entry[b"data"], entry[b"labels"]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == int(np.prod(IMAGE_SHAPE))):
+        got = (f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray)
+               else type(data).__name__)
+        raise DataError(f"{path}: b'data' should be uint8 of shape (N, 3072), found {got}")
+    labels = np.asarray(labels)
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: b'labels' should be {len(data)} integers, found "
+                        f"{labels.dtype} {labels.shape}")
+    if len(labels) and not (0 <= labels.min() and labels.max() < len(CLASS_NAMES)):
+        raise DataError(f"{path}: labels outside 0..9 ({labels.min()}..{labels.max()})")
+    return data.reshape(-1, *IMAGE_SHAPE), labels.astype(np.int64)
+
+
+def read_meta(path):
+    """batches.meta -> the 10 class names, as str."""
+    entry = _unpickle(path)
+    names = entry.get(b"label_names")
+    if not isinstance(names, list) or len(names) != len(CLASS_NAMES):
+        raise DataError(f"{path}: b'label_names' should list {len(CLASS_NAMES)} names")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def write_batch(path, images, labels, batch_label, filenames):
+    """Write uint8 images (N, 3, 32, 32) and labels as a CIFAR-10 batch (read_batch's inverse)."""
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    entry = {b"batch_label": batch_label.encode(),
+             b"labels": [int(x) for x in labels],
+             b"data": images.reshape(len(images), -1),
+             b"filenames": [name.encode() for name in filenames]}
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=4)
+
+
+def write_meta(path, num_cases_per_batch):
+    """Write batches.meta with the same three keys as the real file."""
+    entry = {b"num_cases_per_batch": num_cases_per_batch,
+             b"label_names": [name.encode() for name in CLASS_NAMES],
+             b"num_vis": int(np.prod(IMAGE_SHAPE))}
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=4)
+
+
+class CifarDataset(Dataset):
+    """CIFAR images and labels; an item is (HWC uint8 image, or transform(image), label)."""
+
+    def __init__(self, images, labels, transform=None):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        img = self.images[i].transpose(1, 2, 0)  # (32, 32, 3) uint8, like the PIL image of the book
+        return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+def load_cifar10(cifar_dir, train=True, transform=None):
+    """The 50,000 training (5 batches) or 10,000 test images of a cifar-10-batches-py folder."""
+    cifar_dir = Path(cifar_dir)
+    names = read_meta(cifar_dir / META_FILE)
+    if names != list(CLASS_NAMES):
+        raise DataError(f"{cifar_dir / META_FILE}: class names {names} are not CIFAR-10's")
+    batches = [read_batch(cifar_dir / name) for name in (TRAIN_BATCHES if train else (TEST_BATCH,))]
+    images = np.concatenate([images for images, _ in batches])
+    labels = np.concatenate([labels for _, labels in batches])
+    return CifarDataset(images, labels, transform)
+
+
+def to_tensor(img):
+    """HWC uint8 image -> CHW float32 tensor in [0, 1] (torchvision's ToTensor)."""
+    return torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float().div(255)
+
+
+def normalize(t, mean, std):
+    """Per-channel (t - mean) / std of a CHW (or NCHW) tensor (torchvision's Normalize)."""
+    mean = torch.as_tensor(mean, dtype=t.dtype).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=t.dtype).view(-1, 1, 1)
+    return (t - mean) / std
+
+
+def compose(*transforms):
+    """Apply the functions left to right (torchvision's Compose)."""
+    def apply(x):
+        for transform in transforms:
+            x = transform(x)
+        return x
+    return apply
+
+
+def channel_mean_std(dataset, chunk=5000):
+    """Per-channel mean and std of to_tensor(image) over a CifarDataset, as two tuples of floats.
+
+    The book stacks every image into one (3, 32, 32, 50000) tensor and calls
+    view(3, -1).mean(dim=1) / .std(dim=1); summing in float64 by chunks gives the same numbers
+    without holding 600 MB of floats.
+    """
+    n, total, total_sq = 0, torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for start in range(0, len(dataset.images), chunk):
+        x = torch.from_numpy(dataset.images[start:start + chunk]).double().div(255)
+        x = x.transpose(0, 1).reshape(3, -1)
+        n += x.shape[1]
+        total += x.sum(dim=1)
+        total_sq += (x * x).sum(dim=1)
+    mean = total / n
+    var = (total_sq - n * mean * mean) / (n - 1)   # unbiased, like torch.std
+    return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().tolist())
+
+
+def cifar2(dataset):
+    """The airplane and bird items of a CifarDataset, labels remapped {0: 0, 2: 1}, as a list."""
+    return [(dataset[i][0], LABEL_MAP[int(label)])
+            for i, label in enumerate(dataset.labels) if int(label) in LABEL_MAP]
+
+
+def load_cifar2(cifar_dir):
+    """CIFAR-2 train and validation lists of (normalized (3, 32, 32) tensor, 0 or 1), plus stats.
+
+    Normalized with the mean/std of the whole CIFAR-10 training set, as in the book.
+    """
+    train10 = load_cifar10(cifar_dir, train=True)
+    mean, std = channel_mean_std(train10)
+    transform = compose(to_tensor, lambda t: normalize(t, mean, std))
+    train10.transform = transform
+    val10 = load_cifar10(cifar_dir, train=False, transform=transform)
+    return cifar2(train10), cifar2(val10), {"mean": mean, "std": std}
+
+
+def plot_samples(dataset, path, per_class=8):
+    """A grid: one row of images per class; returns the path of the PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(CLASS_NAMES), per_class,
+                             figsize=(per_class * 0.9, len(CLASS_NAMES) * 0.95))
+    for c, name in enumerate(CLASS_NAMES):
+        indices = np.flatnonzero(dataset.labels == c)[:per_class]
+        for j in range(per_class):
+            ax = axes[c, j]
+            ax.axis("off")
+            if j < len(indices):
+                ax.imshow(dataset[indices[j]][0])
+        axes[c, 0].set_title(name, fontsize=8, loc="left")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    from ch07_cifar.synthetic import choose_cifar_dir  # synthetic.py imports this module
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_data_dir_argument(p)
+    p.add_argument("--synthetic", action="store_true", help="use the built-in synthetic sample")
+    p.add_argument("--out", default="runs/ch07", help="folder for the PNG (default: %(default)s)")
+    args = p.parse_args(argv)
+
+    cifar_dir, synthetic = choose_cifar_dir(args.data_dir, args.synthetic)
+    train10 = load_cifar10(cifar_dir, train=True)
+    val10 = load_cifar10(cifar_dir, train=False)
+    print(f"{cifar_dir}: {len(train10)} training images, {len(val10)} validation images")
+    img, label = train10[99]
+    print(f"item 99: image {type(img).__name__} {img.shape} {img.dtype}, label {label}"
+          f" ({CLASS_NAMES[label]})")
+    img_t = to_tensor(img)
+    print(f"to_tensor: {tuple(img_t.shape)} {img_t.dtype}, values in "
+          f"[{img_t.min():.3f}, {img_t.max():.3f}]")
+    mean, std = channel_mean_std(train10)
+    print("per-channel mean", tuple(round(m, 4) for m in mean), " std",
+          tuple(round(s, 4) for s in std), " (book:", BOOK_MEAN, BOOK_STD, ")")
+    train2, val2 = cifar2(train10), cifar2(val10)
+    print(f"CIFAR-2 (airplane=0, bird=1): {len(train2)} train, {len(val2)} val")
+    png = plot_samples(train10, Path(args.out) / "cifar_samples.png")
+    print(f"wrote {png}")
+    return {"cifar_dir": cifar_dir, "synthetic": synthetic, "n_train": len(train10),
+            "n_val": len(val10), "mean": mean, "std": std,
+            "n_train2": len(train2), "n_val2": len(val2), "png": png}
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,133 @@
+"""Chapter 8: train every convnet variant on CIFAR-2 and chart their train/val accuracy.
+
+    python ch08_convnets/compare.py --device cuda          # the book's runs: 100 epochs each
+    python ch08_convnets/compare.py --device cuda --check  # ... and fail unless every val accuracy
+                                                           #     is within 0.02 of the book's
+    python ch08_convnets/compare.py --synthetic --epochs 20 --n-blocks 10   # a quick CPU run
+
+Variants as in the book: baseline Net, width (NetWidth 32), l2 reg (Net, lambda 0.001), dropout,
+batch_norm, depth, res (all n_chans1=32), res deep (NetResDeep, --n-blocks, book 100, lr 3e-3).
+Writes runs/ch08/accuracy_comparison.png (the book's bar chart) and accuracy_comparison.md (the
+table, with the book's numbers), and prints the table.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ch07_cifar.train_fc import accuracy, add_cifar_arguments, count_params, prepare
+from ch08_convnets.models import make_model
+from ch08_convnets.train import training_loop
+from common.data import DataError, run_cli
+from common.device import seed_everything
+
+# name: (model, l2 lambda, learning rate or None for --lr, book (train, val) accuracy)
+VARIANTS = {
+    "baseline": ("net", 0.0, None, (0.93, 0.89)),
+    "width": ("width", 0.0, None, (0.96, 0.90)),
+    "l2 reg": ("net", 0.001, None, (0.90, 0.87)),
+    "dropout": ("dropout", 0.0, None, (0.89, 0.88)),
+    "batch_norm": ("batchnorm", 0.0, None, (1.00, 0.89)),
+    "depth": ("depth", 0.0, None, (0.95, 0.90)),
+    "res": ("res", 0.0, None, (0.97, 0.90)),
+    "res deep": ("resdeep", 0.0, 3e-3, (0.97, 0.86)),
+}
+TOLERANCE = 0.02          # the book's val accuracies are given to two decimals
+
+
+def run_variant(name, train_loader, val_loader, args, device):
+    """Train one variant from a fixed seed; returns its row of the table."""
+    model_name, l2_lambda, lr, book = VARIANTS[name]
+    seed_everything(args.seed)
+    model = make_model(model_name, n_blocks=args.n_blocks).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr or args.lr)
+    print(f"--- {name}: {type(model).__name__}, {count_params(model):,} parameters, "
+          f"lr {lr or args.lr}" + (f", L2 {l2_lambda}" if l2_lambda else ""))
+    start = time.perf_counter()
+    training_loop(args.epochs, optimizer, model, nn.CrossEntropyLoss(), train_loader, device,
+                  l2_lambda=l2_lambda, log_every=args.log_every)
+    seconds = time.perf_counter() - start
+    train_acc = accuracy(model, train_loader, device, flatten=False)
+    val_acc = accuracy(model, val_loader, device, flatten=False)
+    return {"name": name, "model": type(model).__name__, "params": count_params(model),
+            "train": train_acc, "val": val_acc, "book_train": book[0], "book_val": book[1],
+            "seconds": seconds}
+
+
+def table(rows):
+    """The rows as a markdown table, with each val accuracy's difference from the book's."""
+    lines = ["| variant | model | params | train | val | book train | book val | val - book |"
+             " seconds |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['model']} | {r['params']:,} | {r['train']:.3f} |"
+                     f" {r['val']:.3f} | {r['book_train']:.2f} | {r['book_val']:.2f} |"
+                     f" {r['val'] - r['book_val']:+.3f} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_comparison(rows, path, title):
+    """Grouped bars of train and val accuracy per variant, the book's val as a marker."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = torch.arange(len(rows)).float()
+    width = 0.38
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    ax.bar(x - width / 2, [r["train"] for r in rows], width, label="train")
+    ax.bar(x + width / 2, [r["val"] for r in rows], width, label="val")
+    ax.scatter(x + width / 2, [r["book_val"] for r in rows], marker="_", s=400, color="black",
+               zorder=3, label="book val")
+    ax.set_xticks(x.tolist(), [r["name"] for r in rows])
+    ax.set_ylim(min(0.5, min(min(r["train"], r["val"]) for r in rows) - 0.05), 1.08)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper center", ncol=3, frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=tuple(VARIANTS), metavar="VARIANT",
+                   help=f"train only these ({', '.join(VARIANTS)})")
+    p.add_argument("--n-blocks", type=int, default=100, help="res deep blocks (default: 100)")
+    p.add_argument("--check", action="store_true",
+                   help=f"exit 1 unless every val accuracy is within {TOLERANCE} of the book's")
+    p.add_argument("--log-every", type=int, default=10, help="epochs between loss lines")
+    p.add_argument("--out", default="runs/ch08", help="folder for the PNG and the table")
+    add_cifar_arguments(p)
+    args = p.parse_args(argv)
+    device, train_loader, val_loader, data = prepare(args)
+    if args.check and data["synthetic"]:
+        raise DataError("--check compares with the book's CIFAR-10 numbers: it needs the real "
+                        "data (python -m common.data download cifar10), not the synthetic sample")
+
+    rows = [run_variant(name, train_loader, val_loader, args, device)
+            for name in (args.only or VARIANTS)]
+    text = table(rows)
+    source = "SYNTHETIC sample" if data["synthetic"] else "CIFAR-2"
+    title = f"{source}, {args.epochs} epochs"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "accuracy_comparison.md").write_text(f"{title} ({data['cifar_dir']})\n\n{text}\n")
+    png = plot_comparison(rows, out / "accuracy_comparison.png", title)
+    print(f"\n{title}\n{text}\nwrote {png} and {out / 'accuracy_comparison.md'}")
+    if args.check:
+        off = [r["name"] for r in rows if abs(r["val"] - r["book_val"]) > TOLERANCE]
+        if off:
+            print(f"CHECK FAILED: val accuracy more than {TOLERANCE} from the book for "
+                  f"{', '.join(off)}")
+            raise SystemExit(1)
+        print(f"CHECK PASSED: every val accuracy within {TOLERANCE} of the book's")
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,118 @@
+"""Chapter 8: train one CIFAR-2 convnet, report train/val accuracy, save its state_dict.
+
+    python ch08_convnets/train.py                          # Net, SGD lr 1e-2, 100 epochs, batch 64
+    python ch08_convnets/train.py --model width --l2 0.001 --device cuda
+    python ch08_convnets/train.py --model resdeep --n-blocks 100 --lr 3e-3
+    python ch08_convnets/train.py --load book --epochs 0   # the book's trained Net, evaluated only
+
+Models: net, width, dropout, batchnorm, depth, res, resdeep (ch08_convnets/models.py). Writes the
+trained weights to runs/ch08/<model>.pt (the book: birds_vs_airplanes.pt); --load starts from a
+saved state_dict, `--load book` from the book's data/p1ch6/birds_vs_airplanes.pt (Net only).
+"""
+import argparse
+import datetime
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ch07_cifar.train_fc import accuracy, add_cifar_arguments, count_params, prepare, train_epoch
+from ch08_convnets.models import BOOK_NET_FILE, MODELS, make_model
+from common.data import DataError, book_file, run_cli
+from common.device import map_location
+
+
+def training_loop(n_epochs, optimizer, model, loss_fn, train_loader, device="cpu",
+                  l2_lambda=0.0, log_every=10):
+    """The book's loop: n_epochs passes, a timestamped loss line at epoch 1 and every log_every."""
+    losses = []
+    for epoch in range(1, n_epochs + 1):
+        losses.append(train_epoch(model, train_loader, loss_fn, optimizer, device,
+                                  flatten=False, l2_lambda=l2_lambda))
+        if epoch == 1 or epoch % log_every == 0:
+            print(f"{datetime.datetime.now()} Epoch {epoch}, Training loss {losses[-1]:.6f}")
+    return losses
+
+
+def training_loop_l2reg(n_epochs, optimizer, model, loss_fn, train_loader, device="cpu",
+                        l2_lambda=0.001, log_every=10):
+    """training_loop with the L2 penalty l2_lambda * sum(p**2) added to every batch's loss.
+
+    SGD(weight_decay=2 * l2_lambda) gives the same updates without computing the penalty.
+    """
+    return training_loop(n_epochs, optimizer, model, loss_fn, train_loader, device,
+                         l2_lambda=l2_lambda, log_every=log_every)
+
+
+def validate(model, train_loader, val_loader, device="cpu"):
+    """{'train': accuracy, 'val': accuracy}, printed like the book."""
+    result = {}
+    for name, loader in (("train", train_loader), ("val", val_loader)):
+        result[name] = accuracy(model, loader, device, flatten=False)
+        print(f"Accuracy {name}: {result[name]:.2f}")
+    return result
+
+
+def save_model(model, path):
+    """Write the state_dict through a temporary file, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_model(model, path, device="cpu"):
+    """Load a state_dict saved on any device into `model` (strict: names and shapes must match)."""
+    try:
+        state = torch.load(path, map_location=map_location(device), weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"{path} not found") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise DataError(f"{path} does not fit {type(model).__name__}: "
+                        f"{' '.join(line.strip() for line in first[:3])}") from None
+    return model
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", choices=tuple(MODELS), default="net")
+    p.add_argument("--n-chans1", type=int, default=32, help="first conv's channels (not for net)")
+    p.add_argument("--n-blocks", type=int, default=10, help="ResBlocks of resdeep (book: 100)")
+    p.add_argument("--l2", type=float, default=0.0, help="L2 penalty lambda (book: 0.001)")
+    p.add_argument("--load", default=None, help="start from a state_dict file, or `book`")
+    p.add_argument("--save", default=None,
+                   help="where to write the trained state_dict (default: runs/ch08/<model>.pt)")
+    p.add_argument("--log-every", type=int, default=10, help="epochs between loss lines")
+    add_cifar_arguments(p)
+    args = p.parse_args(argv)
+    device, train_loader, val_loader, data = prepare(args)
+
+    model = make_model(args.model, n_chans1=args.n_chans1, n_blocks=args.n_blocks).to(device)
+    if args.load:
+        if args.load == "book" and args.model != "net":
+            raise DataError("--load book holds the book's Net: use it with --model net")
+        path = (book_file(BOOK_NET_FILE, args.data_dir, name="birds-vs-airplanes")
+                if args.load == "book" else args.load)
+        load_model(model, path, device)
+        print(f"loaded {path}")
+    print(f"model {args.model} ({type(model).__name__}): {count_params(model):,} parameters")
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
+    losses = training_loop(args.epochs, optimizer, model, nn.CrossEntropyLoss(), train_loader,
+                           device, l2_lambda=args.l2, log_every=args.log_every)
+    result = validate(model, train_loader, val_loader, device)
+    saved = None
+    if args.epochs > 0:
+        saved = save_model(model, args.save or Path("runs/ch08") / f"{args.model}.pt")
+        print(f"saved {saved}")
+    return {"model": model, "losses": losses, **result, "saved": saved,
+            "synthetic": data["synthetic"]}
+
+
+if __name__ == "__main__":
+    run_cli(main)

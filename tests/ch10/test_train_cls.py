@@ -1,0 +1,165 @@
+"""train_cls.py: metrics, end-to-end runs, exact resume after a kill, DDP, and bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from argparse import Namespace
+
+import pytest
+import torch
+
+from ch10_luna.model import LunaModel
+from ch10_luna.train_cls import locate_luna, main, save_checkpoint, summarize
+from common.data import REPO_ROOT, DataError
+
+SCRIPT = str(REPO_ROOT / "ch10_luna" / "train_cls.py")
+
+
+def tiny_args(luna, run_dir, *extra):
+    return ["--data-dir", str(luna), "--run-dir", str(run_dir), "--epoch-size", "32",
+            "--batch-size", "8", *extra]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_summarize_counts_on_a_hand_made_tensor():
+    # labels 1 1 0 0 0, predictions .9 .2 .7 .1 .3 -> TP 1, FN 1, FP 1, TN 2
+    metrics = torch.tensor([[1, 1, 0, 0, 0], [.9, .2, .7, .1, .3], [.1, 1.6, 1.2, .1, .4]])
+    s = summarize(metrics)
+    assert (s["count/tp"], s["count/fn"], s["count/fp"], s["count/tn"]) == (1, 1, 1, 2)
+    assert s["pr/precision"] == s["pr/recall"] == pytest.approx(0.5)
+    assert s["pr/f1_score"] == pytest.approx(0.5)
+    assert s["correct/all"] == pytest.approx(60.0)
+    assert s["correct/neg"] == pytest.approx(200 / 3) and s["correct/pos"] == pytest.approx(50)
+    assert s["loss/pos"] == pytest.approx(0.85) and s["loss/neg"] == pytest.approx(1.7 / 3)
+
+
+def test_summarize_without_positives_gives_no_nan_and_no_warning(recwarn):
+    s = summarize(torch.tensor([[0.0, 0.0], [0.2, 0.7], [0.1, 1.2]]))
+    assert s["count/pos"] == 0 and s["pr/recall"] == 0.0 and s["loss/pos"] == 0.0
+    assert s["pr/f1_score"] == 0.0 and s["correct/pos"] == 0.0
+    assert all(v == v for v in s.values())                            # no NaN
+    assert not recwarn.list
+    assert summarize(torch.zeros(3, 0))["correct/all"] == 0.0
+
+
+def test_main_end_to_end_on_a_tiny_sample(tiny_luna, tmp_path):
+    model, history = main(tiny_args(tiny_luna, tmp_path / "run", "--epochs", "2",
+                                    "--augmented"))
+    assert isinstance(model, LunaModel) and [h["epoch"] for h in history] == [1, 2]
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [(r["epoch"], r["phase"]) for r in rows] == [(1, "trn"), (1, "val"), (2, "trn"),
+                                                         (2, "val")]
+    assert rows[0]["count/pos"] == rows[0]["count/neg"] == 16       # balanced by default
+    assert rows[-1]["samples"] == 64
+    assert list((tmp_path / "run" / "trn").glob("events.out.tfevents.*"))
+    assert list((tmp_path / "run" / "val").glob("events.out.tfevents.*"))
+    for name in ("cls_dlwpt.last.state", "cls_dlwpt.best.state"):
+        state = torch.load(tmp_path / "run" / name, weights_only=True)
+        assert state["model_name"] == "LunaModel" and state["optimizer_name"] == "SGD"
+        LunaModel().load_state_dict(state["model_state"])
+    assert not [p for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name]
+
+
+def test_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run(tiny_luna, tmp_path):
+    common = ["--data-dir", str(tiny_luna), "--epochs", "2", "--epoch-size", "64",
+              "--batch-size", "8", "--augmented", "--checkpoint-every", "1"]
+    main([*common, "--run-dir", str(tmp_path / "a")])
+    run_b = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, SCRIPT, *common, "--run-dir", str(run_b)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run_b / "cls_dlwpt.last.state"
+    killed_at = None
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if last.exists():
+            state = torch.load(last, weights_only=True)
+            if state["epoch"] == 2 and 2 <= state.get("batch", 0) < 7:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed_at = (state["epoch"], state["batch"])
+                break
+        time.sleep(0.05)
+    assert killed_at is not None, "the run ended before it could be killed mid-epoch"
+    assert len(read_jsonl(run_b / "metrics.jsonl")) == 2                  # epoch 1 only
+    main(["--resume", str(last)])
+    a, b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(run_b / "metrics.jsonl")
+    assert len(b) == 4
+    for row_a, row_b in zip(a, b):
+        assert row_a.keys() == row_b.keys()
+        for key, value in row_a.items():
+            expected = value if isinstance(value, str) else pytest.approx(value, rel=1e-5,
+                                                                          abs=1e-6)
+            assert row_b[key] == expected, key
+
+
+def test_two_process_ddp_on_cpu(tiny_luna, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         SCRIPT, *tiny_args(tiny_luna, tmp_path / "ddp"), "--epochs", "1"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = read_jsonl(tmp_path / "ddp" / "metrics.jsonl")                 # rank 0 alone writes
+    assert [r["phase"] for r in rows] == ["trn", "val"]
+    assert rows[0]["count/pos"] + rows[0]["count/neg"] == 32              # both ranks' halves
+    _, history = main(tiny_args(tiny_luna, tmp_path / "single", "--epochs", "1"))
+    val = history[0]["val"]
+    assert rows[1]["count/pos"] + rows[1]["count/neg"] == val["count/pos"] + val["count/neg"]
+
+
+def test_synthetic_fallback_is_announced(tiny_luna, tmp_path):
+    shutil.copytree(tiny_luna, tmp_path / "synthetic" / "luna")
+    said = []
+    args = Namespace(data_dir=str(tmp_path), synthetic=True)
+    luna = locate_luna(args, announce=said.append)
+    assert luna.synthetic and luna.root == tmp_path / "synthetic" / "luna"
+    assert "SYNTHETIC DATA" in said[-1] and "python -m common.data download" in said[-1]
+
+
+# --------------------------------------------------------------------------- bad input
+def test_data_dir_that_does_not_exist():
+    with pytest.raises(DataError, match="--data-dir /no/such/dir does not exist"):
+        main(["--data-dir", "/no/such/dir"])
+
+
+def test_data_dir_without_luna(tmp_path):
+    with pytest.raises(DataError, match="no LUNA16 under"):
+        main(["--data-dir", str(tmp_path)])
+
+
+def test_the_error_is_one_line_and_a_nonzero_exit():
+    result = subprocess.run([sys.executable, SCRIPT, "--data-dir", "/no/such/dir"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --data-dir /no/such/dir does not exist"
+
+
+def test_resume_from_a_checkpoint_of_another_model(tmp_path):
+    other = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path / "seg.state", other, torch.optim.Adam(other.parameters()),
+                    Namespace(), 1, 10)
+    with pytest.raises(DataError, match="holds a 'Linear', this script trains a LunaModel"):
+        main(["--resume", str(tmp_path / "seg.state")])
+
+
+def test_resume_from_garbage_and_from_a_missing_file(tmp_path):
+    (tmp_path / "junk.state").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="not a readable checkpoint"):
+        main(["--resume", str(tmp_path / "junk.state")])
+    with pytest.raises(DataError, match="no such file"):
+        main(["--resume", str(tmp_path / "none.state")])
+
+
+def test_resume_from_a_checkpoint_whose_weights_do_not_fit(tiny_luna, tmp_path):
+    model = LunaModel(conv_channels=4)
+    save_checkpoint(tmp_path / "small.state", model, torch.optim.SGD(model.parameters(), lr=.1),
+                    Namespace(**vars(__import__("ch10_luna.train_cls", fromlist=["x"])
+                                     .parse_args(["--data-dir", str(tiny_luna)]))), 1, 32)
+    with pytest.raises(DataError, match="does not fit LunaModel"):
+        main(["--resume", str(tmp_path / "small.state"), "--run-dir", str(tmp_path / "r")])

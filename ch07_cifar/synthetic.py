@@ -133,7 +133,11 @@ def choose_cifar_dir(data_dir=None, synthetic=False, **sizes):
         return real, False                          # the reader names any file missing there
     out = root / SYNTHETIC_DIR
     if not is_complete(out):
-        write_synthetic_cifar(out, **sizes)
+        try:
+            write_synthetic_cifar(out, **sizes)
+        except OSError as e:        # e.g. $DLWPT_DATA on a read-only share
+            raise DataError(f"cannot write the synthetic sample to {out} ({e.strerror}); "
+                            "pass --data-dir with a writable folder") from None
     why = "--synthetic was given" if synthetic else f"CIFAR-10 was not found in {real}"
     bar = "=" * 78
     print(f"{bar}\nSYNTHETIC DATA: {why},\nso this run uses the built-in synthetic sample in {out}"

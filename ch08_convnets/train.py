@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from ch07_cifar.train_fc import accuracy, add_cifar_arguments, count_params, prepare, train_epoch
-from ch08_convnets.models import BOOK_NET_FILE, MODELS, make_model
-from common.data import DataError, book_file, run_cli
+from ch08_convnets.models import BOOK_NET_FILE, MODELS, load_book_net, make_model
+from common.data import DataError, run_cli
 from common.device import map_location
 
 
@@ -93,14 +93,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     device, train_loader, val_loader, data = prepare(args)
 
-    model = make_model(args.model, n_chans1=args.n_chans1, n_blocks=args.n_blocks).to(device)
-    if args.load:
-        if args.load == "book" and args.model != "net":
+    if args.load == "book":
+        if args.model != "net":
             raise DataError("--load book holds the book's Net: use it with --model net")
-        path = (book_file(BOOK_NET_FILE, args.data_dir, name="birds-vs-airplanes")
-                if args.load == "book" else args.load)
-        load_model(model, path, device)
-        print(f"loaded {path}")
+        model = load_book_net(args.data_dir, device)
+        print(f"loaded the book's {BOOK_NET_FILE}")
+    else:
+        model = make_model(args.model, n_chans1=args.n_chans1, n_blocks=args.n_blocks).to(device)
+        if args.load:
+            load_model(model, args.load, device)
+            print(f"loaded {args.load}")
     print(f"model {args.model} ({type(model).__name__}): {count_params(model):,} parameters")
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     losses = training_loop(args.epochs, optimizer, model, nn.CrossEntropyLoss(), train_loader,

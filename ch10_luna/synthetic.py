@@ -4,7 +4,7 @@
 
 Deterministic for a seed. Each CT is an int16 HU MetaImage (.mhd + uncompressed .raw) with
 anisotropic spacing and a non-zero origin: a body of soft tissue and fat, a spine, two lungs with
-parenchyma texture and branching vessels, and 2-5 nodules of 3-30 mm. Malignancy (for chapter 14)
+parenchyma texture and branching vessels, and 3-6 nodules of 3-30 mm. Malignancy (for chapter 14)
 rises with size, and malignant nodules are lobulated and spiculated while benign ones are smooth
 (some calcified). `candidates.csv` holds a few candidates per nodule and several hundred
 negatives per CT (on vessels, in the parenchyma, at the chest wall, on sub-3 mm specks), so the
@@ -165,7 +165,7 @@ def synthesize_ct(rng, negatives=(550, 800)):
 
     # Nodules: centres well inside a lung, not overlapping each other.
     nodules, lung_idx = [], np.argwhere(ndimage.binary_erosion(lung, iterations=4))
-    for _ in range(int(rng.integers(2, 6))):
+    for _ in range(int(rng.integers(3, 7))):
         diameter = float(np.clip(rng.lognormal(np.log(8.0), 0.5), 3.2, 30.0))
         malignant = bool(rng.random() < 1 / (1 + np.exp(-(diameter - 11.0) / 2.5)))
         for _ in range(50):
@@ -234,7 +234,7 @@ def _mal_details(rng, malignant):
     return ratings
 
 
-def generate_sample(out_dir, n_series=20, seed=0, n_subsets=10, negatives=(550, 800),
+def generate_sample(out_dir, n_series=30, seed=0, n_subsets=10, negatives=(550, 800),
                     progress=True):
     """Write the sample under `out_dir` (skipped when a complete one is there); returns out_dir."""
     out_dir = Path(out_dir)
@@ -300,7 +300,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="data/synthetic/luna", help="folder to write (LUNA16 layout)")
-    p.add_argument("--series", type=int, default=20, help="number of CTs (default: %(default)s)")
+    p.add_argument("--series", type=int, default=30, help="number of CTs (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     out = generate_sample(args.out, n_series=args.series, seed=args.seed)

@@ -196,6 +196,14 @@ def test_choose_cifar_dir_falls_back_loudly_and_prefers_real(tmp_path, capsys):
     assert "--synthetic" in capsys.readouterr().err
 
 
+def test_unwritable_data_root_is_a_data_error(tmp_path, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(synthetic, "write_synthetic_cifar", read_only)
+    with pytest.raises(DataError, match="Permission denied.*--data-dir with a writable folder"):
+        choose_cifar_dir(tmp_path)
+
+
 def test_synthetic_script_writes_the_requested_sizes(tmp_path):
     out = synthetic.main(["--data-dir", str(tmp_path), "--train-per-class", "2",
                           "--test-per-class", "1"])

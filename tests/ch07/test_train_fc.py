@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 from ch07_cifar import train_fc
 from ch07_cifar.cifar import load_cifar2
 from ch07_cifar.train_fc import accuracy, count_params, make_loaders, make_model, train_epoch
+from common.data import DataError
 
 
 def test_parameter_counts_are_the_books():
@@ -80,7 +81,6 @@ def test_script_trains_on_the_tiny_sample(tiny_root, name, capsys):
 
 
 def test_script_rejects_an_absent_device(tiny_root):
-    from common.data import DataError
     if torch.cuda.is_available():
         pytest.skip("CUDA is present")
     with pytest.raises(DataError, match="CUDA"):

@@ -113,13 +113,20 @@ def test_two_process_ddp_on_cpu(tiny_luna, tmp_path):
     assert rows[1]["count/pos"] + rows[1]["count/neg"] == val["count/pos"] + val["count/neg"]
 
 
-def test_synthetic_fallback_is_announced(tiny_luna, tmp_path):
-    shutil.copytree(tiny_luna, tmp_path / "synthetic" / "luna")
+@pytest.mark.parametrize("forced", [False, True])
+def test_synthetic_fallback_is_announced(tiny_luna, tmp_path, forced):
+    shutil.copytree(tiny_luna, tmp_path / "synthetic" / "luna")     # as if generated before
     said = []
-    args = Namespace(data_dir=str(tmp_path), synthetic=True)
-    luna = locate_luna(args, announce=said.append)
+    luna = locate_luna(Namespace(data_dir=str(tmp_path), synthetic=forced), announce=said.append)
     assert luna.synthetic and luna.root == tmp_path / "synthetic" / "luna"
     assert "SYNTHETIC DATA" in said[-1] and "python -m common.data download" in said[-1]
+    assert ("--synthetic given" in said[-1]) == forced
+
+
+def test_a_real_luna_folder_wins_over_the_sample(tiny_luna, tmp_path):
+    shutil.copytree(tiny_luna, tmp_path / "luna")
+    luna = locate_luna(Namespace(data_dir=str(tmp_path), synthetic=False), announce=print)
+    assert not luna.synthetic and luna.root == tmp_path / "luna"
 
 
 # --------------------------------------------------------------------------- bad input
@@ -128,8 +135,9 @@ def test_data_dir_that_does_not_exist():
         main(["--data-dir", "/no/such/dir"])
 
 
-def test_data_dir_without_luna(tmp_path):
-    with pytest.raises(DataError, match="no LUNA16 under"):
+def test_a_broken_luna_folder_is_an_error_not_a_fallback(tmp_path):
+    (tmp_path / "luna").mkdir()
+    with pytest.raises(DataError, match="missing candidates.csv, annotations.csv"):
         main(["--data-dir", str(tmp_path)])
 
 

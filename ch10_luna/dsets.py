@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ch10_luna.synthetic import MARKER
 from common.ct import load_ct, read_mhd_header
 from common.data import DataError, data_root
 
@@ -80,6 +81,7 @@ def find_luna(folder, synthetic=False):
         for mhd in mhds:
             check_series_files(mhd)
             series[mhd.stem] = mhd
+    synthetic = synthetic or (folder / MARKER).exists()       # ch10_luna/synthetic.py made it
     return LunaFiles(folder, candidates, annotations, malignancy, series, synthetic)
 
 

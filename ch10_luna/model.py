@@ -52,14 +52,18 @@ class LunaModel(nn.Module):
 
 
 def init_weights(model):
-    """Kaiming-normal weights (fan_out, ReLU) and small biases on every conv and linear layer.
+    """Kaiming-normal weights and small biases on every conv and linear layer.
 
-    The book drew biases with normal_(bias, -bound, bound), i.e. mean -bound and std bound;
-    a symmetric uniform(-bound, bound) is what it describes, so that is used here.
+    Two departures from the book, both about the start of training: the book drew biases with
+    normal_(bias, -bound, bound), i.e. mean -bound and std bound, where a symmetric
+    uniform(-bound, bound) is meant; and it used fan_out for the head too, where fan_out is 2,
+    so the initial logits had a std of about 30 and the first hundred steps went into undoing
+    that. The convolutions keep fan_out; the head uses fan_in.
     """
     for m in model.modules():
         if isinstance(m, (nn.Conv3d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, a=0, mode="fan_out", nonlinearity="relu")
+            mode = "fan_in" if isinstance(m, nn.Linear) else "fan_out"
+            nn.init.kaiming_normal_(m.weight, a=0, mode=mode, nonlinearity="relu")
             if m.bias is not None:
                 fan_out = m.weight.shape[0] * math.prod(m.weight.shape[2:])
                 bound = 1 / math.sqrt(fan_out)

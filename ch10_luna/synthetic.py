@@ -166,7 +166,7 @@ def synthesize_ct(rng, negatives=(550, 800)):
     # Nodules: centres well inside a lung, not overlapping each other.
     nodules, lung_idx = [], np.argwhere(ndimage.binary_erosion(lung, iterations=4))
     for _ in range(int(rng.integers(3, 7))):
-        diameter = float(np.clip(rng.lognormal(np.log(8.0), 0.5), 3.2, 30.0))
+        diameter = float(np.clip(rng.lognormal(np.log(9.0), 0.5), 3.2, 30.0))
         malignant = bool(rng.random() < 1 / (1 + np.exp(-(diameter - 11.0) / 2.5)))
         for _ in range(50):
             center = lung_idx[rng.integers(len(lung_idx))].astype(float) + rng.uniform(-.5, .5, 3)
@@ -206,7 +206,7 @@ def _negative_centres(rng, lung, vessels, nodules, specks, spacing_irc, count_ra
     vessel_idx = np.argwhere(vessels > 0.8)
     lung_idx = np.argwhere(lung)
     edge_idx = np.argwhere(lung & ~ndimage.binary_erosion(lung, iterations=2))
-    pools = [(vessel_idx, 0.5), (lung_idx, 0.3), (edge_idx, 0.15)]
+    pools = [(vessel_idx, 0.35), (lung_idx, 0.45), (edge_idx, 0.15)]
     centres = [np.array(s) for s in specks]
     for pool, share in pools:
         if len(pool):

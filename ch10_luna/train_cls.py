@@ -55,7 +55,11 @@ def parse_args(argv=None):
     p.add_argument("--num-workers", type=int, default=0,
                    help="DataLoader worker processes (0: load in the training process; crops "
                         "are memory-mapped reads, cheap next to the model)")
-    p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate (momentum 0.99)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
+                   help="sgd: the book's SGD, momentum 0.99; adam: Adam. Default: sgd on LUNA16, "
+                        "adam on the synthetic sample (the book's SGD needs thousands of steps "
+                        "to get going; Adam learns within the two-minute default run)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default: %(default)s)")
     add_device_argument(p)
     p.add_argument("--seed", type=int, default=0)
     add_data_dir_argument(p)
@@ -168,6 +172,13 @@ def gather_metrics(metrics):
 
 
 # ----------------------------------------------------------------------------- training
+def make_optimizer(model, name, lr):
+    """The book's SGD (chapter 11: momentum 0.99), or Adam."""
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.99)
+
+
 def amp_context(device, enabled):
     """bf16 autocast where the device has it, else fp16; (context, needs_grad_scaler)."""
     if not enabled:
@@ -389,19 +400,21 @@ def train(args, device, state=None):
     say(f"{len(train_ds):,} training candidates ({sum(train_ds.labels()):,} nodules), "
         f"{len(val_ds):,} validation; {epoch_size:,} training samples per epoch "
         f"{'balanced' if args.balanced else 'unbalanced'}; device {device}"
-        f"{f' x {world} processes' if world > 1 else ''}{'; amp' if args.amp else ''}")
+        f"{f' x {world} processes' if world > 1 else ''}{'; amp' if args.amp else ''}; "
+        f"{args.optimizer or ('adam' if luna.synthetic else 'sgd')} lr {args.lr:g}")
 
     model = LunaModel().to(device)
     if channels_last(device, args.amp):
         model = model.to(memory_format=torch.channels_last_3d)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.99)
+    args.optimizer = args.optimizer or ("adam" if luna.synthetic else "sgd")
+    optimizer = make_optimizer(model, args.optimizer, args.lr)
     start_epoch, start_batch, partial, best_f1, samples_seen = 1, 0, None, -1.0, 0
     if state is not None:
         try:
             model.load_state_dict(state["model_state"])
             optimizer.load_state_dict(state["optimizer_state"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise DataError(f"--resume {args.resume}: does not fit LunaModel/SGD "
+            raise DataError(f"--resume {args.resume}: does not fit LunaModel/{args.optimizer} "
                             f"({str(e).splitlines()[0][:160]})") from None
         start_epoch, start_batch = state["epoch"], state.get("batch", 0)
         samples_seen, best_f1 = state["totalTrainingSamples_count"], state.get("best_f1", -1.0)

@@ -44,7 +44,9 @@ def test_every_annotated_nodule_is_solid_tissue_at_its_centre(tiny_luna):
             assert 3 <= diameter <= 30
             irc = ct.xyz_to_irc(center_xyz)
             assert all(0 <= i < n for i, n in zip(irc, ct.shape))
-            assert ct.hu[irc] > -400, (uid, center_xyz, ct.hu[irc])     # lung is about -850
+            near = ct.crop_irc(irc, (3, 3, 3))                   # lung is about -850 HU
+            # Even a 3 mm nodule, blurred by partial volume, stands 300+ HU above the lung.
+            assert ct.hu[irc] > -600 and near.max() > -500, (uid, center_xyz, near.max())
             if diameter >= 4 * max(ct.spacing_xyz):             # a 3x3x3 box fits well inside
                 assert np.median(ct.crop_irc(irc, (3, 3, 3))) > -300
 

@@ -61,7 +61,8 @@ def test_main_end_to_end_on_a_tiny_sample(tiny_luna, tmp_path):
     assert list((tmp_path / "run" / "val").glob("events.out.tfevents.*"))
     for name in ("cls_dlwpt.last.state", "cls_dlwpt.best.state"):
         state = torch.load(tmp_path / "run" / name, weights_only=True)
-        assert state["model_name"] == "LunaModel" and state["optimizer_name"] == "SGD"
+        assert state["model_name"] == "LunaModel"
+        assert state["optimizer_name"] == "Adam"                  # the sample's default
         LunaModel().load_state_dict(state["model_state"])
     assert not [p for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name]
 
@@ -125,8 +126,19 @@ def test_synthetic_fallback_is_announced(tiny_luna, tmp_path, forced):
 
 def test_a_real_luna_folder_wins_over_the_sample(tiny_luna, tmp_path):
     shutil.copytree(tiny_luna, tmp_path / "luna")
+    (tmp_path / "luna" / "SYNTHETIC.json").unlink()                   # now it passes for LUNA16
     luna = locate_luna(Namespace(data_dir=str(tmp_path), synthetic=False), announce=print)
     assert not luna.synthetic and luna.root == tmp_path / "luna"
+
+
+def test_the_book_sgd_is_the_default_on_luna16_and_adam_on_the_sample(tiny_luna, tmp_path):
+    shutil.copytree(tiny_luna, tmp_path / "luna")
+    (tmp_path / "luna" / "SYNTHETIC.json").unlink()
+    main(["--data-dir", str(tmp_path), "--run-dir", str(tmp_path / "r"), "--epoch-size", "16",
+          "--batch-size", "8", "--val-stride", "4"])
+    state = torch.load(tmp_path / "r" / "cls_dlwpt.last.state", weights_only=True)
+    assert state["optimizer_name"] == "SGD"
+    assert state["optimizer_state"]["param_groups"][0]["momentum"] == 0.99
 
 
 # --------------------------------------------------------------------------- bad input

@@ -7,7 +7,8 @@ Every figure comes from this one run on this device, side by side:
 - crop reads: a 32x48x48 crop through np.memmap vs loading the whole CT first (the book's
   uncached path, which is why it needed a ~165 GB crop cache);
 - model-only ceilings: LunaModel forward+backward+SGD step (training) and forward alone
-  (validation) on in-memory tensors of the same batch size;
+  (validation) on in-memory tensors of the same batch size; on CPU also the training ceiling in
+  the book's NCDHW layout, against the channels-last layout used here;
 - the real loops: train_one_epoch (balanced, fully augmented: the book's chapter 12 setting)
   and evaluate() reading crops from the sample's .raw files, and their share of the ceiling.
 """
@@ -54,11 +55,11 @@ def time_crop_reads(dataset, n=200):
     return ours * 1e3, full * 1e3
 
 
-def model_ceiling(device, batch_size, steps, amp, train=True):
-    """samples/s of the bare model on one in-memory batch (after two warm-up steps)."""
+def model_ceiling(device, batch_size, steps, amp, train=True, memory_last=None, warmup=2):
+    """samples/s of the bare model on one in-memory batch (after `warmup` steps)."""
     seed_everything(0)
     model = LunaModel().to(device)
-    memory_last = channels_last(device, amp)
+    memory_last = channels_last(device, amp) if memory_last is None else memory_last
     if memory_last:
         model = model.to(memory_format=torch.channels_last_3d)
     x = to_input(torch.randn(batch_size, 1, 32, 48, 48) * 400 - 500, device, memory_last)
@@ -79,7 +80,7 @@ def model_ceiling(device, batch_size, steps, amp, train=True):
             with torch.inference_mode(), amp_ctx:
                 model(x)
 
-    for _ in range(2):
+    for _ in range(warmup):
         step()
     sync(device)
     started = time.perf_counter()
@@ -131,6 +132,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=10, help="timed batches per figure")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--no-augment", action="store_true", help="time training without augmentation")
+    p.add_argument("--skip-layout", action="store_true",
+                   help="skip timing the book's NCDHW layout on CPU (about a minute)")
     p.add_argument("--compare-f1", action="store_true",
                    help="also train one default epoch in fp32 and with --amp; print both F1")
     args = p.parse_args(argv)
@@ -161,6 +164,11 @@ def main(argv=None):
               f"model-only ceiling {ceiling_trn:7.1f}")
         print(f"{name:10s} validation {val:7.1f} samples/s = {val / ceiling_val:6.1%} of the "
               f"forward-only ceiling {ceiling_val:7.1f}")
+    if device.type == "cpu" and not args.skip_layout:
+        book_layout = model_ceiling(device, args.batch_size, 1, False, memory_last=False,
+                                    warmup=1)
+        print(f"fp32 model-only ceiling in the book's NCDHW layout: {book_layout:.1f} samples/s; "
+              f"channels-last: {results[False][0]:.1f} ({results[False][0] / book_layout:.0f}x)")
     fp32_ceiling = results[False][0]
     print(f"amp training {results[True][2]:.1f} samples/s = {results[True][2] / fp32_ceiling:.2f}x"
           f" the fp32 model-only ceiling ({fp32_ceiling:.1f}); validation "

@@ -1,7 +1,7 @@
 """Chapter 2 warm-up (book repository p1ch2/4_mnist): a small MNIST convnet, trained on digits.
 
     python ch01_intro/mnist_net.py                    # train from scratch on synthetic digits
-    python ch01_intro/mnist_net.py --init book        # start from the book's p1ch2/mnist.pth
+    python ch01_intro/mnist_net.py --init book        # start from the book's p1ch2/mnist/mnist.pth
 
 The network: conv 1->10 (5x5), max pool, ReLU; conv 10->20 (5x5), Dropout2d, max pool, ReLU;
 fc 320->50, ReLU, dropout; fc 50->10; log_softmax. Its attribute names are the book's, so
@@ -22,7 +22,7 @@ from torch import nn
 from common.data import REPO_ROOT, add_data_dir_argument, book_file, run_cli
 from common.device import add_device_argument, pick_device, seed_everything
 
-MNIST_PTH = "p1ch2/mnist.pth"
+MNIST_PTH = "p1ch2/mnist/mnist.pth"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081     # the usual MNIST pixel statistics
 
 # Each digit as one pen stroke through points of a unit box (x right, y down).
@@ -106,7 +106,7 @@ def normalize(images):
 
 
 def load_book_net(data_dir=None):
-    """MnistNet with the book's p1ch2/mnist.pth, loaded strictly."""
+    """MnistNet with the book's p1ch2/mnist/mnist.pth, loaded strictly."""
     path = book_file(MNIST_PTH, data_dir, name="p1ch2")
     model = MnistNet()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -160,7 +160,7 @@ def save_samples(images, labels, path):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--init", choices=["random", "book"], default="random",
-                   help="start untrained, or from the book's p1ch2/mnist.pth")
+                   help="start untrained, or from the book's p1ch2/mnist/mnist.pth")
     p.add_argument("--steps", type=int, default=300, help="SGD steps (batches of synthetic digits)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=0.01)

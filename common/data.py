@@ -113,7 +113,7 @@ BOOK_FILES = {
         ("bobby.jpg", 75801, "71d4d4ae4f00f5febb1f178153673bc456d15f305f6d58517679340dcfbf5914"),
         ("horse.jpg", 385347, "478b2b255c74ad18547b6df158a08703d7c5961e89a5c46f2685f820122fff66"),
         ("imagenet_classes.txt", 21674, "a40d9be82eb4738becd1dd69991b89f87f309975e860a6f3f45395d8c06a7e0d"),  # noqa: E501
-        ("mnist.pth", 88628, "ccbcf18d3c58147be74b457de0a664b20b0edccb636c64ac5016daf6650e3249"),
+        ("mnist/mnist.pth", 88668, "afaf61b6023c2fa5b293597947939d54019744a6dc2b102f3b13dc7b6e3eb35a"),  # noqa: E501
     )),
     "horse2zebra": ("p1ch2", (
         ("horse2zebra_0.4.0.pth", None, None),

@@ -108,7 +108,7 @@ def test_registry_names_layout_and_sources():
     reg = data.registry()
     assert set(NAMES) <= set(reg)
     assert [f.relpath for f in reg["p1ch2"].files] == [
-        "p1ch2/bobby.jpg", "p1ch2/horse.jpg", "p1ch2/imagenet_classes.txt", "p1ch2/mnist.pth"]
+        "p1ch2/bobby.jpg", "p1ch2/horse.jpg", "p1ch2/imagenet_classes.txt", "p1ch2/mnist/mnist.pth"]
     dicom = reg["dicom-ct"].files
     assert len(dicom) == 99 and len(reg["luna-models"].files) == 5
     folder = "p1ch4/volumetric-dicom/2-LUNG 3.0  B70f-04083/"    # two spaces, kept

@@ -21,6 +21,7 @@ from torch import nn
 
 from common.data import REPO_ROOT, add_data_dir_argument, book_file, run_cli
 from common.device import add_device_argument, pick_device, seed_everything
+from common.figures import save_figure
 
 MNIST_PTH = "p1ch2/mnist/mnist.pth"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081     # the usual MNIST pixel statistics
@@ -151,10 +152,7 @@ def save_samples(images, labels, path):
         ax.set_title(str(int(label)), fontsize=9)
         ax.axis("off")
     fig.suptitle("synthetic digits (the MNIST stand-in)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def main(argv=None):

@@ -14,6 +14,7 @@ import scipy.signal
 import torch
 
 from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.figures import save_figure
 
 CHIRP_WAV = "p1ch4/audio-chirp/1-100038-A-14.wav"
 
@@ -59,12 +60,7 @@ def plot_audio(waveform, rate, freqs, times, power, out_dir):
     fig.colorbar(mesh, ax=ax2, label="dB", orientation="horizontal", pad=0.15, shrink=0.6)
     ax2.set(title=f"spectrogram {tuple(power.shape)} (frequency, time)",
             xlabel="time (s)", ylabel="frequency (kHz)")
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "audio.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "audio.png")
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.figures import save_figure
 
 HOUR_CSV = "p1ch4/bike-sharing-dataset/hour-fixed.csv"
 N_COLUMNS = 17
@@ -77,12 +78,7 @@ def plot_hourly(daily, out_dir):
     ax.set(title="Bike rentals by hour of the day (mean ± std over days)",
            xlabel="hour", ylabel="rentals per hour", xticks=range(0, 24, 2))
     ax.legend()
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "bikes.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "bikes.png")
 
 
 def main(argv=None):

@@ -11,6 +11,7 @@ import imageio.v2 as imageio  # the book's imageio.imread (v2 API, without the v
 import torch
 
 from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.figures import save_figure
 
 DOG_JPG = "p1ch4/image-dog/bobby.jpg"
 CATS_DIR = "p1ch4/image-cats"
@@ -62,12 +63,7 @@ def plot_images(dog, cats, out_dir):
         ax.imshow(cat.permute(1, 2, 0).numpy())
         ax.set_title(f"batch[{i}]")
         ax.axis("off")
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "images.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "images.png", dpi=80)
 
 
 def main(argv=None):

@@ -14,6 +14,7 @@ import imageio.v3 as iio
 import torch
 
 from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.figures import save_figure
 
 COCKATOO_MP4 = "p1ch4/video-cockatoo/cockatoo.mp4"
 INSTALL_HINT = "pip install imageio-ffmpeg"
@@ -66,12 +67,7 @@ def plot_frames(video_cthw, out_dir, n=6):
         ax.set_title(f"frame {t}")
         ax.axis("off")
     fig.suptitle(f"video tensor (C, T, H, W) = {tuple(video_cthw.shape)}")
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "video.png"
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "video.png", dpi=80)
 
 
 def main(argv=None):

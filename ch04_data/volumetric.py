@@ -21,6 +21,7 @@ from imageio.config import known_plugins
 
 from common.ct import load_ct
 from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.figures import save_figure
 
 DICOM_DIR = "p1ch4/volumetric-dicom/2-LUNG 3.0  B70f-04083"   # two spaces before B70f
 SLICE = 50
@@ -64,11 +65,8 @@ def plot_slices(hu, spacing_irc, out_dir, index=SLICE):
     axes[1].axhline(index, color="tab:red", linewidth=0.8)
     axes[2].axhline(index, color="tab:red", linewidth=0.8)
     fig.colorbar(shown, ax=axes, label="HU (clipped to ±1000)", shrink=0.7)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "volumetric.png"
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "volumetric.png", dpi=90, tight_layout=False,
+                       bbox_inches="tight")
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.figures import save_figure
 
 WINE_CSV = "p1ch4/tabular-wine/winequality-white.csv"
 TOTAL_SULFUR = 6            # column of "total sulfur dioxide"
@@ -78,12 +79,7 @@ def plot_wine(target, sulfur, threshold, out_dir):
                 label=f"threshold {threshold:.2f}: below -> predicted good")
     ax2.set(title="Total sulfur dioxide by quality", xlabel="quality", ylabel="mg/dm³")
     ax2.legend(loc="upper right")
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "wine.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir / "wine.png")
 
 
 def main(argv=None):

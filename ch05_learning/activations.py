@@ -15,6 +15,7 @@ from torch import nn
 
 from ch05_learning.thermometer import DEFAULT_OUT
 from common.data import run_cli
+from common.figures import save_figure
 
 FLAT_SLOPE = 0.05
 
@@ -57,8 +58,6 @@ def plot_activations(path, x):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     acts = activation_list()
     fig, axes = plt.subplots(3, 3, figsize=(10, 9), dpi=100, sharex=True)
     for ax, (name, act) in zip(axes.flat, acts, strict=True):
@@ -74,10 +73,7 @@ def plot_activations(path, x):
         ax.grid(alpha=0.3)
     axes.flat[0].legend(loc="upper left", fontsize=8)
     fig.suptitle("Activation functions on [-3, 3] (shaded: flat, little gradient flows)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None):

@@ -16,6 +16,7 @@ import torch
 
 from ch05_learning.thermometer import DEFAULT_OUT, loss_fn, model, thermometer_data
 from common.data import run_cli
+from common.figures import save_figure
 
 
 def finite_difference_grad(t_u, t_c, w, b, delta=0.1):
@@ -83,8 +84,6 @@ def plot_story(path, t_u, t_c, params, histories):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
     w, b = params.tolist()
     x = torch.linspace(20.0, 90.0, 100)
@@ -106,10 +105,7 @@ def plot_story(path, t_u, t_c, params, histories):
     ax1.set_title("Learning-rate story (divergent run stops at inf)")
     ax1.grid(alpha=0.3, which="both")
     ax1.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None):

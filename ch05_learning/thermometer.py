@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from common.data import run_cli
+from common.figures import save_figure
 
 # The book's eleven readings: Celsius from a good thermometer, and the same moments on a
 # thermometer of unknown unit (book ch5.2.2).
@@ -53,8 +54,6 @@ def plot_fits(path, t_u, t_c, curves=(), points=(), title=None, xlabel="t_u (unk
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     ax.plot(t_u.numpy(), t_c.numpy(), "o", color="tab:blue", label="measured")
     for label, x, y in curves:
@@ -67,10 +66,7 @@ def plot_fits(path, t_u, t_c, curves=(), points=(), title=None, xlabel="t_u (unk
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None):

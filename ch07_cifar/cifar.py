@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from common.data import DataError, add_data_dir_argument, run_cli
+from common.figures import save_figure
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
@@ -203,12 +204,7 @@ def plot_samples(dataset, path, per_class=8):
             if j < len(indices):
                 ax.imshow(dataset[indices[j]][0])
         axes[c, 0].set_title(name, fontsize=8, loc="left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 def main(argv=None):

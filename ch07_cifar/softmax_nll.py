@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from common.data import run_cli
+from common.figures import save_figure
 
 
 def softmax_naive(x, dim=-1):
@@ -65,12 +66,7 @@ def plot_losses(path):
     ax.invert_xaxis()
     ax.legend()
     ax.set_title("Confident wrong answers: NLL keeps growing")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None):

@@ -22,6 +22,7 @@ from ch08_convnets.models import make_model
 from ch08_convnets.train import training_loop
 from common.data import DataError, run_cli
 from common.device import seed_everything
+from common.figures import save_figure
 
 # name: (model, l2 lambda, learning rate or None for --lr, book (train, val) accuracy)
 VARIANTS = {
@@ -85,12 +86,7 @@ def plot_comparison(rows, path, title):
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.legend(loc="upper center", ncol=3, frameon=False)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None):

@@ -16,6 +16,7 @@ from ch07_cifar.cifar import cifar2, load_cifar10, to_tensor
 from ch07_cifar.synthetic import choose_cifar_dir
 from ch07_cifar.train_fc import count_params
 from common.data import add_data_dir_argument, run_cli
+from common.figures import save_figure
 
 
 def blur_conv():
@@ -70,12 +71,7 @@ def plot_filters(img, blurred, edges, path):
         ax.imshow((data.clamp(0, 1) if cmap is None else data).numpy(), cmap=cmap)
         ax.set_title(title)
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None):

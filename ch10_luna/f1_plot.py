@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data import run_cli
+from common.figures import save_figure
 
 DEFAULT_OUT = "runs/ch10"
 NODULE_SHARE = 1_351 / 551_065          # LUNA16's candidates.csv: one nodule per ~408 candidates
@@ -83,12 +84,8 @@ def main(argv=None):
     for name, value in scores(NODULE_SHARE, 1.0).items():
         print(f"  {name:4s} = {float(value):.4f}")
     fig = plot_scores()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "f1_vs_other_scores.png"
-    fig.savefig(path, dpi=90)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    path = save_figure(fig, Path(args.out) / "f1_vs_other_scores.png", dpi=90,
+                       tight_layout=False)                 # constrained layout already
     print(f"wrote {path}")
     return path
 

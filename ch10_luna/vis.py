@@ -20,6 +20,7 @@ from ch10_luna.dsets import LunaDataset, cached_ct, read_candidates
 from ch10_luna.train_cls import locate_luna
 from common.ct import crop_bounds, to_hu
 from common.data import DataError, add_data_dir_argument, run_cli
+from common.figures import save_figure
 
 DEFAULT_OUT = "runs/ch10"
 CLIM = (-1000.0, 300.0)                              # HU: air black, soft tissue and up white
@@ -126,12 +127,8 @@ def main(argv=None):
              f"diameter {candidate.diameter_mm:.1f} mm, center irc {center_irc}, "
              f"CT {ct.shape}{'  [synthetic]' if luna.synthetic else ''}")
     fig = show_candidate(ct, crop, center_irc, title)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"candidate_{uid}_{index}.png"
-    fig.savefig(path, dpi=80)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
+    path = save_figure(fig, Path(args.out) / f"candidate_{uid}_{index}.png", dpi=80,
+                       tight_layout=False)                 # laid out with room for the title
     print(f"candidate {index} of series {uid} (is_nodule {candidate.is_nodule}, diameter "
           f"{candidate.diameter_mm:.1f} mm, center irc {center_irc}) -> {path}")
     return {"path": path, "series_uid": uid, "index": index, "candidate": candidate,

@@ -35,3 +35,12 @@ def cuda():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     return torch.device("cuda")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """For tests of tiny models: on a busy 2-core machine torch's thread pool costs 5-10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -2,7 +2,6 @@
 import imageio.v3 as iio
 import numpy as np
 import pytest
-import torch
 
 from common.data import REPO_ROOT, data_root
 
@@ -22,14 +21,6 @@ def book_data():
     if root is None:
         pytest.skip("the book's p1ch2/ files are absent: python -m common.data download p1ch2")
     return root
-
-
-@pytest.fixture
-def cuda():
-    """A CUDA device; skips without one."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    return torch.device("cuda")
 
 
 def write_image(path, height, width, seed=0):

@@ -5,14 +5,7 @@ import torch
 from ch01_intro import mnist_net
 from ch01_intro.mnist_net import MnistNet, synthetic_digits, train
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A 21,840-parameter net gains nothing from intra-op threads; on a busy CPU they cost 5x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # a 21,840-parameter net
 
 
 def test_output_is_log_probabilities():

@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from common.data import REPO_ROOT, data_root
 
@@ -17,9 +16,3 @@ def p1ch3_root():
     pytest.skip("the book's p1ch3/ourpoints files are absent: python -m common.data download p1ch3")
 
 
-@pytest.fixture
-def cuda():
-    """The first CUDA device; skips the test on a machine without one."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    return torch.device("cuda:0")

@@ -1,6 +1,5 @@
 """A tiny synthetic CIFAR-10 (10 train / 4 test images per class) under a temporary data root."""
 import pytest
-import torch
 
 from ch07_cifar.synthetic import SYNTHETIC_DIR, write_synthetic_cifar
 
@@ -8,12 +7,9 @@ TRAIN_PER_CLASS, TEST_PER_CLASS = 10, 4
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tests run many tiny ops: on a busy 2-core machine, torch's thread pool costs 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def tiny_ops_on_one_thread(one_torch_thread):
+    """These tests run many tiny ops (tests/conftest.py's one_torch_thread)."""
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

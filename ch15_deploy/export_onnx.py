@@ -1,0 +1,128 @@
+"""Chapter 15: export the LUNA classifier to ONNX and run it with onnxruntime.
+
+    python ch15_deploy/export_onnx.py                    # the book's classifier checkpoint
+    python ch15_deploy/export_onnx.py --random-weights   # without it
+
+The book called torch.onnx.export with a dummy input, which traced the model with the
+TorchScript machinery. Current PyTorch exports through torch.export instead (`dynamo=True`, the
+default since 2.9, translated to ONNX by onnxscript); this script asks for it and falls back to
+the TorchScript-based exporter (`dynamo=False`) only if that fails, and says so. The batch
+dimension is left dynamic, so the file serves any batch size. The weights are stored inside the
+.onnx file (external_data=False: the model is 0.9 MB). onnxruntime then runs it without PyTorch,
+and the script prints the largest difference from the eager model on the book's crop (or a
+random HU-like crop when the book's is absent) and on a batch of 3.
+"""
+import argparse
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ch15_deploy.cls_client import hu_like_crop, load_example
+from ch15_deploy.flask_server import add_model_arguments, load_classifier
+from common.data import DataError, run_cli
+
+INPUT_NAMES, OUTPUT_NAMES = ["crop"], ["logits", "probs"]
+
+
+def export_luna(model, path, example=None, announce=print):
+    """Write `model` to an .onnx file with a dynamic batch; returns the exporter used."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.eval().requires_grad_(False)
+    if example is None:
+        example = torch.stack([hu_like_crop(0), hu_like_crop(1)])
+    # An example batch of 1 would let torch.export specialize the batch size to 1: use >= 2.
+    example = example if example.shape[0] >= 2 else example.repeat(2, 1, 1, 1, 1)
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)              # "torchvision is not installed": not used
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+            torch.onnx.export(model, (example,), path, dynamo=True, external_data=False,
+                              input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+        return "dynamo"
+    except Exception as e:                            # any failure of the new path: say which
+        announce(f"torch.onnx.export(dynamo=True) failed ({type(e).__name__}: "
+                 f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                 "falling back to the TorchScript-based exporter (dynamo=False)")
+    finally:
+        registration.setLevel(level)
+    torch.onnx.export(model, (example,), path, dynamo=False, input_names=INPUT_NAMES,
+                      output_names=OUTPUT_NAMES,
+                      dynamic_axes={name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES})
+    return "torchscript"
+
+
+def onnx_session(path):
+    """An onnxruntime session on the CPU for the exported file."""
+    import onnxruntime as ort  # only this script needs it
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, x):
+    """(logits, probs) as tensors from onnxruntime for a (N, 1, 32, 48, 48) batch."""
+    logits, probs = session.run(OUTPUT_NAMES, {INPUT_NAMES[0]: x.numpy().astype(np.float32)})
+    return torch.from_numpy(logits), torch.from_numpy(probs)
+
+
+def compare(model, session, x):
+    """Largest absolute differences between eager and onnxruntime: (logits, probs)."""
+    with torch.inference_mode():
+        eager = model(x)
+    ort_out = run_onnx(session, x)
+    return tuple(float((a - b).abs().max()) for a, b in zip(eager, ort_out))
+
+
+def describe(path):
+    """Opset and the input/output names and shapes, read back with the onnx package."""
+    import onnx
+
+    m = onnx.load(str(path))
+    onnx.checker.check_model(m)
+    dims = lambda v: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+    opset = max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
+    return (f"opset {opset}; inputs {[(v.name, dims(v)) for v in m.graph.input]}; "
+            f"outputs {[(v.name, dims(v)) for v in m.graph.output]}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_arguments(p)
+    p.add_argument("--out", default="runs/ch15", help="folder for luna.onnx "
+                                                      "(default: %(default)s)")
+    args = p.parse_args(argv)
+    model = load_classifier(args.model, args.data_dir, args.random_weights)
+    try:
+        crop, label, *_ = load_example(args.data_dir)
+        source = f"the book's crop (label {label.tolist()})"
+    except DataError as e:
+        crop, source = hu_like_crop(), f"a random HU-like crop ({e})"
+    x = crop.unsqueeze(0)                                             # (1, 1, 32, 48, 48)
+    path = Path(args.out) / "luna.onnx"
+    start = time.perf_counter()
+    exporter = export_luna(model, path, torch.cat([x, x.flip(-1)]))
+    seconds = time.perf_counter() - start
+    print(f"exported with the {exporter} exporter in {seconds:.1f} s: {path} "
+          f"({path.stat().st_size / 1024:.0f} KiB)")
+    print(describe(path))
+    session = onnx_session(path)
+    diff = compare(model, session, x)
+    batch = torch.stack([crop, crop.flip(-2), hu_like_crop(2)])        # batch of 3
+    batch_diff = compare(model, session, batch)
+    p_ort = float(run_onnx(session, x)[1][0, 1])
+    print(f"on {source}: P(nodule) onnxruntime {p_ort:.4g}")
+    print(f"max abs difference onnxruntime vs eager: logits {diff[0]:.3g}, probs {diff[1]:.3g}; "
+          f"batch of 3: logits {batch_diff[0]:.3g}, probs {batch_diff[1]:.3g}")
+    return {"path": path, "exporter": exporter, "diff": diff, "batch_diff": batch_diff,
+            "prob_nodule": p_ort}
+
+
+if __name__ == "__main__":
+    run_cli(main)

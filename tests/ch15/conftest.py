@@ -49,7 +49,8 @@ def serve():
 
     def start(app):
         server = start_server(app, "127.0.0.1", 0)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                                  daemon=True)
         thread.start()
         running.append((server, thread))
         return f"http://127.0.0.1:{server.server_port}"

@@ -120,6 +120,11 @@ def main(argv=None):
     print(f"on {source}: P(nodule) onnxruntime {p_ort:.4g}")
     print(f"max abs difference onnxruntime vs eager: logits {diff[0]:.3g}, probs {diff[1]:.3g}; "
           f"batch of 3: logits {batch_diff[0]:.3g}, probs {batch_diff[1]:.3g}")
+    with torch.inference_mode():
+        scale = float(model(batch)[0].abs().max())
+    print(f"(the largest logit is {scale:.3g}: float32 differences grow with it; an untrained "
+          "model's run into the hundreds)" if args.random_weights else
+          f"(the largest logit is {scale:.3g})")
     return {"path": path, "exporter": exporter, "diff": diff, "batch_diff": batch_diff,
             "prob_nodule": p_ort}
 

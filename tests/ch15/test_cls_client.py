@@ -2,6 +2,7 @@
 import json
 import socket
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -49,6 +50,15 @@ def test_loopback_round_trip(serve, hu_model, crop, raw):
     answer = send_crop(crop, f"{url}/predict", raw=raw, timeout=30)
     assert answer["prob_nodule"] == answer["prob_malignant"]
     assert answer["prob_nodule"] == pytest.approx(forward_prob(hu_model, crop), abs=1e-7)
+
+
+def test_concurrent_requests_get_their_own_answers(serve, hu_model):
+    url = serve(create_app(hu_model))
+    crops = [hu_like_crop(20 + i) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:                   # the server handles them in threads
+        answers = list(pool.map(lambda c: send_crop(c, f"{url}/predict"), crops))
+    for answer, crop in zip(answers, crops):
+        assert answer["prob_nodule"] == pytest.approx(forward_prob(hu_model, crop), abs=1e-6)
 
 
 def test_server_error_message_reaches_the_client(serve, hu_model):

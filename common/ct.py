@@ -8,6 +8,8 @@ series folder (chapter 4's CT). For an uncompressed `.raw` the voxels stay on di
     crop, center_irc = ct.raw_candidate(center_xyz, (32, 48, 48))
 """
 import functools
+import hashlib
+import os
 from collections import namedtuple
 from pathlib import Path
 
@@ -210,16 +212,37 @@ def load_dicom_series(folder):
               image.GetDirection(), folder)
 
 
-def load_ct(path):
-    """A CT from an `.mhd` file or a DICOM series folder."""
+def load_ct(path, npy_cache=None):
+    """A CT from an `.mhd` file or a DICOM series folder.
+
+    With `npy_cache` (a folder), voxels that cannot be memory-mapped where they are (compressed
+    MetaImage, DICOM) are written there once as `.npy` and memory-mapped from then on.
+    """
     path = Path(path)
     if path.is_dir():
-        return load_dicom_series(path)
-    if path.suffix.lower() == ".mhd":
-        return load_mhd(path)
-    if not path.exists():
+        ct = load_dicom_series(path)
+    elif path.suffix.lower() == ".mhd":
+        ct = load_mhd(path)
+    elif not path.exists():
         raise DataError(f"{path} not found")
-    raise DataError(f"{path}: expected an .mhd file or a DICOM series folder")
+    else:
+        raise DataError(f"{path}: expected an .mhd file or a DICOM series folder")
+    if npy_cache is not None and not isinstance(ct.voxels, np.memmap):
+        ct.voxels = _npy_memmap(ct.voxels, path, Path(npy_cache))
+    return ct
+
+
+def _npy_memmap(voxels, source, cache_dir):
+    """`voxels` saved once as .npy (keyed by the source's path, size and time), then memmapped."""
+    stat = source.stat()
+    key = hashlib.sha1(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    npy = cache_dir / f"{source.stem}-{key.hexdigest()[:12]}.npy"
+    if not npy.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = npy.with_name(f".{npy.name}.tmp-{os.getpid()}.npy")
+        np.save(tmp, np.ascontiguousarray(voxels))
+        os.replace(tmp, npy)
+    return np.load(npy, mmap_mode="r")
 
 
 def write_mhd(mhd_path, voxels, origin_xyz, spacing_xyz, direction=None):

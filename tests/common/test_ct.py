@@ -142,6 +142,21 @@ def test_compressed_metaimage_is_read_whole(tmp_path):
     np.testing.assert_array_equal(ct.voxels, volume)
 
 
+def test_compressed_metaimage_is_cached_once_as_npy_and_memory_mapped(tmp_path):
+    volume = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp_path / "z.mhd"), useCompression=True)
+    first = load_ct(tmp_path / "z.mhd", npy_cache=tmp_path / "cache")
+    assert isinstance(first.voxels, np.memmap)
+    np.testing.assert_array_equal(first.voxels, volume)
+    (cached,) = (tmp_path / "cache").glob("z-*.npy")
+    before = cached.stat().st_mtime_ns
+    second = load_ct(tmp_path / "z.mhd", npy_cache=tmp_path / "cache")
+    np.testing.assert_array_equal(second.crop_irc((2, 2, 3), (2, 2, 2)),
+                                  first.crop_irc((2, 2, 3), (2, 2, 2)))
+    assert cached.stat().st_mtime_ns == before                       # not written again
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".tmp-" in p.name]
+
+
 # ---------------------------------------------------------------- bad input: one clear DataError
 def test_missing_mhd(tmp_path):
     with pytest.raises(DataError, match="nope.mhd not found"):

@@ -1,0 +1,414 @@
+"""Chapter 14: the end-to-end nodule analysis: segment, group, classify, grade, score.
+
+    python ch13_segment/nodule_analysis.py --run-validation            # every validation CT
+    python ch13_segment/nodule_analysis.py SERIES_UID --json runs/ch13/analysis.json
+    python ch13_segment/nodule_analysis.py --list-series               # the series on disk
+    python ch13_segment/nodule_analysis.py --run-validation --malignancy-model M.best.state
+
+For each CT: the U-Net marks every slice (7-slice context, batched, inference mode), the
+probabilities are cut at 0.5, one binary erosion removes specks, 3-D connected components become
+candidates whose centre is the HU-weighted centre of mass (HU + 1001, as the book), the
+classifier scores a 32x48x48 crop around each centre, and an optional second LunaModel grades
+the nodules. Detections are matched to the annotated nodules (distance / diameter < 0.7) and
+counted in the book's 3x4 table. Without --malignancy-model, 'Pred. benign' holds every
+detected nodule. The default models are the book's published checkpoints
+(`python -m common.data download luna-models`); checkpoints trained here load as well.
+"""
+import argparse
+import json
+import time
+from collections import namedtuple
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from ch10_luna.dsets import CROP_IRC, read_annotations, read_csv_rows
+from ch10_luna.model import LunaModel
+from ch10_luna.train_cls import amp_context, channels_last, locate_luna, to_input
+from ch13_segment.dsets import check_context, context_indexes, split_series
+from ch13_segment.model import UNetWrapper
+from common.ct import HU_MIN, Ct, load_ct
+from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.device import add_device_argument, pick_device
+
+BOOK_SEG_MODEL = ("part2/models/seg_2020-01-26_19.45.12_w4d3c1-bal_1_nodupe-label_pos-d1_"
+                  "fn8-adam.best.state")
+BOOK_CLS_MODEL = "part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state"
+SEG_THRESHOLD = 0.5            # segmentation probability -> mask
+NODULE_THRESHOLD = 0.5         # P(nodule) above it passes the classifier
+MALIGNANT_THRESHOLD = 0.5      # P(malignant) above it: 'Pred. malignant'
+MATCH_RATIO = 0.7              # a detection matches a nodule when distance / diameter < 0.7
+HU_WEIGHT_OFFSET = 1001.0      # centre-of-mass weights HU + 1001: air (-1000 HU) weighs 1
+ROWS = ("Non-nodule", "Benign", "Malignant")
+COLUMNS = ("Complete miss", "Filtered out", "Pred. benign", "Pred. malignant")
+MISS, FILTERED, BENIGN, MALIGNANT = range(4)       # the table's columns
+
+# An annotated nodule (is_malignant is None when only annotations.csv is there) and a detection
+# (prob_malignant is None without a malignancy model).
+Annotation = namedtuple("Annotation", ["center_xyz", "diameter_mm", "is_malignant"])
+Detection = namedtuple("Detection", ["center_xyz", "center_irc", "prob_nodule", "prob_malignant"])
+
+
+# ----------------------------------------------------------------------------- models
+def unet_kwargs(state):
+    """UNetWrapper arguments read off a state_dict (padding and the 'upconv' mode assumed)."""
+    down = {k.split(".")[2] for k in state if k.startswith("unet.down_path.")}
+    return {"in_channels": state["input_batchnorm.weight"].shape[0],
+            "n_classes": state["unet.last.weight"].shape[0], "depth": len(down),
+            "wf": int(np.log2(state["unet.down_path.0.block.0.weight"].shape[0])),
+            "padding": True,                      # block.2 is a BatchNorm (1-D) or a conv
+            "batch_norm": state["unet.down_path.0.block.2.weight"].dim() == 1,
+            "up_mode": "upconv" if "unet.up_path.0.up.weight" in state else "upsample"}
+
+
+def luna_kwargs(state):
+    """LunaModel arguments read off a state_dict (the 32x48x48 crop assumed)."""
+    return {"in_channels": state["tail_batchnorm.weight"].shape[0],
+            "conv_channels": state["block1.conv1.weight"].shape[0],
+            "n_classes": state["head_linear.weight"].shape[0]}
+
+
+MODEL_KINDS = {"UNetWrapper": (UNetWrapper, unet_kwargs), "LunaModel": (LunaModel, luna_kwargs)}
+
+
+def load_model(path, model_name, flag):
+    """A `model_name` model from a checkpoint dict (the book's or one trained here), in eval mode.
+
+    The architecture is read from the state_dict, so smaller models trained here load too.
+    Anything else (a missing file, another kind of model, a mismatched state) is a DataError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{flag} {path}: no such file")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:                              # pickle, zip and torch errors alike
+        raise DataError(f"{flag} {path}: not a readable checkpoint ({type(e).__name__})") \
+            from None
+    if not isinstance(state, dict) or "model_state" not in state:
+        raise DataError(f"{flag} {path}: not a checkpoint dict with a model_state")
+    if state.get("model_name") != model_name:
+        raise DataError(f"{flag} {path}: holds a {state.get('model_name')!r} model, "
+                        f"{flag} needs a {model_name}")
+    cls, kwargs_of = MODEL_KINDS[model_name]
+    try:
+        model = cls(**kwargs_of(state["model_state"]))
+        model.load_state_dict(state["model_state"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        detail = str(e).strip().splitlines()[0][:200]
+        raise DataError(f"{flag} {path}: its state does not fit a {model_name} ({detail})") \
+            from None
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- the pipeline
+def segment_ct(model, ct, batch_size=16, device="cpu", amp=False):
+    """(I, R, C) float32 nodule probabilities: every slice with its context slices.
+
+    The whole CT is read once and moved to the device once; each batch gathers its
+    (N, 7, R, C) inputs there, with the edge slices repeated as the dataset does. Rows and
+    columns are padded with air up to the U-Net's multiple and cropped off the output.
+    """
+    device = torch.device(device)
+    context = (model.input_batchnorm.num_features - 1) // 2
+    check_context(ct.path.stem if ct.path else "CT", ct.shape[0], context)
+    multiple = 2 ** (model.unet.depth - 1)
+    n_slices, rows, cols = ct.shape
+    pad_r, pad_c = -rows % multiple, -cols % multiple
+    hu = torch.from_numpy(ct.hu).to(device)
+    if pad_r or pad_c:
+        hu = torch.nn.functional.pad(hu, (0, pad_c, 0, pad_r), value=HU_MIN)
+    memory_last = channels_last(device, amp)              # as for ch10's 3-D convs, 2-D here
+    model = model.to(device, memory_format=torch.channels_last if memory_last
+                     else torch.contiguous_format)
+    amp_ctx, _ = amp_context(device, amp)
+    probs = torch.empty((n_slices, rows, cols), dtype=torch.float32)
+    with torch.inference_mode():
+        for start in range(0, n_slices, batch_size):
+            index = np.stack([context_indexes(i, n_slices, context)
+                              for i in range(start, min(start + batch_size, n_slices))])
+            x = hu[torch.from_numpy(index).to(device)]                    # (N, 7, R', C')
+            if memory_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with amp_ctx:
+                out = model(x)                                            # (N, 1, R', C')
+            probs[start:start + len(index)] = out[:, 0, :rows, :cols].float().cpu()
+    return probs.numpy()
+
+
+def group_candidates(mask, hu, erosion_iterations=1):
+    """Centres (irc, fractional) of the 3-D connected components of the eroded mask.
+
+    Book chapter 14: binary erosion removes specks and thin bridges, `ndimage.label` finds
+    face-connected components, and each centre is the centre of mass weighted by HU + 1001.
+    """
+    if erosion_iterations:
+        mask = ndimage.binary_erosion(mask, iterations=erosion_iterations)
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return []
+    centers = ndimage.center_of_mass(hu + HU_WEIGHT_OFFSET, labels=labels,
+                                     index=np.arange(1, count + 1))
+    return [tuple(float(v) for v in c) for c in centers]
+
+
+def classify(model, ct, centers_irc, batch_size=16, device="cpu", amp=False,
+             crop_irc=CROP_IRC):
+    """P(class 1) of a LunaModel for the crop around each centre: (N,) float32 numpy.
+
+    Crops come from the CT's HU volume already in memory (`ct.hu`), not from the file again.
+    """
+    device = torch.device(device)
+    if not len(centers_irc):
+        return np.zeros(0, dtype=np.float32)
+    in_memory = Ct(ct.hu, ct.origin_xyz, ct.spacing_xyz, ct.direction, ct.path)
+    memory_last = channels_last(device, amp)
+    model = model.to(device, memory_format=torch.channels_last_3d if memory_last
+                     else torch.contiguous_format)
+    amp_ctx, _ = amp_context(device, amp)
+    probs = []
+    with torch.inference_mode():
+        for start in range(0, len(centers_irc), batch_size):
+            crops = np.stack([in_memory.crop_irc(c, crop_irc)
+                              for c in centers_irc[start:start + batch_size]])
+            x = to_input(torch.from_numpy(crops).unsqueeze(1), device, memory_last)
+            with amp_ctx:
+                _logits, p = model(x)
+            probs.append(p[:, 1].float().cpu())
+    return torch.cat(probs).numpy()
+
+
+def match_detections(detections, annotations, ratio=MATCH_RATIO):
+    """(A, D) bool: annotation a matches detection d when |xyz_a - xyz_d| / diameter_a < ratio."""
+    if not annotations or not detections:
+        return np.zeros((len(annotations), len(detections)), dtype=bool)
+    truth = np.array([a.center_xyz for a in annotations], dtype=np.float64)
+    found = np.array([d.center_xyz for d in detections], dtype=np.float64)
+    diameters = np.array([a.diameter_mm for a in annotations], dtype=np.float64)
+    distance = np.linalg.norm(truth[:, None] - found[None], axis=-1)
+    return distance / diameters[:, None] < ratio
+
+
+def detection_class(d, nodule_threshold=NODULE_THRESHOLD, malignant_threshold=MALIGNANT_THRESHOLD):
+    """The table column a detection falls in: filtered out, pred. benign or pred. malignant."""
+    if d.prob_nodule <= nodule_threshold:
+        return FILTERED
+    if d.prob_malignant is not None and d.prob_malignant > malignant_threshold:
+        return MALIGNANT
+    return BENIGN
+
+
+def match_and_score(detections, annotations, nodule_threshold=NODULE_THRESHOLD,
+                    malignant_threshold=MALIGNANT_THRESHOLD, ratio=MATCH_RATIO):
+    """The book's (3, 4) int table: rows Non-nodule / Benign / Malignant, columns COLUMNS.
+
+    An annotated nodule counts once, in the best column among the detections matching it
+    (complete miss when none does); a detection matching no nodule counts in the Non-nodule
+    row; a detection matching several nodules counts for each. Annotations without malignancy
+    (is_malignant None) go to the Benign row.
+    """
+    table = np.zeros((3, 4), dtype=np.int64)
+    matches = match_detections(detections, annotations, ratio)
+    columns = [detection_class(d, nodule_threshold, malignant_threshold) for d in detections]
+    for a, row in zip(annotations, matches):
+        best = max((columns[j] for j in np.flatnonzero(row)), default=MISS)
+        table[2 if a.is_malignant else 1, best] += 1
+    for j in np.flatnonzero(~matches.any(axis=0)):
+        table[0, columns[j]] += 1
+    return table
+
+
+# ----------------------------------------------------------------------------- data
+def read_nodules(luna):
+    """series_uid -> [Annotation]: annotations_with_malignancy.csv, else annotations.csv."""
+    if luna.malignancy_csv is None:
+        return {uid: [Annotation(xyz, d, None) for xyz, d in rows]
+                for uid, rows in read_annotations(luna.annotations_csv).items()}
+    nodules, path = {}, luna.malignancy_csv
+    for line, row in read_csv_rows(path, ["seriesuid", "coordX", "coordY", "coordZ",
+                                          "diameter_mm", "mal_bool"]):
+        try:
+            xyz = tuple(float(row[k]) for k in ("coordX", "coordY", "coordZ"))
+            diameter = float(row["diameter_mm"])
+        except ValueError:
+            raise DataError(f"{path}, line {line}: a coordinate or diameter is not a number") \
+                from None
+        if row["mal_bool"] not in ("True", "False"):
+            raise DataError(f"{path}, line {line}: mal_bool is {row['mal_bool']!r}, "
+                            "expected True or False")
+        nodules.setdefault(row["seriesuid"], []).append(
+            Annotation(xyz, diameter, row["mal_bool"] == "True"))
+    return nodules
+
+
+def pick_series(args, luna):
+    """The series to analyse: the one named, or the validation series (and training ones)."""
+    if args.series_uid is not None:
+        if args.series_uid not in luna.series:
+            some = ", ".join(sorted(luna.series)[:3])
+            raise DataError(f"series {args.series_uid} is not on disk under {luna.root} "
+                            f"({len(luna.series)} series there, e.g. {some}); list them with: "
+                            "python ch13_segment/nodule_analysis.py --list-series"
+                            + (" --synthetic" if luna.synthetic else ""))
+        return [args.series_uid]
+    train_uids, val_uids = split_series(luna.series, args.val_stride)
+    return sorted(val_uids + train_uids) if args.include_train else val_uids
+
+
+def analyze_series(uid, mhd_path, models, annotations, args, device):
+    """Load one CT, run the pipeline, score it: a dict with detections, table and timings."""
+    seg_model, cls_model, mal_model = models
+    timing = {}
+    started = time.perf_counter()
+    ct = load_ct(mhd_path)
+    hu = ct.hu                         # every voxel read once (cached on the Ct), timed here
+    timing["load"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    probs = segment_ct(seg_model, ct, args.batch_size, device, args.amp)
+    timing["segmentation"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    mask = probs > SEG_THRESHOLD
+    centers_irc = group_candidates(mask, hu)
+    timing["grouping"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    p_nodule = classify(cls_model, ct, centers_irc, args.batch_size, device, args.amp)
+    p_mal = (classify(mal_model, ct, centers_irc, args.batch_size, device, args.amp)
+             if mal_model is not None else [None] * len(centers_irc))
+    timing["classification"] = time.perf_counter() - started
+
+    detections = [Detection(ct.irc_to_xyz(irc), irc, float(pn),
+                            None if pm is None else float(pm))
+                  for irc, pn, pm in zip(centers_irc, p_nodule, p_mal)]
+    return {"series_uid": uid, "shape": ct.shape, "voxels": int(np.prod(ct.shape)),
+            "segmented_voxels": int(mask.sum()), "detections": detections,
+            "annotations": annotations, "table": match_and_score(detections, annotations),
+            "matches": match_detections(detections, annotations), "timing": timing}
+
+
+# ----------------------------------------------------------------------------- reports
+def format_table(table):
+    """The book's confusion table as text; the Non-nodule row has no complete misses ('-')."""
+    width = max(map(len, COLUMNS)) + 2
+    lines = [" " * 12 + "|" + " |".join(c.rjust(width) for c in COLUMNS)]
+    for r, name in enumerate(ROWS):
+        cells = ["-" if (r, c) == (0, MISS) else str(int(table[r, c])) for c in range(4)]
+        lines.append(name.rjust(11) + " |" + " |".join(v.rjust(width) for v in cells))
+    return "\n".join(lines)
+
+
+def series_line(result):
+    t, table = result["timing"], result["table"]
+    passed = sum(d.prob_nodule > NODULE_THRESHOLD for d in result["detections"])
+    found = int(table[1:, BENIGN:].sum())
+    return (f"{result['series_uid']}: {result['voxels']:,} voxels, "
+            f"{result['segmented_voxels'] / result['voxels']:.2%} segmented, "
+            f"{len(result['detections'])} candidates, {passed} pass the classifier; "
+            f"{found} of {len(result['annotations'])} annotated nodules detected | "
+            f"s: load {t['load']:.2f} segmentation {t['segmentation']:.2f} "
+            f"grouping {t['grouping']:.2f} classification {t['classification']:.2f}")
+
+
+def candidate_record(i, d, result):
+    match = next((a for a, hit in zip(result["annotations"], result["matches"][:, i]) if hit),
+                 None)
+    return {"center_xyz": list(d.center_xyz), "center_irc": list(d.center_irc),
+            "prob_nodule": d.prob_nodule, "prob_malignant": d.prob_malignant,
+            "matched_annotation": None if match is None else match._asdict()}
+
+
+def write_json(path, results, table, args):
+    """Every candidate of every series (centres, probabilities, matched annotation), and totals."""
+    doc = {"seg_model": str(args.seg_model), "cls_model": str(args.cls_model),
+           "malignancy_model": args.malignancy_model and str(args.malignancy_model),
+           "thresholds": {"segmentation": SEG_THRESHOLD, "nodule": NODULE_THRESHOLD,
+                          "malignant": MALIGNANT_THRESHOLD, "match_ratio": MATCH_RATIO},
+           "rows": ROWS, "columns": COLUMNS, "table": table.tolist(),
+           "series": [{"series_uid": r["series_uid"], "shape": list(r["shape"]),
+                       "segmented_voxels": r["segmented_voxels"], "timing_s": r["timing"],
+                       "annotations": [a._asdict() for a in r["annotations"]],
+                       "candidates": [candidate_record(i, d, r)
+                                      for i, d in enumerate(r["detections"])]}
+                      for r in results]}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("series_uid", nargs="?", help="the series to analyse")
+    p.add_argument("--run-validation", action="store_true",
+                   help="analyse every validation series")
+    p.add_argument("--include-train", action="store_true",
+                   help="with --run-validation: the training series too")
+    p.add_argument("--list-series", action="store_true", help="print the series on disk")
+    p.add_argument("--seg-model", "--segmentation-path", default=None,
+                   help=f"U-Net checkpoint (default: the book's {Path(BOOK_SEG_MODEL).name})")
+    p.add_argument("--cls-model", "--classification-path", default=None,
+                   help=f"nodule classifier (default: the book's {Path(BOOK_CLS_MODEL).name})")
+    p.add_argument("--malignancy-model", "--malignancy-path", default=None,
+                   help="optional second LunaModel grading benign / malignant")
+    p.add_argument("--batch-size", type=int, default=16, help="slices or crops per batch")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast")
+    p.add_argument("--val-stride", type=int, default=10)
+    p.add_argument("--json", default=None, help="write every candidate to this file")
+    p.add_argument("--synthetic", action="store_true", help="use the built-in synthetic sample")
+    add_data_dir_argument(p)
+    add_device_argument(p)
+    args = p.parse_args(argv)
+    if not args.list_series and (args.series_uid is None) == (not args.run_validation):
+        p.error("give a SERIES_UID or --run-validation (one of them)")
+    if args.include_train and not args.run_validation:
+        p.error("--include-train goes with --run-validation")
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    luna = locate_luna(args)
+    if args.list_series:
+        val = set(split_series(luna.series, args.val_stride)[1])
+        for uid in sorted(luna.series):
+            print(uid, "validation" if uid in val else "training")
+        return {"series": sorted(luna.series)}
+    uids = pick_series(args, luna)
+    args.seg_model = args.seg_model or book_file(BOOK_SEG_MODEL, args.data_dir, "luna-models")
+    args.cls_model = args.cls_model or book_file(BOOK_CLS_MODEL, args.data_dir, "luna-models")
+    models = (load_model(args.seg_model, "UNetWrapper", "--seg-model"),
+              load_model(args.cls_model, "LunaModel", "--cls-model"),
+              args.malignancy_model and load_model(args.malignancy_model, "LunaModel",
+                                                   "--malignancy-model"))
+    device = pick_device(args.device)
+    nodules = read_nodules(luna)
+    results = []
+    for uid in uids:
+        results.append(analyze_series(uid, luna.series[uid], models, nodules.get(uid, []),
+                                      args, device))
+        print(series_line(results[-1]), flush=True)
+    table = sum(r["table"] for r in results)
+    mean = {k: float(np.mean([r["timing"][k] for r in results])) for k in results[0]["timing"]}
+    print(f"\n{len(results)} CT(s) on {device}{' with bf16 autocast' if args.amp else ''}; "
+          f"seconds per CT: " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items())
+          + f" (total {sum(mean.values()):.2f})\n")
+    print(format_table(table))
+    if models[2] is None:
+        print("(no --malignancy-model: 'Pred. benign' holds every detected nodule)")
+    if luna.malignancy_csv is None:
+        print("(no annotations_with_malignancy.csv: every annotated nodule is in the Benign row)")
+    if args.json:
+        print(f"candidates written to {write_json(args.json, results, table, args)}")
+    return {"table": table, "results": results, "timing": mean}
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,195 @@
+"""Chapter 15: TorchScript files of the CycleGAN generator and the U-Net, for Python and C++.
+
+    python ch15_deploy/export_jit.py                          # untrained generator
+    python ch15_deploy/export_jit.py --weights data/p1ch2/horse2zebra_0.4.0.pth --image horse.jpg
+    bash ch15_deploy/cpp/build.sh && python ch15_deploy/export_jit.py   # also runs the C++ program
+
+The generator of chapter 2 is traced after eval() and requires_grad_(False) on a 1 x 3 x 228 x
+228 input (the book's 227 is not a multiple of 4, and the two stride-2 stages need one), saved
+with torch.jit.save, loaded back and compared with eager, at that size and at another one. The
+chapter 13 U-Net is traced too: its `center_crop` computes the crop from `size()` calls, which a
+trace records as shape operations, so no TracerWarning is raised and the trace crops correctly
+at other sizes (the book scripted the function for that); it is also scripted whole with
+torch.jit.script. The files (runs/ch15/*.pt) are what LibTorch's torch::jit::load reads:
+ch15_deploy/cpp/run_jit runs them on a tensor file written here (format: write_tensors).
+"""
+import argparse
+import subprocess
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+
+from ch01_intro.cyclegan import ResNetGenerator
+from ch01_intro.horse2zebra import prepare, to_image
+from ch01_intro.preprocess import read_image
+from ch01_intro.weights import HORSE2ZEBRA_PTH, load_weights
+from ch13_segment.model import UNetWrapper
+from ch15_deploy.jit_intro import jit_warnings, save_and_reload, trace_model
+from common.data import REPO_ROOT, DataError, run_cli
+
+GENERATOR_SIZE = 228            # the book traced at 227; the generator needs a multiple of 4
+SEG_KWARGS = dict(in_channels=7, n_classes=1, depth=3, wf=4, padding=True, batch_norm=True,
+                  up_mode="upconv")                     # chapter 13's segmentation model
+CPP_BUILD = REPO_ROOT / "build" / "cpp"                 # where cpp/build.sh puts the programs
+
+
+def write_tensors(path, tensors):
+    """Float32 tensors to the C++ programs' file: per tensor int64 ndim, int64 sizes, values."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for t in tensors:
+            a = np.ascontiguousarray(t.detach().cpu().numpy(), dtype="<f4")
+            np.array([a.ndim, *a.shape], dtype="<i8").tofile(f)
+            a.tofile(f)
+    return path
+
+
+def read_tensors(path):
+    """The tensors of a file written by write_tensors or by the C++ programs."""
+    data, tensors, pos = Path(path).read_bytes(), [], 0
+    while pos < len(data):
+        ndim = int(np.frombuffer(data, "<i8", 1, pos)[0])
+        shape = tuple(int(s) for s in np.frombuffer(data, "<i8", ndim, pos + 8))
+        pos += 8 * (1 + ndim)
+        n = int(np.prod(shape))
+        tensors.append(torch.from_numpy(np.frombuffer(data, "<f4", n, pos).reshape(shape).copy()))
+        pos += 4 * n
+    return tensors
+
+
+def run_cpp(program, model_path, inputs, folder):
+    """Run build/cpp/run_jit or run_aoti on `inputs`; (its output tensors, seconds taken)."""
+    folder = Path(folder)
+    name = Path(model_path).stem
+    in_path = write_tensors(folder / f"{name}_input.bin", inputs)
+    out_path = folder / f"{name}_cpp_output.bin"
+    start = time.perf_counter()
+    subprocess.run([str(program), str(model_path), str(in_path), str(out_path)], check=True,
+                   capture_output=True, text=True, timeout=300)
+    return read_tensors(out_path), time.perf_counter() - start
+
+
+def load_generator(weights=None, seed=0, **kwargs):
+    """A ResNetGenerator in eval mode with gradients off: the book's weights, or seeded random."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ResNetGenerator(**kwargs)
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval().requires_grad_(False)
+
+
+def generator_weights(path):
+    """The --weights file as a Path (None: untrained); DataError with the download when absent."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path} not found; the book's generator weights: python -m common.data "
+                        "download horse2zebra (then data/p1ch2/horse2zebra_0.4.0.pth)")
+    return path
+
+
+def load_unet(seed=0, **kwargs):
+    """Chapter 13's UNetWrapper (or other UNet keywords), seeded random weights, eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = UNetWrapper(**{**SEG_KWARGS, **kwargs})
+    return model.eval().requires_grad_(False)
+
+
+def script_model(model):
+    """torch.jit.script of an eval-mode model: Python control flow compiled, not recorded."""
+    model.eval().requires_grad_(False)
+    with jit_warnings([]):
+        return torch.jit.script(model)
+
+
+def max_diff(a, b):
+    """Largest absolute difference between two tensors."""
+    return float((a - b).abs().max())
+
+
+def export_generator(model, example, path):
+    """Trace, save and reload the generator; (reloaded module, TracerWarnings, seconds)."""
+    start = time.perf_counter()
+    traced, caught = trace_model(model, example)
+    reloaded = save_and_reload(traced, path)
+    return reloaded, caught, time.perf_counter() - start
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", default=None,
+                   help=f"CycleGAN state_dict (the book's {Path(HORSE2ZEBRA_PTH).name}; get it "
+                        "with: python -m common.data download horse2zebra); default: untrained")
+    p.add_argument("--image", default=None, help="an image to turn into a zebra with the traced "
+                                                 "generator (written next to the .pt files)")
+    p.add_argument("--out", default="runs/ch15", help="folder for the .pt files "
+                                                      "(default: %(default)s)")
+    p.add_argument("--ngf", type=int, default=64, help="generator width (the book's 64)")
+    p.add_argument("--n-blocks", type=int, default=9, help="residual blocks (the book's 9)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    weights = generator_weights(args.weights)
+    generator = load_generator(weights, ngf=args.ngf, n_blocks=args.n_blocks)
+    print(f"CycleGAN generator: {'weights ' + str(weights) if weights else 'untrained weights'}")
+    x = torch.rand(1, 3, GENERATOR_SIZE, GENERATOR_SIZE, generator=torch.Generator().manual_seed(0))
+    gen_path = out / "cyclegan_traced.pt"
+    gen_jit, gen_warnings, seconds = export_generator(generator, x, gen_path)
+    other = torch.rand(1, 3, 160, 200, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = generator(x)
+        gen_diff = max_diff(gen_jit(x), expected)
+        other_diff = max_diff(gen_jit(other), generator(other))
+    print(f"traced on {tuple(x.shape)}, saved and reloaded in {seconds:.1f} s: {gen_path} "
+          f"({gen_path.stat().st_size / 2**20:.1f} MiB)")
+    # InstanceNorm2d's own checks (channel count; "more than 1 value per channel") compare sizes
+    # in Python: the trace keeps them as constants, harmless for a fixed channel count.
+    print(f"{len(gen_warnings)} TracerWarnings, from torch's InstanceNorm shape checks: "
+          f"{sorted(set(gen_warnings))}")
+    print(f"max abs difference reloaded vs eager: {gen_diff:.3g} at 228 x 228, "
+          f"{other_diff:.3g} at 160 x 200")
+    if args.image:
+        image = prepare(read_image(args.image), GENERATOR_SIZE)
+        with torch.inference_mode():
+            image_out = gen_jit(image)
+        iio.imwrite(out / "zebra_traced.png", to_image(image_out))
+        print(f"{args.image} -> {out / 'zebra_traced.png'}")
+
+    unet = load_unet()
+    seg_x = torch.randn(2, 7, 64, 64, generator=torch.Generator().manual_seed(2)) * 400 - 500
+    unet_traced, unet_warnings = trace_model(unet, seg_x)
+    unet_path, script_path = out / "unet_traced.pt", out / "unet_scripted.pt"
+    unet_jit = save_and_reload(unet_traced, unet_path)
+    unet_script = save_and_reload(script_model(unet), script_path)
+    seg_other = torch.randn(1, 7, 96, 128, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        unet_diff = max(max_diff(unet_jit(t), unet(t)) for t in (seg_x, seg_other))
+        script_diff = max(max_diff(unet_script(t), unet(t)) for t in (seg_x, seg_other))
+    print(f"U-Net (chapter 13 configuration) traced with {len(unet_warnings)} TracerWarnings"
+          f"{': ' + '; '.join(unet_warnings) if unet_warnings else ''}; scripted too")
+    print(f"max abs difference vs eager on 64 x 64 and 96 x 128 inputs: traced {unet_diff:.3g}, "
+          f"scripted {script_diff:.3g}")
+    result = {"generator_path": gen_path, "generator_warnings": gen_warnings,
+              "generator_diff": gen_diff, "generator_other_diff": other_diff,
+              "unet_path": unet_path, "unet_script_path": script_path,
+              "unet_warnings": unet_warnings, "unet_diff": unet_diff, "script_diff": script_diff}
+
+    program = CPP_BUILD / "run_jit"
+    if program.exists():
+        (cpp_out,), seconds = run_cpp(program, gen_path, [x], out)
+        result["cpp_diff"] = max_diff(cpp_out, expected)
+        print(f"C++ {program} on {gen_path.name}: max abs difference vs eager "
+              f"{result['cpp_diff']:.3g} ({seconds:.1f} s including loading)")
+    else:
+        print(f"(no {program}: build the C++ programs with: bash ch15_deploy/cpp/build.sh)")
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)

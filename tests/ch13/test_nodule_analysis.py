@@ -1,0 +1,252 @@
+"""Chapter 14's end-to-end analysis: grouping, matching, checkpoints and the whole pipeline."""
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ch10_luna.model import LunaModel
+from ch13_segment.dsets import context_slices
+from ch13_segment.model import UNetWrapper
+from ch13_segment.nodule_analysis import (
+    BENIGN,
+    BOOK_CLS_MODEL,
+    BOOK_SEG_MODEL,
+    FILTERED,
+    MALIGNANT,
+    MISS,
+    Annotation,
+    Detection,
+    classify,
+    group_candidates,
+    load_model,
+    main,
+    match_and_score,
+    match_detections,
+    segment_ct,
+    write_json,
+)
+from common.ct import Ct
+from common.data import DataError
+
+SPACING_XYZ = (0.7, 0.8, 2.5)
+ORIGIN_XYZ = (-100.0, 50.0, -300.0)
+
+
+def ball(shape, center_irc, radius):
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    return sum((g - c) ** 2 for g, c in zip(grids, center_irc)) <= radius ** 2
+
+
+def save_checkpoint(model, path):
+    torch.save({"model_state": model.state_dict(), "model_name": type(model).__name__,
+                "epoch": 1}, path)
+    return str(path)
+
+
+@pytest.fixture
+def tiny_models(tmp_path):
+    """Random-init small U-Net and classifiers saved as checkpoints: paths (seg, cls, mal).
+
+    A random U-Net marks ~10% of a CT in hundreds of pieces, and classifying them all takes a
+    minute; with its last layer zeroed and a positive bias it marks every voxel instead, which
+    gives one candidate per CT (the whole eroded volume).
+    """
+    torch.manual_seed(0)
+    seg = UNetWrapper(in_channels=7, n_classes=1, depth=2, wf=2, padding=True, batch_norm=True)
+    with torch.no_grad():
+        seg.unet.last.weight.zero_()
+        seg.unet.last.bias.fill_(5.0)
+    return (save_checkpoint(seg, tmp_path / "seg.state"),
+            save_checkpoint(LunaModel(conv_channels=2), tmp_path / "cls.state"),
+            save_checkpoint(LunaModel(conv_channels=2), tmp_path / "mal.state"))
+
+
+def test_grouping_finds_planted_balls_at_their_centres_in_mm():
+    shape, centers = (20, 30, 40), [(5, 10, 12), (14, 20, 30), (9, 22, 8)]
+    mask = np.zeros(shape, dtype=bool)
+    for c, r in zip(centers, (3, 4, 3)):
+        mask |= ball(shape, c, r)
+    hu = np.where(mask, 60.0, -1000.0).astype(np.float32)
+    ct = Ct(hu, ORIGIN_XYZ, SPACING_XYZ, np.eye(3))
+    found = sorted(group_candidates(mask, ct.hu))
+    assert len(found) == 3
+    for irc, expected in zip(found, sorted(centers)):
+        got_xyz, want_xyz = np.array(ct.irc_to_xyz(irc)), np.array(ct.irc_to_xyz(expected))
+        assert np.all(np.abs(got_xyz - want_xyz) < np.array(SPACING_XYZ) / 2)
+
+
+def test_grouping_weights_the_centre_by_hu_plus_1001():
+    mask = np.zeros((3, 3, 4), dtype=bool)
+    mask[1, 1, :] = True                               # one row of 4 voxels, no erosion
+    hu = np.full(mask.shape, -1000.0, dtype=np.float32)
+    hu[1, 1, 3] = 999.0                                # weights 1, 1, 1, 2000
+    (center,) = group_candidates(mask, hu, erosion_iterations=0)
+    assert center == pytest.approx((1.0, 1.0, (0 + 1 + 2 + 3 * 2000) / 2003))
+
+
+def test_erosion_removes_single_voxel_specks():
+    shape = (16, 24, 24)
+    mask = ball(shape, (8, 12, 12), 4)
+    specks = [(1, 1, 1), (14, 2, 20), (3, 21, 4)]
+    for s in specks:
+        mask[s] = True
+    hu = np.zeros(shape, dtype=np.float32)
+    assert len(group_candidates(mask, hu, erosion_iterations=0)) == 1 + len(specks)
+    (center,) = group_candidates(mask, hu)
+    assert center == pytest.approx((8.0, 12.0, 12.0))
+
+
+def test_match_and_score_on_a_hand_made_case():
+    a = [Annotation((0, 0, 0), 10.0, False),           # found by d0 (benign) and d1 (filtered)
+         Annotation((50, 0, 0), 6.0, True),            # found as malignant (4 / 6 < 0.7)
+         Annotation((100, 0, 0), 8.0, False),          # only a filtered-out detection
+         Annotation((0, 100, 0), 20.0, True)]          # nothing near: complete miss
+    d = [Detection((2, 0, 0), None, 0.9, 0.2), Detection((3, 0, 0), None, 0.3, 0.9),
+         Detection((54, 0, 0), None, 0.8, 0.9), Detection((105, 0, 0), None, 0.4, 0.1),
+         Detection((200, 200, 200), None, 0.9, 0.1),   # false positives from here on
+         Detection((-200, 0, 0), None, 0.1, 0.9),
+         Detection((55, 0, 0), None, 0.95, 0.95),      # 5 / 6 > 0.7: no match
+         Detection((0, 7, 0), None, 0.6, 0.1)]         # 7 / 10 is not < 0.7: no match
+    table = match_and_score(d, a)
+    np.testing.assert_array_equal(table, [[0, 1, 2, 1], [0, 1, 1, 0], [1, 0, 0, 1]])
+    assert table[1].sum() == 2 and table[2].sum() == 2            # one count per nodule
+    assert table[0, 1:].sum() == 4                                 # the unmatched detections
+
+
+def test_match_and_score_without_malignancy_and_edge_cases():
+    a = [Annotation((0, 0, 0), 10.0, True), Annotation((4, 0, 0), 10.0, False)]
+    both = [Detection((2, 0, 0), None, 0.9, None)]     # matches both nodules: counts for each
+    np.testing.assert_array_equal(match_and_score(both, a), [[0] * 4, [0, 0, 1, 0], [0, 0, 1, 0]])
+    none = match_and_score([], a)
+    assert none[1, MISS] == 1 and none[2, MISS] == 1 and none.sum() == 2
+    no_truth = match_and_score(both + [Detection((9, 9, 9), None, 0.2, 0.9)], [])
+    assert no_truth[0, BENIGN] == 1 and no_truth[0, FILTERED] == 1 and no_truth.sum() == 2
+    assert match_and_score(both, a, nodule_threshold=0.95)[2, FILTERED] == 1
+    graded = [Detection((2, 0, 0), None, 0.9, 0.6)]
+    assert match_and_score(graded, a)[2, MALIGNANT] == 1
+
+
+def test_segment_ct_matches_the_dataset_inputs_and_pads(one_torch_thread):
+    torch.manual_seed(0)
+    model = UNetWrapper(in_channels=7, n_classes=1, depth=2, wf=2, padding=True,
+                        batch_norm=True).eval()
+    hu = np.random.default_rng(0).normal(-500, 300, (9, 32, 28)).astype(np.float32)
+    ct = Ct(hu, ORIGIN_XYZ, SPACING_XYZ, np.eye(3))
+    probs = segment_ct(model, ct, batch_size=4)                 # batches of 4, 4 and 1
+    assert probs.shape == (9, 32, 28) and probs.dtype == np.float32
+    with torch.inference_mode():
+        for i in (0, 4, 8):                                     # edge slices repeat
+            x = torch.from_numpy(context_slices(ct.voxels, i))[None]
+            torch.testing.assert_close(torch.from_numpy(probs[i]), model(x)[0, 0],
+                                       atol=2e-4, rtol=1e-3)  # channels-last sums
+    odd = Ct(hu[:, :29, :25], ORIGIN_XYZ, SPACING_XYZ, np.eye(3))   # padded to 30 x 26
+    assert segment_ct(model, odd, batch_size=8).shape == (9, 29, 25)
+    with pytest.raises(DataError, match="needs at least 7"):
+        segment_ct(model, Ct(hu[:5], ORIGIN_XYZ, SPACING_XYZ, np.eye(3)))
+
+
+def test_classify_gives_one_probability_per_centre(one_torch_thread):
+    torch.manual_seed(0)
+    model = LunaModel(conv_channels=2).eval()
+    hu = np.random.default_rng(1).normal(-500, 300, (12, 40, 40)).astype(np.float32)
+    ct = Ct(hu, ORIGIN_XYZ, SPACING_XYZ, np.eye(3))
+    centers = [(6, 20, 20), (0.4, 2.0, 38.6), (11, 39, 0)]      # crops shift in and pad
+    p = classify(model, ct, centers, batch_size=2)
+    assert p.shape == (3,) and np.all((0 <= p) & (p <= 1))
+    with torch.inference_mode():
+        x = torch.from_numpy(ct.crop_irc(centers[1], (32, 48, 48)))[None, None]
+        assert p[1] == pytest.approx(float(model(x)[1][0, 1]), abs=1e-5)
+    assert classify(model, ct, []).shape == (0,)
+
+
+def test_checkpoints_load_with_the_architecture_read_off_the_state(tmp_path, one_torch_thread):
+    torch.manual_seed(0)
+    seg = UNetWrapper(in_channels=5, n_classes=1, depth=2, wf=3, padding=True,
+                      batch_norm=False, up_mode="upsample").eval()
+    cls = LunaModel(conv_channels=3).eval()
+    seg_loaded = load_model(save_checkpoint(seg, tmp_path / "s.state"), "UNetWrapper", "--seg")
+    cls_loaded = load_model(save_checkpoint(cls, tmp_path / "c.state"), "LunaModel", "--cls")
+    with torch.inference_mode():
+        x = torch.randn(2, 5, 16, 16) * 300
+        torch.testing.assert_close(seg_loaded(x), seg(x))
+        x = torch.randn(2, 1, 32, 48, 48) * 300
+        torch.testing.assert_close(cls_loaded(x)[1], cls(x)[1])
+    torch.save(cls.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(DataError, match="not a checkpoint dict"):
+        load_model(tmp_path / "bare.pt", "LunaModel", "--cls-model")
+    with pytest.raises(DataError, match="no such file"):
+        load_model(tmp_path / "absent.state", "LunaModel", "--cls-model")
+
+
+def test_wrong_kind_of_checkpoint_is_a_data_error(tiny_models, seg_luna):
+    seg, _, _ = tiny_models
+    uid = sorted(seg_luna.series)[0]
+    with pytest.raises(DataError, match=r"--cls-model .*'UNetWrapper'.* needs a LunaModel"):
+        main([uid, "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model", seg])
+
+
+def test_unknown_series_says_how_to_list_them(seg_luna, capsys):
+    with pytest.raises(DataError, match="--list-series"):
+        main(["1.2.3.4", "--data-dir", str(seg_luna.root)])
+    listed = main(["--list-series", "--data-dir", str(seg_luna.root)])["series"]
+    assert listed == sorted(seg_luna.series)
+    printed = capsys.readouterr().out
+    assert all(uid in printed for uid in listed)
+
+
+def test_main_end_to_end_with_small_models(tiny_models, seg_luna, tmp_path, capsys,
+                                           one_torch_thread):
+    seg, cls, mal = tiny_models
+    out = tmp_path / "analysis.json"
+    result = main(["--run-validation", "--include-train", "--data-dir", str(seg_luna.root),
+                   "--seg-model", seg, "--cls-model", cls, "--malignancy-model", mal,
+                   "--batch-size", "8", "--json", str(out)])
+    table = result["table"]
+    assert table.shape == (3, 4) and table[0, MISS] == 0
+    n_nodules = sum(len(r["annotations"]) for r in result["results"])
+    assert table[1:].sum() == n_nodules == 14                      # every nodule counted once
+    printed = capsys.readouterr().out
+    assert "Pred. malignant" in printed and "segmentation" in printed
+    assert [len(r["detections"]) for r in result["results"]] == [1, 1, 1]
+    doc = json.loads(out.read_text())
+    assert [s["series_uid"] for s in doc["series"]] == sorted(seg_luna.series)
+    assert np.array(doc["table"]).shape == (3, 4)
+    for s, r in zip(doc["series"], result["results"]):
+        assert len(s["candidates"]) == len(r["detections"])
+        for c in s["candidates"]:
+            assert set(c) == {"center_xyz", "center_irc", "prob_nodule", "prob_malignant",
+                              "matched_annotation"}
+            assert len(c["center_xyz"]) == len(c["center_irc"]) == 3
+            assert 0 <= c["prob_nodule"] <= 1 and 0 <= c["prob_malignant"] <= 1
+
+
+def test_json_names_the_matched_annotation(tmp_path):
+    a = [Annotation((0.0, 0.0, 0.0), 10.0, True)]
+    d = [Detection((1.0, 0.0, 0.0), (4.0, 5.0, 6.0), 0.9, None),
+         Detection((50.0, 0.0, 0.0), (7.0, 8.0, 9.0), 0.2, None)]
+    result = {"series_uid": "1.2.3", "shape": (9, 8, 7), "segmented_voxels": 12,
+              "timing": {"load": 0.0}, "annotations": a, "detections": d,
+              "matches": match_detections(d, a)}
+    args = argparse.Namespace(seg_model="s", cls_model="c", malignancy_model=None)
+    path = write_json(tmp_path / "sub" / "a.json", [result], match_and_score(d, a), args)
+    (series,) = json.loads(path.read_text())["series"]
+    first, second = series["candidates"]
+    assert first["matched_annotation"] == {"center_xyz": [0.0, 0.0, 0.0], "diameter_mm": 10.0,
+                                           "is_malignant": True}
+    assert first["center_irc"] == [4.0, 5.0, 6.0] and first["prob_malignant"] is None
+    assert second["matched_annotation"] is None
+
+
+@pytest.mark.realdata
+def test_book_checkpoints_on_a_synthetic_ct(book_file, seg_luna, capsys):
+    seg, cls = book_file(BOOK_SEG_MODEL), book_file(BOOK_CLS_MODEL)
+    uid = sorted(seg_luna.series)[0]
+    result = main([uid, "--data-dir", str(seg_luna.root), "--seg-model", str(seg),
+                   "--cls-model", str(cls)])
+    assert set(result["timing"]) == {"load", "segmentation", "grouping", "classification"}
+    assert result["table"][1:].sum() == len(result["results"][0]["annotations"])
+    printed = capsys.readouterr().out
+    assert "(no --malignancy-model: 'Pred. benign' holds every detected nodule)" in printed
+    assert "seconds per CT: load" in printed

@@ -1,0 +1,113 @@
+"""The LibTorch programs of ch15_deploy/cpp: built with cmake, run on exported files, compared."""
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ch15_deploy import export_aoti
+from ch15_deploy.export_jit import load_generator, load_unet, max_diff, read_tensors, run_cpp
+from ch15_deploy.jit_intro import save_and_reload, trace_model
+from common.data import REPO_ROOT
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings(r"ignore:.*torch\.jit.* is deprecated:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")]
+
+BUILD_SH = REPO_ROOT / "ch15_deploy" / "cpp" / "build.sh"
+
+
+@pytest.fixture(scope="module")
+def programs():
+    """build/cpp/run_jit and run_aoti, (re)built by cpp/build.sh: make only redoes what changed."""
+    missing = [tool for tool in ("cmake", "make") if shutil.which(tool) is None]
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        missing.append("a C++ compiler (c++ or g++)")
+    if missing:
+        pytest.skip(f"cannot build the C++ programs: {', '.join(missing)} not found")
+    start = time.perf_counter()
+    done = subprocess.run(["bash", str(BUILD_SH)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(f"cpp/build.sh: {time.perf_counter() - start:.1f} s")
+    build = REPO_ROOT / "build" / "cpp"
+    return {"jit": build / "run_jit", "aoti": build / "run_aoti"}
+
+
+class LogitsAndProbs(torch.nn.Module):
+    """A small classifier with LunaModel's (logits, probs) output pair: quick to compile."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(),
+                                       torch.nn.Linear(16, 3))
+
+    def forward(self, x):
+        logits = self.net(x)
+        return logits, logits.softmax(dim=1)
+
+
+def test_run_jit_matches_python_for_the_unet_and_the_generator(programs, tmp_path):
+    unet, generator = load_unet(), load_generator(ngf=8, n_blocks=1)
+    x_seg, x_img = torch.randn(2, 7, 32, 48), torch.rand(1, 3, 40, 40)
+    for name, model, x in (("unet", unet, x_seg), ("generator", generator, x_img)):
+        traced, _ = trace_model(model, x)
+        path = tmp_path / f"{name}.pt"
+        save_and_reload(traced, path)
+        (out,), _ = run_cpp(programs["jit"], path, [x], tmp_path)
+        with torch.inference_mode():
+            expected = model(x)
+        assert out.shape == expected.shape
+        assert max_diff(out, expected) < 1e-5
+
+
+def test_run_jit_writes_every_tensor_of_a_tuple(programs, tmp_path, hu_model, crop):
+    traced, _ = trace_model(hu_model, crop.unsqueeze(0))
+    path = tmp_path / "luna.pt"
+    save_and_reload(traced, path)
+    batch = torch.stack([crop, crop.flip(-1), crop.flip(-2)])        # batch 3, traced on 1
+    (logits, probs), _ = run_cpp(programs["jit"], path, [batch], tmp_path)
+    with torch.inference_mode():
+        expected = hu_model(batch)
+    torch.testing.assert_close(logits, expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(probs, expected[1], rtol=1e-5, atol=1e-6)
+
+
+def test_run_aoti_matches_python(programs, tmp_path):
+    torch.manual_seed(0)
+    model = LogitsAndProbs().eval()
+    program, dynamic = export_aoti.export_program(model, (torch.randn(2, 12),))
+    assert dynamic
+    package, seconds = export_aoti.compile_package(program, tmp_path / "small.pt2")
+    print(f"AOTInductor compile of a small model: {seconds:.1f} s")
+    x = torch.randn(5, 12)                                           # another batch size
+    outputs, _ = run_cpp(programs["aoti"], package, [x], tmp_path)
+    with torch.inference_mode():
+        expected = model(x)
+    assert [o.shape for o in outputs] == [(5, 3), (5, 3)]
+    for out, exp in zip(outputs, expected):
+        torch.testing.assert_close(out, exp, rtol=1e-5, atol=1e-6)
+    python_out = export_aoti.load_package(package)(x)                # and Python agrees with C++
+    torch.testing.assert_close(outputs[0], python_out[0], rtol=0, atol=0)
+
+
+def test_programs_report_errors_with_a_message(programs, tmp_path):
+    for program in programs.values():
+        done = subprocess.run([str(program)], capture_output=True, text=True)
+        assert done.returncode == 2 and "usage:" in done.stderr
+        done = subprocess.run([str(program), str(tmp_path / "none.pt"), "in.bin", "out.bin"],
+                              capture_output=True, text=True)
+        assert done.returncode == 1 and "error:" in done.stderr
+        assert not Path(tmp_path / "out.bin").exists()
+
+
+def test_tensor_file_from_cpp_reads_back(programs, tmp_path):
+    model = torch.nn.Identity()
+    traced = torch.jit.trace(model, torch.zeros(1))
+    path = tmp_path / "identity.pt"
+    torch.jit.save(traced, str(path))
+    x = torch.arange(24.0).reshape(2, 3, 4)
+    (out,), _ = run_cpp(programs["jit"], path, [x], tmp_path)
+    torch.testing.assert_close(out, x, rtol=0, atol=0)
+    assert read_tensors(tmp_path / "identity_cpp_output.bin")[0].shape == (2, 3, 4)

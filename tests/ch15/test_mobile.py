@@ -1,0 +1,80 @@
+"""Mobile: the lite-interpreter .ptl round trip, dynamic quantization, ExecuTorch when installed."""
+import pytest
+import torch
+
+from ch07_cifar.train_fc import make_model
+from ch10_luna.model import LunaModel
+from ch15_deploy import export_mobile
+from ch15_deploy.export_jit import load_generator, load_unet
+from ch15_deploy.jit_intro import trace_model
+
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.* is deprecated:DeprecationWarning")
+
+
+def test_generator_lite_interpreter_round_trip(tmp_path, one_torch_thread):
+    generator = load_generator(ngf=8, n_blocks=1)
+    traced, _ = trace_model(generator, torch.rand(1, 3, 32, 32))
+    path = tmp_path / "g.ptl"
+    lite, note = export_mobile.save_lite(traced, path)
+    assert type(lite).__name__ == "LiteScriptModule" and path.stat().st_size > 0
+    # this CPU wheel has no XNNPACK: optimize_for_mobile is skipped and the reason kept
+    assert note is None or "XNNPACK" in note
+    from torch.jit.mobile import _get_model_bytecode_version
+
+    assert _get_model_bytecode_version(str(path)) >= 5                  # a lite-interpreter file
+    x = torch.rand(2, 3, 40, 48)
+    torch.testing.assert_close(lite(x), generator(x), rtol=0, atol=0)
+
+
+def test_scripted_unet_lite_round_trip(tmp_path, one_torch_thread):
+    unet = load_unet()
+    scripted = torch.jit.script(unet)
+    lite, _ = export_mobile.save_lite(scripted, tmp_path / "unet.ptl", optimize_first=False)
+    x = torch.randn(1, 7, 32, 48)
+    torch.testing.assert_close(lite(x), unet(x))
+
+
+def test_dynamic_quantization_shrinks_linear_weights_and_stays_close(one_torch_thread):
+    torch.manual_seed(0)
+    model, _ = make_model("deep")
+    x = torch.randn(16, 3 * 32 * 32)
+    result = export_mobile.compare_quantized("fc", model, x)
+    assert result["quantized_size"] < 0.3 * result["size"]           # int8 weights: ~4x smaller
+    assert result["diff"] < 0.05 * result["scale"]
+    quantized = result["quantized"]
+    assert isinstance(quantized[0], torch.ao.nn.quantized.dynamic.Linear)
+    assert type(model[0]) is torch.nn.Linear                          # the original is untouched
+
+
+def test_quantization_leaves_convolutions_alone(one_torch_thread):
+    torch.manual_seed(0)
+    result = export_mobile.compare_quantized("luna", LunaModel(), torch.randn(1, 1, 32, 48, 48))
+    assert 0.9 * result["size"] < result["quantized_size"] < result["size"]   # only the head
+
+
+def test_quantized_model_saves_for_the_lite_interpreter(tmp_path, one_torch_thread):
+    torch.manual_seed(0)
+    model, _ = make_model("fc")
+    quantized = export_mobile.quantize_linear(model)
+    x = torch.randn(4, 3 * 32 * 32)
+    traced, _ = trace_model(quantized, x)
+    lite, _ = export_mobile.save_lite(traced, tmp_path / "q.ptl", optimize_first=False)
+    torch.testing.assert_close(lite(x), quantized(x))
+
+
+def test_executorch_export_when_installed(tmp_path):
+    pytest.importorskip("executorch", reason="executorch is not installed (pip install "
+                                             "executorch); the .pte path is documented only")
+    generator = load_generator(ngf=8, n_blocks=1)
+    x = torch.rand(1, 3, 32, 32)
+    path = export_mobile.export_executorch(generator, (x,), tmp_path / "g.pte")
+    out = export_mobile.run_executorch(path, (x,))[0]
+    torch.testing.assert_close(out, generator(x), rtol=1e-4, atol=1e-4)
+
+
+def test_main_runs(tmp_path, capsys):
+    result = export_mobile.main(["--ngf", "8", "--n-blocks", "1", "--out", str(tmp_path)])
+    assert result["path"].exists() and result["lite_diff"] == 0
+    assert result["fc"]["quantized_size"] < 0.3 * result["fc"]["size"]
+    out = capsys.readouterr().out
+    assert "optimize_for_mobile:" in out and "ExecuTorch" in out

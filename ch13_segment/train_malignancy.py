@@ -1,0 +1,274 @@
+"""Chapter 14: train the malignancy classifier, from scratch or fine-tuned from the nodule one.
+
+    python ch13_segment/train_malignancy.py                  # the built-in sample if no LUNA16
+    python ch13_segment/train_malignancy.py --epochs 40 --finetune \\
+        data/part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state finetune-depth1
+    python ch13_segment/train_malignancy.py --finetune-depth 2 --finetune PATH ...  # block4 too
+
+Training draws the book's balanced epoch (malignant, benign, malignant, non-nodule, ...);
+validation scores the benign and malignant nodules of every 10th series by AUC, which picks the
+best model. `--finetune` starts from a LunaModel checkpoint (a ch10_luna/train_cls.py run's or
+the book's), re-initialises `head_linear` and freezes all but the last `--finetune-depth`
+parameterised children; it switches to the book's fine-tuning SGD (lr 0.003, weight decay
+1e-4, no momentum) and validates every epoch (else every 5th, the first and the last). The run
+directory gets metrics.jsonl, TensorBoard events, `mal_<comment>.best.state` /
+`.last.state` (the book's checkpoint dict) and `roc_val.png` (the last validation's ROC next to
+the diameter baseline on the same nodules).
+
+Also takes train_cls.py's flags (--epochs --batch-size --num-workers --device --seed --data-dir
+--synthetic --epoch-size --val-stride --balanced --augment-* --amp --run-dir and the comment);
+not --resume, and no torchrun.
+"""
+import argparse
+import datetime
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ch10_luna.augment import AugmentSpec
+from ch10_luna.dsets import epoch_order, split_by_series
+from ch10_luna.model import LunaModel
+from ch10_luna.train_cls import (
+    LABEL,
+    PRED,
+    augment_spec,
+    channels_last,
+    evaluate,
+    format_summary,
+    locate_luna,
+    log_epoch,
+    make_loader,
+    open_writers,
+    save_checkpoint,
+    summarize,
+    train_one_epoch,
+)
+from ch10_luna.train_cls import parse_args as cls_parse_args
+from ch13_segment.dsets_cls import (
+    BOOK_MAL_EPOCH,
+    MalignantLunaDataset,
+    class_lists,
+    read_candidates_ch14,
+)
+from ch13_segment.roc import diameter_roc, log_roc, roc_curve, trapezoid_auc
+from common.data import REPO_ROOT, DataError, run_cli
+from common.device import pick_device, seed_everything
+
+# The book's chapter 14 augmentation (flip, offset, rotate; its offset never reached the matrix).
+BOOK_CH14_AUGMENTATION = AugmentSpec(flip=True, offset=0.1, rotate=True)
+SYNTHETIC_EPOCH = 2_400         # 75 batches of 32: about 2 minutes on 2 CPU cores with validation
+VALIDATION_CADENCE = 5          # the book's; every epoch when fine-tuning
+
+
+def extra_parser():
+    """The flags train_cls.py lacks, or whose defaults differ here."""
+    p = argparse.ArgumentParser(add_help=False, prog="train_malignancy.py")
+    p.add_argument("--finetune", default=None, metavar="PATH",
+                   help="LunaModel checkpoint to start from (head re-initialised)")
+    p.add_argument("--finetune-depth", type=int, choices=(1, 2), default=1,
+                   help="trainable parameterised children from the end: 1 head_linear, "
+                        "2 block4 + head_linear (default: %(default)s)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
+                   help="default: the book's SGD (weight decay 1e-4) on LUNA16 or when "
+                        "fine-tuning; Adam when training from scratch on the synthetic sample")
+    p.add_argument("--lr", type=float, default=None,
+                   help="default: 0.003 fine-tuning, 0.001 otherwise (the book's)")
+    p.add_argument("--tb-prefix", default="ch14", help="the book's TensorBoard folder name")
+    p.add_argument("--no-augment", action="store_true",
+                   help="no augmentation (default: the book's chapter 14 flip, offset, rotate; "
+                        "any --augment-* flag replaces that set)")
+    p.add_argument("--resume", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = extra_parser()
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        extra.print_help()
+        print("\nshared with ch10_luna/train_cls.py (its --help):")
+        cls_parse_args(["--help"])                  # prints and exits
+    ours, rest = extra.parse_known_args(argv)
+    args = cls_parse_args(rest)
+    vars(args).update(vars(ours))
+    if args.resume:
+        raise DataError("train_malignancy.py does not resume; start from a checkpoint with "
+                        "--finetune instead")
+    return args
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+def load_finetune_state(path):
+    """The model_state of a LunaModel checkpoint; DataError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--finetune {path}: no such file")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:                            # pickle, zip and torch errors alike
+        raise DataError(f"--finetune {path}: not a readable checkpoint ({type(e).__name__})") \
+            from None
+    if not isinstance(state, dict) or not isinstance(state.get("model_state"), dict):
+        raise DataError(f"--finetune {path}: not a checkpoint dict with a model_state")
+    if state.get("model_name", "LunaModel") != "LunaModel":
+        raise DataError(f"--finetune {path}: holds a {state['model_name']!r}, not a LunaModel")
+    return state["model_state"]
+
+
+def parameterised_children(model):
+    """Names of the direct children that own parameters, in order (the book's model_blocks)."""
+    return [name for name, child in model.named_children() if any(True for _ in
+                                                                  child.parameters())]
+
+
+def prepare_finetune(model, model_state, depth=1, source="checkpoint"):
+    """Load all but the last block (the head), freeze all but the last `depth` blocks.
+
+    Returns the names of the trainable blocks. The head keeps the fresh model's random init.
+    """
+    blocks = parameterised_children(model)
+    head, trainable = blocks[-1], blocks[-depth:]
+    body = {k: v for k, v in model_state.items() if k.split(".")[0] != head}
+    missing, unexpected = model.load_state_dict(body, strict=False)
+    wrong = [k for k in missing if k.split(".")[0] != head] + list(unexpected)
+    if wrong:
+        raise DataError(f"--finetune {source}: does not fit LunaModel (e.g. "
+                        f"{', '.join(wrong[:3])})")
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.split(".")[0] in trainable)
+    return trainable
+
+
+def load_model(args, device, state=None):
+    """A LunaModel on `device`; with --finetune, prepared from `state` (or the file)."""
+    model = LunaModel()
+    if args.finetune:
+        state = state if state is not None else load_finetune_state(args.finetune)
+        try:
+            blocks = prepare_finetune(model, state, args.finetune_depth, args.finetune)
+        except RuntimeError as e:                     # a shape mismatch
+            raise DataError(f"--finetune {args.finetune}: does not fit LunaModel "
+                            f"({str(e).splitlines()[-1].strip()[:160]})") from None
+        print(f"fine-tuning from {args.finetune}, training {' '.join(blocks)}")
+    model = model.to(device)
+    if channels_last(device, args.amp):
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+def make_optimizer(model, name, lr):
+    """The book's chapter 14 SGD (weight decay 1e-4, no momentum), or Adam; trainable only."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, weight_decay=1e-4)
+
+
+# ----------------------------------------------------------------------------- scores
+def auc_of(metrics):
+    """Trapezoid AUC of (3, N) metrics over the book's 100 thresholds."""
+    fpr, tpr, _ = roc_curve(metrics[PRED], metrics[LABEL] > 0.5)
+    return trapezoid_auc(fpr, tpr)
+
+
+def diameter_auc(candidates):
+    """The diameter baseline on the same nodules: (auc, fpr, tpr)."""
+    fpr, tpr, _ = diameter_roc([c.diameter_mm for c in candidates],
+                               [c.is_malignant for c in candidates])
+    return trapezoid_auc(fpr, tpr), fpr, tpr
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    args = parse_args(argv)
+    finetune_state = load_finetune_state(args.finetune) if args.finetune else None
+    device = pick_device(args.device)
+    seed_everything(args.seed)
+    luna = locate_luna(args)
+    train_c, val_c = split_by_series(read_candidates_ch14(luna), args.val_stride)
+    epoch_size = args.epoch_size or (SYNTHETIC_EPOCH if luna.synthetic else
+                                     BOOK_MAL_EPOCH if args.balanced else None)
+    train_ds = MalignantLunaDataset(train_c, luna.series, balanced=args.balanced,
+                                    epoch_size=epoch_size or 0, seed=args.seed)
+    val_ds = MalignantLunaDataset(val_c, luna.series)
+    if not val_ds.mal or not val_ds.ben:
+        raise DataError(f"the validation series hold {len(val_ds.mal)} malignant and "
+                        f"{len(val_ds.ben)} benign nodules: an AUC needs both (try another "
+                        "--val-stride)")
+    args.optimizer = args.optimizer or ("adam" if luna.synthetic and not args.finetune
+                                        else "sgd")
+    args.lr = args.lr or (0.003 if args.finetune else 0.001)
+    spec = (AugmentSpec() if args.no_augment else augment_spec(args) if augment_spec(args).active
+            else BOOK_CH14_AUGMENTATION)
+    lists = class_lists(train_c)
+    print(f"training: {len(lists['mal'])} malignant, {len(lists['ben'])} benign, "
+          f"{len(lists['neg']):,} non-nodules; {len(train_ds):,} samples per epoch "
+          f"{'balanced' if args.balanced else 'unbalanced (benign + malignant)'}; validation: "
+          f"{len(val_ds.mal)} malignant, {len(val_ds.ben)} benign; device {device}; "
+          f"{args.optimizer} lr {args.lr:g}")
+    model = load_model(args, device, finetune_state)
+    optimizer = make_optimizer(model, args.optimizer, args.lr)
+
+    run_dir = Path(args.run_dir) if args.run_dir else (
+        REPO_ROOT / "runs" / args.tb_prefix /
+        f"{datetime.datetime.now():%Y-%m-%d_%H.%M.%S}-{args.comment}")
+    args.run_dir = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    writers = open_writers(run_dir)
+    print(f"run directory {run_dir}")
+    best_path = run_dir / f"mal_{args.comment}.best.state"
+    last_path = run_dir / f"mal_{args.comment}.last.state"
+    base_auc, base_fpr, base_tpr = diameter_auc(val_ds.ben + val_ds.mal)
+    print(f"diameter baseline on the validation nodules: AUC {base_auc:.3f}")
+
+    val_loader = make_loader(val_ds, range(len(val_ds)), args.batch_size, args.num_workers,
+                             device)
+    history, best_auc, samples_seen = [], -1.0, 0
+    for epoch in range(1, args.epochs + 1):
+        if args.balanced:
+            train_ds.set_epoch(epoch)
+            order = np.arange(len(train_ds))
+        else:
+            order = epoch_order(train_ds.labels(), epoch_size, False, args.seed, epoch)
+        loader = make_loader(train_ds, order, args.batch_size, args.num_workers, device)
+        started = time.perf_counter()
+        trn_metrics = train_one_epoch(model, loader, optimizer, device, spec=spec, amp=args.amp,
+                                      generator_seed=args.seed * 10_007 + epoch,
+                                      desc=f"E{epoch} trn")
+        samples_seen += len(order)
+        trn = {**summarize(trn_metrics), "auc": auc_of(trn_metrics)}
+        row = {"epoch": epoch, "trn": trn, "trn_samples_per_s": len(order) /
+               (time.perf_counter() - started)}
+        print(format_summary(epoch, "trn", trn) + f"  auc {trn['auc']:.3f}")
+        log_epoch(run_dir, writers, epoch, "trn", trn_metrics, trn, samples_seen)
+        if args.finetune or epoch == 1 or epoch % VALIDATION_CADENCE == 0 \
+                or epoch == args.epochs:
+            val_metrics = evaluate(model, val_loader, device, amp=args.amp, desc=f"E{epoch} val")
+            val = {**summarize(val_metrics), "auc": auc_of(val_metrics),
+                   "auc/diameter_baseline": base_auc}
+            row["val"] = val
+            print(format_summary(epoch, "val", val) + f"  auc {val['auc']:.3f} "
+                  f"(diameter baseline {base_auc:.3f})")
+            log_epoch(run_dir, writers, epoch, "val", val_metrics, val, samples_seen)
+            log_roc(writers["val"], "malignancy", val_metrics[PRED], val_metrics[LABEL] > 0.5,
+                    samples_seen, png=run_dir / "roc_val.png",
+                    baseline=(base_fpr, base_tpr, "diameter baseline"),
+                    class_names=("benign", "malignant"), title=f"LunaModel, epoch {epoch}")
+            if val["auc"] > best_auc:
+                best_auc = val["auc"]
+                save_checkpoint(best_path, model, optimizer, args, epoch, samples_seen,
+                                best_auc=best_auc)
+        save_checkpoint(last_path, model, optimizer, args, epoch, samples_seen,
+                        best_auc=best_auc)
+        history.append(row)
+    for writer in writers.values():
+        writer.close()
+    return model, history
+
+
+if __name__ == "__main__":
+    run_cli(main)

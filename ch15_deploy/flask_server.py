@@ -82,14 +82,26 @@ def parse_multipart(req):
     """(shape, dtype, blob bytes) from the book's form: a JSON `meta` part and a `blob` part."""
     if "meta" in req.files:
         meta_text = req.files["meta"].read()
-    elif "meta" in req.form:
-        meta_text = req.form["meta"]
     else:
+        meta_text = req.form.get("meta")
+    if meta_text is not None and "blob" not in req.files and "blob" in req.form:
+        # a text field: its bytes were decoded
+        raise ValueError("'blob' must be a file part (give it a filename), not a text field")
+    return parse_form_parts(meta_text, req.files["blob"].read() if "blob" in req.files else None)
+
+
+def parse_form_parts(meta_text, blob):
+    """(shape, dtype, blob) from the form's two parts, None where a part is missing."""
+    if meta_text is None:
         raise ValueError("missing form part 'meta' (JSON with shape and dtype)")
-    if "blob" not in req.files:
-        if "blob" in req.form:                      # a text field: its bytes were decoded
-            raise ValueError("'blob' must be a file part (give it a filename), not a text field")
+    if blob is None:
         raise ValueError("missing form part 'blob' (the crop's raw float32 bytes)")
+    shape, dtype = parse_meta(meta_text)
+    return shape, dtype, blob
+
+
+def parse_meta(meta_text):
+    """(shape, dtype) from the `meta` part's JSON (str or bytes); the book sent no dtype."""
     try:
         meta = json.loads(meta_text)
     except (ValueError, UnicodeDecodeError) as e:
@@ -97,20 +109,24 @@ def parse_multipart(req):
     if not isinstance(meta, dict) or "shape" not in meta:
         raise ValueError('\'meta\' must be a JSON object like {"shape": [1, 32, 48, 48], '
                          '"dtype": "float32"}')
-    return meta["shape"], meta.get("dtype", DTYPE), req.files["blob"].read()  # book: no dtype
+    return meta["shape"], meta.get("dtype", DTYPE)
 
 
 def parse_raw(req):
     """(shape, dtype, blob bytes) from an octet-stream body with X-Shape (and X-Dtype) headers."""
-    header = req.headers.get("X-Shape")
+    shape = parse_shape_header(req.headers.get("X-Shape"))
+    return shape, req.headers.get("X-Dtype", DTYPE), req.get_data(cache=False)
+
+
+def parse_shape_header(header):
+    """[1, 32, 48, 48] from an X-Shape header value such as "1,32,48,48"."""
     if not header:
         raise ValueError("missing header X-Shape (e.g. X-Shape: 1,32,48,48)")
     try:
-        shape = [int(s) for s in header.split(",")]
+        return [int(s) for s in header.split(",")]
     except ValueError:
         raise ValueError(f"X-Shape {header!r} is not a comma-separated list of integers") \
             from None
-    return shape, req.headers.get("X-Dtype", DTYPE), req.get_data(cache=False)
 
 
 def decode_crop(shape, dtype, blob, expected_shape=CROP_SHAPE):

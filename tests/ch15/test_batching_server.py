@@ -1,0 +1,409 @@
+"""The aiohttp request-batching server: batching, 503/504, bad input, shutdown, images, --jit.
+
+pytest-aiohttp is not installed: each test runs its coroutine with asyncio.run and drives the
+app through aiohttp.test_utils.TestServer / TestClient on 127.0.0.1.
+"""
+import asyncio
+import io
+import time
+
+import aiohttp
+import numpy as np
+import pytest
+import torch
+from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
+from torch import nn
+
+from ch01_intro.cyclegan import ResNetGenerator
+from ch15_deploy import batching_server as bs
+from ch15_deploy.cls_client import crop_request, hu_like_crop
+from ch15_deploy.flask_server import CROP_SHAPE
+from ch15_deploy.load_test import run_load, summarize
+from common.data import DataError
+
+CROP_HEADERS = {"Content-Type": "application/octet-stream", "X-Shape": "1,32,48,48"}
+
+
+class Counting(nn.Module):
+    """Wraps a model: counts forward calls, records batch sizes, optionally sleeps first."""
+
+    def __init__(self, model, delay_s=0.0):
+        super().__init__()
+        self.model, self.delay_s, self.batch_sizes = model, delay_s, []
+
+    def forward(self, x):
+        self.batch_sizes.append(x.shape[0])
+        if self.delay_s:
+            time.sleep(self.delay_s)                # runs in the executor thread
+        return self.model(x)
+
+
+class MeanClassifier(nn.Module):
+    """A fast stand-in classifier: logits from the crop's mean HU, as LunaModel's pair."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3, 4)) / 500
+        logits = torch.stack([-m, m], dim=1)
+        return logits, logits.softmax(dim=1)
+
+
+def as_bytes(crop):
+    return crop.numpy().astype("<f4").tobytes()
+
+
+def form(crop):
+    """The book's multipart form, as cls_client.py builds it: (body, headers)."""
+    request = crop_request(crop, "http://127.0.0.1/predict")
+    return request.data, dict(request.header_items())
+
+
+def jpeg(width=40, height=30, fmt="JPEG", seed=0):
+    rgb = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def expected_prob(model, crop):
+    with torch.inference_mode():
+        return float(model(crop.unsqueeze(0))[1][0, 1])
+
+
+def run_with_client(app, scenario):
+    """asyncio.run(scenario(client)) with a TestClient around a TestServer on 127.0.0.1."""
+    async def go():
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            return await scenario(client)
+    return asyncio.run(go())
+
+
+async def post_crop(client, crop, path="/predict"):
+    r = await client.post(path, data=as_bytes(crop), headers=CROP_HEADERS)
+    return r.status, await r.json()
+
+
+@pytest.fixture(scope="module")
+def tiny_generator():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return ResNetGenerator(ngf=4, n_blocks=1).eval()
+
+
+def test_concurrent_requests_share_forward_calls_and_answer_as_unbatched(hu_model):
+    model = Counting(hu_model)
+    crops = [hu_like_crop(seed) for seed in range(5)]
+    app = bs.create_app(model, max_batch_size=8, max_wait_ms=300)
+
+    async def scenario(client):
+        body, headers = form(crops[0])                      # one in the book's form
+        first = client.post("/predict", data=body, headers=headers)
+        rest = [post_crop(client, c) for c in crops[1:]]
+        r0 = await first
+        answers = [(r0.status, await r0.json())] + list(await asyncio.gather(*rest))
+        stats = await (await client.get("/stats")).json()
+        return answers, stats
+
+    answers, stats = run_with_client(app, scenario)
+    assert [status for status, _ in answers] == [200] * 5
+    assert len(model.batch_sizes) < 5 and sum(model.batch_sizes) == 5
+    assert max(model.batch_sizes) > 1
+    for crop, (_, body) in zip(crops, answers, strict=True):
+        assert body["prob_nodule"] == body["prob_malignant"]
+        assert body["prob_nodule"] == pytest.approx(expected_prob(hu_model, crop), abs=1e-6)
+    assert stats["predict"]["requests"] == 5
+    assert stats["predict"]["batches"] == len(model.batch_sizes)
+
+
+def test_batch_size_one_runs_one_forward_per_request(hu_model):
+    model = Counting(MeanClassifier())
+    app = bs.create_app(model, max_batch_size=1, max_wait_ms=300)
+
+    async def scenario(client):
+        return await asyncio.gather(*(post_crop(client, hu_like_crop(s)) for s in range(4)))
+
+    assert [s for s, _ in run_with_client(app, scenario)] == [200] * 4
+    assert model.batch_sizes == [1, 1, 1, 1]
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+    model = Counting(MeanClassifier(), delay_s=0.3)
+    app = bs.create_app(model, max_batch_size=1, max_queue=2, max_wait_ms=0)
+    crop = hu_like_crop(0)
+
+    async def scenario(client):
+        async def one():
+            r = await client.post("/predict", data=as_bytes(crop), headers=CROP_HEADERS)
+            return r.status, r.headers.get("Retry-After"), await r.json()
+        return await asyncio.gather(*(one() for _ in range(8)))
+
+    results = run_with_client(app, scenario)
+    statuses = [s for s, _, _ in results]
+    assert set(statuses) == {200, 503}
+    for status, retry_after, body in results:
+        if status == 503:
+            assert retry_after == "1" and "busy" in body["error"]
+    assert len(model.batch_sizes) == statuses.count(200)
+
+
+def test_a_slow_answer_gets_504_and_the_server_goes_on():
+    model = Counting(MeanClassifier(), delay_s=0.6)
+    app = bs.create_app(model, timeout_s=0.2, max_wait_ms=0)
+
+    async def scenario(client):
+        late = await post_crop(client, hu_like_crop(0))
+        await asyncio.sleep(0.6)                          # let the slow batch finish
+        bs_app = client.server.app
+        bs_app[bs.SETTINGS]["timeout_s"] = 5.0
+        return late, await post_crop(client, hu_like_crop(1))
+
+    (status, body), (status2, body2) = run_with_client(app, scenario)
+    assert status == 504 and "no answer within 0.2 s" in body["error"]
+    assert status2 == 200 and 0 <= body2["prob_nodule"] <= 1
+
+
+def good_crop_bytes():
+    return as_bytes(hu_like_crop(0))
+
+
+def nan_crop():
+    crop = hu_like_crop(0)
+    crop[0, 3, 4, 5] = float("nan")
+    return as_bytes(crop)
+
+
+def inf_crop():
+    crop = hu_like_crop(0)
+    crop[0, 0, 0, 0] = float("inf")
+    return as_bytes(crop)
+
+
+def meta_form(meta_bytes, blob=None):
+    """A hand-made form with a `meta` part and, unless None, a `blob` part."""
+    boundary = "b0undary"
+    body = b""
+    parts = [("meta", meta_bytes)] + ([("blob", blob)] if blob is not None else [])
+    for name, data in parts:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; "
+                 f"filename=\"{name}\"\r\n\r\n").encode() + data + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+BAD_REQUESTS = {      # name: (method, path, body, headers, status, words in the error message)
+    "too large": ("POST", "/predict", b"\0" * (bs.MAX_BYTES + 4), CROP_HEADERS, 413, "exceeded"),
+    "wrong shape": ("POST", "/predict", good_crop_bytes(),
+                    {**CROP_HEADERS, "X-Shape": "1,48,32,48"}, 400, "shape must be"),
+    "wrong dtype": ("POST", "/predict", good_crop_bytes(),
+                    {**CROP_HEADERS, "X-Dtype": "float64"}, 400, "dtype must be"),
+    "short blob": ("POST", "/predict", good_crop_bytes()[:-4], CROP_HEADERS, 400, "bytes"),
+    "nan": ("POST", "/predict", nan_crop(), CROP_HEADERS, 400, "NaN or Inf"),
+    "inf": ("POST", "/predict", inf_crop(), CROP_HEADERS, 400, "NaN or Inf"),
+    "bad x-shape": ("POST", "/predict", good_crop_bytes(),
+                    {**CROP_HEADERS, "X-Shape": "1,a"}, 400, "X-Shape"),
+    "no x-shape": ("POST", "/predict", good_crop_bytes(),
+                   {"Content-Type": "application/octet-stream"}, 400, "missing header X-Shape"),
+    "invalid json": ("POST", "/predict", *meta_form(b"{shape: [1,", good_crop_bytes()), 400,
+                     "not valid JSON"),
+    "meta not a dict": ("POST", "/predict", *meta_form(b"[1, 32]", good_crop_bytes()), 400,
+                        "must be a JSON object"),
+    "missing blob": ("POST", "/predict", *meta_form(b'{"shape": [1, 32, 48, 48]}'), 400,
+                     "missing form part 'blob'"),
+    "broken multipart": ("POST", "/predict", b"garbage without boundaries",
+                         {"Content-Type": "multipart/form-data; boundary=xyz"}, 400,
+                         "malformed multipart"),
+    "text/plain": ("POST", "/predict", b"1,2,3", {"Content-Type": "text/plain"}, 415,
+                   "unsupported content type"),
+    "not an image": ("POST", "/image", b"GIF89a but not really", {}, 400, "not a JPEG or PNG"),
+    "gif": ("POST", "/image", None, {}, 400, "not GIF"),
+    "truncated jpeg": ("POST", "/image", jpeg(64, 48)[:-800], {}, 400, "cannot decode"),
+    "too many pixels": ("POST", "/image", jpeg(200, 150), {}, 400, "pixels accepted"),
+    "image too large": ("PUT", "/image", b"\xff" * 70_000, {}, 413, "exceeded"),
+    "unknown route": ("POST", "/nowhere", b"", {}, 404, "Not Found"),
+    "wrong method": ("GET", "/predict", None, {}, 405, "Not Allowed"),
+}
+
+
+def gif_bytes():
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_bad_requests_get_a_4xx_with_a_message_and_the_server_goes_on(name, tiny_generator):
+    method, path, body, headers, status, words = BAD_REQUESTS[name]
+    if name == "gif":
+        body = gif_bytes()
+    model = Counting(MeanClassifier())
+    app = bs.create_app(model, tiny_generator, image_size=16, max_pixels=10_000,
+                        max_image_bytes=65_536)
+
+    async def scenario(client):
+        r = await client.request(method, path, data=body, headers=headers)
+        answer = (r.status, await r.json())
+        return answer, await post_crop(client, hu_like_crop(1))
+
+    (got, message), (after, body_after) = run_with_client(app, scenario)
+    assert got == status and words in message["error"], message
+    assert after == 200 and 0 <= body_after["prob_nodule"] <= 1
+    assert model.batch_sizes == [1]                     # no bad input reached the model
+
+
+async def send_partial_and_close(port, n_bytes, total):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write((f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                  f"application/octet-stream\r\nX-Shape: 1,32,48,48\r\n"
+                  f"Content-Length: {total}\r\n\r\n").encode() + b"\0" * n_bytes)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+def test_clients_that_disconnect_mid_request_do_not_stop_the_server():
+    model = Counting(MeanClassifier(), delay_s=0.2)
+    app = bs.create_app(model, max_wait_ms=0)
+    size = len(good_crop_bytes())
+
+    async def scenario(client):
+        port = client.server.port
+        await send_partial_and_close(port, size // 2, size)      # body cut in the middle
+        await send_partial_and_close(port, size, size)           # gone before the answer
+        await asyncio.sleep(0.5)
+        return await post_crop(client, hu_like_crop(2))
+
+    status, body = run_with_client(app, scenario)
+    assert status == 200 and 0 <= body["prob_nodule"] <= 1
+
+
+def test_shutdown_answers_every_queued_request():
+    model = Counting(MeanClassifier(), delay_s=0.15)
+    app = bs.create_app(model, max_batch_size=2, max_wait_ms=0, max_queue=16)
+
+    async def scenario():
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        url = server.make_url("/predict")
+        async with aiohttp.ClientSession() as session:
+            async def one(seed):
+                async with session.post(url, data=as_bytes(hu_like_crop(seed)),
+                                        headers=CROP_HEADERS) as r:
+                    return r.status, await r.json()
+            tasks = [asyncio.create_task(one(s)) for s in range(6)]
+            while app[bs.BATCHERS]["predict"]["queue"].qsize() < 3:   # all sent, most queued
+                await asyncio.sleep(0.01)
+            await server.close()                       # stop while requests wait
+            return await asyncio.gather(*tasks)
+
+    results = asyncio.run(scenario())
+    assert [status for status, _ in results] == [200] * 6
+    assert sum(model.batch_sizes) == 6 and max(model.batch_sizes) <= 2
+
+
+def test_image_route_answers_a_jpeg_of_the_fixed_size(tiny_generator):
+    model = Counting(tiny_generator)
+    app = bs.create_app(image_model=model, image_size=32, max_wait_ms=300)
+    images = [jpeg(64, 48, seed=1), jpeg(20, 30, "PNG", seed=2), jpeg(33, 33, seed=3)]
+
+    async def scenario(client):
+        async def one(data, method):
+            r = await client.request(method, "/image", data=data)
+            return r.status, r.content_type, await r.read()
+        return await asyncio.gather(*(one(d, m) for d, m in zip(images, ("POST", "PUT", "POST"),
+                                                                strict=True)))
+
+    results = run_with_client(app, scenario)
+    for status, content_type, data in results:
+        assert status == 200 and content_type == "image/jpeg"
+        out = Image.open(io.BytesIO(data))
+        assert out.format == "JPEG" and out.size == (32, 32) and out.mode == "RGB"
+    assert len(model.batch_sizes) < 3 and sum(model.batch_sizes) == 3
+    # the generator's picture of the resized input (JPEG-encoded the same way; a batched
+    # forward may round a pixel differently from a single one)
+    x = bs.decode_image(images[0], 32)
+    with torch.inference_mode():
+        expected = bs.encode_jpeg(tiny_generator(x.unsqueeze(0))[0])
+    got, expected = (np.asarray(Image.open(io.BytesIO(b))).astype(int)
+                     for b in (results[0][2], expected))
+    assert np.abs(got - expected).mean() < 1
+
+
+def test_decode_image_resizes_to_a_square_in_0_1():
+    x = bs.decode_image(jpeg(90, 60), 24)
+    assert x.shape == (3, 24, 24) and x.dtype == torch.float32
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+
+
+def test_jit_serving_with_a_traced_luna_model(hu_model, tmp_path):
+    path = tmp_path / "luna_traced.pt"
+    with torch.no_grad():
+        traced = torch.jit.trace(hu_model, torch.zeros(1, *CROP_SHAPE))
+    traced.save(str(path))
+    args = bs.parse_args(["--jit", str(path), "--no-image"])
+    cls_model, image_model = bs.load_models(args, "cpu")
+    assert isinstance(cls_model, torch.jit.ScriptModule) and image_model is None
+    app = bs.create_app(Counting(cls_model), max_batch_size=4, max_wait_ms=300)
+    crops = [hu_like_crop(s) for s in range(2)]
+
+    async def scenario(client):
+        return await asyncio.gather(*(post_crop(client, c) for c in crops))
+
+    for crop, (status, body) in zip(crops, run_with_client(app, scenario), strict=True):
+        assert status == 200
+        assert body["prob_nodule"] == pytest.approx(expected_prob(hu_model, crop), abs=1e-6)
+
+
+def test_an_exported_model_with_a_fixed_batch_falls_back_to_one_at_a_time(tmp_path, capsys):
+    path = tmp_path / "mean.pt2"
+    torch.export.save(torch.export.export(MeanClassifier(), (torch.zeros(1, *CROP_SHAPE),)),
+                      str(path))
+    model = Counting(bs.load_exported(path, jit=False))
+    app = bs.create_app(model, max_batch_size=4, max_wait_ms=300)
+    crops = [hu_like_crop(s) for s in range(3)]
+
+    async def scenario(client):
+        return await asyncio.gather(*(post_crop(client, c) for c in crops))
+
+    for crop, (status, body) in zip(crops, run_with_client(app, scenario), strict=True):
+        assert status == 200
+        assert body["prob_nodule"] == pytest.approx(expected_prob(MeanClassifier(), crop))
+    assert model.batch_sizes[0] > 1 and model.batch_sizes[1:] == [1] * 3
+    assert "one request at a time" in capsys.readouterr().err
+
+
+def test_unreadable_model_files_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(DataError, match="not a TorchScript file"):
+        bs.load_exported(bad, jit=True)
+    with pytest.raises(DataError, match="no such file"):
+        bs.load_exported(tmp_path / "missing.pt2", jit=False)
+
+
+def rss_bytes():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    pytest.skip("no /proc/self/status")
+
+
+def test_200_clients_get_only_200_and_503_and_memory_stays_flat():
+    app = bs.create_app(MeanClassifier(), max_batch_size=16, max_wait_ms=5, max_queue=32)
+    body, headers = as_bytes(hu_like_crop(0)), CROP_HEADERS
+
+    async def scenario(client):
+        url = str(client.make_url("/predict"))
+        rounds = []
+        for _ in range(3):           # the first round warms up allocators and buffers
+            rounds.append(summarize(await run_load(url, body, headers, concurrency=200,
+                                                   requests=400)))
+            rounds[-1]["rss"] = rss_bytes()
+        return rounds
+
+    rounds = run_with_client(app, scenario)
+    for r in rounds:
+        assert r["requests"] == 400 and r["ok"] > 0
+        assert set(r["errors"]) <= {"HTTP 503"}, r["errors"]
+    growth = rounds[-1]["rss"] - rounds[0]["rss"]
+    assert growth < 64 * 2**20, f"RSS grew by {growth / 2**20:.0f} MiB"

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ch10_luna.augment import AugmentSpec, augment_batch
+from ch10_luna.augment import BOOK_AUGMENTATION, AugmentSpec, augment_batch
 from ch10_luna.dsets import (
     LunaDataset,
     epoch_order,
@@ -89,13 +89,18 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def augment_spec(args):
-    """The flags -> magnitudes; `--augmented` turns on all of them at the book's values."""
+def augment_spec(args, magnitudes=BOOK_AUGMENTATION):
+    """The flags -> magnitudes; `--augmented` turns on all of them at the book's values.
+
+    `magnitudes` holds the values a flag turns on: chapter 12's by default; chapter 13's
+    segmentation passes its own (offset 0.03).
+    """
     on = lambda flag: args.augmented or flag  # noqa: E731
-    return AugmentSpec(flip=on(args.augment_flip), offset=0.1 if on(args.augment_offset) else 0.0,
-                       scale=0.2 if on(args.augment_scale) else 0.0,
+    m = magnitudes
+    return AugmentSpec(flip=on(args.augment_flip), offset=m.offset if on(args.augment_offset)
+                       else 0.0, scale=m.scale if on(args.augment_scale) else 0.0,
                        rotate=on(args.augment_rotate),
-                       noise=25.0 if on(args.augment_noise) else 0.0)
+                       noise=m.noise if on(args.augment_noise) else 0.0)
 
 
 # ----------------------------------------------------------------------------- data
@@ -297,11 +302,17 @@ def format_summary(epoch, phase, s):
 
 
 # ----------------------------------------------------------------------------- logging
+def append_metrics_row(run_dir, epoch, phase, summary, samples_seen):
+    """One JSON line in `run_dir`/metrics.jsonl: epoch, phase, samples seen and the summary."""
+    row = {"epoch": epoch, "phase": phase, "samples": samples_seen, **summary}
+    with open(Path(run_dir) / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
 def log_epoch(run_dir, writers, epoch, phase, metrics, summary, samples_seen):
     """One JSON line in metrics.jsonl and the book's TensorBoard scalars, PR curve, histograms."""
-    row = {"epoch": epoch, "phase": phase, "samples": samples_seen, **summary}
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_metrics_row(run_dir, epoch, phase, summary, samples_seen)
     writer = writers.get(phase)
     if writer is None:
         return
@@ -362,12 +373,24 @@ def load_checkpoint(path, model_name="LunaModel"):
     return state
 
 
-def restore_args(args, state):
-    """The resumed run keeps its own settings, except how to run it now, where given again."""
-    saved, defaults = dict(state["args"]), vars(parse_args([]))
-    saved.update({k: getattr(args, k) for k in RESUME_KEEPS
+def restore_args(args, state, defaults=None, keeps=RESUME_KEEPS):
+    """The resumed run keeps its own settings, except how to run it now, where given again.
+
+    `defaults` (a dict; this script's parse_args([]) when None) tells which of the `keeps`
+    flags were given on the command line.
+    """
+    saved = dict(state["args"])
+    defaults = vars(parse_args([])) if defaults is None else defaults
+    saved.update({k: getattr(args, k) for k in keeps
                   if k == "resume" or getattr(args, k) != defaults[k]})
     return argparse.Namespace(**saved)
+
+
+def run_directory(args):
+    """--run-dir; else the resumed checkpoint's folder; else runs/<tb-prefix>/<time>-<comment>."""
+    return Path(args.run_dir) if args.run_dir else (
+        Path(args.resume).parent if args.resume else REPO_ROOT / "runs" / args.tb_prefix /
+        f"{datetime.datetime.now():%Y-%m-%d_%H.%M.%S}-{args.comment}")
 
 
 # ----------------------------------------------------------------------------- main
@@ -429,9 +452,7 @@ def train(args, device, state=None):
         model = torch.nn.parallel.DistributedDataParallel(model)
     scaler = torch.amp.GradScaler(device.type) if amp_context(device, args.amp)[1] else None
 
-    run_dir = Path(args.run_dir) if args.run_dir else (
-        Path(args.resume).parent if args.resume else REPO_ROOT / "runs" / args.tb_prefix /
-        f"{datetime.datetime.now():%Y-%m-%d_%H.%M.%S}-{args.comment}")
+    run_dir = run_directory(args)
     args.run_dir = str(run_dir)
     writers = {}
     if main_proc:

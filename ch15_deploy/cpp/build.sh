@@ -9,7 +9,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-python="${PYTHON:-python}"
+python="${PYTHON:-python3}"
 build_dir="${BUILD_DIR:-$root/build/cpp}"
 prefix="$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 

@@ -1,6 +1,8 @@
 """The LibTorch programs of ch15_deploy/cpp: built with cmake, run on exported files, compared."""
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +30,9 @@ def programs():
     if missing:
         pytest.skip(f"cannot build the C++ programs: {', '.join(missing)} not found")
     start = time.perf_counter()
-    done = subprocess.run(["bash", str(BUILD_SH)], capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "PYTHON": sys.executable}     # this interpreter's torch, venv or not
+    done = subprocess.run(["bash", str(BUILD_SH)], capture_output=True, text=True, timeout=900,
+                          env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     print(f"cpp/build.sh: {time.perf_counter() - start:.1f} s")
     build = REPO_ROOT / "build" / "cpp"

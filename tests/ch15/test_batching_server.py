@@ -22,6 +22,8 @@ from ch15_deploy.flask_server import CROP_SHAPE
 from ch15_deploy.load_test import run_load, summarize
 from common.data import DataError
 
+pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.* is deprecated:DeprecationWarning")
+
 CROP_HEADERS = {"Content-Type": "application/octet-stream", "X-Shape": "1,32,48,48"}
 
 

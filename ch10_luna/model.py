@@ -8,8 +8,12 @@ Parameter names follow the book, so its published checkpoint loads strictly:
     model.load_state_dict(state["model_state"])
 """
 import math
+from pathlib import Path
 
+import torch
 from torch import nn
+
+from common.data import DataError
 
 
 class LunaBlock(nn.Module):
@@ -68,3 +72,19 @@ def init_weights(model):
                 fan_out = m.weight.shape[0] * math.prod(m.weight.shape[2:])
                 bound = 1 / math.sqrt(fan_out)
                 nn.init.uniform_(m.bias, -bound, bound)
+
+
+def read_checkpoint(path, flag="checkpoint"):
+    """The book's checkpoint dict (`model_state`, `model_name`, ...) from `path`, loaded with
+    weights_only (tensors, never code); a DataError naming `flag` for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{flag} {path}: no such file")
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:                           # pickle, zip and torch errors alike
+        raise DataError(f"{flag} {path}: not a readable checkpoint ({type(e).__name__})") \
+            from None
+    if not isinstance(state, dict) or not isinstance(state.get("model_state"), dict):
+        raise DataError(f"{flag} {path}: not a checkpoint dict with a model_state")
+    return state

@@ -34,7 +34,7 @@ from ch10_luna.dsets import (
     read_candidates,
     split_by_series,
 )
-from ch10_luna.model import LunaModel
+from ch10_luna.model import LunaModel, read_checkpoint
 from ch10_luna.synthetic import MARKER, generate_sample
 from common.data import REPO_ROOT, DataError, add_data_dir_argument, data_root, run_cli
 from common.device import add_device_argument, pick_device, seed_everything
@@ -354,16 +354,7 @@ def save_checkpoint(path, model, optimizer, args, epoch, samples_seen, **extra):
 
 def load_checkpoint(path, model_name="LunaModel"):
     """A checkpoint dict for --resume; DataError when it is not a resumable `model_name` one."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--resume {path}: no such file")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:                           # pickle, zip and torch errors alike
-        raise DataError(f"--resume {path}: not a readable checkpoint ({type(e).__name__})") \
-            from None
-    if not isinstance(state, dict) or "model_state" not in state:
-        raise DataError(f"--resume {path}: not a checkpoint dict with a model_state")
+    state = read_checkpoint(path, "--resume")
     if state.get("model_name") != model_name:
         raise DataError(f"--resume {path}: holds a {state.get('model_name')!r}, "
                         f"this script trains a {model_name}")

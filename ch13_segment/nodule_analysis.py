@@ -25,7 +25,7 @@ import torch
 from scipy import ndimage
 
 from ch10_luna.dsets import CROP_IRC, read_annotations, read_csv_rows
-from ch10_luna.model import LunaModel
+from ch10_luna.model import LunaModel, read_checkpoint
 from ch10_luna.train_cls import amp_context, channels_last, locate_luna, to_input
 from ch13_segment.dsets import check_context, context_indexes, split_series
 from ch13_segment.model import UNetWrapper
@@ -79,16 +79,7 @@ def load_model(path, model_name, flag):
     The architecture is read from the state_dict, so smaller models trained here load too.
     Anything else (a missing file, another kind of model, a mismatched state) is a DataError.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{flag} {path}: no such file")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:                              # pickle, zip and torch errors alike
-        raise DataError(f"{flag} {path}: not a readable checkpoint ({type(e).__name__})") \
-            from None
-    if not isinstance(state, dict) or "model_state" not in state:
-        raise DataError(f"{flag} {path}: not a checkpoint dict with a model_state")
+    state = read_checkpoint(path, flag)
     if state.get("model_name") != model_name:
         raise DataError(f"{flag} {path}: holds a {state.get('model_name')!r} model, "
                         f"{flag} needs a {model_name}")

@@ -30,7 +30,7 @@ import torch
 
 from ch10_luna.augment import AugmentSpec
 from ch10_luna.dsets import epoch_order, split_by_series
-from ch10_luna.model import LunaModel
+from ch10_luna.model import LunaModel, read_checkpoint
 from ch10_luna.train_cls import (
     LABEL,
     PRED,
@@ -104,16 +104,7 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- fine-tuning
 def load_finetune_state(path):
     """The model_state of a LunaModel checkpoint; DataError for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"--finetune {path}: no such file")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:                            # pickle, zip and torch errors alike
-        raise DataError(f"--finetune {path}: not a readable checkpoint ({type(e).__name__})") \
-            from None
-    if not isinstance(state, dict) or not isinstance(state.get("model_state"), dict):
-        raise DataError(f"--finetune {path}: not a checkpoint dict with a model_state")
+    state = read_checkpoint(path, "--finetune")
     if state.get("model_name", "LunaModel") != "LunaModel":
         raise DataError(f"--finetune {path}: holds a {state['model_name']!r}, not a LunaModel")
     return state["model_state"]

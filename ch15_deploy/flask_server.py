@@ -30,7 +30,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from ch10_luna.model import LunaModel
+from ch10_luna.model import LunaModel, read_checkpoint
 from common.data import DataError, add_data_dir_argument, book_file, run_cli
 from common.device import add_device_argument, pick_device
 
@@ -59,14 +59,7 @@ def load_classifier(path=None, data_dir=None, random_weights=False, device="cpu"
             torch.manual_seed(seed)
             return LunaModel().to(device).eval()
     path = Path(path) if path else book_file(BOOK_CHECKPOINT, data_dir, name="luna-models")
-    if not path.is_file():
-        raise DataError(f"--model {path}: no such file")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")  # tensors, no code
-    except Exception as e:                           # pickle, zip and torch errors alike
-        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    if not isinstance(state, dict) or "model_state" not in state:
-        raise DataError(f"{path}: not a checkpoint dict with a model_state")
+    state = read_checkpoint(path, "--model")                # tensors, no code
     if state.get("model_name", "LunaModel") != "LunaModel":
         raise DataError(f"{path}: holds a {state['model_name']!r}, not a LunaModel")
     model = LunaModel()

@@ -82,12 +82,16 @@ def model_ceiling(device, batch_size, steps, amp, train=True, memory_last=None, 
 
     for _ in range(warmup):
         step()
+    return steps * batch_size / timed(device, lambda: [step() for _ in range(steps)])
+
+
+def timed(device, work):
+    """Wall seconds of `work()`, with the device's queue drained before and after."""
     sync(device)
     started = time.perf_counter()
-    for _ in range(steps):
-        step()
+    work()
     sync(device)
-    return steps * batch_size / (time.perf_counter() - started)
+    return time.perf_counter() - started
 
 
 def sync(device):
@@ -106,20 +110,14 @@ def loop_rates(train_ds, val_ds, device, batch_size, steps, amp, spec, num_worke
     warm = make_loader(train_ds, order[:batch_size], batch_size, num_workers, device)
     train_one_epoch(model, warm, optimizer, device, spec=spec, amp=amp, quiet=True)
     loader = make_loader(train_ds, order[batch_size:], batch_size, num_workers, device)
-    sync(device)
-    started = time.perf_counter()
-    train_one_epoch(model, loader, optimizer, device, spec=spec, amp=amp, quiet=True)
-    sync(device)
-    trn = steps * batch_size / (time.perf_counter() - started)
+    trn = steps * batch_size / timed(device, lambda: train_one_epoch(
+        model, loader, optimizer, device, spec=spec, amp=amp, quiet=True))
     n_val = min(len(val_ds), steps * batch_size)
     val_loader = make_loader(val_ds, range(n_val), batch_size, num_workers, device)
     evaluate(model, make_loader(val_ds, range(batch_size), batch_size, 0, device), device,
              amp=amp, quiet=True)
-    sync(device)
-    started = time.perf_counter()
-    evaluate(model, val_loader, device, amp=amp, quiet=True)
-    sync(device)
-    return trn, n_val / (time.perf_counter() - started)
+    return trn, n_val / timed(device, lambda: evaluate(model, val_loader, device, amp=amp,
+                                                       quiet=True))
 
 
 def main(argv=None):

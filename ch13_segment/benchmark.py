@@ -12,11 +12,11 @@ Every figure comes from this one run on this device, side by side:
 - validation: evaluate() over every validation slice, in seconds per whole slice.
 """
 import argparse
-import time
 
 import numpy as np
 import torch
 
+from ch10_luna.benchmark import timed
 from ch10_luna.train_cls import amp_context, locate_luna, make_loader
 from ch13_segment.dsets import make_seg_datasets, mask_cache_dir
 from ch13_segment.model import UNetWrapper
@@ -32,11 +32,6 @@ from ch13_segment.train_seg import (
 )
 from common.data import add_data_dir_argument, run_cli
 from common.device import add_device_argument, pick_device, seed_everything
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def new_model(device, memory_last):
@@ -67,12 +62,7 @@ def model_ceiling(device, batch_size, steps, amp, memory_last, warmup=2):
 
     for _ in range(warmup):
         step()
-    sync(device)
-    started = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return steps * batch_size / (time.perf_counter() - started)
+    return steps * batch_size / timed(device, lambda: [step() for _ in range(steps)])
 
 
 def loop_rate(train_ds, device, batch_size, steps, amp, memory_last, spec, num_workers):
@@ -83,11 +73,8 @@ def loop_rate(train_ds, device, batch_size, steps, amp, memory_last, spec, num_w
     train_one_epoch(model, warm, optimizer, device, **kwargs)
     loader = make_loader(train_ds, range(batch_size, (steps + 1) * batch_size), batch_size,
                          num_workers, device)
-    sync(device)
-    started = time.perf_counter()
-    train_one_epoch(model, loader, optimizer, device, **kwargs)
-    sync(device)
-    return steps * batch_size / (time.perf_counter() - started), model
+    seconds = timed(device, lambda: train_one_epoch(model, loader, optimizer, device, **kwargs))
+    return steps * batch_size / seconds, model
 
 
 def validation_seconds_per_slice(model, val_ds, device, batch_size, amp, memory_last,
@@ -95,11 +82,8 @@ def validation_seconds_per_slice(model, val_ds, device, batch_size, amp, memory_
     evaluate(model, make_loader(val_ds, range(min(batch_size, len(val_ds))), batch_size, 0,
                                 device), device, amp=amp, memory_last=memory_last, quiet=True)
     loader = make_loader(val_ds, np.arange(len(val_ds)), batch_size, num_workers, device)
-    sync(device)
-    started = time.perf_counter()
-    evaluate(model, loader, device, amp=amp, memory_last=memory_last, quiet=True)
-    sync(device)
-    return (time.perf_counter() - started) / len(val_ds)
+    return timed(device, lambda: evaluate(model, loader, device, amp=amp,
+                                          memory_last=memory_last, quiet=True)) / len(val_ds)
 
 
 def main(argv=None):

@@ -1,6 +1,4 @@
 """train_cls.py: metrics, end-to-end runs, exact resume after a kill, DDP, and bad input."""
-import json
-import os
 import shutil
 import signal
 import subprocess
@@ -14,6 +12,7 @@ import torch
 from ch10_luna.model import LunaModel
 from ch10_luna.train_cls import locate_luna, main, save_checkpoint, summarize
 from common.data import REPO_ROOT, DataError
+from tests.helpers import assert_same_rows, read_jsonl, torchrun_two_processes
 
 SCRIPT = str(REPO_ROOT / "ch10_luna" / "train_cls.py")
 
@@ -23,8 +22,6 @@ def tiny_args(luna, run_dir, *extra):
             "--batch-size", "8", *extra]
 
 
-def read_jsonl(path):
-    return [json.loads(line) for line in open(path)]
 
 
 def test_summarize_counts_on_a_hand_made_tensor():
@@ -91,21 +88,11 @@ def test_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run(tiny_luna, t
     main(["--resume", str(last)])
     a, b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(run_b / "metrics.jsonl")
     assert len(b) == 4
-    for row_a, row_b in zip(a, b):
-        assert row_a.keys() == row_b.keys()
-        for key, value in row_a.items():
-            expected = value if isinstance(value, str) else pytest.approx(value, rel=1e-5,
-                                                                          abs=1e-6)
-            assert row_b[key] == expected, key
+    assert_same_rows(a, b)
 
 
 def test_two_process_ddp_on_cpu(tiny_luna, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         SCRIPT, *tiny_args(tiny_luna, tmp_path / "ddp"), "--epochs", "1"],
-        capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    torchrun_two_processes(SCRIPT, *tiny_args(tiny_luna, tmp_path / "ddp"), "--epochs", "1")
     rows = read_jsonl(tmp_path / "ddp" / "metrics.jsonl")                 # rank 0 alone writes
     assert [r["phase"] for r in rows] == ["trn", "val"]
     assert rows[0]["count/pos"] + rows[0]["count/neg"] == 32              # both ranks' halves

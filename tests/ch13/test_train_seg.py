@@ -1,8 +1,4 @@
 """train_seg.py: Dice losses, metrics, overlays, augmentation wiring, end-to-end runs, resume."""
-import json
-import os
-import subprocess
-import sys
 from argparse import Namespace
 
 import imageio.v3 as iio
@@ -29,12 +25,11 @@ from ch13_segment.train_seg import (
     train_one_epoch,
 )
 from common.data import REPO_ROOT, DataError
+from tests.helpers import assert_same_rows, read_jsonl, torchrun_two_processes
 
 SCRIPT = str(REPO_ROOT / "ch13_segment" / "train_seg.py")
 
 
-def read_jsonl(path):
-    return [json.loads(line) for line in open(path)]
 
 
 def tiny_args(luna, run_dir, *extra):
@@ -201,21 +196,11 @@ def test_resume_after_epoch_1_equals_an_uninterrupted_run(two_epochs, seg_luna, 
     assert [(r["epoch"], r["phase"]) for r in b] == [(1, "trn"), (1, "val"), (2, "trn")]
     state = torch.load(run_b / "seg_dlwpt.last.state", weights_only=True)
     assert state["epoch"] == 2 and state["totalTrainingSamples_count"] == 32
-    for row_a, row_b in zip(a, b):
-        assert row_a.keys() == row_b.keys()
-        for key, value in row_a.items():
-            expected = value if isinstance(value, str) else pytest.approx(value, rel=1e-5,
-                                                                          abs=1e-6)
-            assert row_b[key] == expected, key
+    assert_same_rows(a, b)
 
 
 def test_two_process_ddp_on_cpu(seg_luna, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         SCRIPT, *tiny_args(seg_luna, tmp_path / "ddp"), "--batch-size", "4"],
-        capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    torchrun_two_processes(SCRIPT, *tiny_args(seg_luna, tmp_path / "ddp"), "--batch-size", "4")
     rows = read_jsonl(tmp_path / "ddp" / "metrics.jsonl")                 # rank 0 alone writes
     assert [(r["phase"], r["count/samples"]) for r in rows] == [("trn", 16), ("val", 25)]
 

@@ -167,6 +167,23 @@ def setup_distributed(device_name):
     return device
 
 
+def run_distributed(train_fn, args, state=None):
+    """`train_fn(args, device, state)` inside the process group torchrun asks for (if any)."""
+    device = setup_distributed(args.device)
+    try:
+        return train_fn(args, device, state)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def process_roles():
+    """(rank, world size, say): `say` prints on rank 0 only."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return rank, world, print if rank == 0 else (lambda *a, **k: None)
+
+
 def gather_metrics(metrics):
     """All ranks' (3, n) metrics concatenated (on every rank); the tensor itself when alone."""
     if not dist.is_initialized():
@@ -391,19 +408,12 @@ def main(argv=None):
     if args.resume:
         state = load_checkpoint(args.resume)
         args = restore_args(args, state)
-    device = setup_distributed(args.device)
-    try:
-        return train(args, device, state)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return run_distributed(train, args, state)
 
 
 def train(args, device, state=None):
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank, world, say = process_roles()
     main_proc = rank == 0
-    say = print if main_proc else (lambda *a, **k: None)
     seed_everything(args.seed)
 
     luna = locate_luna(args, announce=say)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from ch10_luna.augment import AugmentSpec, augment_batch
@@ -35,10 +34,11 @@ from ch10_luna.train_cls import (
     locate_luna,
     make_loader,
     open_writers,
+    process_roles,
     restore_args,
     run_directory,
+    run_distributed,
     save_checkpoint,
-    setup_distributed,
 )
 from ch13_segment.dsets import (
     BOOK_EPOCH,
@@ -319,19 +319,12 @@ def main(argv=None):
     if args.resume:
         state = load_checkpoint(args.resume, model_name="UNetWrapper")
         args = restore_args(args, state, defaults=vars(parse_args([])), keeps=RESUME_KEEPS)
-    device = setup_distributed(args.device)
-    try:
-        return train(args, device, state)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return run_distributed(train, args, state)
 
 
 def train(args, device, state=None):
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
+    rank, world, say = process_roles()
     main_proc = rank == 0
-    say = print if main_proc else (lambda *a, **k: None)
     seed_everything(args.seed)
 
     luna = locate_luna(args, announce=say)

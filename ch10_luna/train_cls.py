@@ -73,20 +73,35 @@ def parse_args(argv=None):
     p.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=True,
                    help="alternate nodules and non-nodules (book ch12; on by default so a short "
                         "run learns; --no-balanced shows chapter 11's all-negative classifier)")
-    p.add_argument("--augmented", action="store_true", help="every augmentation below")
-    p.add_argument("--augment-flip", action="store_true")
-    p.add_argument("--augment-offset", action="store_true", help="+-0.1 of the half-width")
-    p.add_argument("--augment-scale", action="store_true", help="+-20%%")
-    p.add_argument("--augment-rotate", action="store_true", help="about the head-foot axis")
-    p.add_argument("--augment-noise", action="store_true", help="Gaussian, std 25 HU")
-    p.add_argument("--amp", action="store_true",
-                   help="bfloat16 autocast (float16 with a grad scaler where bf16 is missing)")
-    p.add_argument("--run-dir", default=None, help="default: runs/<tb-prefix>/<time>-<comment>")
-    p.add_argument("--tb-prefix", default="ch10", help="the book's TensorBoard folder name")
-    p.add_argument("--resume", default=None, help="checkpoint (.state) to continue from")
+    add_augment_arguments(p, BOOK_AUGMENTATION, rotate_help="about the head-foot axis")
+    add_run_arguments(p, tb_prefix="ch10")
     p.add_argument("--checkpoint-every", type=int, default=100,
                    help="also save a resumable checkpoint every N training batches (0: never)")
     return p.parse_args(argv)
+
+
+def add_augment_arguments(parser, magnitudes, rotate_help):
+    """--augmented and the five --augment-* flags, with `magnitudes` in their help."""
+    m = magnitudes
+    parser.add_argument("--augmented", action="store_true", help="every augmentation below")
+    parser.add_argument("--augment-flip", action="store_true")
+    parser.add_argument("--augment-offset", action="store_true",
+                        help=f"+-{m.offset:g} of the half-width")
+    parser.add_argument("--augment-scale", action="store_true", help=f"+-{m.scale:.0%}%")
+    parser.add_argument("--augment-rotate", action="store_true", help=rotate_help)
+    parser.add_argument("--augment-noise", action="store_true",
+                        help=f"Gaussian, std {m.noise:g} HU")
+
+
+def add_run_arguments(parser, tb_prefix):
+    """--amp, --run-dir, --tb-prefix and --resume: how every training script runs and saves."""
+    parser.add_argument("--amp", action="store_true",
+                        help="bfloat16 autocast (float16 with a grad scaler where bf16 is missing)")
+    parser.add_argument("--run-dir", default=None,
+                        help="default: runs/<tb-prefix>/<time>-<comment>")
+    parser.add_argument("--tb-prefix", default=tb_prefix,
+                        help="the book's TensorBoard folder name")
+    parser.add_argument("--resume", default=None, help="checkpoint (.state) to continue from")
 
 
 def augment_spec(args, magnitudes=BOOK_AUGMENTATION):

@@ -25,6 +25,8 @@ from tqdm import tqdm
 
 from ch10_luna.augment import AugmentSpec, augment_batch
 from ch10_luna.train_cls import (
+    add_augment_arguments,
+    add_run_arguments,
     amp_context,
     append_metrics_row,
     augment_spec,
@@ -82,17 +84,8 @@ def parse_args(argv=None):
     p.add_argument("--val-stride", type=int, default=10, help="every N-th series validates")
     p.add_argument("--val-cadence", type=int, default=5,
                    help="validate (and draw images) at epoch 1 and every N-th epoch")
-    p.add_argument("--augmented", action="store_true", help="every augmentation below")
-    p.add_argument("--augment-flip", action="store_true")
-    p.add_argument("--augment-offset", action="store_true", help="+-0.03 of the half-width")
-    p.add_argument("--augment-scale", action="store_true", help="+-20%%")
-    p.add_argument("--augment-rotate", action="store_true", help="any angle in the slice plane")
-    p.add_argument("--augment-noise", action="store_true", help="Gaussian, std 25 HU")
-    p.add_argument("--amp", action="store_true",
-                   help="bfloat16 autocast (float16 with a grad scaler where bf16 is missing)")
-    p.add_argument("--run-dir", default=None, help="default: runs/<tb-prefix>/<time>-<comment>")
-    p.add_argument("--tb-prefix", default="ch13", help="the book's TensorBoard folder name")
-    p.add_argument("--resume", default=None, help="checkpoint (.state) to continue from")
+    add_augment_arguments(p, SEG_AUGMENTATION, rotate_help="any angle in the slice plane")
+    add_run_arguments(p, tb_prefix="ch13")
     p.add_argument("--image-series", type=int, default=12,
                    help="series per phase drawn at each validation (the book's 12)")
     p.add_argument("--image-slices", type=int, default=6,

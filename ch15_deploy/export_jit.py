@@ -122,21 +122,33 @@ def export_generator(model, example, path):
     return reloaded, caught, time.perf_counter() - start
 
 
+def add_generator_arguments(parser):
+    """--weights, --ngf and --n-blocks: which CycleGAN generator an export script loads."""
+    parser.add_argument("--weights", default=None,
+                        help=f"CycleGAN state_dict (the book's {Path(HORSE2ZEBRA_PTH).name}; get "
+                             "it with: python -m common.data download horse2zebra); default: "
+                             "untrained")
+    parser.add_argument("--ngf", type=int, default=64, help="generator width (the book's 64)")
+    parser.add_argument("--n-blocks", type=int, default=9,
+                        help="residual blocks (the book's 9)")
+
+
+def generator_from_args(args):
+    """(weights path or None, generator in eval mode) from add_generator_arguments' flags."""
+    weights = generator_weights(args.weights)
+    return weights, load_generator(weights, ngf=args.ngf, n_blocks=args.n_blocks)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", default=None,
-                   help=f"CycleGAN state_dict (the book's {Path(HORSE2ZEBRA_PTH).name}; get it "
-                        "with: python -m common.data download horse2zebra); default: untrained")
+    add_generator_arguments(p)
     p.add_argument("--image", default=None, help="an image to turn into a zebra with the traced "
                                                  "generator (written next to the .pt files)")
     p.add_argument("--out", default="runs/ch15", help="folder for the .pt files "
                                                       "(default: %(default)s)")
-    p.add_argument("--ngf", type=int, default=64, help="generator width (the book's 64)")
-    p.add_argument("--n-blocks", type=int, default=9, help="residual blocks (the book's 9)")
     args = p.parse_args(argv)
     out = Path(args.out)
-    weights = generator_weights(args.weights)
-    generator = load_generator(weights, ngf=args.ngf, n_blocks=args.n_blocks)
+    weights, generator = generator_from_args(args)
     print(f"CycleGAN generator: {'weights ' + str(weights) if weights else 'untrained weights'}")
     x = torch.rand(1, 3, GENERATOR_SIZE, GENERATOR_SIZE, generator=torch.Generator().manual_seed(0))
     gen_path = out / "cyclegan_traced.pt"

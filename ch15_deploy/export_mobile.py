@@ -30,10 +30,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ch01_intro.weights import HORSE2ZEBRA_PTH
 from ch07_cifar.train_fc import make_model
 from ch10_luna.model import LunaModel
-from ch15_deploy.export_jit import GENERATOR_SIZE, generator_weights, load_generator, max_diff
+from ch15_deploy.export_jit import (
+    GENERATOR_SIZE,
+    add_generator_arguments,
+    generator_from_args,
+    max_diff,
+)
 from ch15_deploy.jit_intro import jit_warnings, trace_model
 from common.data import run_cli
 
@@ -124,17 +128,12 @@ def run_executorch(path, example):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--weights", default=None,
-                   help=f"CycleGAN state_dict (the book's {Path(HORSE2ZEBRA_PTH).name}); "
-                        "default: untrained")
+    add_generator_arguments(p)
     p.add_argument("--out", default="runs/ch15", help="folder for the .ptl file "
                                                       "(default: %(default)s)")
-    p.add_argument("--ngf", type=int, default=64, help="generator width (the book's 64)")
-    p.add_argument("--n-blocks", type=int, default=9, help="residual blocks (the book's 9)")
     args = p.parse_args(argv)
     out = Path(args.out)
-    weights = generator_weights(args.weights)
-    generator = load_generator(weights, ngf=args.ngf, n_blocks=args.n_blocks)
+    weights, generator = generator_from_args(args)
     x = torch.rand(1, 3, GENERATOR_SIZE, GENERATOR_SIZE, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     traced, _ = trace_model(generator, x)              # its TracerWarnings: see export_jit.py

@@ -15,15 +15,21 @@ directory gets metrics.jsonl, TensorBoard events, `mal_<comment>.best.state` /
 `.last.state` (the book's checkpoint dict) and `roc_val.png` (the last validation's ROC next to
 the diameter baseline on the same nodules).
 
+    python ch13_segment/train_malignancy.py --resume runs/ch14/<run>/mal_dlwpt.last.state --epochs 5
+
+continues a run after its last finished epoch with the run's own settings (--epochs,
+--num-workers, --device and --data-dir may be given again), appending to its metrics.jsonl and
+keeping its best AUC; a fine-tuning run resumes with the same blocks frozen, without the file it
+was fine-tuned from. There is no mid-epoch checkpoint (train_cls.py's --checkpoint-every does
+nothing here).
+
 Also takes train_cls.py's flags (--epochs --batch-size --num-workers --device --seed --data-dir
---synthetic --epoch-size --val-stride --balanced --augment-* --amp --run-dir and the comment);
-not --resume, and no torchrun.
+--synthetic --epoch-size --val-stride --balanced --augment-* --amp --run-dir and the comment).
+One process only: no torchrun/DDP.
 """
 import argparse
-import datetime
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,10 +44,13 @@ from ch10_luna.train_cls import (
     channels_last,
     evaluate,
     format_summary,
+    load_checkpoint,
     locate_luna,
     log_epoch,
     make_loader,
     open_writers,
+    restore_args,
+    run_directory,
     save_checkpoint,
     summarize,
     train_one_epoch,
@@ -54,7 +63,8 @@ from ch13_segment.dsets_cls import (
     read_candidates_ch14,
 )
 from ch13_segment.roc import diameter_roc, log_roc, roc_curve, trapezoid_auc
-from common.data import REPO_ROOT, DataError, run_cli
+from ch13_segment.train_seg import RESUME_KEEPS
+from common.data import DataError, run_cli
 from common.device import pick_device, seed_everything
 
 # The book's chapter 14 augmentation (flip, offset, rotate; its offset never reached the matrix).
@@ -80,7 +90,6 @@ def extra_parser():
     p.add_argument("--no-augment", action="store_true",
                    help="no augmentation (default: the book's chapter 14 flip, offset, rotate; "
                         "any --augment-* flag replaces that set)")
-    p.add_argument("--resume", default=None, help=argparse.SUPPRESS)
     return p
 
 
@@ -95,10 +104,21 @@ def parse_args(argv=None):
     ours, rest = extra.parse_known_args(argv)
     args = cls_parse_args(rest)
     vars(args).update(vars(ours))
-    if args.resume:
-        raise DataError("train_malignancy.py does not resume; start from a checkpoint with "
-                        "--finetune instead")
     return args
+
+
+def load_resume_state(path):
+    """A train_malignancy.py checkpoint for --resume; DataError for any other kind.
+
+    A nodule classifier's checkpoint (train_cls.py) holds a LunaModel too: it lacks this
+    script's settings and best AUC, and is a --finetune source instead.
+    """
+    state = load_checkpoint(path, model_name="LunaModel")
+    if "best_auc" not in state or not isinstance(state["args"], dict) \
+            or "finetune_depth" not in state["args"]:
+        raise DataError(f"--resume {path}: not a train_malignancy.py checkpoint (a nodule "
+                        "classifier's? start from it with --finetune instead)")
+    return state
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -176,7 +196,13 @@ def diameter_auc(candidates):
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     args = parse_args(argv)
-    finetune_state = load_finetune_state(args.finetune) if args.finetune else None
+    resumed = None
+    if args.resume:
+        resumed = load_resume_state(args.resume)
+        args = restore_args(args, resumed, defaults=vars(parse_args([])), keeps=RESUME_KEEPS)
+    # Resuming a fine-tuning run freezes the same blocks; the weights come from the checkpoint.
+    finetune_state = (resumed["model_state"] if resumed else
+                      load_finetune_state(args.finetune) if args.finetune else None)
     device = pick_device(args.device)
     seed_everything(args.seed)
     luna = locate_luna(args)
@@ -203,10 +229,24 @@ def main(argv=None):
           f"{args.optimizer} lr {args.lr:g}")
     model = load_model(args, device, finetune_state)
     optimizer = make_optimizer(model, args.optimizer, args.lr)
+    start_epoch, best_auc, samples_seen = 1, -1.0, 0
+    if resumed is not None:
+        try:
+            model.load_state_dict(resumed["model_state"])
+            optimizer.load_state_dict(resumed["optimizer_state"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise DataError(f"--resume {args.resume}: does not fit LunaModel/{args.optimizer} "
+                            f"({str(e).splitlines()[0][:160]})") from None
+        start_epoch = resumed["epoch"] + 1
+        samples_seen = resumed["totalTrainingSamples_count"]
+        best_auc = resumed["best_auc"]
+        print(f"resuming {args.resume}: epoch {start_epoch}, {samples_seen:,} samples seen, "
+              f"best validation AUC {best_auc:.3f}")
+        if start_epoch > args.epochs:
+            print(f"nothing to train: the run finished epoch {start_epoch - 1}; give a larger "
+                  "--epochs to continue")
 
-    run_dir = Path(args.run_dir) if args.run_dir else (
-        REPO_ROOT / "runs" / args.tb_prefix /
-        f"{datetime.datetime.now():%Y-%m-%d_%H.%M.%S}-{args.comment}")
+    run_dir = run_directory(args)
     args.run_dir = str(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     writers = open_writers(run_dir)
@@ -218,8 +258,8 @@ def main(argv=None):
 
     val_loader = make_loader(val_ds, range(len(val_ds)), args.batch_size, args.num_workers,
                              device)
-    history, best_auc, samples_seen = [], -1.0, 0
-    for epoch in range(1, args.epochs + 1):
+    history = []
+    for epoch in range(start_epoch, args.epochs + 1):
         if args.balanced:
             train_ds.set_epoch(epoch)
             order = np.arange(len(train_ds))

@@ -9,6 +9,7 @@ import torch
 from ch10_luna.dsets import find_luna, split_by_series
 from ch10_luna.model import LunaModel
 from ch10_luna.synthetic import generate_sample
+from ch10_luna.train_cls import save_checkpoint
 from ch13_segment.dsets_cls import (
     MalignantLunaDataset,
     balanced_kind,
@@ -19,6 +20,7 @@ from ch13_segment.dsets_cls import (
 from ch13_segment.model import UNetWrapper
 from ch13_segment.train_malignancy import load_model, main, make_optimizer, prepare_finetune
 from common.data import DataError
+from tests.helpers import assert_same_rows, read_jsonl
 
 MAL_CSV = "part2/luna/annotations_with_malignancy.csv"
 
@@ -202,3 +204,56 @@ def test_book_checkpoint_finetunes(book_file):
 def test_reads_the_book_csv(book_file):
     nodules = read_malignancy_annotations(book_file(MAL_CSV))
     assert len(nodules) == 1182 and sum(n.is_malignant for n in nodules) == 378
+
+
+# --------------------------------------------------------------------------- --resume
+def test_resume_after_epoch_1_equals_an_uninterrupted_run(mal_folder, nodule_checkpoint,
+                                                          tmp_path, one_torch_thread):
+    """A fine-tuning run (block4 + head, Adam: optimizer state to restore) stopped after epoch
+    1 and resumed for epoch 2 logs the rows and ends with the weights of a 2-epoch run."""
+    common = ["--data-dir", str(mal_folder), "--val-stride", "4", "--batch-size", "4",
+              "--epoch-size", "8", "--finetune", str(nodule_checkpoint), "--finetune-depth",
+              "2", "--optimizer", "adam", "tuned"]
+    run_a, run_b = tmp_path / "a", tmp_path / "b"
+    main([*common, "--epochs", "2", "--run-dir", str(run_a)])
+    main([*common, "--epochs", "1", "--run-dir", str(run_b)])
+    assert len(read_jsonl(run_b / "metrics.jsonl")) == 2
+    model, history = main(["--resume", str(run_b / "mal_tuned.last.state"), "--epochs", "2"])
+    assert [row["epoch"] for row in history] == [2]
+    a, b = read_jsonl(run_a / "metrics.jsonl"), read_jsonl(run_b / "metrics.jsonl")
+    assert [(r["epoch"], r["phase"]) for r in b] == [(1, "trn"), (1, "val"), (2, "trn"),
+                                                     (2, "val")]
+    assert len(a) == len(b)
+    assert_same_rows(a, b)
+    last_a = torch.load(run_a / "mal_tuned.last.state", weights_only=True)
+    last_b = torch.load(run_b / "mal_tuned.last.state", weights_only=True)
+    assert last_b["epoch"] == 2 and last_b["totalTrainingSamples_count"] == 16
+    assert last_b["best_auc"] == pytest.approx(last_a["best_auc"])
+    assert last_b["optimizer_name"] == "Adam" and last_b["optimizer_state"]["state"]
+    for key, value in last_a["model_state"].items():
+        assert torch.allclose(last_b["model_state"][key], value, atol=1e-6), key
+    # The frozen blocks stay frozen after the resume: requires_grad and weights as the source.
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == \
+        {"block4", "head_linear"}
+    source = torch.load(nodule_checkpoint, weights_only=True)["model_state"]
+    assert all(torch.equal(last_b["model_state"][k], v) for k, v in source.items()
+               if k.split(".")[0] in ("block1", "block2", "block3") and "running" not in k
+               and "num_batches" not in k)
+    assert not torch.equal(last_b["model_state"]["block4.conv1.weight"],
+                           source["block4.conv1.weight"])
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("unet", "holds a 'UNetWrapper', this script trains a LunaModel"),
+    ("nodule classifier", "not a train_malignancy.py checkpoint"),
+])
+def test_resume_from_the_wrong_checkpoint_is_one_clear_error(tmp_path, capsys, kind, message):
+    model = (UNetWrapper(in_channels=7, depth=3, wf=4, padding=True, batch_norm=True)
+             if kind == "unet" else LunaModel())
+    args = argparse.Namespace(epochs=1, comment="dlwpt")       # a ch10 / ch13 run's args
+    path = save_checkpoint(tmp_path / "other.state", model, torch.optim.SGD(
+        model.parameters(), lr=0.1), args, 1, 32, best_f1=0.5)
+    with pytest.raises(DataError, match=message) as caught:
+        main(["--resume", str(path)])
+    assert "\n" not in str(caught.value)
+    assert not list(tmp_path.glob("*/metrics.jsonl"))

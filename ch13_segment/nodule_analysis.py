@@ -6,7 +6,8 @@
     python ch13_segment/nodule_analysis.py --run-validation --malignancy-model M.best.state
 
 For each CT: the U-Net marks every slice (7-slice context, batched, inference mode), the
-probabilities are cut at 0.5, one binary erosion removes specks, 3-D connected components become
+probabilities are cut at 0.5, one binary erosion removes specks (along the axes whose voxel step
+is at most 2 mm, see erosion_structure), 3-D connected components become
 candidates whose centre is the HU-weighted centre of mass (HU + 1001, as the book), the
 classifier scores a 32x48x48 crop around each centre, and an optional second LunaModel grades
 the nodules. Detections are matched to the annotated nodules (distance / diameter < 0.7) and
@@ -40,6 +41,7 @@ SEG_THRESHOLD = 0.5            # segmentation probability -> mask
 NODULE_THRESHOLD = 0.5         # P(nodule) above it passes the classifier
 MALIGNANT_THRESHOLD = 0.5      # P(malignant) above it: 'Pred. malignant'
 MATCH_RATIO = 0.7              # a detection matches a nodule when distance / diameter < 0.7
+EROSION_MAX_SPACING_MM = 2.0   # erode only along axes whose voxel step is at most this
 HU_WEIGHT_OFFSET = 1001.0      # centre-of-mass weights HU + 1001: air (-1000 HU) weighs 1
 ROWS = ("Non-nodule", "Benign", "Malignant")
 COLUMNS = ("Complete miss", "Filtered out", "Pred. benign", "Pred. malignant")
@@ -129,14 +131,38 @@ def segment_ct(model, ct, batch_size=16, device="cpu", amp=False):
     return probs.numpy()
 
 
-def group_candidates(mask, hu, erosion_iterations=1):
+def erosion_structure(spacing_irc, max_spacing_mm=EROSION_MAX_SPACING_MM):
+    """The erosion's 3x3x3 face-neighbour cross, keeping only axes with spacing <= max_spacing_mm.
+
+    One erosion step removes whatever is under 3 voxels thick along an axis: 2 mm across
+    LUNA16's 0.7 mm pixels, but 7.5 mm across 2.5 mm slices, most of a small nodule. The book
+    eroded along all three axes whatever the spacing; here an axis steps in only when its
+    voxels are at most 2 mm (LUNA16's rows and columns always, its 1.25 mm slices too; not the
+    2.5 mm slices some LUNA16 CTs have, nor the synthetic sample's 2.25 mm ones). `inf` gives
+    the book's cross; None comes back (no erosion) when no axis qualifies.
+    """
+    axes = [a for a, s in enumerate(spacing_irc) if s <= max_spacing_mm]
+    if not axes:
+        return None
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1, 1, 1] = True
+    for a in axes:
+        for side in (0, 2):
+            index = [1, 1, 1]
+            index[a] = side
+            structure[tuple(index)] = True
+    return structure
+
+
+def group_candidates(mask, hu, erosion_iterations=1, structure=None):
     """Centres (irc, fractional) of the 3-D connected components of the eroded mask.
 
-    Book chapter 14: binary erosion removes specks and thin bridges, `ndimage.label` finds
+    Book chapter 14: binary erosion removes specks and thin bridges (`structure`: the face
+    neighbours of `erosion_structure`; None is the book's full cross), `ndimage.label` finds
     face-connected components, and each centre is the centre of mass weighted by HU + 1001.
     """
     if erosion_iterations:
-        mask = ndimage.binary_erosion(mask, iterations=erosion_iterations)
+        mask = ndimage.binary_erosion(mask, structure=structure, iterations=erosion_iterations)
     labels, count = ndimage.label(mask)
     if count == 0:
         return []
@@ -263,7 +289,9 @@ def analyze_series(uid, mhd_path, models, annotations, args, device):
 
     started = time.perf_counter()
     mask = probs > SEG_THRESHOLD
-    centers_irc = group_candidates(mask, hu)
+    structure = erosion_structure(ct.spacing_xyz[::-1], args.erosion_max_spacing)
+    centers_irc = group_candidates(mask, hu, erosion_iterations=int(structure is not None),
+                                   structure=structure)
     timing["grouping"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -317,7 +345,10 @@ def write_json(path, results, table, args):
     doc = {"seg_model": str(args.seg_model), "cls_model": str(args.cls_model),
            "malignancy_model": args.malignancy_model and str(args.malignancy_model),
            "thresholds": {"segmentation": SEG_THRESHOLD, "nodule": NODULE_THRESHOLD,
-                          "malignant": MALIGNANT_THRESHOLD, "match_ratio": MATCH_RATIO},
+                          "malignant": MALIGNANT_THRESHOLD, "match_ratio": MATCH_RATIO,
+                          "erosion_max_spacing_mm": (args.erosion_max_spacing if
+                                                     np.isfinite(args.erosion_max_spacing)
+                                                     else "inf")},
            "rows": ROWS, "columns": COLUMNS, "table": table.tolist(),
            "series": [{"series_uid": r["series_uid"], "shape": list(r["shape"]),
                        "segmented_voxels": r["segmented_voxels"], "timing_s": r["timing"],
@@ -350,6 +381,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16, help="slices or crops per batch")
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     p.add_argument("--val-stride", type=int, default=10)
+    p.add_argument("--erosion-max-spacing", type=float, default=EROSION_MAX_SPACING_MM,
+                   metavar="MM", help="erode along the axes whose voxel step is at most this "
+                   "(default: %(default)s; inf: every axis, as the book; 0: no erosion)")
     p.add_argument("--json", default=None, help="write every candidate to this file")
     p.add_argument("--synthetic", action="store_true", help="use the built-in synthetic sample")
     add_data_dir_argument(p)

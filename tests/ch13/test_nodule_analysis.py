@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from ch10_luna.model import LunaModel
 from ch13_segment.dsets import context_slices
@@ -19,6 +20,7 @@ from ch13_segment.nodule_analysis import (
     Annotation,
     Detection,
     classify,
+    erosion_structure,
     group_candidates,
     load_model,
     main,
@@ -96,6 +98,29 @@ def test_erosion_removes_single_voxel_specks():
     assert len(group_candidates(mask, hu, erosion_iterations=0)) == 1 + len(specks)
     (center,) = group_candidates(mask, hu)
     assert center == pytest.approx((8.0, 12.0, 12.0))
+
+
+def test_erosion_structure_keeps_the_axes_with_fine_spacing():
+    book = erosion_structure((1.25, 0.7, 0.7))                  # a thin-slice LUNA16 CT
+    np.testing.assert_array_equal(book, ndimage.generate_binary_structure(3, 1))
+    in_plane = erosion_structure((2.25, 1.64, 1.64))            # the synthetic sample
+    assert in_plane.sum() == 5 and not in_plane[0].any() and not in_plane[2].any()
+    np.testing.assert_array_equal(in_plane[1], ndimage.generate_binary_structure(2, 1))
+    np.testing.assert_array_equal(erosion_structure((2.5, 0.7, 0.7), float("inf")), book)
+    assert erosion_structure((2.5, 2.5, 2.5)) is None
+    assert erosion_structure((1.0, 1.0, 1.0), 0.0) is None
+
+
+def test_a_small_nodule_on_thick_slices_survives_the_erosion():
+    """A 5 mm nodule over 2 slices of 2.25 mm: the book's 3-D erosion deletes it, ours keeps it."""
+    spacing_irc = (2.25, 1.64, 1.64)
+    mask = np.zeros((12, 20, 20), dtype=bool)
+    mask[5:7] = ball((20, 20), (10, 10), 1.5)[None]             # 3 voxels across, 2 slices
+    mask[2, 2, 2] = True                                        # a speck
+    hu = np.zeros(mask.shape, dtype=np.float32)
+    assert group_candidates(mask, hu) == []                     # the book's cross
+    (center,) = group_candidates(mask, hu, structure=erosion_structure(spacing_irc))
+    assert center == pytest.approx((5.5, 10.0, 10.0))
 
 
 def test_match_and_score_on_a_hand_made_case():
@@ -229,7 +254,8 @@ def test_json_names_the_matched_annotation(tmp_path):
     result = {"series_uid": "1.2.3", "shape": (9, 8, 7), "segmented_voxels": 12,
               "timing": {"load": 0.0}, "annotations": a, "detections": d,
               "matches": match_detections(d, a)}
-    args = argparse.Namespace(seg_model="s", cls_model="c", malignancy_model=None)
+    args = argparse.Namespace(seg_model="s", cls_model="c", malignancy_model=None,
+                              erosion_max_spacing=2.0)
     path = write_json(tmp_path / "sub" / "a.json", [result], match_and_score(d, a), args)
     (series,) = json.loads(path.read_text())["series"]
     first, second = series["candidates"]

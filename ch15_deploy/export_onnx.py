@@ -29,14 +29,20 @@ INPUT_NAMES, OUTPUT_NAMES = ["crop"], ["logits", "probs"]
 
 
 def export_luna(model, path, example=None, announce=print):
-    """Write `model` to an .onnx file with a dynamic batch; returns the exporter used."""
+    """Write LunaModel to an .onnx file with a dynamic batch; returns the exporter used."""
+    if example is None:
+        example = torch.stack([hu_like_crop(0), hu_like_crop(1)])
+    return export_model(model, path, example, INPUT_NAMES, OUTPUT_NAMES, announce)
+
+
+def export_model(model, path, example, input_names, output_names, announce=print):
+    """Any one-input model to .onnx, batch dimension dynamic; returns the exporter used."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval().requires_grad_(False)
-    if example is None:
-        example = torch.stack([hu_like_crop(0), hu_like_crop(1)])
     # An example batch of 1 would let torch.export specialize the batch size to 1: use >= 2.
-    example = example if example.shape[0] >= 2 else example.repeat(2, 1, 1, 1, 1)
+    if example.shape[0] < 2:
+        example = example.repeat(2, *[1] * (example.dim() - 1))
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)              # "torchvision is not installed": not used
@@ -44,7 +50,7 @@ def export_luna(model, path, example=None, announce=print):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
             torch.onnx.export(model, (example,), path, dynamo=True, external_data=False,
-                              input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+                              input_names=input_names, output_names=output_names,
                               dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
         return "dynamo"
     except Exception as e:                            # any failure of the new path: say which
@@ -53,17 +59,20 @@ def export_luna(model, path, example=None, announce=print):
                  "falling back to the TorchScript-based exporter (dynamo=False)")
     finally:
         registration.setLevel(level)
-    torch.onnx.export(model, (example,), path, dynamo=False, input_names=INPUT_NAMES,
-                      output_names=OUTPUT_NAMES,
-                      dynamic_axes={name: {0: "batch"} for name in INPUT_NAMES + OUTPUT_NAMES})
+    torch.onnx.export(model, (example,), path, dynamo=False, input_names=input_names,
+                      output_names=output_names,
+                      dynamic_axes={name: {0: "batch"} for name in input_names + output_names})
     return "torchscript"
 
 
-def onnx_session(path):
-    """An onnxruntime session on the CPU for the exported file."""
+def onnx_session(path, threads=None):
+    """An onnxruntime session on the CPU for the exported file (`threads`: intra-op threads)."""
     import onnxruntime as ort  # only this script needs it
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def run_onnx(session, x):

@@ -2,7 +2,7 @@
 
     python ch15_deploy/export_jit.py                          # untrained generator
     python ch15_deploy/export_jit.py --weights data/p1ch2/horse2zebra_0.4.0.pth --image horse.jpg
-    bash ch15_deploy/cpp/build.sh && python ch15_deploy/export_jit.py   # also runs the C++ program
+    bash ch15_deploy/cpp/build.sh && python ch15_deploy/export_jit.py   # + run_jit, run_cpp_api
 
 The generator of chapter 2 is traced after eval() and requires_grad_(False) on a 1 x 3 x 228 x
 228 input (the book's 227 is not a multiple of 4, and the two stride-2 stages need one), saved
@@ -12,6 +12,12 @@ trace records as shape operations, so no TracerWarning is raised and the trace c
 at other sizes (the book scripted the function for that); it is also scripted whole with
 torch.jit.script. The files (runs/ch15/*.pt) are what LibTorch's torch::jit::load reads:
 ch15_deploy/cpp/run_jit runs them on a tensor file written here (format: write_tensors).
+
+The book's second C++ program rebuilds the generator with LibTorch's C++ frontend
+(cpp/cyclegan_cpp_api.cpp, built as run_cpp_api) and only needs its weights: save_weights_for_cpp
+writes them (runs/ch15/cyclegan_weights.pt) as a TorchScript file of nested modules that hold
+nothing but the state_dict's tensors under their own names, which the program copies into its
+torch::nn modules by name.
 """
 import argparse
 import subprocess
@@ -71,6 +77,29 @@ def run_cpp(program, model_path, inputs, folder):
     subprocess.run([str(program), str(model_path), str(in_path), str(out_path)], check=True,
                    capture_output=True, text=True, timeout=300)
     return read_tensors(out_path), time.perf_counter() - start
+
+
+def save_weights_for_cpp(model, path):
+    """`model`'s state_dict as a TorchScript file of tensors only, for run_cpp_api; the path.
+
+    Every entry `a.b.c` becomes buffer `c` of an empty submodule `a.b`, so torch::jit::load in
+    C++ sees the same dotted names in named_buffers(). The modules have no forward and no code;
+    reading the file rebuilds tensors, never Python objects (unlike torch.save's pickle).
+    """
+    root = torch.nn.Module()
+    for name, tensor in model.state_dict().items():
+        *parents, leaf = name.split(".")
+        module = root
+        for part in parents:
+            if part not in module._modules:
+                module.add_module(part, torch.nn.Module())
+            module = module._modules[part]
+        module.register_buffer(leaf, tensor.detach().cpu().clone())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with jit_warnings([]):
+        torch.jit.save(torch.jit.script(root), str(path))
+    return path
 
 
 def load_generator(weights=None, seed=0, **kwargs):
@@ -200,6 +229,18 @@ def main(argv=None):
               f"{result['cpp_diff']:.3g} ({seconds:.1f} s including loading)")
     else:
         print(f"(no {program}: build the C++ programs with: bash ch15_deploy/cpp/build.sh)")
+
+    weights_path = save_weights_for_cpp(generator, out / "cyclegan_weights.pt")
+    result["weights_path"] = weights_path
+    print(f"generator weights for the C++ frontend: {weights_path} "
+          f"({weights_path.stat().st_size / 2**20:.1f} MiB)")
+    program = CPP_BUILD / "run_cpp_api"
+    if program.exists():
+        (cpp_out,), seconds = run_cpp(program, weights_path, [x], out)
+        result["cpp_api_diff"] = max_diff(cpp_out, expected)
+        print(f"C++ {program} (the generator in torch::nn) on {weights_path.name}: max abs "
+              f"difference vs eager {result['cpp_api_diff']:.3g} ({seconds:.1f} s including "
+              "loading)")
     return result
 
 

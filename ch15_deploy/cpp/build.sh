@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Chapter 15: configure and build the LibTorch programs run_jit and run_aoti.
+# Chapter 15: configure and build the LibTorch programs run_jit, run_aoti and run_cpp_api.
 #
 #   bash ch15_deploy/cpp/build.sh          # from anywhere; writes build/cpp at the repository root
 #
@@ -16,4 +16,4 @@ prefix="$("$python" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 cmake -S "$here" -B "$build_dir" -G "Unix Makefiles" -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_PREFIX_PATH="$prefix"
 cmake --build "$build_dir" -j"${JOBS:-2}"
-echo "built $build_dir/run_jit and $build_dir/run_aoti"
+echo "built $build_dir/run_jit, $build_dir/run_aoti and $build_dir/run_cpp_api"

@@ -81,4 +81,6 @@ def test_main_writes_and_checks_the_files(tmp_path, capsys):
     assert result["unet_diff"] < 1e-5 and result["script_diff"] < 1e-5
     if "cpp_diff" in result:                               # the C++ program was built
         assert result["cpp_diff"] < 1e-5
+    if "cpp_api_diff" in result:                           # the C++-frontend generator too
+        assert result["cpp_api_diff"] < 1e-5
     assert "0 TracerWarnings" in capsys.readouterr().out

@@ -1,7 +1,9 @@
-"""Chapter 13 speed: segmentation training against the model-only ceiling, fp32 and --amp.
+"""Chapter 13 speed: segmentation training against the model-only ceiling, fp32 and --amp;
+chapter 14's nodule analysis per CT against the book's timings.
 
     python ch13_segment/benchmark.py                  # on the synthetic sample if no LUNA16
     python ch13_segment/benchmark.py --augmented      # time the augmented training loop
+    python ch13_segment/benchmark.py --analysis       # nodule_analysis on LUNA16-sized CTs
 
 Every figure comes from this one run on this device, side by side:
 - the model-only ceiling: UNetWrapper (the book's chapter 13 settings) forward + backward + Adam
@@ -10,15 +12,26 @@ Every figure comes from this one run on this device, side by side:
 - the real loop: train_one_epoch reading 64 x 64 crops from the sample's .raw files, and its
   share of the ceiling in the same layout;
 - validation: evaluate() over every validation slice, in seconds per whole slice.
+
+With --analysis: nodule_analysis.analyze_series on one CT per --slices count (a validation CT of
+the sample resampled to that many 512 x 512 slices over the same field of view; a LUNA16 CT as it
+is), in fp32 and with --amp, seconds split into load / segmentation / grouping / classification,
+against the book's 49.6 s for 117 slices and 88 s for 205 (its code, on the CPU the issue was
+measured on); and whether bf16 changed any detection beyond candidates within 0.01 of a
+threshold.
 """
 import argparse
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ch10_luna.benchmark import timed
 from ch10_luna.train_cls import amp_context, locate_luna, make_loader
-from ch13_segment.dsets import make_seg_datasets, mask_cache_dir
+from ch13_segment import nodule_analysis as na
+from ch13_segment.dsets import make_seg_datasets, mask_cache_dir, split_series
 from ch13_segment.model import UNetWrapper
 from ch13_segment.train_seg import (
     MODEL_KWARGS,
@@ -30,8 +43,12 @@ from ch13_segment.train_seg import (
     to_input,
     train_one_epoch,
 )
-from common.data import add_data_dir_argument, run_cli
+from common.ct import Ct, load_ct, write_mhd
+from common.data import add_data_dir_argument, book_file, run_cli
 from common.device import add_device_argument, pick_device, seed_everything
+
+BOOK_ANALYSIS_S = {117: 49.6, 205: 88.0}     # the book's nodule_analysis.py, seconds per CT
+BOOK_S_PER_SLICE = sum(BOOK_ANALYSIS_S.values()) / sum(BOOK_ANALYSIS_S)     # ~0.43
 
 
 def new_model(device, memory_last):
@@ -86,6 +103,120 @@ def validation_seconds_per_slice(model, val_ds, device, batch_size, amp, memory_
                                           memory_last=memory_last, quiet=True)) / len(val_ds)
 
 
+# ----------------------------------------------------------------------------- the analysis
+def luna_sized_ct(ct, n_slices, size=512):
+    """`ct` resampled (linearly) to (n_slices, size, size) over the same field of view."""
+    shape = (n_slices, size, size)
+    hu = ndimage.zoom(ct.hu, [n / m for n, m in zip(shape, ct.shape)], order=1)
+    spacing_xyz = [s * m / n for s, m, n in zip(ct.spacing_xyz, ct.shape[::-1], shape[::-1])]
+    return Ct(hu, ct.origin_xyz, spacing_xyz, ct.direction)
+
+
+def compare_detections(ref, other, margin=0.01, threshold=na.NODULE_THRESHOLD):
+    """How far two analyses of one CT (fp32 and bf16) differ.
+
+    Candidates pair up when their centres lie within one voxel. The detections (candidates
+    passing the classifier) count as the same when every passing candidate has a partner and
+    no pair changes sides of the classifier threshold unless both probabilities lie within
+    `margin` of it, or the centre moved under 0.1 voxel across a voxel boundary, which moves the
+    classifier's crop by a voxel (`same`; both kinds count as `classifier_flips_near`). Also
+    counted: unpaired candidates (they come from segmentation voxels changing sides of 0.5) and
+    those voxels, with how many were within `margin` of 0.5.
+    """
+    a, b = ref["detections"], other["detections"]
+    centres_a = np.array([d.center_irc for d in a]).reshape(-1, 3)
+    centres_b = np.array([d.center_irc for d in b]).reshape(-1, 3)
+    distance = np.linalg.norm(centres_a[:, None] - centres_b[None], axis=-1)
+    paired = [(i, int(np.argmin(row))) for i, row in enumerate(distance)
+              if len(b) and row.min() <= 1.0]
+    flipped = [(i, j) for i, j in paired
+               if (a[i].prob_nodule > threshold) != (b[j].prob_nodule > threshold)]
+    flips = [(a[i].prob_nodule, b[j].prob_nodule, float(distance[i, j])) for i, j in flipped]
+    flip_centres = ([centres_a[i] for i, _ in flipped], [centres_b[j] for _, j in flipped])
+    # A flip is allowed near the classifier's threshold, or when the centre sat on a voxel
+    # boundary (the crop grid's threshold) and crossed it: the crop then moves a whole voxel.
+    near = [abs(pa - threshold) <= margin and abs(pb - threshold) <= margin
+            or (np.round(ca) != np.round(cb)).any() and d < 0.1
+            for (pa, pb, d), ca, cb in zip(flips, *flip_centres)]
+    unpaired_a = set(range(len(a))) - {i for i, _ in paired}
+    unpaired_b = set(range(len(b))) - {j for _, j in paired}
+    unpaired_passing = sum(a[i].prob_nodule > threshold for i in unpaired_a) \
+        + sum(b[j].prob_nodule > threshold for j in unpaired_b)
+    mask_a, mask_b = ref["probs"] > na.SEG_THRESHOLD, other["probs"] > na.SEG_THRESHOLD
+    voxel_flips = ref["probs"][mask_a != mask_b]
+    voxels_near = int((np.abs(voxel_flips - na.SEG_THRESHOLD) <= margin).sum())
+    return {"candidates": (len(a), len(b)), "paired": len(paired),
+            "unpaired": (len(unpaired_a), len(unpaired_b)), "unpaired_passing": unpaired_passing,
+            "classifier_flips": len(flips), "classifier_flips_near": int(sum(near)),
+            "flips": flips,
+            "passing": (sum(d.prob_nodule > threshold for d in a),
+                        sum(d.prob_nodule > threshold for d in b)),
+            "voxel_flips": int(voxel_flips.size), "voxel_flips_near": voxels_near,
+            "same": all(near) and unpaired_passing == 0}
+
+
+def analysis_cts(luna, slice_counts, series_uid, workdir):
+    """(uid, .mhd path, n_slices) to time: LUNA16 CTs as they are, the sample's resampled."""
+    uid = series_uid or split_series(luna.series, 10)[1][0]
+    if not getattr(luna, "synthetic", False):
+        return [(uid, luna.series[uid], None)]
+    ct = load_ct(luna.series[uid])
+    out = []
+    for n in slice_counts:
+        big = luna_sized_ct(ct, n)
+        path = write_mhd(Path(workdir) / f"{uid}_{n}.mhd", np.round(big.hu).astype(np.int16),
+                         big.origin_xyz, big.spacing_xyz, big.direction)
+        out.append((uid, path, n))
+    return out
+
+
+def analysis_benchmark(args, luna, device):
+    seg = args.seg_model or book_file(na.BOOK_SEG_MODEL, args.data_dir, "luna-models")
+    cls = args.cls_model or book_file(na.BOOK_CLS_MODEL, args.data_dir, "luna-models")
+    models = (na.load_model(seg, "UNetWrapper", "--seg-model"),
+              na.load_model(cls, "LunaModel", "--cls-model"), None)
+    annotations = na.read_nodules(luna)
+    print(f"nodule_analysis on {device}, {torch.get_num_threads()} threads; seg {seg}, cls {cls}")
+    results = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for uid, path, n in analysis_cts(luna, args.slices, args.series_uid, workdir):
+            runs = {}
+            for amp in (False, True):
+                run_args = argparse.Namespace(batch_size=args.batch_size, amp=amp,
+                                              erosion_max_spacing=na.EROSION_MAX_SPACING_MM)
+                best = None
+                for _ in range(args.repeats):
+                    r = na.analyze_series(uid, path, models, annotations.get(uid, []), run_args,
+                                          device, keep_probs=True)
+                    if best is None or sum(r["timing"].values()) < sum(best["timing"].values()):
+                        best = r
+                runs[amp] = best
+            shape = runs[False]["shape"]
+            book = BOOK_ANALYSIS_S.get(shape[0], BOOK_S_PER_SLICE * shape[0])
+            diff = compare_detections(runs[False], runs[True])
+            row = {"shape": shape, "book_s": book, "compare": diff,
+                   **{("amp" if amp else "fp32"): r["timing"] for amp, r in runs.items()}}
+            print(f"\nCT {'x'.join(map(str, shape))} ({'resampled sample CT ' if n else ''}"
+                  f"{uid}); the book's code: {book:.1f} s")
+            for amp, r in runs.items():
+                t = r["timing"]
+                total = sum(t.values())
+                print(f"  {'amp (bf16)' if amp else 'fp32':10s} " + " ".join(
+                    f"{k} {v:6.2f}" for k, v in t.items()) + f"  total {total:6.2f} s = "
+                    f"{book / total:4.1f}x the book; {len(r['detections'])} candidates, "
+                    f"{sum(d.prob_nodule > na.NODULE_THRESHOLD for d in r['detections'])} pass")
+            print(f"  bf16 vs fp32: {diff['paired']} candidates paired, unpaired "
+                  f"{diff['unpaired'][0]} / {diff['unpaired'][1]} ({diff['unpaired_passing']} "
+                  f"passing the classifier), classifier flips {diff['classifier_flips']} "
+                  f"({diff['classifier_flips_near']} within 0.01 of 0.5 or on a voxel boundary"
+                  + "".join(f"; P {pa:.3f} -> {pb:.3f}, centres {d:.2f} voxels apart"
+                            for pa, pb, d in diff["flips"]) + "), mask voxels flipped "
+                  f"{diff['voxel_flips']:,} ({diff['voxel_flips_near']:,} within 0.01 of 0.5): "
+                  f"{'the same detections' if diff['same'] else 'DIFFERENT detections'}")
+            results.append(row)
+    return results
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,10 +228,24 @@ def main(argv=None):
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--augmented", action="store_true",
                    help="time the training loop with chapter 13's full augmentation")
+    p.add_argument("--analysis", action="store_true",
+                   help="time nodule_analysis per CT instead of training")
+    p.add_argument("--slices", type=int, nargs="+", default=[117],
+                   help="--analysis on the sample: CT sizes to time (default: %(default)s; "
+                        "the book timed 117 and 205)")
+    p.add_argument("--series-uid", default=None, help="--analysis: the CT (default: the "
+                   "first validation series)")
+    p.add_argument("--seg-model", default=None, help="--analysis: U-Net checkpoint "
+                   "(default: the book's)")
+    p.add_argument("--cls-model", default=None, help="--analysis: classifier checkpoint "
+                   "(default: the book's)")
+    p.add_argument("--repeats", type=int, default=1, help="--analysis: best of this many")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = True
     luna = locate_luna(argparse.Namespace(data_dir=args.data_dir, synthetic=args.synthetic))
+    if args.analysis:
+        return analysis_benchmark(args, luna, device)
     train_ds, val_ds, _ = make_seg_datasets(luna, mask_cache_dir(args.data_dir), 10,
                                             epoch_size=(args.steps + 1) * args.batch_size)
     spec = SEG_AUGMENTATION if args.augmented else NO_AUGMENTATION

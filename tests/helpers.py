@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 
 def read_jsonl(path):
@@ -30,3 +31,10 @@ def torchrun_two_processes(script, *args):
          str(script), *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
+
+
+def save_model_state(model, path):
+    """A minimal checkpoint in the book's dict (model_state, model_name, epoch): str(path)."""
+    torch.save({"model_state": model.state_dict(), "model_name": type(model).__name__,
+                "epoch": 1}, path)
+    return str(path)

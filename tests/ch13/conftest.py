@@ -1,8 +1,12 @@
-"""A tiny synthetic LUNA sample for the chapter 13 tests (generated once per session)."""
+"""A tiny synthetic LUNA sample (generated once per session) and tiny checkpoints for ch13 tests."""
 import pytest
+import torch
 
 from ch10_luna.dsets import find_luna
+from ch10_luna.model import LunaModel
 from ch10_luna.synthetic import generate_sample
+from ch13_segment.model import UNetWrapper
+from tests.helpers import save_model_state
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +24,21 @@ def seg_masks(seg_luna, tmp_path_factory):
 
     return load_masks(seg_luna.series, annotation_centers(seg_luna),
                       tmp_path_factory.mktemp("seg_masks"), progress=False)
+
+
+@pytest.fixture
+def tiny_models(tmp_path):
+    """Random-init small U-Net and classifiers saved as checkpoints: paths (seg, cls, mal).
+
+    A random U-Net marks ~10% of a CT in hundreds of pieces, and classifying them all takes a
+    minute; with its last layer zeroed and a positive bias it marks every voxel instead, which
+    gives one candidate per CT (the whole eroded volume).
+    """
+    torch.manual_seed(0)
+    seg = UNetWrapper(in_channels=7, n_classes=1, depth=2, wf=2, padding=True, batch_norm=True)
+    with torch.no_grad():
+        seg.unet.last.weight.zero_()
+        seg.unet.last.bias.fill_(5.0)
+    return (save_model_state(seg, tmp_path / "seg.state"),
+            save_model_state(LunaModel(conv_channels=2), tmp_path / "cls.state"),
+            save_model_state(LunaModel(conv_channels=2), tmp_path / "mal.state"))

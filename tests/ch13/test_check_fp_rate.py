@@ -16,7 +16,6 @@ from ch13_segment.nodule_analysis import (
     write_json,
 )
 from common.data import DataError, run_cli
-from tests.ch13.test_nodule_analysis import tiny_models  # noqa: F401  (a fixture)
 
 
 def detection(xyz, p):
@@ -119,7 +118,7 @@ def test_bad_analysis_file_is_one_error_line(tmp_path, capsys, content, message)
     assert not (tmp_path / "froc.png").exists()
 
 
-def test_runs_the_analysis_itself_and_reads_its_json(tiny_models, seg_luna, tmp_path,  # noqa: F811
+def test_runs_the_analysis_itself_and_reads_its_json(tiny_models, seg_luna, tmp_path,
                                                      one_torch_thread):
     seg, cls, _mal = tiny_models
     saved = tmp_path / "analysis.json"

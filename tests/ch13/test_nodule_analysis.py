@@ -31,6 +31,7 @@ from ch13_segment.nodule_analysis import (
 )
 from common.ct import Ct
 from common.data import DataError
+from tests.helpers import save_model_state
 
 SPACING_XYZ = (0.7, 0.8, 2.5)
 ORIGIN_XYZ = (-100.0, 50.0, -300.0)
@@ -39,30 +40,6 @@ ORIGIN_XYZ = (-100.0, 50.0, -300.0)
 def ball(shape, center_irc, radius):
     grids = np.ogrid[tuple(slice(0, n) for n in shape)]
     return sum((g - c) ** 2 for g, c in zip(grids, center_irc)) <= radius ** 2
-
-
-def save_checkpoint(model, path):
-    torch.save({"model_state": model.state_dict(), "model_name": type(model).__name__,
-                "epoch": 1}, path)
-    return str(path)
-
-
-@pytest.fixture
-def tiny_models(tmp_path):
-    """Random-init small U-Net and classifiers saved as checkpoints: paths (seg, cls, mal).
-
-    A random U-Net marks ~10% of a CT in hundreds of pieces, and classifying them all takes a
-    minute; with its last layer zeroed and a positive bias it marks every voxel instead, which
-    gives one candidate per CT (the whole eroded volume).
-    """
-    torch.manual_seed(0)
-    seg = UNetWrapper(in_channels=7, n_classes=1, depth=2, wf=2, padding=True, batch_norm=True)
-    with torch.no_grad():
-        seg.unet.last.weight.zero_()
-        seg.unet.last.bias.fill_(5.0)
-    return (save_checkpoint(seg, tmp_path / "seg.state"),
-            save_checkpoint(LunaModel(conv_channels=2), tmp_path / "cls.state"),
-            save_checkpoint(LunaModel(conv_channels=2), tmp_path / "mal.state"))
 
 
 def test_grouping_finds_planted_balls_at_their_centres_in_mm():
@@ -101,26 +78,28 @@ def test_erosion_removes_single_voxel_specks():
 
 
 def test_erosion_structure_keeps_the_axes_with_fine_spacing():
-    book = erosion_structure((1.25, 0.7, 0.7))                  # a thin-slice LUNA16 CT
-    np.testing.assert_array_equal(book, ndimage.generate_binary_structure(3, 1))
-    in_plane = erosion_structure((2.25, 1.64, 1.64))            # the synthetic sample
+    cross = ndimage.generate_binary_structure(3, 1)                 # the book's
+    np.testing.assert_array_equal(erosion_structure((0.625, 0.7, 0.7)), cross)  # thin slices
+    in_plane = erosion_structure((2.5, 0.7, 0.7))                   # a thick-slice LUNA16 CT
     assert in_plane.sum() == 5 and not in_plane[0].any() and not in_plane[2].any()
     np.testing.assert_array_equal(in_plane[1], ndimage.generate_binary_structure(2, 1))
-    np.testing.assert_array_equal(erosion_structure((2.5, 0.7, 0.7), float("inf")), book)
-    assert erosion_structure((2.5, 2.5, 2.5)) is None
-    assert erosion_structure((1.0, 1.0, 1.0), 0.0) is None
+    np.testing.assert_array_equal(erosion_structure((1.25, 0.7, 0.7)), in_plane)
+    np.testing.assert_array_equal(erosion_structure((2.5, 0.7, 0.7), float("inf")), cross)
+    assert erosion_structure((2.25, 1.64, 1.64)) is None            # the synthetic sample
+    assert erosion_structure((0.5, 0.5, 0.5), 0.0) is None
 
 
 def test_a_small_nodule_on_thick_slices_survives_the_erosion():
-    """A 5 mm nodule over 2 slices of 2.25 mm: the book's 3-D erosion deletes it, ours keeps it."""
-    spacing_irc = (2.25, 1.64, 1.64)
-    mask = np.zeros((12, 20, 20), dtype=bool)
-    mask[5:7] = ball((20, 20), (10, 10), 1.5)[None]             # 3 voxels across, 2 slices
-    mask[2, 2, 2] = True                                        # a speck
+    """A 4 mm nodule over 2 slices of 2.5 mm: the book's 3-D erosion deletes it, ours keeps it."""
+    spacing_irc = (2.5, 0.7, 0.7)
+    mask = np.zeros((12, 30, 30), dtype=bool)
+    mask[5:7] = ball((30, 30), (15, 15), 2.9)[None]             # 5-6 voxels across, 2 slices
+    mask[2, 3, 3] = mask[9, 25, 4] = True                       # specks
     hu = np.zeros(mask.shape, dtype=np.float32)
+    assert len(group_candidates(mask, hu, erosion_iterations=0)) == 3
     assert group_candidates(mask, hu) == []                     # the book's cross
     (center,) = group_candidates(mask, hu, structure=erosion_structure(spacing_irc))
-    assert center == pytest.approx((5.5, 10.0, 10.0))
+    assert center == pytest.approx((5.5, 15.0, 15.0))
 
 
 def test_match_and_score_on_a_hand_made_case():
@@ -191,8 +170,8 @@ def test_checkpoints_load_with_the_architecture_read_off_the_state(tmp_path, one
     seg = UNetWrapper(in_channels=5, n_classes=1, depth=2, wf=3, padding=True,
                       batch_norm=False, up_mode="upsample").eval()
     cls = LunaModel(conv_channels=3).eval()
-    seg_loaded = load_model(save_checkpoint(seg, tmp_path / "s.state"), "UNetWrapper", "--seg")
-    cls_loaded = load_model(save_checkpoint(cls, tmp_path / "c.state"), "LunaModel", "--cls")
+    seg_loaded = load_model(save_model_state(seg, tmp_path / "s.state"), "UNetWrapper", "--seg")
+    cls_loaded = load_model(save_model_state(cls, tmp_path / "c.state"), "LunaModel", "--cls")
     with torch.inference_mode():
         x = torch.randn(2, 5, 16, 16) * 300
         torch.testing.assert_close(seg_loaded(x), seg(x))

@@ -396,6 +396,19 @@ def load_checkpoint(path, model_name="LunaModel"):
     return state
 
 
+def restore_state(model, optimizer, state, path, what):
+    """Load a --resume checkpoint's model and optimizer state; DataError when they do not fit.
+
+    `what` names the model and optimizer in the message, e.g. 'LunaModel/sgd'.
+    """
+    try:
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer_state"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise DataError(f"--resume {path}: does not fit {what} "
+                        f"({str(e).splitlines()[0][:160]})") from None
+
+
 def restore_args(args, state, defaults=None, keeps=RESUME_KEEPS):
     """The resumed run keeps its own settings, except how to run it now, where given again.
 
@@ -449,12 +462,7 @@ def train(args, device, state=None):
     optimizer = make_optimizer(model, args.optimizer, args.lr)
     start_epoch, start_batch, partial, best_f1, samples_seen = 1, 0, None, -1.0, 0
     if state is not None:
-        try:
-            model.load_state_dict(state["model_state"])
-            optimizer.load_state_dict(state["optimizer_state"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise DataError(f"--resume {args.resume}: does not fit LunaModel/{args.optimizer} "
-                            f"({str(e).splitlines()[0][:160]})") from None
+        restore_state(model, optimizer, state, args.resume, f"LunaModel/{args.optimizer}")
         start_epoch, start_batch = state["epoch"], state.get("batch", 0)
         samples_seen, best_f1 = state["totalTrainingSamples_count"], state.get("best_f1", -1.0)
         samples_seen = state.get("epoch_start_samples", samples_seen)   # mid-epoch: its start

@@ -50,6 +50,7 @@ from ch10_luna.train_cls import (
     make_loader,
     open_writers,
     restore_args,
+    restore_state,
     run_directory,
     save_checkpoint,
     summarize,
@@ -231,12 +232,7 @@ def main(argv=None):
     optimizer = make_optimizer(model, args.optimizer, args.lr)
     start_epoch, best_auc, samples_seen = 1, -1.0, 0
     if resumed is not None:
-        try:
-            model.load_state_dict(resumed["model_state"])
-            optimizer.load_state_dict(resumed["optimizer_state"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise DataError(f"--resume {args.resume}: does not fit LunaModel/{args.optimizer} "
-                            f"({str(e).splitlines()[0][:160]})") from None
+        restore_state(model, optimizer, resumed, args.resume, f"LunaModel/{args.optimizer}")
         start_epoch = resumed["epoch"] + 1
         samples_seen = resumed["totalTrainingSamples_count"]
         best_auc = resumed["best_auc"]

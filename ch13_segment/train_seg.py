@@ -38,6 +38,7 @@ from ch10_luna.train_cls import (
     open_writers,
     process_roles,
     restore_args,
+    restore_state,
     run_directory,
     run_distributed,
     save_checkpoint,
@@ -50,7 +51,7 @@ from ch13_segment.dsets import (
     mask_slice,
 )
 from ch13_segment.model import UNetWrapper
-from common.data import DataError, add_data_dir_argument, run_cli
+from common.data import add_data_dir_argument, run_cli
 from common.device import add_device_argument, seed_everything
 
 # The book's chapter 13 magnitudes (offset 0.03 of the half-width, where chapter 12 used 0.1).
@@ -341,12 +342,7 @@ def train(args, device, state=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     start_epoch, best_recall, samples_seen = 1, -1.0, 0
     if state is not None:
-        try:
-            model.load_state_dict(state["model_state"])
-            optimizer.load_state_dict(state["optimizer_state"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise DataError(f"--resume {args.resume}: does not fit this UNetWrapper/Adam "
-                            f"({str(e).splitlines()[0][:160]})") from None
+        restore_state(model, optimizer, state, args.resume, "this UNetWrapper/Adam")
         start_epoch = state["epoch"] + 1
         samples_seen = state["totalTrainingSamples_count"]
         best_recall = state.get("best_recall", -1.0)

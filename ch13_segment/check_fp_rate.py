@@ -222,13 +222,14 @@ def main(argv=None):
     n_nodules = rows[0]["nodules"]
     misses = int(sum(np.isinf(s[0]).sum() for s in scores))
     n_candidates = sum(len(s[1]) + len(s[2]) for s in scores)
+    missed = f"{misses} complete miss{'' if misses == 1 else 'es'}"
     print(f"{len(series)} CT(s), {n_candidates:,} candidates, {n_nodules} annotated nodules; "
-          f"{misses} complete misses (no candidate matches them), so at most "
+          f"{missed} (no candidate matches them), so at most "
           f"{n_nodules - misses} of {n_nodules} can be found; a candidate passes when "
           f"P(nodule) > threshold\n")
     print(format_rows(rows, operating))
     title = (f"{source}: {len(series)} CT(s), {n_nodules} nodules "
-             f"({misses} complete misses), {n_candidates:,} candidates")
+             f"({missed}), {n_candidates:,} candidates")
     ceiling = (n_nodules - misses) / n_nodules if n_nodules else None
     png = save_froc_png(curve, rows, operating, Path(args.out) / "froc.png", title, ceiling)
     print(f"\nFROC figure: {png}")

@@ -72,7 +72,7 @@ def test_sweep_on_hand_made_analysis(tmp_path, capsys):
     assert (result["curve"][-1]["threshold"], result["curve"][-1]["recall"],
             result["curve"][-1]["fp_per_ct"]) == (0.0, 0.75, 2.0)
     printed = capsys.readouterr().out
-    assert "1 complete misses" in printed and "at most 3 of 4" in printed
+    assert "1 complete miss (" in printed and "at most 3 of 4" in printed
     (marked,) = [line for line in printed.splitlines() if "operating point" in line]
     assert marked.split()[0] == "0.50" and "(2/4)" in marked and "1.50" in marked
 

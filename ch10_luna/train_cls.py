@@ -208,6 +208,23 @@ def gather_metrics(metrics):
     return torch.cat(parts, dim=1)
 
 
+def rank_share(order, rank, world, batch_size):
+    """This process's part of an epoch's `order`: from each run of `world` batches, the
+    `rank`-th (the last, short run split evenly), so step k of all processes together covers
+    order[k * batch_size * world:][:batch_size * world], as one process with world times the
+    batch would.
+
+    Taking every `world`-th sample instead would hand rank 0 only the even items of a
+    balanced epoch (chapter 12's positive, negative, ...; chapter 14's benign / non-nodule vs
+    malignant) and rank 1 only the odd ones: class-pure batches, each normalised alone by the
+    model's BatchNorm tail. `order` must divide by `world`.
+    """
+    order = np.asarray(order)
+    full = len(order) // (batch_size * world) * batch_size * world
+    return np.concatenate([order[:full].reshape(-1, world, batch_size)[:, rank].reshape(-1),
+                           order[full:].reshape(world, -1)[rank]])
+
+
 # ----------------------------------------------------------------------------- training
 def make_optimizer(model, name, lr):
     """The book's SGD (chapter 11: momentum 0.99), or Adam."""
@@ -492,7 +509,7 @@ def train(args, device, state=None):
     for epoch in range(start_epoch, args.epochs + 1):
         order = epoch_order(train_ds.labels(), epoch_size, args.balanced, args.seed, epoch)
         order = order[:len(order) // world * world]   # equal batch counts on every rank (DDP)
-        my_order = order[rank::world]
+        my_order = rank_share(order, rank, world, args.batch_size)
         first = start_batch if epoch == start_epoch else 0
         loader = make_loader(train_ds, my_order[first * args.batch_size:], args.batch_size,
                              args.num_workers, device)

@@ -4,6 +4,7 @@
     python ch13_segment/train_malignancy.py --epochs 40 --finetune \\
         data/part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state finetune-depth1
     python ch13_segment/train_malignancy.py --finetune-depth 2 --finetune PATH ...  # block4 too
+    torchrun --nproc_per_node=2 ch13_segment/train_malignancy.py --epochs 1
 
 Training draws the book's balanced epoch (malignant, benign, malignant, non-nodule, ...);
 validation scores the benign and malignant nodules of every 10th series by AUC, which picks the
@@ -23,13 +24,19 @@ keeping its best AUC; a fine-tuning run resumes with the same blocks frozen, wit
 was fine-tuned from. There is no mid-epoch checkpoint (train_cls.py's --checkpoint-every does
 nothing here).
 
+Under torchrun (gloo on CPU, nccl on CUDA) each process trains its share of the epoch's order,
+whole consecutive batches that keep the balanced mix (rank_share; --batch-size is per process);
+validation is split across the processes and gathered, so the AUC covers every validation
+nodule, and rank 0 alone prints and writes the run directory. With --finetune only the
+trainable blocks take part in DistributedDataParallel's gradient averaging.
+
 Also takes train_cls.py's flags (--epochs --batch-size --num-workers --device --seed --data-dir
 --synthetic --epoch-size --val-stride --balanced --augment-* --amp --run-dir and the comment).
-One process only: no torchrun/DDP.
 """
 import argparse
 import sys
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -41,17 +48,22 @@ from ch10_luna.train_cls import (
     LABEL,
     PRED,
     augment_spec,
+    barrier,
     channels_last,
     evaluate,
     format_summary,
+    gather_metrics,
     load_checkpoint,
     locate_luna,
     log_epoch,
     make_loader,
     open_writers,
+    process_roles,
+    rank_share,
     restore_args,
     restore_state,
     run_directory,
+    run_distributed,
     save_checkpoint,
     summarize,
     train_one_epoch,
@@ -66,7 +78,7 @@ from ch13_segment.dsets_cls import (
 from ch13_segment.roc import diameter_roc, log_roc, roc_curve, trapezoid_auc
 from ch13_segment.train_seg import RESUME_KEEPS
 from common.data import DataError, run_cli
-from common.device import pick_device, seed_everything
+from common.device import seed_everything
 
 # The book's chapter 14 augmentation (flip, offset, rotate; its offset never reached the matrix).
 BOOK_CH14_AUGMENTATION = AugmentSpec(flip=True, offset=0.1, rotate=True)
@@ -155,7 +167,7 @@ def prepare_finetune(model, model_state, depth=1, source="checkpoint"):
     return trainable
 
 
-def load_model(args, device, state=None):
+def load_model(args, device, state=None, announce=print):
     """A LunaModel on `device`; with --finetune, prepared from `state` (or the file)."""
     model = LunaModel()
     if args.finetune:
@@ -165,7 +177,7 @@ def load_model(args, device, state=None):
         except RuntimeError as e:                     # a shape mismatch
             raise DataError(f"--finetune {args.finetune}: does not fit LunaModel "
                             f"({str(e).splitlines()[-1].strip()[:160]})") from None
-        print(f"fine-tuning from {args.finetune}, training {' '.join(blocks)}")
+        announce(f"fine-tuning from {args.finetune}, training {' '.join(blocks)}")
     model = model.to(device)
     if channels_last(device, args.amp):
         model = model.to(memory_format=torch.channels_last_3d)
@@ -180,6 +192,7 @@ def make_optimizer(model, name, lr):
     return torch.optim.SGD(params, lr=lr, weight_decay=1e-4)
 
 
+# ----------------------------------------------------------------------------- distributed
 # ----------------------------------------------------------------------------- scores
 def auc_of(metrics):
     """Trapezoid AUC of (3, N) metrics over the book's 100 thresholds."""
@@ -204,9 +217,14 @@ def main(argv=None):
     # Resuming a fine-tuning run freezes the same blocks; the weights come from the checkpoint.
     finetune_state = (resumed["model_state"] if resumed else
                       load_finetune_state(args.finetune) if args.finetune else None)
-    device = pick_device(args.device)
+    return run_distributed(partial(train, finetune_state=finetune_state), args, resumed)
+
+
+def train(args, device, resumed=None, finetune_state=None):
+    rank, world, say = process_roles()
+    main_proc = rank == 0
     seed_everything(args.seed)
-    luna = locate_luna(args)
+    luna = locate_luna(args, announce=say)
     train_c, val_c = split_by_series(read_candidates_ch14(luna), args.val_stride)
     epoch_size = args.epoch_size or (SYNTHETIC_EPOCH if luna.synthetic else
                                      BOOK_MAL_EPOCH if args.balanced else None)
@@ -223,12 +241,12 @@ def main(argv=None):
     spec = (AugmentSpec() if args.no_augment else augment_spec(args) if augment_spec(args).active
             else BOOK_CH14_AUGMENTATION)
     lists = class_lists(train_c)
-    print(f"training: {len(lists['mal'])} malignant, {len(lists['ben'])} benign, "
-          f"{len(lists['neg']):,} non-nodules; {len(train_ds):,} samples per epoch "
-          f"{'balanced' if args.balanced else 'unbalanced (benign + malignant)'}; validation: "
-          f"{len(val_ds.mal)} malignant, {len(val_ds.ben)} benign; device {device}; "
-          f"{args.optimizer} lr {args.lr:g}")
-    model = load_model(args, device, finetune_state)
+    say(f"training: {len(lists['mal'])} malignant, {len(lists['ben'])} benign, "
+        f"{len(lists['neg']):,} non-nodules; {len(train_ds):,} samples per epoch "
+        f"{'balanced' if args.balanced else 'unbalanced (benign + malignant)'}; validation: "
+        f"{len(val_ds.mal)} malignant, {len(val_ds.ben)} benign; device {device}"
+        f"{f' x {world} processes' if world > 1 else ''}; {args.optimizer} lr {args.lr:g}")
+    model = load_model(args, device, finetune_state, announce=say)
     optimizer = make_optimizer(model, args.optimizer, args.lr)
     start_epoch, best_auc, samples_seen = 1, -1.0, 0
     if resumed is not None:
@@ -236,24 +254,31 @@ def main(argv=None):
         start_epoch = resumed["epoch"] + 1
         samples_seen = resumed["totalTrainingSamples_count"]
         best_auc = resumed["best_auc"]
-        print(f"resuming {args.resume}: epoch {start_epoch}, {samples_seen:,} samples seen, "
-              f"best validation AUC {best_auc:.3f}")
+        say(f"resuming {args.resume}: epoch {start_epoch}, {samples_seen:,} samples seen, "
+            f"best validation AUC {best_auc:.3f}")
         if start_epoch > args.epochs:
-            print(f"nothing to train: the run finished epoch {start_epoch - 1}; give a larger "
-                  "--epochs to continue")
+            say(f"nothing to train: the run finished epoch {start_epoch - 1}; give a larger "
+                "--epochs to continue")
+    module = model
+    if world > 1:
+        # Frozen parameters (--finetune) get no gradient hooks and every trainable one is used
+        # in each forward pass: no find_unused_parameters needed.
+        model = torch.nn.parallel.DistributedDataParallel(model)
 
     run_dir = run_directory(args)
     args.run_dir = str(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    writers = open_writers(run_dir)
-    print(f"run directory {run_dir}")
+    writers = {}
+    if main_proc:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        writers = open_writers(run_dir)
+    say(f"run directory {run_dir}")
     best_path = run_dir / f"mal_{args.comment}.best.state"
     last_path = run_dir / f"mal_{args.comment}.last.state"
     base_auc, base_fpr, base_tpr = diameter_auc(val_ds.ben + val_ds.mal)
-    print(f"diameter baseline on the validation nodules: AUC {base_auc:.3f}")
+    say(f"diameter baseline on the validation nodules: AUC {base_auc:.3f}")
 
-    val_loader = make_loader(val_ds, range(len(val_ds)), args.batch_size, args.num_workers,
-                             device)
+    val_loader = make_loader(val_ds, np.arange(len(val_ds))[rank::world], args.batch_size,
+                             args.num_workers, device)
     history = []
     for epoch in range(start_epoch, args.epochs + 1):
         if args.balanced:
@@ -261,40 +286,50 @@ def main(argv=None):
             order = np.arange(len(train_ds))
         else:
             order = epoch_order(train_ds.labels(), epoch_size, False, args.seed, epoch)
-        loader = make_loader(train_ds, order, args.batch_size, args.num_workers, device)
+        order = order[:len(order) // world * world]   # equal batch counts on every rank (DDP)
+        loader = make_loader(train_ds, rank_share(order, rank, world, args.batch_size),
+                             args.batch_size, args.num_workers, device)
         started = time.perf_counter()
-        trn_metrics = train_one_epoch(model, loader, optimizer, device, spec=spec, amp=args.amp,
-                                      generator_seed=args.seed * 10_007 + epoch,
-                                      desc=f"E{epoch} trn")
+        trn_metrics = gather_metrics(train_one_epoch(
+            model, loader, optimizer, device, spec=spec, amp=args.amp,
+            generator_seed=(args.seed * 10_007 + epoch) * world + rank,
+            desc=f"E{epoch} trn", quiet=not main_proc))
         samples_seen += len(order)
         trn = {**summarize(trn_metrics), "auc": auc_of(trn_metrics)}
         row = {"epoch": epoch, "trn": trn, "trn_samples_per_s": len(order) /
                (time.perf_counter() - started)}
-        print(format_summary(epoch, "trn", trn) + f"  auc {trn['auc']:.3f}")
-        log_epoch(run_dir, writers, epoch, "trn", trn_metrics, trn, samples_seen)
+        say(format_summary(epoch, "trn", trn) + f"  auc {trn['auc']:.3f}")
+        if main_proc:
+            log_epoch(run_dir, writers, epoch, "trn", trn_metrics, trn, samples_seen)
         if args.finetune or epoch == 1 or epoch % VALIDATION_CADENCE == 0 \
                 or epoch == args.epochs:
-            val_metrics = evaluate(model, val_loader, device, amp=args.amp, desc=f"E{epoch} val")
+            val_metrics = gather_metrics(evaluate(   # the bare module: no DDP collectives
+                module, val_loader, device, amp=args.amp, desc=f"E{epoch} val",
+                quiet=not main_proc))
             val = {**summarize(val_metrics), "auc": auc_of(val_metrics),
                    "auc/diameter_baseline": base_auc}
             row["val"] = val
-            print(format_summary(epoch, "val", val) + f"  auc {val['auc']:.3f} "
-                  f"(diameter baseline {base_auc:.3f})")
-            log_epoch(run_dir, writers, epoch, "val", val_metrics, val, samples_seen)
-            log_roc(writers["val"], "malignancy", val_metrics[PRED], val_metrics[LABEL] > 0.5,
-                    samples_seen, png=run_dir / "roc_val.png",
-                    baseline=(base_fpr, base_tpr, "diameter baseline"),
-                    class_names=("benign", "malignant"), title=f"LunaModel, epoch {epoch}")
+            say(format_summary(epoch, "val", val) + f"  auc {val['auc']:.3f} "
+                f"(diameter baseline {base_auc:.3f})")
+            if main_proc:
+                log_epoch(run_dir, writers, epoch, "val", val_metrics, val, samples_seen)
+                log_roc(writers["val"], "malignancy", val_metrics[PRED],
+                        val_metrics[LABEL] > 0.5, samples_seen, png=run_dir / "roc_val.png",
+                        baseline=(base_fpr, base_tpr, "diameter baseline"),
+                        class_names=("benign", "malignant"), title=f"LunaModel, epoch {epoch}")
             if val["auc"] > best_auc:
                 best_auc = val["auc"]
-                save_checkpoint(best_path, model, optimizer, args, epoch, samples_seen,
-                                best_auc=best_auc)
-        save_checkpoint(last_path, model, optimizer, args, epoch, samples_seen,
-                        best_auc=best_auc)
+                if main_proc:
+                    save_checkpoint(best_path, model, optimizer, args, epoch, samples_seen,
+                                    best_auc=best_auc)
+        if main_proc:
+            save_checkpoint(last_path, model, optimizer, args, epoch, samples_seen,
+                            best_auc=best_auc)
         history.append(row)
+        barrier()
     for writer in writers.values():
         writer.close()
-    return model, history
+    return module, history
 
 
 if __name__ == "__main__":

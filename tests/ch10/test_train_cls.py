@@ -6,11 +6,13 @@ import sys
 import time
 from argparse import Namespace
 
+import numpy as np
 import pytest
 import torch
 
+from ch10_luna.dsets import epoch_order
 from ch10_luna.model import LunaModel
-from ch10_luna.train_cls import locate_luna, main, save_checkpoint, summarize
+from ch10_luna.train_cls import locate_luna, main, rank_share, save_checkpoint, summarize
 from common.data import REPO_ROOT, DataError
 from tests.helpers import assert_same_rows, read_jsonl, torchrun_two_processes
 
@@ -170,3 +172,15 @@ def test_resume_from_a_checkpoint_whose_weights_do_not_fit(tiny_luna, tmp_path):
                                      .parse_args(["--data-dir", str(tiny_luna)]))), 1, 32)
     with pytest.raises(DataError, match="does not fit LunaModel"):
         main(["--resume", str(tmp_path / "small.state"), "--run-dir", str(tmp_path / "r")])
+
+
+def test_ddp_ranks_get_whole_batches_of_the_balanced_mix():
+    """Every-other-sample sharding would give one rank all the positives of a balanced epoch."""
+    labels = torch.tensor([1] * 5 + [0] * 95)
+    order = epoch_order(labels, 64, True, 0, 1)
+    assert [int(labels[i]) for i in order[:4]] == [1, 0, 1, 0]                 # pos, neg, ...
+    shares = [rank_share(order, rank, 2, 8) for rank in range(2)]
+    assert sorted(np.concatenate(shares).tolist()) == sorted(order.tolist())   # each once
+    for share in shares:
+        for batch in np.split(share, len(share) // 8):
+            assert sum(int(labels[i]) for i in batch) == 4                     # half positive

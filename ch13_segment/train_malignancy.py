@@ -57,14 +57,13 @@ from ch10_luna.train_cls import (
     locate_luna,
     log_epoch,
     make_loader,
-    open_writers,
     process_roles,
     rank_share,
     restore_args,
     restore_state,
-    run_directory,
     run_distributed,
     save_checkpoint,
+    start_run,
     summarize,
     train_one_epoch,
 )
@@ -265,15 +264,7 @@ def train(args, device, resumed=None, finetune_state=None):
         # in each forward pass: no find_unused_parameters needed.
         model = torch.nn.parallel.DistributedDataParallel(model)
 
-    run_dir = run_directory(args)
-    args.run_dir = str(run_dir)
-    writers = {}
-    if main_proc:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        writers = open_writers(run_dir)
-    say(f"run directory {run_dir}")
-    best_path = run_dir / f"mal_{args.comment}.best.state"
-    last_path = run_dir / f"mal_{args.comment}.last.state"
+    run_dir, writers, last_path, best_path = start_run(args, main_proc, say, "mal")
     base_auc, base_fpr, base_tpr = diameter_auc(val_ds.ben + val_ds.mal)
     say(f"diameter baseline on the validation nodules: AUC {base_auc:.3f}")
 

@@ -35,13 +35,12 @@ from ch10_luna.train_cls import (
     load_checkpoint,
     locate_luna,
     make_loader,
-    open_writers,
     process_roles,
     restore_args,
     restore_state,
-    run_directory,
     run_distributed,
     save_checkpoint,
+    start_run,
 )
 from ch13_segment.dsets import (
     BOOK_EPOCH,
@@ -352,15 +351,7 @@ def train(args, device, state=None):
     module = model.module if world > 1 else model
     scaler = torch.amp.GradScaler(device.type) if amp_context(device, args.amp)[1] else None
 
-    run_dir = run_directory(args)
-    args.run_dir = str(run_dir)
-    writers = {}
-    if main_proc:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        writers = open_writers(run_dir)
-        say(f"run directory {run_dir}")
-    last_path = run_dir / f"seg_{args.comment}.last.state"
-    best_path = run_dir / f"seg_{args.comment}.best.state"
+    run_dir, writers, last_path, best_path = start_run(args, main_proc, say, "seg")
 
     val_loader = make_loader(val_ds, np.arange(len(val_ds))[rank::world], args.batch_size,
                              args.num_workers, device)

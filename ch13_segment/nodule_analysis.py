@@ -143,16 +143,12 @@ def erosion_structure(spacing_irc, max_spacing_mm=EROSION_MAX_SPACING_MM):
     axis, so no erosion, and the classifier alone removes the specks. `inf` gives the book's
     cross; None comes back (no erosion) when no axis qualifies.
     """
-    axes = [a for a, s in enumerate(spacing_irc) if s <= max_spacing_mm]
-    if not axes:
+    if all(s > max_spacing_mm for s in spacing_irc):
         return None
-    structure = np.zeros((3, 3, 3), dtype=bool)
-    structure[1, 1, 1] = True
-    for a in axes:
-        for side in (0, 2):
-            index = [1, 1, 1]
-            index[a] = side
-            structure[tuple(index)] = True
+    structure = ndimage.generate_binary_structure(3, 1)          # the book's cross
+    for axis, spacing in enumerate(spacing_irc):
+        if spacing > max_spacing_mm:                              # drop that axis' neighbours
+            np.moveaxis(structure, axis, 0)[[0, 2]] = False       # a view: writes through
     return structure
 
 

@@ -30,6 +30,7 @@ from ch10_luna.train_cls import (
     locate_luna,
     make_datasets,
     make_loader,
+    optimizer_step,
     to_input,
     train_one_epoch,
 )
@@ -73,9 +74,7 @@ def model_ceiling(device, batch_size, steps, amp, train=True, memory_last=None, 
             with amp_ctx:
                 logits, _ = model(x)
                 loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            optimizer_step(loss, optimizer)
         else:
             with torch.inference_mode(), amp_ctx:
                 model(x)

@@ -261,6 +261,18 @@ def compute_batch_loss(model, x, label, amp_ctx):
     return loss, probs[:, 1].float()
 
 
+def optimizer_step(loss, optimizer, scaler=None):
+    """zero_grad, backward and step; through the GradScaler when fp16 autocast needs one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def train_one_epoch(model, loader, optimizer, device, *, spec=NO_AUGMENTATION, amp=False,
                     scaler=None, generator_seed=0, metrics=None, start_batch=0, after_batch=None,
                     desc="trn", quiet=False):
@@ -286,14 +298,7 @@ def train_one_epoch(model, loader, optimizer, device, *, spec=NO_AUGMENTATION, a
             generator.manual_seed(generator_seed * 1_000_003 + i)  # same draws after a resume
             x = augment_batch(x, spec, generator)
         loss, prob = compute_batch_loss(model, x, label, amp_ctx)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss.mean()).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.mean().backward()
-            optimizer.step()
+        optimizer_step(loss.mean(), optimizer, scaler)
         start = i * loader.batch_size
         metrics[:, start:start + len(label)] = torch.stack(
             [label[:, 1].float(), prob, loss]).detach()

@@ -29,7 +29,7 @@ import torch
 from scipy import ndimage
 
 from ch10_luna.benchmark import timed
-from ch10_luna.train_cls import amp_context, locate_luna, make_loader
+from ch10_luna.train_cls import amp_context, locate_luna, make_loader, optimizer_step
 from ch13_segment import nodule_analysis as na
 from ch13_segment.dsets import make_seg_datasets, mask_cache_dir, split_series
 from ch13_segment.model import UNetWrapper
@@ -73,9 +73,7 @@ def model_ceiling(device, batch_size, steps, amp, memory_last, warmup=2):
         with amp_ctx:
             pred = model(x)
         loss = fn_weighted_loss(pred.float(), label).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(loss, optimizer)
 
     for _ in range(warmup):
         step()

@@ -35,6 +35,7 @@ from ch10_luna.train_cls import (
     load_checkpoint,
     locate_luna,
     make_loader,
+    optimizer_step,
     process_roles,
     restore_args,
     restore_state,
@@ -188,14 +189,7 @@ def train_one_epoch(model, loader, optimizer, device, *, spec=NO_AUGMENTATION, a
             x, label = augment_batch(x, spec, generator, label=label)
         x = to_input(x, device, memory_last)
         loss, rows = compute_batch_loss(model, x, label, amp_ctx)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss.mean()).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.mean().backward()
-            optimizer.step()
+        optimizer_step(loss.mean(), optimizer, scaler)
         start = i * loader.batch_size
         metrics[:, start:start + len(x)] = rows
     return metrics.cpu()

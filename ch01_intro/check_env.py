@@ -13,7 +13,8 @@ import sys
 
 import torch
 
-from common.data import add_data_dir_argument, data_root, run_cli
+from common.data import add_data_dir_argument, data_root
+from common.errors import run_cli
 
 PACKAGES = ("numpy", "torch", "SimpleITK", "imageio", "PIL", "matplotlib", "h5py", "scipy",
             "tqdm", "tensorboard", "onnx", "onnxruntime")

@@ -20,8 +20,9 @@ from ch01_intro.weights import (
     load_weights,
     resolve_weights,
 )
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
 from common.device import add_device_argument, pick_device, seed_everything
+from common.errors import DataError, run_cli
 
 LABELS_TXT = "p1ch2/imagenet_classes.txt"
 

@@ -23,8 +23,9 @@ from ch01_intro.weights import (
     load_weights,
     resolve_weights,
 )
-from common.data import REPO_ROOT, DataError, add_data_dir_argument, book_file, run_cli
+from common.data import REPO_ROOT, add_data_dir_argument, book_file
 from common.device import add_device_argument, pick_device, seed_everything
+from common.errors import DataError, run_cli
 
 HORSE_JPG = "p1ch2/horse.jpg"
 

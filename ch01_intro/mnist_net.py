@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.data import REPO_ROOT, add_data_dir_argument, book_file, run_cli
+from common.data import REPO_ROOT, add_data_dir_argument, book_file
 from common.device import add_device_argument, pick_device, seed_everything
+from common.errors import run_cli
 from common.figures import save_figure
 
 MNIST_PTH = "p1ch2/mnist/mnist.pth"

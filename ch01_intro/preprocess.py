@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
+from common.errors import DataError, run_cli
 
 BOBBY_JPG = "p1ch2/bobby.jpg"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from common.data import DataError, book_file
+from common.data import book_file
+from common.errors import DataError
 
 RESNET101_PTH = "weights/resnet101-63fe2227.pth"   # torchvision's IMAGENET1K_V1 file name
 HORSE2ZEBRA_PTH = "p1ch2/horse2zebra_0.4.0.pth"   # the book's CycleGAN generator

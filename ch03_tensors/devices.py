@@ -8,8 +8,8 @@ import argparse
 import torch
 
 from ch03_tensors.tensors_basics import BOOK_POINTS
-from common.data import run_cli
 from common.device import add_device_argument, pick_device
+from common.errors import run_cli
 
 
 def book_ops(device):

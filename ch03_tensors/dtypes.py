@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from ch03_tensors.tensors_basics import book_points
-from common.data import run_cli
+from common.errors import run_cli
 
 # The book's table: dtype and its alias, with the bytes one element takes.
 BOOK_DTYPES = [

@@ -15,7 +15,7 @@ import warnings
 
 import torch
 
-from common.data import run_cli
+from common.errors import run_cli
 
 GRAY_WEIGHTS = (0.2126, 0.7152, 0.0722)             # luminance weights for R, G, B (book ch3)
 CHW_NAMES = ("channels", "rows", "columns")

@@ -7,7 +7,7 @@ import argparse
 import numpy as np
 import torch
 
-from common.data import run_cli
+from common.errors import run_cli
 
 
 def tensor_to_numpy():

@@ -12,7 +12,8 @@ import h5py
 import torch
 
 from ch03_tensors.tensors_basics import book_points
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
+from common.errors import DataError, run_cli
 
 DEFAULT_OUT = "runs/ch03"
 BOOK_T = "p1ch3/ourpoints.t"

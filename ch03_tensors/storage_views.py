@@ -10,7 +10,7 @@ import argparse
 import torch
 
 from ch03_tensors.tensors_basics import book_points
-from common.data import run_cli
+from common.errors import run_cli
 
 
 def storage_view(t):

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from common.data import run_cli
+from common.errors import run_cli
 
 BOOK_POINTS = [[4.0, 1.0], [5.0, 3.0], [2.0, 1.0]]  # three 2D points, one per row (book ch3)
 

@@ -13,7 +13,8 @@ import scipy.io.wavfile
 import scipy.signal
 import torch
 
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
+from common.errors import DataError, run_cli
 from common.figures import save_figure
 
 CHIRP_WAV = "p1ch4/audio-chirp/1-100038-A-14.wav"

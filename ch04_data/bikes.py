@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
+from common.errors import DataError, run_cli
 from common.figures import save_figure
 
 HOUR_CSV = "p1ch4/bike-sharing-dataset/hour-fixed.csv"

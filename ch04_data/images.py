@@ -10,7 +10,8 @@ from pathlib import Path
 import imageio.v2 as imageio  # the book's imageio.imread (v2 API, without the v3 warning)
 import torch
 
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
+from common.errors import DataError, run_cli
 from common.figures import save_figure
 
 DOG_JPG = "p1ch4/image-dog/bobby.jpg"

@@ -9,7 +9,8 @@ import argparse
 import torch
 from torch import nn
 
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
+from common.errors import DataError, run_cli
 
 AUSTEN_TXT = "p1ch4/jane-austen/1342-0.txt"
 LINE = 200

@@ -13,7 +13,8 @@ from pathlib import Path
 import imageio.v3 as iio
 import torch
 
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
+from common.errors import DataError, run_cli
 from common.figures import save_figure
 
 COCKATOO_MP4 = "p1ch4/video-cockatoo/cockatoo.mp4"

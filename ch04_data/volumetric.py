@@ -20,7 +20,8 @@ import torch
 from imageio.config import known_plugins
 
 from common.ct import load_ct
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
+from common.errors import DataError, run_cli
 from common.figures import save_figure
 
 DICOM_DIR = "p1ch4/volumetric-dicom/2-LUNG 3.0  B70f-04083"   # two spaces before B70f

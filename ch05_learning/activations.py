@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ch05_learning.thermometer import DEFAULT_OUT
-from common.data import run_cli
+from common.errors import run_cli
 from common.figures import save_figure
 
 FLAT_SLOPE = 0.05

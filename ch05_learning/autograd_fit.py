@@ -11,7 +11,7 @@ import argparse
 import torch
 
 from ch05_learning.thermometer import loss_fn, model, thermometer_data
-from common.data import run_cli
+from common.errors import run_cli
 
 
 def autograd_grad(t_u, t_c, w=1.0, b=0.0):

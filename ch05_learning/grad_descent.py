@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ch05_learning.thermometer import DEFAULT_OUT, loss_fn, model, thermometer_data
-from common.data import run_cli
+from common.errors import run_cli
 from common.figures import save_figure
 
 

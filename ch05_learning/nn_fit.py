@@ -18,8 +18,8 @@ from torch import nn
 from ch05_learning.nn_linear import batched_data
 from ch05_learning.optimizers import split_indices, train_val_loop
 from ch05_learning.thermometer import DEFAULT_OUT, plot_fits
-from common.data import run_cli
 from common.device import seed_everything
+from common.errors import run_cli
 
 N_HIDDEN = 13
 

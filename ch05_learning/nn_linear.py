@@ -14,8 +14,8 @@ from torch import nn
 
 from ch05_learning.optimizers import split_indices, train_val_loop
 from ch05_learning.thermometer import thermometer_data
-from common.data import run_cli
 from common.device import seed_everything
+from common.errors import run_cli
 
 
 def batched_data():

@@ -13,8 +13,8 @@ import argparse
 import torch
 
 from ch05_learning.thermometer import loss_fn, model, thermometer_data
-from common.data import run_cli
 from common.device import seed_everything
+from common.errors import run_cli
 
 
 def fit(n_epochs, optimizer, params, t_u, t_c, log_every=500):

@@ -22,8 +22,8 @@ from ch05_learning.nn_fit import N_HIDDEN, print_parameter_table
 from ch05_learning.nn_linear import batched_data
 from ch05_learning.optimizers import split_indices, train_val_loop
 from ch05_learning.thermometer import DEFAULT_OUT, plot_fits
-from common.data import run_cli
 from common.device import seed_everything
+from common.errors import run_cli
 
 
 class SubclassModel(nn.Module):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from common.data import run_cli
+from common.errors import run_cli
 from common.figures import save_figure
 
 # The book's eleven readings: Celsius from a good thermometer, and the same moments on a

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from common.data import DataError, add_data_dir_argument, run_cli
+from common.data import add_data_dir_argument
+from common.errors import DataError, run_cli
 from common.figures import save_figure
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.data import run_cli
+from common.errors import run_cli
 from common.figures import save_figure
 
 

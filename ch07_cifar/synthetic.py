@@ -30,7 +30,8 @@ from ch07_cifar.cifar import (
     write_batch,
     write_meta,
 )
-from common.data import DataError, add_data_dir_argument, data_root, run_cli
+from common.data import add_data_dir_argument, data_root
+from common.errors import DataError, run_cli
 
 SYNTHETIC_DIR = Path("synthetic") / CIFAR_DIR      # under the data root
 PATCH = 14                 # the textured patch is a disc of radius 5..7 inside a 14x14 square

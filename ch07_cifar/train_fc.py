@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader
 
 from ch07_cifar.cifar import load_cifar2
 from ch07_cifar.synthetic import choose_cifar_dir
-from common.data import add_data_dir_argument, run_cli
+from common.data import add_data_dir_argument
 from common.device import add_device_argument, pick_device, seed_everything
+from common.errors import run_cli
 
 N_INPUTS = 3 * 32 * 32
 

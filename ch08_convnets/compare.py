@@ -20,8 +20,8 @@ from torch import nn
 from ch07_cifar.train_fc import accuracy, add_cifar_arguments, count_params, prepare
 from ch08_convnets.models import make_model
 from ch08_convnets.train import training_loop
-from common.data import DataError, run_cli
 from common.device import seed_everything
+from common.errors import DataError, run_cli
 from common.figures import save_figure
 
 # name: (model, l2 lambda, learning rate or None for --lr, book (train, val) accuracy)

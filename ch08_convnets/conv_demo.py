@@ -15,7 +15,8 @@ from torch import nn
 from ch07_cifar.cifar import cifar2, load_cifar10, to_tensor
 from ch07_cifar.synthetic import choose_cifar_dir
 from ch07_cifar.train_fc import count_params
-from common.data import add_data_dir_argument, run_cli
+from common.data import add_data_dir_argument
+from common.errors import run_cli
 from common.figures import save_figure
 
 

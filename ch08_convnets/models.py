@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ch07_cifar.train_fc import count_params
-from common.data import add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
 from common.device import map_location
+from common.errors import run_cli
 
 BOOK_NET_FILE = "p1ch6/birds_vs_airplanes.pt"
 

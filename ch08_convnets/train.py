@@ -19,8 +19,8 @@ from torch import nn
 
 from ch07_cifar.train_fc import accuracy, add_cifar_arguments, count_params, prepare, train_epoch
 from ch08_convnets.models import BOOK_NET_FILE, MODELS, load_book_net, make_model
-from common.data import DataError, run_cli
 from common.device import map_location
+from common.errors import DataError, run_cli
 
 
 def training_loop(n_epochs, optimizer, model, loss_fn, train_loader, device="cpu",

@@ -35,8 +35,9 @@ from ch10_luna.train_cls import (
     train_one_epoch,
 )
 from common.ct import to_hu
-from common.data import add_data_dir_argument, run_cli
+from common.data import add_data_dir_argument
 from common.device import add_device_argument, pick_device, seed_everything
+from common.errors import run_cli
 
 
 def time_crop_reads(dataset, n=200):

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ch10_luna.dsets import check_series_files, luna_dir, read_csv_rows
 from ch10_luna.synthetic import MARKER, generate_sample
-from common.data import DataError, add_data_dir_argument, data_root, human_size, run_cli
+from common.data import add_data_dir_argument, data_root, human_size
+from common.errors import DataError, run_cli
 
 N_SUBSETS = 10
 BOOK_COUNTS = {"series": 888, "candidates": 551_065, "candidate nodules": 1_351,

@@ -21,7 +21,8 @@ from torch.utils.data import Dataset
 
 from ch10_luna.synthetic import MARKER
 from common.ct import load_ct, read_mhd_header
-from common.data import DataError, data_root
+from common.data import data_root
+from common.errors import DataError
 
 CROP_IRC = (32, 48, 48)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.data import run_cli
+from common.errors import run_cli
 from common.figures import save_figure
 
 DEFAULT_OUT = "runs/ch10"

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.data import DataError
+from common.errors import DataError
 
 
 class LunaBlock(nn.Module):

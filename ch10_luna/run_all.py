@@ -17,8 +17,9 @@ import argparse
 import shlex
 
 from ch10_luna import train_cls
-from common.data import add_data_dir_argument, run_cli
+from common.data import add_data_dir_argument
 from common.device import add_device_argument
+from common.errors import run_cli
 
 TRAINING_EPOCHS, EXPERIMENT_EPOCHS = 20, 10            # the notebook's training/experiment_epochs
 # (name, TensorBoard prefix, epochs: an int or which of the two counts, train_cls flags)

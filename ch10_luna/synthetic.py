@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from common.ct import irc_to_xyz, write_mhd
-from common.data import run_cli
+from common.errors import run_cli
 
 UID_ROOT = "1.3.6.1.4.1.55555.9.1"      # not a LUNA16 root: synthetic series are easy to tell apart
 MARKER = "SYNTHETIC.json"

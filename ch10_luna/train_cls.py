@@ -36,8 +36,9 @@ from ch10_luna.dsets import (
 )
 from ch10_luna.model import LunaModel, read_checkpoint
 from ch10_luna.synthetic import MARKER, generate_sample
-from common.data import REPO_ROOT, DataError, add_data_dir_argument, data_root, run_cli
+from common.data import REPO_ROOT, add_data_dir_argument, data_root
 from common.device import add_device_argument, pick_device, seed_everything
+from common.errors import DataError, run_cli
 
 NO_AUGMENTATION = AugmentSpec()
 LABEL, PRED, LOSS = range(3)            # rows of the per-sample metrics tensor (book ch11)

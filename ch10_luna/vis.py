@@ -19,7 +19,8 @@ from pathlib import Path
 from ch10_luna.dsets import LunaDataset, cached_ct, read_candidates
 from ch10_luna.train_cls import locate_luna
 from common.ct import crop_bounds, to_hu
-from common.data import DataError, add_data_dir_argument, run_cli
+from common.data import add_data_dir_argument
+from common.errors import DataError, run_cli
 from common.figures import save_figure
 
 DEFAULT_OUT = "runs/ch10"

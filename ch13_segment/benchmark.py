@@ -44,8 +44,9 @@ from ch13_segment.train_seg import (
     train_one_epoch,
 )
 from common.ct import Ct, load_ct, write_mhd
-from common.data import add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
 from common.device import add_device_argument, pick_device, seed_everything
+from common.errors import run_cli
 
 BOOK_ANALYSIS_S = {117: 49.6, 205: 88.0}     # the book's nodule_analysis.py, seconds per CT
 BOOK_S_PER_SLICE = sum(BOOK_ANALYSIS_S.values()) / sum(BOOK_ANALYSIS_S)     # ~0.43

@@ -34,7 +34,8 @@ from ch13_segment.nodule_analysis import (
     match_detections,
 )
 from ch13_segment.nodule_analysis import main as analysis_main
-from common.data import REPO_ROOT, DataError, run_cli
+from common.data import REPO_ROOT
+from common.errors import DataError, run_cli
 
 SWEEP = tuple(round(0.1 * k, 1) for k in range(1, 10))      # 0.1 .. 0.9 (0.5 among them)
 

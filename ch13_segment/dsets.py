@@ -33,7 +33,8 @@ from tqdm import tqdm
 
 from ch10_luna.dsets import Candidate, cached_ct, read_annotations, split_by_series
 from common.ct import HU_MIN, crop_bounds, to_hu
-from common.data import DataError, add_data_dir_argument, data_root, run_cli
+from common.data import add_data_dir_argument, data_root
+from common.errors import DataError, run_cli
 
 MASK_VERSION = 1               # bump when build_annotation_mask changes: cached masks rebuild
 THRESHOLD_HU = -700.0          # the book's: denser than this counts as nodule

@@ -29,7 +29,8 @@ from ch10_luna.dsets import (
     read_csv_rows,
     split_by_series,
 )
-from common.data import DataError, add_data_dir_argument, run_cli
+from common.data import add_data_dir_argument
+from common.errors import DataError, run_cli
 
 BOOK_MAL_EPOCH = 100_000        # the book's balanced MalignantLunaDataset length
 BOOK_NODULE_EPOCH = 50_000      # the book's balanced chapter 14 LunaDataset length

@@ -31,8 +31,9 @@ from ch10_luna.train_cls import amp_context, channels_last, locate_luna, to_inpu
 from ch13_segment.dsets import check_context, context_indexes, split_series
 from ch13_segment.model import UNetWrapper
 from common.ct import HU_MIN, Ct, load_ct
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
 from common.device import add_device_argument, pick_device
+from common.errors import DataError, run_cli
 
 BOOK_SEG_MODEL = ("part2/models/seg_2020-01-26_19.45.12_w4d3c1-bal_1_nodupe-label_pos-d1_"
                   "fn8-adam.best.state")

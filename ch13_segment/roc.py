@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ch10_luna.dsets import split_by_series
-from common.data import REPO_ROOT, add_data_dir_argument, book_file, run_cli
+from common.data import REPO_ROOT, add_data_dir_argument, book_file
+from common.errors import run_cli
 
 N_THRESHOLDS = 100              # torch.linspace's old default, which the book relied on
 

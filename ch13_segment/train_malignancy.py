@@ -76,8 +76,8 @@ from ch13_segment.dsets_cls import (
 )
 from ch13_segment.roc import diameter_roc, log_roc, roc_curve, trapezoid_auc
 from ch13_segment.train_seg import RESUME_KEEPS
-from common.data import DataError, run_cli
 from common.device import seed_everything
+from common.errors import DataError, run_cli
 
 # The book's chapter 14 augmentation (flip, offset, rotate; its offset never reached the matrix).
 BOOK_CH14_AUGMENTATION = AugmentSpec(flip=True, offset=0.1, rotate=True)

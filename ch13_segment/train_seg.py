@@ -51,8 +51,9 @@ from ch13_segment.dsets import (
     mask_slice,
 )
 from ch13_segment.model import UNetWrapper
-from common.data import add_data_dir_argument, run_cli
+from common.data import add_data_dir_argument
 from common.device import add_device_argument, seed_everything
+from common.errors import run_cli
 
 # The book's chapter 13 magnitudes (offset 0.03 of the half-width, where chapter 12 used 0.1).
 NO_AUGMENTATION = AugmentSpec()

@@ -64,8 +64,9 @@ from ch15_deploy.flask_server import (
     parse_form_parts,
     parse_shape_header,
 )
-from common.data import DataError, add_data_dir_argument, run_cli
+from common.data import add_data_dir_argument
 from common.device import add_device_argument, pick_device
+from common.errors import DataError, run_cli
 
 MAX_IMAGE_BYTES = 1 << 22           # the book's cap on an uploaded image (4 MiB)
 MAX_PIXELS = 4096 * 3072            # larger images are refused before Pillow decodes them

@@ -21,7 +21,8 @@ import time
 import urllib.request
 
 from ch15_deploy.load_test import make_payload, run_load, summarize
-from common.data import REPO_ROOT, DataError, run_cli
+from common.data import REPO_ROOT
+from common.errors import DataError, run_cli
 
 CLIENTS = (1, 10, 50)
 

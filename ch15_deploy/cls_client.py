@@ -18,7 +18,8 @@ import uuid
 import numpy as np
 import torch
 
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
+from common.errors import DataError, run_cli
 
 EXAMPLE = "p3ch15/cls_val_example.pt"
 DEFAULT_URL = "http://127.0.0.1:8000/predict"

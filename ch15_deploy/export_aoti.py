@@ -25,7 +25,7 @@ import torch
 from ch15_deploy.cls_client import hu_like_crop, load_example
 from ch15_deploy.export_jit import CPP_BUILD, load_unet, max_diff, run_cpp
 from ch15_deploy.flask_server import add_model_arguments, load_classifier
-from common.data import DataError, run_cli
+from common.errors import DataError, run_cli
 
 
 def export_program(model, example, dynamic_batch=True, max_batch=64):

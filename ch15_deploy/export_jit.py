@@ -34,7 +34,8 @@ from ch01_intro.preprocess import read_image
 from ch01_intro.weights import HORSE2ZEBRA_PTH, load_weights
 from ch13_segment.model import UNetWrapper
 from ch15_deploy.jit_intro import jit_warnings, save_and_reload, trace_model
-from common.data import REPO_ROOT, DataError, run_cli
+from common.data import REPO_ROOT
+from common.errors import DataError, run_cli
 
 GENERATOR_SIZE = 228            # the book traced at 227; the generator needs a multiple of 4
 SEG_KWARGS = dict(in_channels=7, n_classes=1, depth=3, wf=4, padding=True, batch_norm=True,

@@ -39,7 +39,7 @@ from ch15_deploy.export_jit import (
     max_diff,
 )
 from ch15_deploy.jit_intro import jit_warnings, trace_model
-from common.data import run_cli
+from common.errors import run_cli
 
 
 def optimize(traced):

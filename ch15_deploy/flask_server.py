@@ -31,8 +31,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
 from ch10_luna.model import LunaModel, read_checkpoint
-from common.data import DataError, add_data_dir_argument, book_file, run_cli
+from common.data import add_data_dir_argument, book_file
 from common.device import add_device_argument, pick_device
+from common.errors import DataError, run_cli
 
 BOOK_CHECKPOINT = "part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state"
 CROP_SHAPE = (1, 32, 48, 48)       # channel, index, row, column: one crop in HU

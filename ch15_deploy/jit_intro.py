@@ -26,7 +26,7 @@ import torch
 
 from ch15_deploy.cls_client import hu_like_crop, load_example
 from ch15_deploy.flask_server import add_model_arguments, load_classifier
-from common.data import DataError, run_cli
+from common.errors import DataError, run_cli
 
 
 def sum_rows(x):

@@ -36,7 +36,8 @@ from ch15_deploy.export_jit import load_unet
 from ch15_deploy.export_onnx import export_model, onnx_session
 from ch15_deploy.flask_server import load_classifier
 from ch15_deploy.jit_intro import save_and_reload, trace_model
-from common.data import add_data_dir_argument, run_cli
+from common.data import add_data_dir_argument
+from common.errors import run_cli
 
 MODELS = ("cls", "unet")
 MODEL_TITLES = {"cls": "classifier", "unet": "U-Net"}

@@ -27,7 +27,7 @@ from PIL import Image
 
 from ch15_deploy.cls_client import crop_request, hu_like_crop
 from ch15_deploy.flask_server import LOOPBACK
-from common.data import DataError, run_cli
+from common.errors import DataError, run_cli
 
 DEFAULT_URL = "http://127.0.0.1:8000/predict"
 

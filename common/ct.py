@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from common.data import DataError
+from common.errors import DataError
 
 HU_MIN, HU_MAX = -1000.0, 1000.0       # the book clips: air below, bone and metal above
 

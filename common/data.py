@@ -1,4 +1,4 @@
-"""Data root, the registry of downloadable files, and one-line errors for bad input.
+"""Data root and the registry of downloadable files: list, download, verify, unpack.
 
     python -m common.data list
     python -m common.data download wine dicom-ct
@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import os
 import shutil
-import sys
 import tarfile
 import urllib.error
 import urllib.parse
@@ -24,6 +23,8 @@ from collections import Counter, namedtuple
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
+
+from common.errors import DataError, run_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BOOK_BASE_URL = "https://github.com/deep-learning-with-pytorch/dlwpt-code/raw/master/data/"
@@ -41,22 +42,6 @@ BIG_FILE = 256 << 20                # checksumming a file this large shows a pro
 FileSpec = namedtuple("FileSpec", "relpath url size sha256 md5")
 # A registry name: its files, and for an archive (a single file) the folder it unpacks into.
 Entry = namedtuple("Entry", "name about files extract_to")
-
-
-class DataError(Exception):
-    """Missing or malformed input: a script prints it as one line and exits non-zero."""
-
-
-def run_cli(main, argv=None):
-    """`if __name__ == "__main__": run_cli(main)`: DataError -> one line on stderr, exit 2."""
-    try:
-        return main(argv)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 def data_root(data_dir=None):

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import torch
 
-from common.data import DataError
+from common.errors import DataError
 
 
 def pick_device(name="auto"):

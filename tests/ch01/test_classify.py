@@ -6,7 +6,7 @@ import torch
 from ch01_intro import classify_resnet, horse2zebra
 from ch01_intro.cyclegan import ResNetGenerator
 from ch01_intro.weights import load_weights, resolve_weights
-from common.data import DataError, run_cli
+from common.errors import DataError, run_cli
 from tests.ch01.conftest import write_image, write_labels
 
 

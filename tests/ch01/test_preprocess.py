@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from ch01_intro import preprocess as pp
-from common.data import DataError
+from common.errors import DataError
 from tests.ch01.conftest import write_image
 
 

@@ -5,7 +5,7 @@ import scipy.io.wavfile
 import torch
 
 from ch04_data import audio
-from common.data import DataError
+from common.errors import DataError
 
 
 def test_spectrogram_of_a_sine_peaks_at_its_frequency():

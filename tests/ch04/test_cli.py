@@ -3,7 +3,7 @@ import importlib
 
 import pytest
 
-from common.data import DataError, run_cli
+from common.errors import DataError, run_cli
 
 SCRIPTS = {                      # module -> registry name of the file it reads first
     "images": "image-dog", "volumetric": "dicom-ct", "wine": "wine", "bikes": "bikes",

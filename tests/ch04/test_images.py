@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ch04_data import images
-from common.data import DataError
+from common.errors import DataError
 
 
 def test_load_batch_drops_alpha_and_puts_channels_first(tmp_path):

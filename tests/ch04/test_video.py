@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ch04_data import video
-from common.data import DataError
+from common.errors import DataError
 
 
 def test_layouts_are_views_with_the_right_axes():

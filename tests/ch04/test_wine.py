@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ch04_data import wine
-from common.data import DataError
+from common.errors import DataError
 
 
 def test_one_hot_puts_a_single_one_at_the_label():

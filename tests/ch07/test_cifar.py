@@ -29,7 +29,7 @@ from ch07_cifar.cifar import (
 )
 from ch07_cifar.synthetic import choose_cifar_dir, is_complete, write_synthetic_cifar
 from common import data as common_data
-from common.data import DataError
+from common.errors import DataError
 from tests.ch07.conftest import TEST_PER_CLASS, TRAIN_PER_CLASS
 from tests.conftest import find_book_file
 

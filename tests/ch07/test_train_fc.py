@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 from ch07_cifar import train_fc
 from ch07_cifar.cifar import load_cifar2
 from ch07_cifar.train_fc import accuracy, count_params, make_loaders, make_model, train_epoch
-from common.data import DataError
+from common.errors import DataError
 
 
 def test_parameter_counts_are_the_books():

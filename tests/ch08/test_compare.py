@@ -2,7 +2,7 @@
 import pytest
 
 from ch08_convnets import compare
-from common.data import DataError
+from common.errors import DataError
 
 
 def test_compare_trains_every_variant_and_writes_chart_and_table(tiny_root, tmp_path, capsys):

@@ -16,7 +16,7 @@ from ch08_convnets.models import (
     load_book_net,
     make_model,
 )
-from common.data import DataError
+from common.errors import DataError
 
 BOOK_COUNTS = {"net": 18_090, "width": 38_386, "dropout": 38_386, "batchnorm": 38_482,
                "depth": 16_130, "res": 16_130, "resdeep": 159_330}

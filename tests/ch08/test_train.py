@@ -16,7 +16,7 @@ from ch08_convnets.train import (
     training_loop_l2reg,
     validate,
 )
-from common.data import DataError
+from common.errors import DataError
 
 
 @pytest.fixture(scope="module")

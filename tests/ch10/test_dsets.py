@@ -14,7 +14,7 @@ from ch10_luna.dsets import (
     read_candidates,
     split_by_series,
 )
-from common.data import DataError
+from common.errors import DataError
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import pytest
 from ch10_luna import check_data, f1_plot, run_all, train_cls, vis
 from ch10_luna.dsets import Candidate, find_luna, read_candidates
 from ch10_luna.synthetic import MARKER, generate_sample
-from common.data import REPO_ROOT, DataError
+from common.data import REPO_ROOT
+from common.errors import DataError
 
 
 @pytest.fixture(scope="module")

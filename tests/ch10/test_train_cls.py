@@ -13,7 +13,8 @@ import torch
 from ch10_luna.dsets import epoch_order
 from ch10_luna.model import LunaModel
 from ch10_luna.train_cls import locate_luna, main, rank_share, save_checkpoint, summarize
-from common.data import REPO_ROOT, DataError
+from common.data import REPO_ROOT
+from common.errors import DataError
 from tests.helpers import assert_same_rows, read_jsonl, torchrun_two_processes
 
 SCRIPT = str(REPO_ROOT / "ch10_luna" / "train_cls.py")

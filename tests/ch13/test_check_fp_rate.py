@@ -15,7 +15,7 @@ from ch13_segment.nodule_analysis import (
     match_detections,
     write_json,
 )
-from common.data import DataError, run_cli
+from common.errors import DataError, run_cli
 
 
 def detection(xyz, p):

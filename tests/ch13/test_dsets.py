@@ -23,7 +23,7 @@ from ch13_segment.dsets import (
     split_series,
 )
 from common.ct import Ct, to_hu
-from common.data import DataError
+from common.errors import DataError
 
 SPACING_XYZ = (1.0, 1.0, 2.0)             # 2 mm slices: a 6 mm ball is 3 slices but 6 rows tall
 ORIGIN_XYZ = (-30.0, 12.0, -100.0)

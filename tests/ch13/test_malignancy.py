@@ -25,7 +25,8 @@ from ch13_segment.train_malignancy import (
     make_optimizer,
     prepare_finetune,
 )
-from common.data import REPO_ROOT, DataError
+from common.data import REPO_ROOT
+from common.errors import DataError
 from tests.helpers import assert_same_rows, read_jsonl, torchrun_two_processes
 
 MAL_CSV = "part2/luna/annotations_with_malignancy.csv"

@@ -30,7 +30,7 @@ from ch13_segment.nodule_analysis import (
     write_json,
 )
 from common.ct import Ct
-from common.data import DataError
+from common.errors import DataError
 from tests.helpers import save_model_state
 
 SPACING_XYZ = (0.7, 0.8, 2.5)

@@ -24,7 +24,8 @@ from ch13_segment.train_seg import (
     summarize,
     train_one_epoch,
 )
-from common.data import REPO_ROOT, DataError
+from common.data import REPO_ROOT
+from common.errors import DataError
 from tests.helpers import assert_same_rows, read_jsonl, torchrun_two_processes
 
 SCRIPT = str(REPO_ROOT / "ch13_segment" / "train_seg.py")

@@ -23,7 +23,7 @@ from ch15_deploy import batching_server as bs
 from ch15_deploy.cls_client import crop_request, hu_like_crop
 from ch15_deploy.flask_server import CROP_SHAPE
 from ch15_deploy.load_test import run_load, summarize
-from common.data import DataError
+from common.errors import DataError
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.* is deprecated:DeprecationWarning")
 

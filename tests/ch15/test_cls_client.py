@@ -10,7 +10,7 @@ import torch
 from ch15_deploy import cls_client
 from ch15_deploy.cls_client import encode_multipart, hu_like_crop, load_example, send_crop
 from ch15_deploy.flask_server import create_app
-from common.data import DataError
+from common.errors import DataError
 
 
 def forward_prob(model, crop):

@@ -18,7 +18,7 @@ from ch15_deploy.flask_server import (
     run_inference,
     start_server,
 )
-from common.data import DataError
+from common.errors import DataError
 
 CROP_BYTES = math.prod(CROP_SHAPE) * 4
 

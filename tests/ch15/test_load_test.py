@@ -11,7 +11,7 @@ from aiohttp import web
 from ch01_intro.cyclegan import ResNetGenerator
 from ch15_deploy import batching_server as bs
 from ch15_deploy import load_test
-from common.data import DataError
+from common.errors import DataError
 from tests.ch15.test_batching_server import MeanClassifier
 
 

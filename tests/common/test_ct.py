@@ -13,7 +13,7 @@ from common.ct import (
     write_mhd,
     xyz_to_irc,
 )
-from common.data import DataError
+from common.errors import DataError
 
 
 def rotation(axis, degrees):

@@ -11,16 +11,8 @@ from pathlib import Path
 import pytest
 
 from common import data
-from common.data import (
-    REPO_ROOT,
-    DataError,
-    Entry,
-    FileSpec,
-    book_file,
-    data_root,
-    extract_archive,
-    run_cli,
-)
+from common.data import REPO_ROOT, Entry, FileSpec, book_file, data_root, extract_archive
+from common.errors import DataError, run_cli
 
 WINE = "p1ch4/tabular-wine/winequality-white.csv"
 WINE_URL_PATH = "/" + WINE

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from common.data import DataError
 from common.device import pick_device, seed_everything
+from common.errors import DataError
 
 
 def test_auto_is_cpu_when_cuda_is_hidden(monkeypatch):

@@ -1,0 +1,30 @@
+"""The project's error for bad input, and the wrapper that turns it into one line and exit 2.
+
+    if __name__ == "__main__":
+        run_cli(main)
+"""
+import sys
+
+MAX_MESSAGE = 300                   # characters: one readable line, however long the cause
+
+
+class DataError(Exception):
+    """Missing or malformed input: a script prints it as one line and exits with status 2."""
+
+
+def one_line(text, limit=MAX_MESSAGE):
+    """`text` as a single line of at most `limit` characters (newlines folded, the end cut)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def run_cli(main, argv=None):
+    """DataError -> `error: ...` on stderr and exit 2; Ctrl-C -> `interrupted`, exit 130."""
+    try:
+        return main(argv)
+    except DataError as e:
+        print(f"error: {one_line(e, 2 * MAX_MESSAGE)}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

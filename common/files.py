@@ -1,0 +1,144 @@
+"""Outputs written whole or not at all, and torch files read without running their code.
+
+Every file a script writes goes through `atomic_path` or the helpers built on it: the bytes go
+to a temporary file in the target folder, which is renamed onto the target only once complete
+and removed on any failure, so a full disk, a crash or Ctrl-C never leaves half a file or a
+stray temporary. Every torch file a user hands a script is read by `read_torch`
+(`weights_only=True`: tensors and plain containers, never pickled code).
+"""
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+from common.errors import DataError, one_line
+
+
+def output_dir(path, what="output folder"):
+    """Folder `path`, created with its parents; DataError naming `what` when it cannot be one."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DataError(f"{what} {path}: a file is in the way, not a folder") from None
+    except NotADirectoryError:
+        raise DataError(f"{what} {path}: part of the path is a file, not a folder") from None
+    except OSError as e:
+        raise DataError(f"{what} {path}: cannot create the folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):       # read-only mounts refuse root too
+        raise DataError(f"{what} {path}: the folder is not writable")
+    return path
+
+
+def _remove(path):
+    with contextlib.suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path, what="output", write_errors=()):
+    """Yield a temporary path beside `path` to write; renamed onto `path` when the block ends
+    normally, deleted when it raises. The temporary keeps `path`'s suffix, so writers that pick
+    a format by extension (imageio, matplotlib, ONNX) work unchanged. An OSError while writing
+    (full disk, read-only folder, file-size limit) becomes one DataError naming `path`, as do
+    `write_errors`: the types a library raises for a failed write (torch.jit.save's
+    RuntimeError, for one)."""
+    path = Path(path)
+    output_dir(path.parent, f"{what} folder")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(3)}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except (OSError, *write_errors) as e:
+        _remove(tmp)
+        reason = getattr(e, "strerror", None) or e
+        raise DataError(f"{what} {path}: cannot write ({one_line(reason, 120)})") from None
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w", what="output", **open_kwargs):
+    """`open(path, mode)` through atomic_path: the file appears only once it is closed whole."""
+    with atomic_path(path, what) as tmp, open(tmp, mode, **open_kwargs) as f:
+        yield f
+
+
+def write_bytes(path, data, what="output"):
+    with atomic_open(path, "wb", what) as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_text(path, text, what="output"):
+    with atomic_open(path, "w", what, encoding="utf-8") as f:
+        f.write(text)
+    return Path(path)
+
+
+def to_json(obj, where, **dumps_kwargs):
+    """json.dumps that refuses NaN and infinity (not JSON) with a DataError naming `where`."""
+    try:
+        return json.dumps(obj, allow_nan=False, **dumps_kwargs)
+    except ValueError:
+        raise DataError(f"{where}: not written: a value is NaN or infinite") from None
+
+
+def write_json(path, obj, what="output", indent=1):
+    """Valid JSON or nothing: NaN and infinity are refused, the file is written atomically."""
+    return write_text(path, to_json(obj, f"{what} {path}", indent=indent) + "\n", what)
+
+
+def append_jsonl(path, row, what="metrics"):
+    """Add one JSON line to `path` by rewriting it whole (small files: a log of epochs), so a
+    full disk leaves the previous lines intact rather than half a line."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    write_text(path, old + to_json(row, f"{what} {path}") + "\n", what)
+    return row
+
+
+def save_torch(obj, path, what="checkpoint"):
+    """torch.save through atomic_path: never half a checkpoint. Serialised in memory first,
+    because torch's zip writer reports a full disk as a RuntimeError, not an OSError."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_bytes(path, buffer.getbuffer(), what)
+
+
+def read_torch(path, what="file", map_location="cpu"):
+    """torch.load(path, weights_only=True): tensors, dicts, lists, numbers and strings, never
+    code. Anything else (a missing file, a folder, a pickle with Python objects in it, a
+    truncated or foreign file) is a DataError naming `what` (a flag, or what the file is for)."""
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} {path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{what} {path}: a folder, not a file")
+    try:
+        return torch.load(path, weights_only=True, map_location=map_location)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if found:
+            raise DataError(f"{what} {path}: holds Python objects, not only tensors ({found[1]}; "
+                            "refused: loading them could run code)") from None
+        raise DataError(f"{what} {path}: not a readable torch file (not a torch pickle)") \
+            from None
+    except Exception as e:                          # zip, EOF, storage and device errors alike
+        raise DataError(f"{what} {path}: not a readable torch file ({type(e).__name__}: "
+                        f"{one_line(e, 80)})") from None

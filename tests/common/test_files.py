@@ -1,0 +1,127 @@
+"""common/files.py and common/errors.py: atomic outputs, code-free torch reads, one-line errors."""
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from common.errors import DataError, one_line, run_cli
+from common.files import (
+    append_jsonl,
+    atomic_open,
+    atomic_path,
+    output_dir,
+    read_torch,
+    save_torch,
+    write_json,
+    write_text,
+)
+
+
+class Marker:
+    """Unpickling this creates `path`: the test of code run from a data file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = write_text(tmp_path / "out.txt", "old")
+    with pytest.raises(RuntimeError), atomic_open(target) as f:
+        f.write("new, half")
+        raise RuntimeError("the writer failed")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+def test_the_temporary_keeps_the_suffix_and_lands_in_the_target_folder(tmp_path):
+    with atomic_path(tmp_path / "sub" / "fig.png") as tmp:
+        assert tmp.parent == tmp_path / "sub" and tmp.suffix == ".png"
+        tmp.write_bytes(b"png")
+    assert (tmp_path / "sub" / "fig.png").read_bytes() == b"png"
+
+
+def test_an_output_folder_that_is_a_file_is_one_error(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(DataError, match="a file is in the way"):
+        output_dir(tmp_path / "f")
+    with pytest.raises(DataError, match="part of the path is a file"):
+        write_text(tmp_path / "f" / "sub" / "x.txt", "x")
+
+
+def test_json_is_valid_or_not_written(tmp_path):
+    with pytest.raises(DataError, match="NaN or infinite"):
+        write_json(tmp_path / "a.json", {"p": float("nan")})
+    assert not list(tmp_path.iterdir())
+    assert json.loads(write_json(tmp_path / "b.json", {"p": 0.5}).read_text()) == {"p": 0.5}
+
+
+def test_append_jsonl_keeps_every_row(tmp_path):
+    for epoch in (1, 2, 3):
+        append_jsonl(tmp_path / "m.jsonl", {"epoch": epoch})
+    rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert rows == [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}]
+
+
+def test_read_torch_round_trip_and_every_bad_file(tmp_path):
+    path = save_torch({"w": torch.arange(3)}, tmp_path / "ok.pt")
+    assert torch.equal(read_torch(path)["w"], torch.arange(3))
+    marker = tmp_path / "marker"
+    torch.save({"x": Marker(str(marker))}, tmp_path / "evil.pt")
+    (tmp_path / "text.pt").write_text("<html>not found</html>")
+    (tmp_path / "short.pt").write_bytes(path.read_bytes()[:100])
+    (tmp_path / "folder.pt").mkdir()
+    for name, message in (("evil.pt", "holds Python objects"), ("text.pt", "not a readable"),
+                          ("short.pt", "not a readable"), ("folder.pt", "a folder"),
+                          ("missing.pt", "no such file")):
+        with pytest.raises(DataError, match=message) as caught:
+            read_torch(tmp_path / name, "--load")
+        assert str(caught.value).startswith(f"--load {tmp_path / name}:")
+        assert "\n" not in str(caught.value)
+    assert not marker.exists()
+
+
+def test_plain_pickle_would_have_run_the_code(tmp_path):
+    """The marker test above can fail: unpickling the same object does create the file."""
+    marker = tmp_path / "marker"
+    pickle.loads(pickle.dumps(Marker(str(marker)))).close()
+    assert marker.exists()
+
+
+def test_one_line_folds_and_cuts():
+    assert one_line("a\n  b\tc") == "a b c"
+    assert len(one_line("x" * 1000)) == 300 and one_line("x" * 1000).endswith("...")
+
+
+def test_run_cli_prints_one_line_and_exits_2(capsys):
+    def main(argv):
+        raise DataError("first line\nsecond line")
+    with pytest.raises(SystemExit) as caught:
+        run_cli(main, [])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == "error: first line second line\n"
+
+
+def test_a_full_disk_leaves_no_file_and_one_line(tmp_path):
+    """RLIMIT_FSIZE makes writes past 4 KiB fail (EFBIG), as a full disk does (ENOSPC)."""
+    script = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        from common.errors import run_cli
+        from common.files import save_torch
+        import torch
+        run_cli(lambda argv: save_torch({{"w": torch.zeros(10_000)}}, {str(tmp_path / "c.pt")!r}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: checkpoint {tmp_path / 'c.pt'}: cannot write")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not list(tmp_path.iterdir())
+

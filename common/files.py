@@ -16,6 +16,14 @@ from pathlib import Path
 
 from common.errors import DataError, one_line
 
+RUNS_ROOT = Path(__file__).resolve().parent.parent / "runs"   # the repository's runs/, git-ignored
+
+
+def runs_dir(chapter):
+    """Where a script writes by default: the repository's runs/<chapter>/, whatever the current
+    folder (a `--out`/`--run-dir` flag overrides it)."""
+    return RUNS_ROOT / chapter
+
 
 def output_dir(path, what="output folder"):
     """Folder `path`, created with its parents; DataError naming `what` when it cannot be one."""

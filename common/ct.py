@@ -10,13 +10,15 @@ series folder (chapter 4's CT). For an uncompressed `.raw` the voxels stay on di
 import functools
 import hashlib
 import os
+import shutil
 from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from common.errors import DataError
+from common.errors import DataError, one_line
+from common.files import atomic_path, output_dir
 
 HU_MIN, HU_MAX = -1000.0, 1000.0       # the book clips: air below, bone and metal above
 
@@ -116,7 +118,8 @@ def to_hu(voxels):
 
 
 def read_mhd_header(mhd_path):
-    """The MetaImage header as a dict of strings (keys as written, e.g. `ElementDataFile`)."""
+    """The MetaImage header as a dict of strings (keys as written, e.g. `ElementDataFile`),
+    unchecked: `check_mhd` is the reader that validates it."""
     header = {}
     try:
         with open(mhd_path, "rb") as f:
@@ -135,33 +138,139 @@ def read_mhd_header(mhd_path):
     return header
 
 
-def _memmap_voxels(mhd_path, header):
-    """A read-only memmap of the .raw next to an .mhd, or None when the file is not plain raw."""
-    dtype = _MET_DTYPES.get(header.get("ElementType", ""))
-    data_file = header["ElementDataFile"]
-    compressed = header.get("CompressedData", "False").lower() == "true"
-    channels = int(header.get("ElementNumberOfChannels", "1"))
-    header_size = int(header.get("HeaderSize", "0"))
-    if dtype is None or compressed or channels != 1 or header_size < 0 \
-            or data_file.upper() in ("LOCAL", "LIST") or "%" in data_file:
-        return None
-    msb = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False"))
-    dtype = np.dtype(dtype).newbyteorder(">" if msb.lower() == "true" else "<")
+# What check_mhd returns: the header's fields parsed and validated. dims_xyz in voxels (x
+# fastest), spacing_xyz in mm, direction a (3, 3) matrix whose columns are the x, y, z axes
+# (the file's TransformMatrix is written column by column), dtype the .raw's NumPy dtype with
+# its byte order, raw_path None where the voxels are not one external file (LOCAL, LIST, a
+# pattern), data_offset the byte where the voxels start in raw_path (None: compressed).
+MhdHeader = namedtuple("MhdHeader", "path dims_xyz spacing_xyz origin_xyz direction element_type "
+                                    "dtype raw_path data_offset compressed fields")
+
+
+def _numbers(where, field, text, count, kind=float):
+    """`count` numbers from a header value; a DataError names the field otherwise."""
     try:
-        dims_xyz = [int(v) for v in header["DimSize"].split()]
+        values = [kind(v) for v in text.split()]
     except ValueError:
-        raise DataError(f"{mhd_path}: malformed DimSize {header['DimSize']!r}") from None
-    if len(dims_xyz) != 3:
-        return None
-    raw_path = Path(mhd_path).parent / data_file
+        values = None
+    if values is None or len(values) != count:
+        raise DataError(f"{where}: {field} {text!r}: expected {count} numbers")
+    return values
+
+
+def check_geometry(where, origin_xyz, spacing_xyz, direction):
+    """A DataError naming `where` unless spacing is finite and > 0, the origin finite and the
+    (3, 3) direction matrix finite and invertible (xyz_to_irc solves with it)."""
+    spacing = np.asarray(spacing_xyz, dtype=np.float64)
+    if spacing.shape != (3,) or not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise DataError(f"{where}: spacing {tuple(spacing.tolist())} mm: a CT needs 3 finite "
+                        "spacings > 0")
+    origin = np.asarray(origin_xyz, dtype=np.float64)
+    if origin.shape != (3,) or not np.isfinite(origin).all():
+        raise DataError(f"{where}: origin {tuple(origin.tolist())}: a CT needs 3 finite numbers")
+    matrix = np.asarray(direction, dtype=np.float64)
+    if matrix.size != 9 or not np.isfinite(matrix).all():
+        raise DataError(f"{where}: direction matrix {matrix.ravel().tolist()}: expected 9 "
+                        "finite numbers")
+    if abs(np.linalg.det(matrix.reshape(3, 3))) < 1e-6:
+        raise DataError(f"{where}: direction matrix {matrix.ravel().tolist()} is singular "
+                        "(not invertible): voxel and patient coordinates cannot be converted")
+
+
+def _field(header, *names, default=None):
+    """(name, value) of the first of `names` present (MetaImage has synonyms), else default."""
+    for name in names:
+        if name in header:
+            return name, header[name]
+    return names[0], default
+
+
+def check_mhd(mhd_path):
+    """The validated header of a MetaImage CT, reading no voxel: an MhdHeader, or a DataError
+    naming the file and the field that is wrong. 3-D only; DimSize positive; spacing finite and
+    > 0; origin finite; direction finite and invertible; one channel of a supported
+    ElementType; an uncompressed .raw exactly as long as the header says (longer is as wrong as
+    shorter); a compressed one as long as its CompressedDataSize, when given."""
+    mhd_path = Path(mhd_path)
+    if mhd_path.is_dir():
+        raise DataError(f"{mhd_path}: a folder, not a MetaImage .mhd file")
+    if not mhd_path.is_file():
+        raise DataError(f"{mhd_path} not found")
+    header = read_mhd_header(mhd_path)
+    where = str(mhd_path)
+    ndims = header.get("NDims", "3")
+    if ndims.strip() != "3":
+        raise DataError(f"{where}: NDims {ndims!r}: a CT volume must be 3-D")
+    try:
+        dims = [int(v) for v in header["DimSize"].split()]
+    except ValueError:
+        raise DataError(f"{where}: malformed DimSize {header['DimSize']!r}") from None
+    if len(dims) != 3:
+        raise DataError(f"{where}: DimSize {header['DimSize']!r}: a CT volume must be 3-D "
+                        f"(found {len(dims)} sizes)")
+    if min(dims) < 1:
+        raise DataError(f"{where}: DimSize {header['DimSize']!r}: every size must be positive")
+    name, text = _field(header, "ElementSpacing", "ElementSize", default="1 1 1")
+    spacing = _numbers(where, name, text, 3)
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise DataError(f"{where}: {name} {text!r}: spacings must be finite and > 0 (mm)")
+    name, text = _field(header, "Offset", "Origin", "Position", default="0 0 0")
+    origin = _numbers(where, name, text, 3)
+    if not all(np.isfinite(o) for o in origin):
+        raise DataError(f"{where}: {name} {text!r}: the origin must be finite (mm)")
+    name, text = _field(header, "TransformMatrix", "Rotation", "Orientation",
+                        default="1 0 0 0 1 0 0 0 1")
+    direction = np.array(_numbers(where, name, text, 9)).reshape(3, 3).T  # written by columns
+    if not np.isfinite(direction).all() or abs(np.linalg.det(direction)) < 1e-6:
+        raise DataError(f"{where}: {name} {text!r}: the direction matrix must be finite and "
+                        "invertible")
+    element_type = header.get("ElementType", "")
+    if element_type not in _MET_DTYPES:
+        raise DataError(f"{where}: ElementType {element_type!r} is not supported (one of "
+                        f"{', '.join(_MET_DTYPES)})")
+    channels = header.get("ElementNumberOfChannels", "1")
+    if channels.strip() != "1":
+        raise DataError(f"{where}: ElementNumberOfChannels {channels!r}: a CT has one value "
+                        "per voxel")
+    msb = header.get("BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False"))
+    dtype = np.dtype(_MET_DTYPES[element_type]).newbyteorder(
+        ">" if msb.strip().lower() == "true" else "<")
+    compressed = header.get("CompressedData", "False").strip().lower() == "true"
+    try:
+        header_size = int(header.get("HeaderSize", "0"))
+    except ValueError:
+        header_size = None
+    if header_size is None or header_size < -1:
+        raise DataError(f"{where}: HeaderSize {header.get('HeaderSize')!r}: expected a whole "
+                        "number >= -1")
+    data_file = header["ElementDataFile"]
+    geometry = dict(path=mhd_path, dims_xyz=tuple(dims), spacing_xyz=XyzTuple(*spacing),
+                    origin_xyz=XyzTuple(*origin), direction=direction,
+                    element_type=element_type, dtype=dtype, compressed=compressed,
+                    fields=header)
+    if data_file.upper() in ("LOCAL", "LIST") or "%" in data_file or " " in data_file.strip():
+        return MhdHeader(raw_path=None, data_offset=None, **geometry)   # SimpleITK reads these
+    raw_path = mhd_path.parent / data_file
     if not raw_path.is_file():
         raise DataError(f"{mhd_path}: its voxel file {raw_path} is missing")
-    expected = header_size + int(np.prod(dims_xyz)) * dtype.itemsize
     actual = raw_path.stat().st_size
+    if compressed:
+        declared = header.get("CompressedDataSize")
+        if declared is not None and declared.strip().isdigit() and int(declared) != actual:
+            raise DataError(f"{raw_path}: {actual:,} bytes, the header's CompressedDataSize "
+                            f"says {int(declared):,}")
+        return MhdHeader(raw_path=raw_path, data_offset=None, **geometry)
+    nbytes = int(np.prod(dims)) * dtype.itemsize
+    expected = nbytes if header_size == -1 else header_size + nbytes
+    what = f"DimSize {' '.join(map(str, dims))} of {element_type}"
     if actual < expected:
-        raise DataError(f"{raw_path}: truncated ({actual:,} bytes, the header says {expected:,})")
-    return np.memmap(raw_path, dtype=dtype, mode="r", offset=header_size,
-                     shape=tuple(reversed(dims_xyz)))           # x fastest -> (I, R, C)
+        raise DataError(f"{raw_path}: truncated ({actual:,} bytes, the header says "
+                        f"{expected:,}: {what})")
+    if actual > expected and header_size != -1:
+        raise DataError(f"{raw_path}: {actual:,} bytes, the header says {expected:,} ({what}):"
+                        " not the file this header describes")
+    offset = actual - nbytes if header_size == -1 else header_size   # -1: the last bytes
+    return MhdHeader(raw_path=raw_path, data_offset=offset, **geometry)
 
 
 def _sitk_error(path, e):
@@ -171,24 +280,41 @@ def _sitk_error(path, e):
     return DataError(f"{path}: SimpleITK cannot read it ({detail.strip()[:200]})")
 
 
+def _check_image(where, image, shape_irc=None):
+    """A SimpleITK image that is one 3-D CT: one component, the expected size, sane geometry."""
+    if image.GetDimension() != 3:
+        raise DataError(f"{where}: a {image.GetDimension()}-D image, a CT volume must be 3-D")
+    components = (image.GetNumberOfComponentsPerPixel() if isinstance(image, sitk.Image)
+                  else image.GetNumberOfComponents())       # an Image, or a reader's header
+    if components != 1:
+        raise DataError(f"{where}: {components} values per voxel, a CT has one")
+    if shape_irc is not None and tuple(reversed(image.GetSize())) != tuple(shape_irc):
+        raise DataError(f"{where}: {image.GetSize()} voxels read, the header says "
+                        f"{tuple(reversed(shape_irc))}")
+    check_geometry(where, image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+
+
 def load_mhd(mhd_path):
-    """A MetaImage CT: geometry through SimpleITK, voxels memory-mapped when the file allows it."""
-    mhd_path = Path(mhd_path)
-    if not mhd_path.is_file():
-        raise DataError(f"{mhd_path} not found")
-    header = read_mhd_header(mhd_path)
+    """A MetaImage CT, its header validated by check_mhd: geometry through SimpleITK, voxels
+    memory-mapped when the file allows it."""
+    header = check_mhd(mhd_path)
+    mhd_path = header.path
+    shape_irc = tuple(reversed(header.dims_xyz))                 # x fastest -> (I, R, C)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(mhd_path))
-    voxels = _memmap_voxels(mhd_path, header)
     try:
-        if voxels is not None:
+        if header.data_offset is not None:
             reader.ReadImageInformation()                   # header only: no voxel is read
-            image = reader
+            image, voxels = reader, None
         else:
             image = reader.Execute()                        # compressed etc.: read it all
             voxels = sitk.GetArrayFromImage(image)
     except RuntimeError as e:
         raise _sitk_error(mhd_path, e) from None
+    _check_image(mhd_path, image, shape_irc)
+    if voxels is None:
+        voxels = np.memmap(header.raw_path, dtype=header.dtype, mode="r",
+                           offset=header.data_offset, shape=shape_irc)
     return Ct(voxels, image.GetOrigin(), image.GetSpacing(), image.GetDirection(), mhd_path)
 
 
@@ -208,6 +334,7 @@ def load_dicom_series(folder):
         image = reader.Execute()
     except RuntimeError as e:
         raise _sitk_error(folder, e) from None
+    _check_image(f"{folder} (DICOM series of {len(files)} files)", image)
     return Ct(sitk.GetArrayFromImage(image), image.GetOrigin(), image.GetSpacing(),
               image.GetDirection(), folder)
 
@@ -238,19 +365,31 @@ def _npy_memmap(voxels, source, cache_dir):
     key = hashlib.sha1(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
     npy = cache_dir / f"{source.stem}-{key.hexdigest()[:12]}.npy"
     if not npy.exists():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = npy.with_name(f".{npy.name}.tmp-{os.getpid()}.npy")
-        np.save(tmp, np.ascontiguousarray(voxels))
-        os.replace(tmp, npy)
+        with atomic_path(npy, "CT cache") as tmp:
+            np.save(tmp, np.ascontiguousarray(voxels))
     return np.load(npy, mmap_mode="r")
 
 
 def write_mhd(mhd_path, voxels, origin_xyz, spacing_xyz, direction=None):
-    """Write an (I, R, C) array as MetaImage `.mhd` + uncompressed `.raw` (via SimpleITK)."""
+    """Write an (I, R, C) array as MetaImage `.mhd` + uncompressed `.raw` (via SimpleITK).
+
+    Both files are written in a temporary folder beside the target and renamed into place, the
+    .raw first, so a failure (a full disk) leaves neither half a volume nor a stray file."""
+    mhd_path = Path(mhd_path)
     image = sitk.GetImageFromArray(np.ascontiguousarray(voxels))
     image.SetOrigin(tuple(map(float, origin_xyz)))
     image.SetSpacing(tuple(map(float, spacing_xyz)))
     direction = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64)
     image.SetDirection(tuple(direction.ravel()))
-    sitk.WriteImage(image, str(mhd_path), useCompression=False)
-    return Path(mhd_path)
+    output_dir(mhd_path.parent, "CT folder")
+    staging = mhd_path.parent / f".{mhd_path.name}.writing-{os.getpid()}"
+    try:
+        staging.mkdir()
+        sitk.WriteImage(image, str(staging / mhd_path.name), useCompression=False)
+        for part in sorted(staging.iterdir(), key=lambda p: p.suffix == ".mhd"):
+            os.replace(part, mhd_path.parent / part.name)     # the .raw first, the header last
+    except (OSError, RuntimeError) as e:                      # SimpleITK: RuntimeError
+        raise DataError(f"CT {mhd_path}: cannot write ({one_line(e, 120)})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return mhd_path

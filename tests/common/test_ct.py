@@ -7,13 +7,15 @@ from common.ct import (
     HU_MAX,
     HU_MIN,
     IrcTuple,
+    check_geometry,
+    check_mhd,
     crop_bounds,
     irc_to_xyz,
     load_ct,
     write_mhd,
     xyz_to_irc,
 )
-from common.errors import DataError
+from common.errors import DataError, run_cli
 
 
 def rotation(axis, degrees):
@@ -204,3 +206,118 @@ def test_the_books_dicom_ct_loads_in_hu(book_file):
     assert ct.hu.dtype == np.float32
     assert ct.hu.min() == HU_MIN and ct.hu.max() == HU_MAX
     assert -1000 < float(ct.hu.mean()) < 0          # mostly air and lung
+
+
+# ------------------------------------------- check_mhd: every header field validated, by name
+def edit_header(path, field, value):
+    """Rewrite one `field = value` line of an .mhd (None removes it; a new field goes first)."""
+    lines = path.read_text().splitlines()
+    found = [i for i, line in enumerate(lines) if line.split("=")[0].strip() == field]
+    if value is None:
+        lines = [line for i, line in enumerate(lines) if i not in found]
+    elif found:
+        lines[found[0]] = f"{field} = {value}"
+    else:
+        lines.insert(0, f"{field} = {value}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+BAD_HEADERS = [                                  # (field, value, words the message must hold)
+    ("NDims", "2", "NDims '2': a CT volume must be 3-D"),
+    ("DimSize", "36 40", "DimSize '36 40': a CT volume must be 3-D"),
+    ("DimSize", "36 40 24 1", "a CT volume must be 3-D (found 4 sizes)"),
+    ("DimSize", "36 0 24", "every size must be positive"),
+    ("DimSize", "36 forty 24", "malformed DimSize"),
+    ("ElementSpacing", "nan 0.8 2.5", "ElementSpacing 'nan 0.8 2.5': spacings must be finite"),
+    ("ElementSpacing", "0.7 0 2.5", "ElementSpacing '0.7 0 2.5': spacings must be finite and > 0"),
+    ("ElementSpacing", "-0.7 0.8 2.5", "spacings must be finite and > 0"),
+    ("ElementSpacing", "thin 0.8 2.5", "ElementSpacing 'thin 0.8 2.5': expected 3 numbers"),
+    ("ElementSpacing", "0.7 0.8", "expected 3 numbers"),
+    ("Offset", "inf 0 0", "Offset 'inf 0 0': the origin must be finite"),
+    ("TransformMatrix", "0 0 0 0 0 0 0 0 0", "must be finite and invertible"),
+    ("TransformMatrix", "1 0 0 0 1 0 1 0 0", "must be finite and invertible"),     # rank 2
+    ("TransformMatrix", "1 0 0 0 nan 0 0 0 1", "must be finite and invertible"),
+    ("TransformMatrix", "1 0 0 0 1 0 0 0", "TransformMatrix '1 0 0 0 1 0 0 0': expected 9"),
+    ("ElementType", "MET_STRING", "ElementType 'MET_STRING' is not supported"),
+    ("ElementNumberOfChannels", "3", "ElementNumberOfChannels '3': a CT has one value per voxel"),
+    ("HeaderSize", "big", "HeaderSize 'big'"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BAD_HEADERS,
+                         ids=[f"{f}={v}" for f, v, _ in BAD_HEADERS])
+def test_every_bad_header_field_is_one_line_naming_it(ct_file, capsys, field, value, message):
+    path, _ = ct_file
+    edit_header(path, field, value)
+    with pytest.raises(DataError) as caught:
+        check_mhd(path)
+    assert str(caught.value).startswith(f"{path}: ") and message in str(caught.value)
+    with pytest.raises(SystemExit) as exit_info:              # the same through the CLI wrapper
+        run_cli(lambda argv: load_ct(path))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err
+
+
+def test_a_raw_longer_than_the_header_says_is_refused(ct_file):
+    path, _ = ct_file
+    with open(path.with_suffix(".raw"), "ab") as f:
+        f.write(b"\0" * 2)
+    with pytest.raises(DataError, match=r"vol\.raw: 69,122 bytes, the header says 69,120 "
+                                        r"\(DimSize 36 40 24 of MET_SHORT\)"):
+        load_ct(path)
+
+
+def test_header_size_minus_one_reads_the_last_bytes(ct_file):
+    path, volume = ct_file
+    raw = path.with_suffix(".raw")
+    raw.write_bytes(b"junk header" + raw.read_bytes())
+    edit_header(path, "HeaderSize", "-1")
+    np.testing.assert_array_equal(load_ct(path).voxels, volume)
+
+
+def test_check_mhd_geometry_is_simpleitks(ct_file):
+    path, volume = ct_file
+    header = check_mhd(path)
+    image = sitk.ReadImage(str(path))
+    assert header.dims_xyz == image.GetSize() and header.dtype == np.dtype("<i2")
+    assert header.spacing_xyz == pytest.approx(image.GetSpacing())
+    assert header.origin_xyz == pytest.approx(image.GetOrigin())
+    np.testing.assert_allclose(header.direction.ravel(), image.GetDirection(), atol=1e-12)
+    assert header.raw_path == path.with_suffix(".raw") and header.data_offset == 0
+
+
+def test_missing_fields_take_metaimage_defaults(tmp_path):
+    path = write_mhd(tmp_path / "d.mhd", np.zeros((2, 3, 4), np.int16), (0, 0, 0), (1, 1, 1))
+    for field in ("TransformMatrix", "Offset", "ElementSpacing", "NDims"):
+        edit_header(path, field, None)
+    header = check_mhd(path)
+    assert header.spacing_xyz == (1, 1, 1) and header.origin_xyz == (0, 0, 0)
+    np.testing.assert_array_equal(header.direction, np.eye(3))
+
+
+def test_mhd_path_that_is_a_folder(tmp_path):
+    (tmp_path / "x.mhd").mkdir()
+    with pytest.raises(DataError, match="a folder, not a MetaImage"):
+        check_mhd(tmp_path / "x.mhd")
+
+
+def test_a_2d_compressed_image_is_refused_after_reading(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 6), np.int16)), str(tmp_path / "f.mhd"),
+                    useCompression=True)
+    with pytest.raises(DataError, match="NDims '2': a CT volume must be 3-D"):
+        load_ct(tmp_path / "f.mhd")
+
+
+def test_write_mhd_leaves_no_staging_folder(tmp_path):
+    write_mhd(tmp_path / "w.mhd", np.zeros((2, 2, 2), np.int16), (0, 0, 0), (1, 1, 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.mhd", "w.raw"]
+
+
+def test_geometry_checks_for_any_reader():
+    check_geometry("ct", (0, 0, 0), (1, 1, 1), np.eye(3))
+    for origin, spacing, direction, message in (
+            ((0, 0, 0), (1, 0, 1), np.eye(3), "spacing"),
+            ((0, np.nan, 0), (1, 1, 1), np.eye(3), "origin"),
+            ((0, 0, 0), (1, 1, 1), np.zeros((3, 3)), "direction matrix .* is singular")):
+        with pytest.raises(DataError, match=f"^ct: {message}"):
+            check_geometry("ct", origin, spacing, direction)

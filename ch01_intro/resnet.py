@@ -81,7 +81,8 @@ def resnet101(num_classes=1000):
 
 
 def count_parameters(model):
-    """Number of trainable scalars."""
+    """Number of trainable scalars (a shared parameter counted once); the one count every
+    chapter prints (ch5's subclassing, ch7's and ch8's CIFAR nets import it)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ch01_intro.resnet import count_parameters
 from ch05_learning.nn_fit import N_HIDDEN, print_parameter_table
 from ch05_learning.nn_linear import batched_data
 from ch05_learning.optimizers import split_indices, train_val_loop
@@ -83,10 +84,6 @@ class ModuleDictModel(nn.Module):
 
     def forward(self, x):
         return self.layers["output_linear"](torch.tanh(self.layers["hidden_linear"](x)))
-
-
-def count_parameters(model):
-    return sum(p.numel() for p in model.parameters())
 
 
 def compare_fits(epochs, seed):

@@ -5,7 +5,7 @@
     python -m common.data download cifar10   # 170 MB -> <data root>/cifar-10-batches-py
 
 Prints the dataset sizes, one sample, the per-channel mean/std and the CIFAR-2 counts, and writes
-runs/ch07/cifar_samples.png (one row of images per class).
+runs/ch07/cifar_samples.png in the repository (one row of images per class).
 """
 import argparse
 import pickle
@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 from common.data import add_data_dir_argument
-from common.errors import DataError, run_cli
-from common.figures import save_figure
+from common.errors import DataError, one_line, run_cli
+from common.figures import new_figure, save_figure
+from common.files import output_dir, runs_dir
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
@@ -34,29 +35,85 @@ BOOK_STD = (0.2470, 0.2435, 0.2616)
 # CIFAR-2: airplane (0) and bird (2), relabelled 0 and 1.
 LABEL_MAP = {0: 0, 2: 1}
 CIFAR2_CLASS_NAMES = ("airplane", "bird")
+SHOWN_ITEM = 99                                    # the training image the book prints
 
 
-def _unpickle(path):
-    """The dict stored in one CIFAR file (keys are bytes); a DataError names the file."""
+# What a CIFAR pickle may hold: the numpy globals its arrays need (the real files name the
+# numpy 1 module, files written here the numpy 2 one) and arrays of plain numbers only (never
+# object arrays); read_batch then insists on uint8 images.
+_RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]       # numpy's own _reconstruct
+_CIFAR_GLOBALS = {("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+                  ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+                  ("numpy", "ndarray"): np.ndarray}
+_CIFAR_DTYPES = frozenset({"u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8", "b", "b1",
+                           "f2", "f4", "f8"})
+
+
+def _cifar_dtype(spec, *args):
+    """numpy.dtype for the unpickler: numbers only (an object array would hold objects)."""
+    name = spec.decode("latin-1") if isinstance(spec, bytes) else spec
+    if not isinstance(name, str) or name.lstrip("<>|=") not in _CIFAR_DTYPES:
+        raise pickle.UnpicklingError(f"refusing an array of dtype {name!r}")
+    return np.dtype(name, *args)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that builds only dicts, lists, bytes, str, numbers and numeric numpy
+    arrays: any other global (a function to call, a class to build) is refused, so a crafted
+    file cannot run code."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("numpy", "dtype"):
+            return _cifar_dtype
+        if (module, name) in _CIFAR_GLOBALS:
+            return _CIFAR_GLOBALS[(module, name)]
+        raise pickle.UnpicklingError(f"refusing {module}.{name}")
+
+
+def _plain(value):
+    """True when `value` holds only what a CIFAR file holds (checked after unpickling)."""
+    if isinstance(value, dict):
+        return all(isinstance(k, (bytes, str)) and _plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return value.dtype.kind in "iubf"
+    return value is None or isinstance(value, (bytes, str, int, float))
+
+
+def read_cifar_pickle(path):
+    """The dict stored in one CIFAR file (keys are bytes), through _CifarUnpickler: a file that
+    asks for anything but plain data and numeric arrays is a DataError naming it, and nothing
+    in it runs."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a CIFAR-10 file")
     if not path.is_file():
         raise DataError(f"{path} not found; get CIFAR-10 with:  {DOWNLOAD_COMMAND}")
     try:
         with open(path, "rb") as f:
             # The python version of CIFAR-10 is a Python 2 pickle: encoding="bytes" keeps its
-            # str keys as bytes. Unpickling runs code from the file: read only files you trust
-            # (the downloader checks the archive's md5).
-            entry = pickle.load(f, encoding="bytes")
+            # str keys as bytes.
+            entry = _CifarUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        why = str(e)
+        if why.startswith("refusing"):
+            raise DataError(f"{path}: not a CIFAR-10 file: it asks for more than plain data "
+                            f"({one_line(why, 80)}; refused, nothing in it was run)") from None
+        raise DataError(f"{path}: not a readable CIFAR-10 file ({one_line(why, 80)})") from None
     except Exception as e:  # a corrupt pickle can fail in many ways: any of them is bad input
-        raise DataError(f"{path}: not a readable CIFAR-10 file ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path}: not a readable CIFAR-10 file ({type(e).__name__}: "
+                        f"{one_line(e, 80)})") from None
     if not isinstance(entry, dict):
         raise DataError(f"{path}: expected a dict, found {type(entry).__name__}")
+    if not _plain(entry):
+        raise DataError(f"{path}: not a CIFAR-10 file: it holds objects other than plain data")
     return entry
 
 
 def read_batch(path):
     """One batch file -> (images uint8 (N, 3, 32, 32), labels int64 (N,)), checked."""
-    entry = _unpickle(path)
+    entry = read_cifar_pickle(path)
     missing = [key for key in (b"data", b"labels") if key not in entry]
     if missing:
         raise DataError(f"{path}: not a CIFAR-10 batch (no {', '.join(map(repr, missing))} key)")
@@ -77,7 +134,7 @@ def read_batch(path):
 
 def read_meta(path):
     """batches.meta -> the 10 class names, as str."""
-    entry = _unpickle(path)
+    entry = read_cifar_pickle(path)
     names = entry.get(b"label_names")
     if not isinstance(names, list) or len(names) != len(CLASS_NAMES):
         raise DataError(f"{path}: b'label_names' should list {len(CLASS_NAMES)} names")
@@ -127,6 +184,9 @@ def load_cifar10(cifar_dir, train=True, transform=None):
     batches = [read_batch(cifar_dir / name) for name in (TRAIN_BATCHES if train else (TEST_BATCH,))]
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
+    if not len(images):
+        raise DataError(f"{cifar_dir}: the {'training' if train else 'test'} batches hold no "
+                        "images")
     return CifarDataset(images, labels, transform)
 
 
@@ -186,17 +246,18 @@ def load_cifar2(cifar_dir):
     transform = compose(to_tensor, lambda t: normalize(t, mean, std))
     train10.transform = transform
     val10 = load_cifar10(cifar_dir, train=False, transform=transform)
-    return cifar2(train10), cifar2(val10), {"mean": mean, "std": std}
+    train2, val2 = cifar2(train10), cifar2(val10)
+    for split, items, full in (("training", train2, train10), ("test", val2, val10)):
+        if not items:
+            raise DataError(f"{cifar_dir}: no airplane or bird among the {len(full)} {split} "
+                            "images: CIFAR-2 would be empty")
+    return train2, val2, {"mean": mean, "std": std}
 
 
 def plot_samples(dataset, path, per_class=8):
     """A grid: one row of images per class; returns the path of the PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(CLASS_NAMES), per_class,
-                             figsize=(per_class * 0.9, len(CLASS_NAMES) * 0.95))
+    fig = new_figure(figsize=(per_class * 0.9, len(CLASS_NAMES) * 0.95))
+    axes = fig.subplots(len(CLASS_NAMES), per_class)
     for c, name in enumerate(CLASS_NAMES):
         indices = np.flatnonzero(dataset.labels == c)[:per_class]
         for j in range(per_class):
@@ -214,15 +275,20 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_data_dir_argument(p)
     p.add_argument("--synthetic", action="store_true", help="use the built-in synthetic sample")
-    p.add_argument("--out", default="runs/ch07", help="folder for the PNG (default: %(default)s)")
+    p.add_argument("--out", default=str(runs_dir("ch07")),
+                   help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
+    out = output_dir(args.out, "--out")
 
     cifar_dir, synthetic = choose_cifar_dir(args.data_dir, args.synthetic)
     train10 = load_cifar10(cifar_dir, train=True)
     val10 = load_cifar10(cifar_dir, train=False)
     print(f"{cifar_dir}: {len(train10)} training images, {len(val10)} validation images")
-    img, label = train10[99]
-    print(f"item 99: image {type(img).__name__} {img.shape} {img.dtype}, label {label}"
+    if len(train10) <= SHOWN_ITEM:
+        raise DataError(f"{cifar_dir}: {len(train10)} training images; the book shows item "
+                        f"{SHOWN_ITEM}, so at least {SHOWN_ITEM + 1} are needed")
+    img, label = train10[SHOWN_ITEM]
+    print(f"item {SHOWN_ITEM}: image {type(img).__name__} {img.shape} {img.dtype}, label {label}"
           f" ({CLASS_NAMES[label]})")
     img_t = to_tensor(img)
     print(f"to_tensor: {tuple(img_t.shape)} {img_t.dtype}, values in "
@@ -232,7 +298,7 @@ def main(argv=None):
           tuple(round(s, 4) for s in std), " (book:", BOOK_MEAN, BOOK_STD, ")")
     train2, val2 = cifar2(train10), cifar2(val10)
     print(f"CIFAR-2 (airplane=0, bird=1): {len(train2)} train, {len(val2)} val")
-    png = plot_samples(train10, Path(args.out) / "cifar_samples.png")
+    png = plot_samples(train10, out / "cifar_samples.png")
     print(f"wrote {png}")
     return {"cifar_dir": cifar_dir, "synthetic": synthetic, "n_train": len(train10),
             "n_val": len(val10), "mean": mean, "std": std,

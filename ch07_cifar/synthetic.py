@@ -89,15 +89,8 @@ def synthetic_images(labels, rng, class_tints):
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def write_synthetic_cifar(out_dir, train_per_class=500, test_per_class=100, seed=0):
-    """Write the sample into out_dir (replacing it) and return out_dir; ~1 s per 5,000 images."""
-    if train_per_class < 1 or test_per_class < 1:
-        raise DataError("the synthetic sample needs at least one image per class and split")
-    out_dir = Path(out_dir)
-    staging = out_dir.with_name(f".{out_dir.name}.writing-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+def _write_sample(folder, train_per_class, test_per_class, seed):
+    """The seven CIFAR-10 files of the sample, written into `folder`."""
     class_tints = TINT * CLASS_TINTS
     n_classes = len(CLASS_NAMES)
     for split, per_class in ((0, train_per_class), (1, test_per_class)):
@@ -110,12 +103,35 @@ def write_synthetic_cifar(out_dir, train_per_class=500, test_per_class=100, seed
             batch_label = (f"training batch {b + 1} of {len(files)}" if split == 0
                            else "testing batch 1 of 1")
             filenames = [f"synthetic_{CLASS_NAMES[labels[i]]}_{split}_{i:06d}.png" for i in idx]
-            write_batch(staging / name, images[idx], labels[idx], batch_label, filenames)
-    write_meta(staging / META_FILE, num_cases_per_batch=int(np.ceil(n_classes * train_per_class
+            write_batch(folder / name, images[idx], labels[idx], batch_label, filenames)
+    write_meta(folder / META_FILE, num_cases_per_batch=int(np.ceil(n_classes * train_per_class
                                                                      / len(TRAIN_BATCHES))))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)                   # a half-written sample is never found
+
+
+def write_synthetic_cifar(out_dir, train_per_class=500, test_per_class=100, seed=0):
+    """Write the sample into out_dir (replacing it) and return out_dir; ~1 s per 5,000 images.
+
+    The files go to a staging folder renamed onto out_dir when complete, and removed on any
+    failure: a half-written sample is never found, nor left behind."""
+    if train_per_class < 1 or test_per_class < 1:
+        raise DataError("the synthetic sample needs at least one image per class and split")
+    out_dir = Path(out_dir)
+    staging = out_dir.with_name(f".{out_dir.name}.writing-{os.getpid()}")
+    try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        _write_sample(staging, train_per_class, test_per_class, seed)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(staging, out_dir)
+    except OSError as e:            # a read-only or full data root, a file in the way
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(f"cannot write the synthetic sample to {out_dir} "
+                        f"({e.strerror or e}); pass --data-dir with a writable folder") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out_dir
 
 
@@ -134,11 +150,7 @@ def choose_cifar_dir(data_dir=None, synthetic=False, **sizes):
         return real, False                          # the reader names any file missing there
     out = root / SYNTHETIC_DIR
     if not is_complete(out):
-        try:
-            write_synthetic_cifar(out, **sizes)
-        except OSError as e:        # e.g. $DLWPT_DATA on a read-only share
-            raise DataError(f"cannot write the synthetic sample to {out} ({e.strerror}); "
-                            "pass --data-dir with a writable folder") from None
+        write_synthetic_cifar(out, **sizes)
     why = "--synthetic was given" if synthetic else f"CIFAR-10 was not found in {real}"
     bar = "=" * 78
     print(f"{bar}\nSYNTHETIC DATA: {why},\nso this run uses the built-in synthetic sample in {out}"

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ch01_intro.resnet import count_parameters
 from ch07_cifar.cifar import load_cifar2
 from ch07_cifar.synthetic import choose_cifar_dir
 from common.data import add_data_dir_argument
@@ -36,11 +37,6 @@ def make_model(name="fc"):
                               nn.Linear(128, 2))
         return model, nn.CrossEntropyLoss()
     raise ValueError(f"unknown model {name!r}: fc or deep")
-
-
-def count_params(model):
-    """Number of trainable parameters (shared ones counted once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def make_loaders(train, val, batch_size=64, num_workers=0, device="cpu"):
@@ -124,14 +120,14 @@ def main(argv=None):
 
     model, loss_fn = make_model(args.model)
     model.to(device)
-    print(f"model {args.model}: {count_params(model):,} parameters")
+    print(f"model {args.model}: {count_parameters(model):,} parameters")
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     losses = []
     for epoch in range(1, args.epochs + 1):
         losses.append(train_epoch(model, train_loader, loss_fn, optimizer, device))
         if epoch == 1 or epoch % 10 == 0 or epoch == args.epochs:
             print(f"Epoch: {epoch}, Loss: {losses[-1]:.6f}")
-    result = {"model": args.model, "params": count_params(model), "losses": losses,
+    result = {"model": args.model, "params": count_parameters(model), "losses": losses,
               "train": accuracy(model, train_loader, device),
               "val": accuracy(model, val_loader, device), "synthetic": data["synthetic"]}
     print(f"Accuracy: train {result['train']:.4f}, val {result['val']:.4f}")

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ch07_cifar.train_fc import accuracy, add_cifar_arguments, count_params, prepare
+from ch01_intro.resnet import count_parameters
+from ch07_cifar.train_fc import accuracy, add_cifar_arguments, prepare
 from ch08_convnets.models import make_model
 from ch08_convnets.train import training_loop
 from common.device import seed_everything
@@ -44,7 +45,7 @@ def run_variant(name, train_loader, val_loader, args, device):
     seed_everything(args.seed)
     model = make_model(model_name, n_blocks=args.n_blocks).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr or args.lr)
-    print(f"--- {name}: {type(model).__name__}, {count_params(model):,} parameters, "
+    print(f"--- {name}: {type(model).__name__}, {count_parameters(model):,} parameters, "
           f"lr {lr or args.lr}" + (f", L2 {l2_lambda}" if l2_lambda else ""))
     start = time.perf_counter()
     training_loop(args.epochs, optimizer, model, nn.CrossEntropyLoss(), train_loader, device,
@@ -52,7 +53,7 @@ def run_variant(name, train_loader, val_loader, args, device):
     seconds = time.perf_counter() - start
     train_acc = accuracy(model, train_loader, device, flatten=False)
     val_acc = accuracy(model, val_loader, device, flatten=False)
-    return {"name": name, "model": type(model).__name__, "params": count_params(model),
+    return {"name": name, "model": type(model).__name__, "params": count_parameters(model),
             "train": train_acc, "val": val_acc, "book_train": book[0], "book_val": book[1],
             "seconds": seconds}
 

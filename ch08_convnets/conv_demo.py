@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ch01_intro.resnet import count_parameters
 from ch07_cifar.cifar import cifar2, load_cifar10, to_tensor
 from ch07_cifar.synthetic import choose_cifar_dir
-from ch07_cifar.train_fc import count_params
 from common.data import add_data_dir_argument
 from common.errors import run_cli
 from common.figures import save_figure
@@ -100,7 +100,7 @@ def main(argv=None):
     print(f"conv 3x3 -> pool 2 -> conv 3x3: each output pixel sees a {field}x{field} patch")
 
     model = sequential_net(flatten=False)
-    print(f"Sequential convnet: {count_params(model):,} parameters")
+    print(f"Sequential convnet: {count_parameters(model):,} parameters")
     try:
         model(x)
         error = None

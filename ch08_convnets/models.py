@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ch07_cifar.train_fc import count_params
+from ch01_intro.resnet import count_parameters
 from common.data import add_data_dir_argument, book_file
 from common.device import map_location
 from common.errors import run_cli
@@ -219,7 +219,7 @@ def main(argv=None):
     counts = {}
     for name in MODELS:
         model = make_model(name, n_blocks=args.n_blocks).eval()
-        counts[name] = count_params(model)
+        counts[name] = count_parameters(model)
         print(f"{name:>9} {type(model).__name__:>12}: {counts[name]:>9,} parameters, "
               f"output {tuple(model(x).shape)}")
     print("Net parameters per tensor:", [p.numel() for p in Net().parameters()])

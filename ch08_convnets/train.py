@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ch07_cifar.train_fc import accuracy, add_cifar_arguments, count_params, prepare, train_epoch
+from ch01_intro.resnet import count_parameters
+from ch07_cifar.train_fc import accuracy, add_cifar_arguments, prepare, train_epoch
 from ch08_convnets.models import BOOK_NET_FILE, MODELS, load_book_net, make_model
 from common.device import map_location
 from common.errors import DataError, run_cli
@@ -103,7 +104,7 @@ def main(argv=None):
         if args.load:
             load_model(model, args.load, device)
             print(f"loaded {args.load}")
-    print(f"model {args.model} ({type(model).__name__}): {count_params(model):,} parameters")
+    print(f"model {args.model} ({type(model).__name__}): {count_parameters(model):,} parameters")
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     losses = training_loop(args.epochs, optimizer, model, nn.CrossEntropyLoss(), train_loader,
                            device, l2_lambda=args.l2, log_every=args.log_every)

@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from ch01_intro.resnet import count_parameters
 from ch05_learning import activations, nn_fit, nn_linear, optimizers, subclassing
 from ch05_learning.thermometer import thermometer_data
 
@@ -84,7 +85,7 @@ def test_activations_main_writes_png(tmp_path):
 def test_subclass_models_have_the_books_parameters():
     model = subclassing.SubclassModel()
     assert [p.numel() for p in model.parameters()] == [13, 13, 13, 1]
-    assert subclassing.count_parameters(subclassing.SubclassFunctionalModel()) == 40
+    assert count_parameters(subclassing.SubclassFunctionalModel()) == 40
     assert model(torch.ones(4, 1)).shape == (4, 1)
 
 

@@ -23,6 +23,7 @@ from ch07_cifar.cifar import (
     load_cifar10,
     normalize,
     read_batch,
+    read_cifar_pickle,
     read_meta,
     to_tensor,
     write_batch,
@@ -50,14 +51,12 @@ def test_reader_reads_the_generated_sample(tiny_dir):
 
 
 def test_files_have_the_real_cifar_keys(tiny_dir):
-    with open(tiny_dir / "data_batch_2", "rb") as f:
-        entry = pickle.load(f, encoding="bytes")
+    entry = read_cifar_pickle(tiny_dir / "data_batch_2")
     assert set(entry) == {b"batch_label", b"labels", b"data", b"filenames"}
     assert entry[b"data"].dtype == np.uint8 and entry[b"data"].shape == (2 * TRAIN_PER_CLASS, 3072)
     assert isinstance(entry[b"labels"], list) and isinstance(entry[b"filenames"][0], bytes)
     assert entry[b"batch_label"] == b"training batch 2 of 5"
-    with open(tiny_dir / "batches.meta", "rb") as f:
-        meta = pickle.load(f, encoding="bytes")
+    meta = read_cifar_pickle(tiny_dir / "batches.meta")
     assert set(meta) == {b"num_cases_per_batch", b"label_names", b"num_vis"}
     assert meta[b"num_vis"] == 3072
 
@@ -70,8 +69,7 @@ def test_write_then_read_round_trips_and_keeps_the_channel_planes(tmp_path):
     got_images, got_labels = read_batch(tmp_path / "b")
     np.testing.assert_array_equal(got_images, images)
     np.testing.assert_array_equal(got_labels, labels)
-    with open(tmp_path / "b", "rb") as f:
-        row = pickle.load(f, encoding="bytes")[b"data"][0]
+    row = read_cifar_pickle(tmp_path / "b")[b"data"][0]
     np.testing.assert_array_equal(row[:1024], images[0, 0].ravel())   # first 1024 bytes: red
 
 
@@ -196,12 +194,12 @@ def test_choose_cifar_dir_falls_back_loudly_and_prefers_real(tmp_path, capsys):
     assert "--synthetic" in capsys.readouterr().err
 
 
-def test_unwritable_data_root_is_a_data_error(tmp_path, monkeypatch):
-    def read_only(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(synthetic, "write_synthetic_cifar", read_only)
-    with pytest.raises(DataError, match="Permission denied.*--data-dir with a writable folder"):
-        choose_cifar_dir(tmp_path)
+def test_unwritable_data_root_is_a_data_error(tmp_path):
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(DataError, match=r"cannot write the synthetic sample to .*file/synthetic/"
+                                        r"cifar-10-batches-py .*--data-dir with a writable"):
+        choose_cifar_dir(tmp_path / "file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
 def test_synthetic_script_writes_the_requested_sizes(tmp_path):

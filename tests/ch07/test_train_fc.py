@@ -4,15 +4,16 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ch01_intro.resnet import count_parameters
 from ch07_cifar import train_fc
 from ch07_cifar.cifar import load_cifar2
-from ch07_cifar.train_fc import accuracy, count_params, make_loaders, make_model, train_epoch
+from ch07_cifar.train_fc import accuracy, make_loaders, make_model, train_epoch
 from common.errors import DataError
 
 
 def test_parameter_counts_are_the_books():
-    assert count_params(make_model("fc")[0]) == 1_574_402
-    assert count_params(make_model("deep")[0]) == 3_737_474
+    assert count_parameters(make_model("fc")[0]) == 1_574_402
+    assert count_parameters(make_model("deep")[0]) == 3_737_474
     with pytest.raises(ValueError):
         make_model("wide")
 
@@ -73,7 +74,7 @@ def test_make_loaders_shuffles_only_training(tiny_dir):
 def test_script_trains_on_the_tiny_sample(tiny_root, name, capsys):
     result = train_fc.main(["--data-dir", str(tiny_root), "--synthetic", "--model", name,
                             "--epochs", "3", "--device", "cpu", "--batch-size", "8"])
-    assert result["synthetic"] and result["params"] == count_params(make_model(name)[0])
+    assert result["synthetic"] and result["params"] == count_parameters(make_model(name)[0])
     assert len(result["losses"]) == 3 and result["losses"][-1] < result["losses"][0]
     assert 0 <= result["val"] <= 1 and 0 <= result["train"] <= 1
     out = capsys.readouterr()

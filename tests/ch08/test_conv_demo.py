@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from ch07_cifar.train_fc import count_params
+from ch01_intro.resnet import count_parameters
 from ch08_convnets import conv_demo
 from ch08_convnets.conv_demo import blur_conv, edge_conv, receptive_field, sequential_net
 
@@ -61,7 +61,7 @@ def test_receptive_field_of_conv_pool_conv_is_8():
 def test_forgetting_to_flatten_raises_and_flatten_fixes_it():
     x = torch.randn(4, 3, 32, 32)
     broken = sequential_net(flatten=False)
-    assert count_params(broken) == 18_090
+    assert count_parameters(broken) == 18_090
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         broken(x)
     assert sequential_net(flatten=True)(x).shape == (4, 2)

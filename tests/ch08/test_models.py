@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ch07_cifar.train_fc import count_params
+from ch01_intro.resnet import count_parameters
 from ch08_convnets import models
 from ch08_convnets.models import (
     MODELS,
@@ -25,7 +25,7 @@ BOOK_COUNTS = {"net": 18_090, "width": 38_386, "dropout": 38_386, "batchnorm": 3
 @pytest.mark.parametrize("name", list(MODELS))
 def test_parameter_counts_and_output_shape(name):
     model = make_model(name).eval()
-    assert count_params(model) == BOOK_COUNTS[name]
+    assert count_parameters(model) == BOOK_COUNTS[name]
     assert model(torch.randn(3, 3, 32, 32)).shape == (3, 2)
 
 
@@ -36,7 +36,7 @@ def test_net_parameters_tensor_by_tensor():
 def test_n_chans1_is_honoured():
     model = NetWidth(n_chans1=16)
     assert model.conv1.out_channels == 16 and model.conv2.out_channels == 8
-    assert count_params(model) == (3 * 9 * 16 + 16) + (16 * 9 * 8 + 8) + (512 * 32 + 32) + 66
+    assert count_parameters(model) == (3 * 9 * 16 + 16) + (16 * 9 * 8 + 8) + (512 * 32 + 32) + 66
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2)
 
 
@@ -47,7 +47,7 @@ def test_resdeep_blocks_are_distinct_objects_with_their_own_weights():
     assert len({b.conv.weight.data_ptr() for b in blocks}) == 4
     assert not torch.equal(blocks[0].conv.weight, blocks[1].conv.weight)
     per_block = 32 * 32 * 9 + 2 * 32
-    assert count_params(NetResDeep(n_blocks=100)) - count_params(model) == 96 * per_block
+    assert count_parameters(NetResDeep(n_blocks=100)) - count_parameters(model) == 96 * per_block
 
 
 def test_resblock_init_and_shape():

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ch01_intro.resnet import count_parameters
+from common.errors import DataError, run_cli
 
 
 class AlexNet(nn.Module):
@@ -44,6 +45,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--batch", type=int, default=2, help="random images to push through")
     args = p.parse_args(argv)
+    if args.batch < 1:
+        raise DataError(f"--batch {args.batch}: must be at least 1")
     torch.manual_seed(0)
     model = AlexNet().eval()
     print(model)
@@ -55,4 +58,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from ch01_intro.preprocess import BOBBY_JPG, preprocess, read_image
+from ch01_intro.preprocess import BOBBY_JPG, preprocess, read_image, read_text
 from ch01_intro.resnet import resnet101
 from ch01_intro.weights import (
     RESNET101_PTH,
@@ -27,12 +27,12 @@ from common.errors import DataError, run_cli
 LABELS_TXT = "p1ch2/imagenet_classes.txt"
 
 
-def load_labels(path, n_classes=1000):
-    """The class names, one a line ("golden retriever", ...); their number must match the model."""
-    with open(path, encoding="utf-8") as f:
-        labels = [line.strip() for line in f if line.strip()]
+def load_labels(path, n_classes=1000, what="labels"):
+    """The class names, one a line ("golden retriever", ...); as many as the model's classes."""
+    labels = [line.strip() for line in read_text(path, what).splitlines() if line.strip()]
     if len(labels) != n_classes:
-        raise DataError(f"{path}: {len(labels)} labels, the model has {n_classes} classes")
+        raise DataError(f"{what} {path}: {len(labels)} labels, the model has {n_classes} "
+                        "classes")
     return labels
 
 
@@ -64,22 +64,25 @@ def main(argv=None):
     add_data_dir_argument(p)
     add_device_argument(p)
     args = p.parse_args(argv)
+    if not 1 <= args.top <= 1000:
+        raise DataError(f"--top {args.top}: must be between 1 and the 1000 ImageNet classes")
 
     weights = resolve_weights(args.weights, args.random_weights, RESNET101_PTH, "resnet101",
                               args.data_dir)
     image_path = args.image or book_file(BOBBY_JPG, args.data_dir, name="p1ch2")
-    labels = load_labels(args.labels or book_file(LABELS_TXT, args.data_dir, name="p1ch2"))
+    labels = load_labels(args.labels or book_file(LABELS_TXT, args.data_dir, name="p1ch2"),
+                         what="--labels" if args.labels else "labels")
     device = pick_device(args.device)
+    batch = preprocess(read_image(image_path, "--image" if args.image else "image"))
 
     seed_everything(args.seed)
     model = resnet101()
     if weights is None:
         print("note: --random-weights: an untrained ResNet-101, the labels below mean nothing")
     else:
-        load_weights(model, weights)
+        load_weights(model, weights, "--weights" if args.weights else "ResNet-101 weights")
     model.to(device)
 
-    batch = preprocess(read_image(image_path))                  # (1, 3, 224, 224)
     logits = classify(model, batch, device)                     # (1, 1000)
     best = top_k(percentages(logits)[0], labels, args.top)
     print(f"{image_path} ({'random weights' if weights is None else weights}):")

@@ -13,6 +13,7 @@ import argparse
 from torch import nn
 
 from ch01_intro.resnet import count_parameters
+from common.errors import run_cli
 
 
 class ResNetBlock(nn.Module):
@@ -79,4 +80,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

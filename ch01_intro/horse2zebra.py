@@ -23,9 +23,10 @@ from ch01_intro.weights import (
     load_weights,
     resolve_weights,
 )
-from common.data import REPO_ROOT, add_data_dir_argument, book_file
+from common.data import add_data_dir_argument, book_file
 from common.device import add_device_argument, pick_device, seed_everything
 from common.errors import DataError, run_cli
+from common.files import atomic_path, output_dir, runs_dir
 
 HORSE_JPG = "p1ch2/horse.jpg"
 
@@ -54,7 +55,7 @@ def to_image(out):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--image", default=None, help=f"input image (default: {HORSE_JPG})")
-    p.add_argument("--out", default=str(REPO_ROOT / "runs" / "ch01" / "zebra.jpg"),
+    p.add_argument("--out", default=str(runs_dir("ch01") / "zebra.jpg"),
                    help="output image, .jpg or .png (default: %(default)s)")
     p.add_argument("--size", type=int, default=256, help="shorter side before the generator")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
@@ -66,23 +67,26 @@ def main(argv=None):
     out_path = Path(args.out)
     if out_path.suffix.lower() not in (".jpg", ".jpeg", ".png"):
         raise DataError(f"--out {out_path}: use a .jpg or .png file name")
+    if args.size < 4:
+        raise DataError(f"--size {args.size}: must be at least 4 pixels")
+    output_dir(out_path.parent, "--out folder")            # checked before any work
     weights = resolve_weights(args.weights, args.random_weights, HORSE2ZEBRA_PTH, "horse2zebra",
                               args.data_dir)
     image_path = args.image or book_file(HORSE_JPG, args.data_dir, name="p1ch2")
     device = pick_device(args.device)
+    batch = prepare(read_image(image_path, "--image" if args.image else "image"), args.size)
 
     seed_everything(args.seed)
     model = ResNetGenerator()
     if weights is None:
         print("note: --random-weights: an untrained generator, expect coloured noise, not zebras")
     else:
-        load_weights(model, weights)
+        load_weights(model, weights, "--weights" if args.weights else "CycleGAN weights")
     model.to(device)
 
-    batch = prepare(read_image(image_path), args.size)       # (1, 3, 256, W)
-    out = generate(model, batch, device)                      # same shape, in [-1, 1]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    iio.imwrite(out_path, to_image(out))
+    out = generate(model, batch, device)          # (1, 3, 256, W) -> same shape, in [-1, 1]
+    with atomic_path(out_path, "--out") as tmp:   # the suffix picks JPEG or PNG
+        iio.imwrite(tmp, to_image(out))
     print(f"{image_path} -> {tuple(batch.shape)} -> {out_path} "
           f"(output range [{out.min():.3f}, {out.max():.3f}])")
     return {"input": batch, "output": out, "path": out_path}

@@ -15,6 +15,8 @@ import argparse
 
 import torch
 
+from common.errors import DataError, one_line, run_cli
+
 EXPLANATION = """\
 Torch Hub needs the network: torch.hub.load('{repo}', '{entry}', weights='DEFAULT') fetches
 github.com/{repo} (hubconf.py) and the weights into {cache}, then builds the model.
@@ -40,11 +42,15 @@ def main(argv=None):
         text = EXPLANATION.format(repo=args.repo, entry=args.entry, cache=torch.hub.get_dir())
         print(text)
         return text
-    entries, model = hub_load(args.repo, args.entry)
+    try:
+        entries, model = hub_load(args.repo, args.entry)
+    except Exception as e:      # no network, an unknown repository or entry: one line
+        raise DataError(f"torch.hub {args.repo}:{args.entry}: {type(e).__name__}: "
+                        f"{one_line(e, 150)}") from None
     n = sum(q.numel() for q in model.parameters())
     print(f"{args.repo}: {len(entries)} entry points; {args.entry}: {n:,} parameters")
     return model
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -13,16 +13,17 @@ runs/ch01/mnist_samples.png (32 of the held-out digits with their labels).
 """
 import argparse
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.data import REPO_ROOT, add_data_dir_argument, book_file
+from ch01_intro.weights import load_state
+from common.data import add_data_dir_argument, book_file
 from common.device import add_device_argument, pick_device, seed_everything
-from common.errors import run_cli
-from common.figures import save_figure
+from common.errors import DataError, run_cli
+from common.figures import new_figure, save_figure
+from common.files import output_dir, read_torch, runs_dir
 
 MNIST_PTH = "p1ch2/mnist/mnist.pth"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081     # the usual MNIST pixel statistics
@@ -110,9 +111,7 @@ def normalize(images):
 def load_book_net(data_dir=None):
     """MnistNet with the book's p1ch2/mnist/mnist.pth, loaded strictly."""
     path = book_file(MNIST_PTH, data_dir, name="p1ch2")
-    model = MnistNet()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model
+    return load_state(MnistNet(), read_torch(path, "--init book"), f"--init book {path}")
 
 
 def accuracy(model, images, labels, device="cpu"):
@@ -142,18 +141,15 @@ def train(model, optimizer, steps, batch_size=64, seed=1, device="cpu", log_ever
 
 def save_samples(images, labels, path):
     """A grid of digits with their labels, as PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = min(len(images), 32)
-    fig, axes = plt.subplots(4, math.ceil(n / 4), figsize=(n / 4 * 1.2, 5))
+    fig = new_figure(figsize=(math.ceil(n / 4) * 1.2, 5))
+    axes = fig.subplots(4, math.ceil(n / 4), squeeze=False)
     for ax, img, label in zip(axes.flat, images[:n], labels[:n], strict=False):
         ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.set_title(str(int(label)), fontsize=9)
         ax.axis("off")
     fig.suptitle("synthetic digits (the MNIST stand-in)")
-    save_figure(fig, path, dpi=80)
+    return save_figure(fig, path, dpi=80)
 
 
 def main(argv=None):
@@ -166,18 +162,23 @@ def main(argv=None):
     p.add_argument("--momentum", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--n-test", type=int, default=1000, help="held-out synthetic digits")
-    p.add_argument("--out", default=str(REPO_ROOT / "runs" / "ch01"),
+    p.add_argument("--out", default=str(runs_dir("ch01")),
                    help="folder for mnist_samples.png (default: %(default)s)")
     add_data_dir_argument(p)
     add_device_argument(p)
     args = p.parse_args(argv)
+    for flag, value, least in (("--steps", args.steps, 0), ("--batch-size", args.batch_size, 1),
+                               ("--n-test", args.n_test, 1)):
+        if value < least:
+            raise DataError(f"{flag} {value}: must be at least {least}")
+    out = output_dir(args.out, "--out")                  # before any work
     device = pick_device(args.device)
 
     seed_everything(args.seed)
     model = load_book_net(args.data_dir) if args.init == "book" else MnistNet()
     model.to(device)
     test_images, test_labels = synthetic_digits(args.n_test, seed=args.seed)
-    save_samples(test_images, test_labels, Path(args.out) / "mnist_samples.png")
+    png = save_samples(test_images, test_labels, out / "mnist_samples.png")
 
     before = accuracy(model, test_images, test_labels, device)
     print(f"{args.init} init: accuracy on {args.n_test} held-out synthetic digits {before:.1%}")
@@ -186,7 +187,9 @@ def main(argv=None):
                    log_every=max(1, args.steps // 10))
     after = accuracy(model, test_images, test_labels, device)
     print(f"after {args.steps} steps: accuracy {after:.1%}")
-    return {"model": model, "losses": losses, "accuracy_before": before, "accuracy_after": after}
+    print(f"wrote {png}")
+    return {"model": model, "losses": losses, "accuracy_before": before, "accuracy_after": after,
+            "png": png}
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ center crop 224 x 224, HWC uint8 -> CHW float in [0, 1], per-channel normalizati
 ImageNet statistics, and a batch dimension. Prints the shapes for bobby.jpg (720 x 1280).
 """
 import argparse
+from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
@@ -20,16 +21,38 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def read_image(path):
+def _check_file(path, what):
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{what} {path}: a folder, not a file")
+    if not path.is_file():
+        raise DataError(f"{what} {path}: no such file")
+    return path
+
+
+def read_text(path, what="file"):
+    """The whole UTF-8 text of a file; a DataError names `what` and the path otherwise."""
+    path = _check_file(path, what)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{what} {path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"{what} {path}: cannot read ({e.strerror or e})") from None
+
+
+def read_image(path, what="image"):
     """(H, W, 3) uint8 array from an image file; grey images get 3 channels, alpha is dropped."""
+    path = _check_file(path, what)
     try:
         image = np.asarray(iio.imread(path))
     except Exception as e:          # each imageio plugin fails its own way (OSError, ...)
-        raise DataError(f"{path}: cannot read the image ({type(e).__name__})") from None
+        raise DataError(f"{what} {path}: not a readable image ({type(e).__name__})") from None
     if image.ndim == 2:
         image = np.stack([image] * 3, axis=-1)
     if image.ndim != 3 or image.shape[-1] not in (3, 4) or image.dtype != np.uint8:
-        raise DataError(f"{path}: expected an 8-bit RGB image, got {image.shape} {image.dtype}")
+        raise DataError(f"{what} {path}: expected an 8-bit RGB image, got {image.shape} "
+                        f"{image.dtype}")
     return image[..., :3]
 
 

@@ -12,6 +12,8 @@ import argparse
 
 from torch import nn
 
+from common.errors import run_cli
+
 RESNET101_LAYERS = (3, 4, 23, 3)     # Bottleneck blocks per stage
 EXPANSION = 4                        # a Bottleneck's output has 4x its inner width
 
@@ -100,4 +102,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ch01_intro.resnet import count_parameters
+from ch01_intro.weights import load_state
 from common.data import add_data_dir_argument, book_file
 from common.device import map_location
 from common.errors import run_cli
+from common.files import read_torch
 
 BOOK_NET_FILE = "p1ch6/birds_vs_airplanes.pt"
 
@@ -204,10 +206,8 @@ def make_model(name, n_chans1=32, n_blocks=10):
 def load_book_net(data_dir=None, device="cpu"):
     """The book's trained Net (birds_vs_airplanes.pt), loaded with strict key and shape checks."""
     path = book_file(BOOK_NET_FILE, data_dir, name="birds-vs-airplanes")
-    model = Net().to(device)
-    state = torch.load(path, map_location=map_location(device), weights_only=True)
-    model.load_state_dict(state, strict=True)
-    return model
+    state = read_torch(path, "--load book", map_location(device))
+    return load_state(Net().to(device), state, f"--load book {path}")
 
 
 def main(argv=None):

@@ -11,17 +11,18 @@ saved state_dict, `--load book` from the book's data/p1ch6/birds_vs_airplanes.pt
 """
 import argparse
 import datetime
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ch01_intro.resnet import count_parameters
+from ch01_intro.weights import load_state
 from ch07_cifar.train_fc import accuracy, add_cifar_arguments, prepare, train_epoch
 from ch08_convnets.models import BOOK_NET_FILE, MODELS, load_book_net, make_model
 from common.device import map_location
 from common.errors import DataError, run_cli
+from common.files import read_torch, save_torch
 
 
 def training_loop(n_epochs, optimizer, model, loss_fn, train_loader, device="cpu",
@@ -56,28 +57,15 @@ def validate(model, train_loader, val_loader, device="cpu"):
 
 
 def save_model(model, path):
-    """Write the state_dict through a temporary file, so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
-    return path
+    """Write the state_dict atomically (a temporary file renamed): never half a file."""
+    return save_torch(model.state_dict(), path, "--save")
 
 
 def load_model(model, path, device="cpu"):
-    """Load a state_dict saved on any device into `model` (strict: names and shapes must match)."""
-    try:
-        state = torch.load(path, map_location=map_location(device), weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"{path} not found") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        raise DataError(f"{path} does not fit {type(model).__name__}: "
-                        f"{' '.join(line.strip() for line in first[:3])}") from None
-    return model
+    """Load a state_dict saved on any device into `model` (strict: names and shapes must match),
+    read without running code; a DataError names --load, the file and the first wrong keys."""
+    state = read_torch(path, "--load", map_location(device))
+    return load_state(model, state, f"--load {path}")
 
 
 def main(argv=None):

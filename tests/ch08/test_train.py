@@ -83,7 +83,7 @@ def test_save_and_load_round_trip(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(DataError, match="do not fit Net: 5 of another shape"):
         load_model(Net(), path)
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(DataError, match="absent.pt: no such file"):
         load_model(Net(), tmp_path / "absent.pt")
 
 

@@ -5,7 +5,13 @@ import json
 import numpy as np
 
 from ch10_luna.dsets import find_luna, read_annotations, read_candidates
-from ch10_luna.synthetic import MARKER, generate_sample
+from ch10_luna.synthetic import (
+    EXCLUDED_CSV,
+    EXCLUDED_DIAMETER_MM,
+    MARKER,
+    SAMPLE_VERSION,
+    generate_sample,
+)
 from common.ct import load_ct
 
 
@@ -80,3 +86,73 @@ def test_an_existing_sample_is_kept_and_no_temporary_folder_is_left(tiny_luna):
     generate_sample(tiny_luna, n_series=4, seed=7, progress=False)
     assert (tiny_luna / "candidates.csv").stat().st_mtime_ns == before
     assert not [p for p in tiny_luna.parent.iterdir() if ".tmp-" in p.name]
+
+
+def _rows(path):
+    return list(csv.DictReader(open(path)))
+
+
+def _xyz(row):
+    return np.array([float(row[k]) for k in ("coordX", "coordY", "coordZ")])
+
+
+def test_excluded_findings_are_dense_blobs_on_negative_candidates_away_from_nodules(tmp_path):
+    out = generate_sample(tmp_path / "s", n_series=3, seed=2, negatives=(60, 80),
+                          progress=False)
+    header = next(csv.reader(open(out / EXCLUDED_CSV)))
+    assert header == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]   # LUNA16's
+    excluded = _rows(out / EXCLUDED_CSV)
+    info = json.loads((out / MARKER).read_text())
+    assert info["excluded_findings"] == len(excluded) >= 3 and info["version"] == SAMPLE_VERSION
+    diameters = [float(r["diameter_mm"]) for r in excluded]
+    assert -1.0 in diameters and any(d > 0 for d in diameters)          # both kinds listed
+    assert all(d == -1 or EXCLUDED_DIAMETER_MM[0] <= d <= EXCLUDED_DIAMETER_MM[1]
+               for d in diameters)
+    nodules = _rows(out / "annotations.csv")
+    negatives = {(r["seriesuid"], r["coordX"], r["coordY"], r["coordZ"])
+                 for r in _rows(out / "candidates.csv") if r["class"] == "0"}
+    luna = find_luna(out)
+    for r in excluded:
+        # On a non-nodule candidate, so the false-positive-reduction track meets it too.
+        assert (r["seriesuid"], r["coordX"], r["coordY"], r["coordZ"]) in negatives
+        for n in nodules:
+            if n["seriesuid"] == r["seriesuid"]:
+                gap = np.linalg.norm(_xyz(n) - _xyz(r)) - float(n["diameter_mm"]) / 2
+                assert gap > EXCLUDED_DIAMETER_MM[1] / 2 + 15
+        ct = load_ct(luna.series[r["seriesuid"]])
+        near = ct.crop_irc(ct.xyz_to_irc(tuple(_xyz(r))), (3, 3, 3))
+        assert near.max() > 250                     # calcified, in lung of about -850 HU
+
+
+def test_the_blobs_change_nothing_else_and_come_from_their_own_stream(tmp_path):
+    a = generate_sample(tmp_path / "a", n_series=2, seed=5, negatives=(60, 80), progress=False)
+    b = generate_sample(tmp_path / "b", n_series=2, seed=5, negatives=(60, 80), progress=False,
+                        excluded_per_ct=(0, 0))
+    for name in ("candidates.csv", "annotations.csv", "annotations_with_malignancy.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert _rows(b / EXCLUDED_CSV) == [] and _rows(a / EXCLUDED_CSV)
+    excluded = _rows(a / EXCLUDED_CSV)
+    changed = 0
+    for mhd in sorted(a.glob("subset*/*.mhd")):
+        assert mhd.read_bytes() == (b / mhd.relative_to(a)).read_bytes()
+        with_blobs, without = load_ct(mhd), load_ct(b / mhd.relative_to(a))
+        spacing_irc = np.array(with_blobs.spacing_xyz[::-1])
+        centres = [np.array(with_blobs.xyz_to_irc(tuple(_xyz(r)), round_to_voxel=False))
+                   for r in excluded if r["seriesuid"] == mhd.stem]
+        differ = np.argwhere(np.asarray(with_blobs.voxels) != np.asarray(without.voxels))
+        changed += len(differ)
+        for v in differ:                              # only voxels a blob covers changed
+            assert min(np.linalg.norm((v - c) * spacing_irc) for c in centres) < 4.5
+    assert changed > 0
+
+
+def test_an_older_sample_is_regenerated(tmp_path):
+    out = generate_sample(tmp_path / "s", n_series=1, seed=4, negatives=(30, 40),
+                          progress=False)
+    info = json.loads((out / MARKER).read_text())
+    del info["version"], info["excluded_findings"]            # as version 1 wrote it
+    (out / MARKER).write_text(json.dumps(info))
+    (out / EXCLUDED_CSV).unlink()
+    generate_sample(out, n_series=1, seed=4, negatives=(30, 40), progress=False)
+    assert json.loads((out / MARKER).read_text())["version"] == SAMPLE_VERSION
+    assert (out / EXCLUDED_CSV).is_file()

@@ -8,14 +8,14 @@ and Sigmoid squash everything into (-1, 1) and (0, 1); Hardtanh clips at +-1; Re
 positive half unchanged; LeakyReLU and ELU let a little of the negative half through.
 """
 import argparse
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ch05_learning.thermometer import DEFAULT_OUT
 from common.errors import run_cli
-from common.figures import save_figure
+from common.figures import new_figure, save_figure
+from common.files import output_dir
 
 FLAT_SLOPE = 0.05
 
@@ -54,12 +54,9 @@ def output_ranges(x=None):
 
 
 def plot_activations(path, x):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     acts = activation_list()
-    fig, axes = plt.subplots(3, 3, figsize=(10, 9), dpi=100, sharex=True)
+    fig = new_figure(figsize=(10, 9), dpi=100)
+    axes = fig.subplots(3, 3, sharex=True)
     for ax, (name, act) in zip(axes.flat, acts, strict=True):
         y, slope = evaluate(act, x)
         flat = (slope.abs() < FLAT_SLOPE).numpy()
@@ -81,13 +78,14 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
+    out = output_dir(args.out, "--out")
 
     x = torch.linspace(-3.0, 3.0, 601)
     ranges = output_ranges()
     print("outputs over arange(-3, 3.1, 0.1):")
     for name, (lo, hi) in ranges.items():
         print(f"  {name:15s} min {lo:8.4f}  max {hi:8.4f}")
-    png = plot_activations(Path(args.out) / "activations.png", x)
+    png = plot_activations(out / "activations.png", x)
     print(f"wrote {png}")
     return {"ranges": ranges, "png": png}
 

@@ -10,7 +10,7 @@ import argparse
 
 import torch
 
-from ch05_learning.thermometer import loss_fn, model, thermometer_data
+from ch05_learning.thermometer import loss_fn, model, require_epochs, thermometer_data
 from common.errors import run_cli
 
 
@@ -52,6 +52,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=5000, help="default: %(default)s")
     p.add_argument("--lr", type=float, default=1e-2, help="default: %(default)s")
     args = p.parse_args(argv)
+    require_epochs(epochs=args.epochs)
 
     t_c, t_u = thermometer_data()
     once, twice, zeroed = accumulation_demo(t_u, t_c)

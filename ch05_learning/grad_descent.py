@@ -10,13 +10,19 @@
 """
 import argparse
 import math
-from pathlib import Path
 
 import torch
 
-from ch05_learning.thermometer import DEFAULT_OUT, loss_fn, model, thermometer_data
+from ch05_learning.thermometer import (
+    DEFAULT_OUT,
+    loss_fn,
+    model,
+    require_epochs,
+    thermometer_data,
+)
 from common.errors import run_cli
-from common.figures import save_figure
+from common.figures import new_figure, save_figure
+from common.files import output_dir
 
 
 def finite_difference_grad(t_u, t_c, w, b, delta=0.1):
@@ -80,11 +86,8 @@ def first_nonfinite_epoch(losses):
 
 def plot_story(path, t_u, t_c, params, histories):
     """Left: data and the fitted line (against t_u); right: loss per epoch for each run."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=100)
+    fig = new_figure(figsize=(11, 4.5), dpi=100)
+    ax0, ax1 = fig.subplots(1, 2)
     w, b = params.tolist()
     x = torch.linspace(20.0, 90.0, 100)
     ax0.plot(t_u.numpy(), t_c.numpy(), "o", label="measured")
@@ -117,6 +120,8 @@ def main(argv=None):
                    help="learning rate of the normalized run (default: %(default)s)")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
+    require_epochs(epochs=args.epochs)
+    out = output_dir(args.out, "--out")                  # before the 5,000 epochs
 
     t_c, t_u = thermometer_data()
     w, b = torch.tensor(1.0), torch.tensor(0.0)
@@ -144,7 +149,7 @@ def main(argv=None):
     print(f"   w {w:.4f}  b {b:.4f}  loss at epoch {args.epochs} {normalized[-1]:.6f}  "
           f"(book after 5000: w 5.3671, b -17.3012, loss 2.927648)")
 
-    png = plot_story(Path(args.out) / "grad_descent.png", t_u, t_c, params, {
+    png = plot_story(out / "grad_descent.png", t_u, t_c, params, {
         "raw t_u, lr 1e-2": raw_fast,
         "raw t_u, lr 1e-4": raw_slow,
         f"0.1 * t_u, lr {args.lr:g}": normalized,

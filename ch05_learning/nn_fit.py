@@ -10,16 +10,16 @@ the exact values depend on the random split and init).
 """
 import argparse
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ch05_learning.nn_linear import batched_data
 from ch05_learning.optimizers import split_indices, train_val_loop
-from ch05_learning.thermometer import DEFAULT_OUT, plot_fits
+from ch05_learning.thermometer import DEFAULT_OUT, plot_fits, require_epochs
 from common.device import seed_everything
 from common.errors import run_cli
+from common.files import output_dir
 
 N_HIDDEN = 13
 
@@ -58,6 +58,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="split and init (default: %(default)s)")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
+    require_epochs(epochs=args.epochs)
+    out = output_dir(args.out, "--out")
 
     print("nn.Sequential parameters:")
     print_parameter_table(seq_model())
@@ -87,7 +89,7 @@ def main(argv=None):
     with torch.no_grad():
         curve = model(0.1 * t_range)
         at_data = model(t_un)
-    png = plot_fits(Path(args.out) / "nn_fit.png", t_u, t_c,
+    png = plot_fits(out / "nn_fit.png", t_u, t_c,
                     curves=[("network (1-13-1, Tanh)", t_range, curve)],
                     points=[("network at the readings", t_u, at_data)],
                     title=f"Neural network fit after {args.epochs} epochs")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ch05_learning.optimizers import split_indices, train_val_loop
-from ch05_learning.thermometer import thermometer_data
+from ch05_learning.thermometer import require_epochs, thermometer_data
 from common.device import seed_everything
 from common.errors import run_cli
 
@@ -58,6 +58,7 @@ def main(argv=None):
                    help="epochs of the train/validation run (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     args = p.parse_args(argv)
+    require_epochs(epochs=args.epochs, val_epochs=args.val_epochs)
 
     t_c, t_u = batched_data()
     t_un = 0.1 * t_u

@@ -13,7 +13,6 @@
   network bends to follow the data, the line cannot.
 """
 import argparse
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -22,9 +21,10 @@ from ch01_intro.resnet import count_parameters
 from ch05_learning.nn_fit import N_HIDDEN, print_parameter_table
 from ch05_learning.nn_linear import batched_data
 from ch05_learning.optimizers import split_indices, train_val_loop
-from ch05_learning.thermometer import DEFAULT_OUT, plot_fits
+from ch05_learning.thermometer import DEFAULT_OUT, plot_fits, require_epochs
 from common.device import seed_everything
 from common.errors import run_cli
+from common.files import output_dir
 
 
 class SubclassModel(nn.Module):
@@ -109,6 +109,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="split and init (default: %(default)s)")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
+    require_epochs(epochs=args.epochs)
+    out = output_dir(args.out, "--out")
 
     counts = {}
     for cls in (SubclassModel, SubclassFunctionalModel, PlainListModel, ModuleListModel,
@@ -130,7 +132,7 @@ def main(argv=None):
     with torch.no_grad():
         curves = [(f"{name} (val loss {histories[name][-1][2]:.2f})", t_range,
                    models[name](0.1 * t_range)) for name in ("linear", "network")]
-    png = plot_fits(Path(args.out) / "linear_vs_nn.png", t_u, t_c, curves=curves,
+    png = plot_fits(out / "linear_vs_nn.png", t_u, t_c, curves=curves,
                     points=[("held out for validation", t_u[val_idx], t_c[val_idx])],
                     title="What learning means: a line vs a 1-13-1 network")
     print(f"wrote {png}")

@@ -5,23 +5,32 @@
 The other chapter-5/6 scripts import the data, `model`, `loss_fn` and `plot_fits` from here.
 """
 import argparse
-from pathlib import Path
 
 import torch
 
-from common.errors import run_cli
-from common.figures import save_figure
+from common.errors import DataError, run_cli
+from common.figures import new_figure, save_figure
+from common.files import output_dir, runs_dir
 
 # The book's eleven readings: Celsius from a good thermometer, and the same moments on a
 # thermometer of unknown unit (book ch5.2.2).
 T_C = [0.5, 14.0, 15.0, 28.0, 11.0, 8.0, 3.0, -4.0, 6.0, 13.0, 21.0]
 T_U = [35.7, 55.9, 58.2, 81.9, 56.3, 48.9, 33.9, 21.8, 48.4, 60.4, 68.4]
-DEFAULT_OUT = "runs/ch05"
+DEFAULT_OUT = str(runs_dir("ch05"))         # the repository's runs/ch05, from any folder
 
 
 def thermometer_data():
     """(t_c, t_u) as float32 tensors of shape (11,)."""
     return torch.tensor(T_C), torch.tensor(T_U)
+
+
+def require_epochs(**flags):
+    """A DataError unless every epoch count is at least 1: require_epochs(epochs=args.epochs)
+    names the flag, `--epochs 0: must be at least 1` (a loop of no epochs has nothing to
+    show)."""
+    for name, value in flags.items():
+        if value < 1:
+            raise DataError(f"--{name.replace('_', '-')} {value}: must be at least 1")
 
 
 def model(t_u, w, b):
@@ -50,11 +59,8 @@ def broadcasting_demo():
 
 def plot_fits(path, t_u, t_c, curves=(), points=(), title=None, xlabel="t_u (unknown unit)"):
     """Scatter of the readings plus curves [(label, x, y)] and extra points [(label, x, y)]."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
+    fig = new_figure(figsize=(6, 4.5), dpi=100)
+    ax = fig.subplots()
     ax.plot(t_u.numpy(), t_c.numpy(), "o", color="tab:blue", label="measured")
     for label, x, y in curves:
         ax.plot(x.detach().numpy(), y.detach().numpy(), "-", label=label)
@@ -74,6 +80,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
+    out = output_dir(args.out, "--out")
 
     t_c, t_u = thermometer_data()
     print(f"t_c {tuple(t_c.shape)}: {T_C}")
@@ -85,7 +92,7 @@ def main(argv=None):
     shapes = broadcasting_demo()
     for name, shape in shapes.items():
         print(f"  shape of {name:9s} {shape}")
-    png = plot_fits(Path(args.out) / "thermometer_data.png", t_u, t_c,
+    png = plot_fits(out / "thermometer_data.png", t_u, t_c,
                     title="Thermometer readings (book ch5)")
     print(f"wrote {png}")
     return {"loss": loss.item(), "shapes": shapes, "png": png}

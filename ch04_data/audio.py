@@ -3,9 +3,11 @@
 Reads the 5-second ESC-50 clip (44.1 kHz, 220,500 int16 samples), turns it into a
 spectrogram (129 frequency bins x 984 time steps) with SciPy, and stacks a left and a
 right channel into a (2, 129, 984) "stereo" tensor: the clip is mono, so both channels are
-the same spectrogram, as in the book's notebook. Writes runs/ch04/audio.png.
+the same spectrogram, as in the book's notebook. Writes runs/ch04/audio.png in the repository.
 """
 import argparse
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,20 +16,38 @@ import scipy.signal
 import torch
 
 from common.data import add_data_dir_argument, book_file
-from common.errors import DataError, run_cli
-from common.figures import save_figure
+from common.errors import DataError, one_line, run_cli
+from common.figures import new_figure, save_figure
+from common.files import output_dir, runs_dir
 
 CHIRP_WAV = "p1ch4/audio-chirp/1-100038-A-14.wav"
 
 
+MIN_SAMPLES = 256          # one spectrogram window (SciPy's default nperseg)
+
+
 def read_wav(path):
-    """(sample rate in Hz, (samples,) int16 tensor) for a mono WAV file."""
+    """(sample rate in Hz, (samples,) int16 tensor) for a mono WAV file.
+
+    A truncated file is an error here (SciPy only warns and returns the samples it found), as
+    are an empty one, a folder and a clip shorter than one spectrogram window."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a WAV file")
     try:
-        rate, samples = scipy.io.wavfile.read(path)
-    except ValueError as e:
-        raise DataError(f"{path}: not a WAV file ({e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", scipy.io.wavfile.WavFileWarning)
+            rate, samples = scipy.io.wavfile.read(path)
+    except scipy.io.wavfile.WavFileWarning as e:
+        raise DataError(f"{path}: truncated or damaged WAV file ({one_line(e, 120)})") from None
+    except (ValueError, EOFError, struct.error, OSError) as e:  # SciPy's parser, a short file
+        raise DataError(f"{path}: not a WAV file ({type(e).__name__}: {one_line(e, 100)})"
+                        ) from None
     if samples.ndim != 1:
         raise DataError(f"{path}: expected a mono clip, got {samples.shape[1]} channels")
+    if len(samples) < MIN_SAMPLES or rate <= 0:
+        raise DataError(f"{path}: {len(samples)} samples at {rate} Hz, a spectrogram needs at "
+                        f"least {MIN_SAMPLES}")
     return rate, torch.from_numpy(samples)
 
 
@@ -45,12 +65,8 @@ def stereo(left, right):
 
 def plot_audio(waveform, rate, freqs, times, power, out_dir):
     """The waveform and its spectrogram in decibels."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True,
-                                   gridspec_kw={"height_ratios": (1, 2)})
+    fig = new_figure(figsize=(9, 6))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (1, 2)})
     seconds = np.arange(len(waveform)) / rate
     ax1.plot(seconds, waveform.numpy(), linewidth=0.3)
     ax1.set(title=f"1-100038-A-14.wav: {len(waveform):,} samples at {rate} Hz",
@@ -68,17 +84,20 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir_argument(p)
-    p.add_argument("--out", default="runs/ch04", help="folder for audio.png")
+    p.add_argument("--out", default=str(runs_dir("ch04")),
+                   help="folder for audio.png (default: %(default)s)")
     args = p.parse_args(argv)
 
-    rate, waveform = read_wav(book_file(CHIRP_WAV, args.data_dir, name="audio-chirp"))
+    path = book_file(CHIRP_WAV, args.data_dir, name="audio-chirp")
+    out = output_dir(args.out, "--out")                # inputs first, then the output folder
+    rate, waveform = read_wav(path)
     print(f"{rate} Hz, {len(waveform)} samples ({len(waveform) / rate:.2f} s), {waveform.dtype}")
     freqs, times, power = spectrogram(waveform, rate)
     print(f"spectrogram {tuple(power.shape)}: {len(freqs)} bins up to {freqs[-1]:.0f} Hz, "
           f"{len(times)} time steps")
     sp = stereo(power, power)                  # a mono clip: left = right
     print(f"stereo stack {tuple(sp.shape)}")
-    png = plot_audio(waveform, rate, freqs, times, power, Path(args.out))
+    png = plot_audio(waveform, rate, freqs, times, power, out)
     print(f"wrote {png}")
     return {"rate": rate, "waveform": waveform, "freqs": freqs, "times": times,
             "power": power, "stereo": sp, "png": png}

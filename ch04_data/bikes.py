@@ -3,35 +3,45 @@
 Loads hour-fixed.csv (17,520 hours x 17 columns, the day-of-month kept from the date),
 reshapes it into 730 days x 24 hours with a view, moves the hour axis last
 (N, C, L = 730, 17, 24), one-hot encodes the weather situation into 4 extra channels
-(21 in all), and rescales the weather and temperature columns. Writes runs/ch04/bikes.png
-(rentals by hour of the day).
+(21 in all), and rescales the weather and temperature columns. Writes runs/ch04/bikes.png in
+the repository (rentals by hour of the day).
 """
 import argparse
-from pathlib import Path
+import datetime
 
-import numpy as np
 import torch
 
+from ch04_data.tables import check_codes, read_table
 from common.data import add_data_dir_argument, book_file
 from common.errors import DataError, run_cli
-from common.figures import save_figure
+from common.figures import new_figure, save_figure
+from common.files import output_dir, runs_dir
 
 HOUR_CSV = "p1ch4/bike-sharing-dataset/hour-fixed.csv"
 N_COLUMNS = 17
 DTEDAY, WORKINGDAY, WEATHERSIT, TEMP, CNT = 1, 8, 9, 10, 16   # column indices
 N_WEATHER = 4                      # weathersit runs 1 (clear) .. 4 (heavy rain)
+USED_COLUMNS = {DTEDAY: "dteday", WORKINGDAY: "workingday", WEATHERSIT: "weathersit",
+                TEMP: "temp", CNT: "cnt"}   # read by position: the header must agree
+
+
+def day_of_month(text):
+    """"2011-01-01" -> 1.0, the book's converter (s[8:10]); a ValueError for another date."""
+    return float(datetime.date.fromisoformat(text.strip()).day)
 
 
 def load_hours(path):
-    """(17520, 17) float32 tensor; the date column becomes its day of the month."""
-    try:
-        table = np.loadtxt(path, dtype=np.float32, delimiter=",", skiprows=1,
-                           converters={DTEDAY: lambda s: float(s[8:10])})  # "2011-01-01" -> 1
-    except ValueError as e:
-        raise DataError(f"{path}: not the bike sharing hourly table ({e})") from None
-    if table.ndim != 2 or table.shape[1] != N_COLUMNS or table.shape[0] % 24:
-        raise DataError(f"{path}: expected whole days of {N_COLUMNS} columns, "
-                        f"got shape {table.shape}")
+    """(17520, 17) float32 tensor; the date column becomes its day of the month.
+
+    The book's np.loadtxt with every cell checked (tables.py), whole days of 24 hours, the
+    weather codes 1..4 (they index the one-hot) and a temperature that varies (min-max)."""
+    table, header = read_table(path, ",", USED_COLUMNS, converters={DTEDAY: day_of_month})
+    if len(header) != N_COLUMNS or len(table) % 24:
+        raise DataError(f"{path}: expected whole days of 24 hours x {N_COLUMNS} columns, got "
+                        f"{len(table)} rows x {len(header)} columns")
+    check_codes(path, table[:, WEATHERSIT], "weathersit", 1, N_WEATHER)
+    if table[:, TEMP].min() == table[:, TEMP].max():
+        raise DataError(f"{path}: temp is {table[0, TEMP]:g} in every row: nothing to rescale")
     return torch.from_numpy(table)
 
 
@@ -64,12 +74,9 @@ def z_score(x):
 
 def plot_hourly(daily, out_dir):
     """Mean rentals for each hour of the day, working days against the rest."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     working = daily[:, WORKINGDAY, 0] == 1
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = new_figure(figsize=(8, 4))
+    ax = fig.subplots()
     hours = range(24)
     for mask, label in ((working, "working days"), (~working, "weekends and holidays")):
         counts = daily[mask][:, CNT, :]           # (days, 24)
@@ -86,10 +93,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir_argument(p)
-    p.add_argument("--out", default="runs/ch04", help="folder for bikes.png")
+    p.add_argument("--out", default=str(runs_dir("ch04")),
+                   help="folder for bikes.png (default: %(default)s)")
     args = p.parse_args(argv)
 
-    bikes = load_hours(book_file(HOUR_CSV, args.data_dir, name="bikes"))
+    path = book_file(HOUR_CSV, args.data_dir, name="bikes")
+    out = output_dir(args.out, "--out")                # inputs first, then the output folder
+    bikes = load_hours(path)
     print(f"hours {tuple(bikes.shape)}, strides {bikes.stride()}")
     days = bikes.view(-1, 24, bikes.shape[1])
     print(f"days {tuple(days.shape)}, strides {days.stride()}")
@@ -111,7 +121,7 @@ def main(argv=None):
           f"[{prepared[:, TEMP].min():.2f}, {prepared[:, TEMP].max():.2f}], "
           f"temp z-score mean {temp_z.mean():.3f} std {temp_z.std():.3f}")
 
-    png = plot_hourly(daily, Path(args.out))
+    png = plot_hourly(daily, out)
     print(f"wrote {png}")
     return {"bikes": bikes, "daily": daily, "prepared": prepared, "temp_z": temp_z,
             "first_onehot": first_onehot, "png": png}

@@ -2,17 +2,20 @@
 
 Reads bobby.jpg (720 x 1280 RGB) and moves its channels first, then fills a preallocated
 uint8 batch (3, 3, 256, 256) from the cat PNGs (keeping only RGB if a file has alpha), scales
-it to [0, 1] and standardizes each channel. Writes runs/ch04/images.png (the dog and cats).
+it to [0, 1] and standardizes each channel. Writes runs/ch04/images.png in the repository (the
+dog and cats).
 """
 import argparse
 from pathlib import Path
 
 import imageio.v2 as imageio  # the book's imageio.imread (v2 API, without the v3 warning)
+import numpy as np
 import torch
 
 from common.data import add_data_dir_argument, book_file
-from common.errors import DataError, run_cli
-from common.figures import save_figure
+from common.errors import DataError, one_line, run_cli
+from common.figures import new_figure, save_figure
+from common.files import output_dir, runs_dir
 
 DOG_JPG = "p1ch4/image-dog/bobby.jpg"
 CATS_DIR = "p1ch4/image-cats"
@@ -20,11 +23,18 @@ SIDE = 256
 
 
 def read_image(path):
-    """(H, W, C) uint8 tensor from an image file."""
+    """(H, W, C) uint8 tensor from an RGB(A) image file; anything else is a DataError."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not an image")
     try:
-        return torch.from_numpy(imageio.imread(path))
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read the image ({e})") from None
+        img = np.asarray(imageio.imread(path))
+    except Exception as e:          # each imageio plugin fails its own way on a non-image
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {one_line(e, 80)})"
+                        ) from None
+    if img.ndim != 3 or img.shape[2] not in (3, 4) or img.dtype != np.uint8:
+        raise DataError(f"{path}: expected an 8-bit RGB(A) image, got {img.shape} {img.dtype}")
+    return torch.from_numpy(img)
 
 
 def load_batch(paths, side=SIDE):
@@ -49,11 +59,7 @@ def normalize(batch):
 
 def plot_images(dog, cats, out_dir):
     """The dog above the row of cats, as loaded (channels-first tensors back to H, W, C)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(9, 8))
+    fig = new_figure(figsize=(9, 8))
     grid = fig.add_gridspec(2, len(cats), height_ratios=(2, 1))
     ax = fig.add_subplot(grid[0, :])
     ax.imshow(dog.permute(1, 2, 0).numpy())
@@ -71,14 +77,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir_argument(p)
-    p.add_argument("--out", default="runs/ch04", help="folder for images.png")
+    p.add_argument("--out", default=str(runs_dir("ch04")),
+                   help="folder for images.png (default: %(default)s)")
     args = p.parse_args(argv)
 
-    img = read_image(book_file(DOG_JPG, args.data_dir, name="image-dog"))
+    dog_path = book_file(DOG_JPG, args.data_dir, name="image-dog")
+    cats_dir = book_file(CATS_DIR, args.data_dir, name="image-cats")
+    out = output_dir(args.out, "--out")                # inputs first, then the output folder
+    img = read_image(dog_path)
     dog = img.permute(2, 0, 1)                   # a view: (720, 1280, 3) -> (3, 720, 1280)
     print(f"dog {tuple(img.shape)} {img.dtype} -> permute(2, 0, 1) {tuple(dog.shape)}")
 
-    cats_dir = book_file(CATS_DIR, args.data_dir, name="image-cats")
+    if not cats_dir.is_dir():
+        raise DataError(f"{cats_dir}: a file, not the folder of cat images")
     paths = sorted(cats_dir.glob("*.png"))
     if not paths:
         raise DataError(f"{cats_dir}: no .png files; get them with:  "
@@ -89,7 +100,7 @@ def main(argv=None):
     for c in range(normalized.shape[1]):
         print(f"channel {c}: mean {normalized[:, c].mean():+.4f}, std {normalized[:, c].std():.4f}")
 
-    png = plot_images(dog, batch, Path(args.out))
+    png = plot_images(dog, batch, out)
     print(f"wrote {png}")
     return {"img": img, "dog": dog, "batch": batch, "normalized": normalized, "png": png}
 

@@ -9,6 +9,7 @@ import argparse
 import torch
 from torch import nn
 
+from ch01_intro.preprocess import read_text as read_utf8
 from common.data import add_data_dir_argument, book_file
 from common.errors import DataError, run_cli
 
@@ -17,12 +18,12 @@ LINE = 200
 PUNCTUATION = '.,;:"!?”“_-'
 
 
+LOOKED_UP = "impossible"    # the word whose index the book prints
+
+
 def read_text(path):
     """The whole novel as one string (utf-8; the file's byte-order mark stays, as in the book)."""
-    try:
-        return path.read_text(encoding="utf8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not utf-8 text ({e})") from None
+    return read_utf8(path, "text")
 
 
 def char_one_hot(line):
@@ -60,11 +61,14 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed for the embedding's random init")
     args = p.parse_args(argv)
 
-    text = read_text(book_file(AUSTEN_TXT, args.data_dir, name="jane-austen"))
+    path = book_file(AUSTEN_TXT, args.data_dir, name="jane-austen")
+    text = read_text(path)
     lines = text.split("\n")
     if len(lines) <= LINE:
-        raise DataError(f"{AUSTEN_TXT}: only {len(lines)} lines, expected the whole novel")
+        raise DataError(f"text {path}: only {len(lines)} lines, the book shows line {LINE}")
     line = lines[LINE]
+    if not clean_words(line):
+        raise DataError(f"text {path}: line {LINE} holds no words, the book encodes its words")
     print(f"line {LINE}: {line!r}")
     letters = char_one_hot(line)
     print(f"character one-hot {tuple(letters.shape)}")
@@ -72,7 +76,10 @@ def main(argv=None):
     words_in_line = clean_words(line)
     print(f"cleaned words: {words_in_line}")
     word2index = build_vocabulary(text)
-    print(f"vocabulary: {len(word2index)} words, 'impossible' -> {word2index['impossible']}")
+    if LOOKED_UP not in word2index:
+        raise DataError(f"text {path}: the word {LOOKED_UP!r} the book looks up is not in it "
+                        "(not Pride and Prejudice?)")
+    print(f"vocabulary: {len(word2index)} words, {LOOKED_UP!r} -> {word2index[LOOKED_UP]}")
     words = word_one_hot(words_in_line, word2index)
     for i, word in enumerate(words_in_line):
         print(f"{i:2} {word2index[word]:4} {word}")

@@ -4,18 +4,19 @@ Decodes cockatoo.mp4 (280 frames of 720 x 1280 RGB) and lays the frames out two 
 (C, T, H, W) = (3, 280, 720, 1280), the layout 3D convolutions take (time is one more
 spatial axis), and (T, C, H, W), a batch of images for 2D convolutions. Both are views of
 one uint8 tensor (774 MB); `--max-frames` keeps fewer. Reading MP4 needs a video plugin
-for imageio: `pip install imageio-ffmpeg` (or `av`). Writes runs/ch04/video.png.
+for imageio: `pip install imageio-ffmpeg` (or `av`). Writes runs/ch04/video.png in the
+repository.
 """
 import argparse
 import importlib.util
-from pathlib import Path
 
 import imageio.v3 as iio
 import torch
 
 from common.data import add_data_dir_argument, book_file
-from common.errors import DataError, run_cli
-from common.figures import save_figure
+from common.errors import DataError, one_line, run_cli
+from common.figures import new_figure, save_figure
+from common.files import output_dir, runs_dir
 
 COCKATOO_MP4 = "p1ch4/video-cockatoo/cockatoo.mp4"
 INSTALL_HINT = "pip install imageio-ffmpeg"
@@ -39,8 +40,9 @@ def read_frames(path, plugin, max_frames=None):
             if max_frames is None or n_total < max_frames:
                 frames.append(torch.from_numpy(frame[..., :3].copy()))
             n_total += 1
-    except (OSError, RuntimeError, ValueError) as e:
-        raise DataError(f"{path}: cannot decode the video ({e})") from None
+    except Exception as e:          # ffmpeg and av report a damaged file in their own ways
+        raise DataError(f"{path}: cannot decode the video ({type(e).__name__}: "
+                        f"{one_line(e, 100)})") from None
     if not frames:
         raise DataError(f"{path}: no frames decoded")
     return torch.stack(frames), n_total
@@ -56,13 +58,10 @@ def layouts(frames):
 
 def plot_frames(video_cthw, out_dir, n=6):
     """n frames spread over the clip, from the (C, T, H, W) tensor."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n_frames = video_cthw.shape[1]
     picks = torch.linspace(0, n_frames - 1, min(n, n_frames)).round().long().tolist()
-    fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 2.2), squeeze=False)
+    fig = new_figure(figsize=(2.6 * len(picks), 2.2))
+    axes = fig.subplots(1, len(picks), squeeze=False)
     for ax, t in zip(axes[0], picks, strict=True):
         ax.imshow(video_cthw[:, t].permute(1, 2, 0).numpy())   # (C, H, W) -> (H, W, C)
         ax.set_title(f"frame {t}")
@@ -77,10 +76,16 @@ def main(argv=None):
     add_data_dir_argument(p)
     p.add_argument("--max-frames", type=int, default=None,
                    help="keep only the first N frames (default: all 280)")
-    p.add_argument("--out", default="runs/ch04", help="folder for video.png")
+    p.add_argument("--out", default=str(runs_dir("ch04")),
+                   help="folder for video.png (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.max_frames is not None and args.max_frames < 1:
+        raise DataError(f"--max-frames {args.max_frames}: must be at least 1")
 
     path = book_file(COCKATOO_MP4, args.data_dir, name="video-cockatoo")
+    if not path.is_file():
+        raise DataError(f"{path}: a folder, not a video file")
+    out = output_dir(args.out, "--out")                # inputs first, then the output folder
     plugin = video_plugin()
     if plugin is None:
         raise DataError(f"reading {path.name} needs a video plugin for imageio "
@@ -91,7 +96,7 @@ def main(argv=None):
     video_cthw, video_tchw = layouts(frames)
     print(f"(C, T, H, W) {tuple(video_cthw.shape)}  for 3D convolutions")
     print(f"(T, C, H, W) {tuple(video_tchw.shape)}  a batch of images for 2D convolutions")
-    png = plot_frames(video_cthw, Path(args.out))
+    png = plot_frames(video_cthw, out)
     print(f"wrote {png}")
     return {"n_frames": n_total, "frames": frames, "video_cthw": video_cthw,
             "video_tchw": video_tchw, "png": png}

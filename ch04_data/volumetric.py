@@ -3,7 +3,8 @@
 Reads the 99 DICOM slices of 512 x 512 voxels into one (99, 512, 512) array with
 imageio's DICOM reader, as the book does, adds a channel axis -> (1, 99, 512, 512), and
 reads the same series with SimpleITK through common.ct.load_ct (the reader chapters 10-14
-use) to show they agree. Writes runs/ch04/volumetric.png (slice 50 and two reformats).
+use) to show they agree. Writes runs/ch04/volumetric.png in the repository (slice 50 and two
+reformats).
 
 Both readers apply the files' rescale slope and intercept, so both give Hounsfield units
 (-1024 .. 3071 here); load_ct's `.hu` is the same volume clipped to [-1000, 1000]. They
@@ -12,7 +13,6 @@ SimpleITK by position along the slice normal (feet first, increasing z).
 """
 import argparse
 import warnings
-from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
@@ -22,7 +22,8 @@ from imageio.config import known_plugins
 from common.ct import load_ct
 from common.data import add_data_dir_argument, book_file
 from common.errors import DataError, run_cli
-from common.figures import save_figure
+from common.figures import new_figure, save_figure
+from common.files import output_dir, runs_dir
 
 DICOM_DIR = "p1ch4/volumetric-dicom/2-LUNG 3.0  B70f-04083"   # two spaces before B70f
 SLICE = 50
@@ -45,10 +46,6 @@ def read_dicom_imageio(folder):
 def plot_slices(hu, spacing_irc, out_dir, index=SLICE):
     """An axial slice and the coronal and sagittal planes through the volume's middle, each
     drawn at its true millimetre aspect. `hu` is (I, R, C) in imageio's (book) slice order."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     si, sr, sc = spacing_irc
     n_i, n_r, n_c = hu.shape
     views = [
@@ -56,7 +53,8 @@ def plot_slices(hu, spacing_irc, out_dir, index=SLICE):
         (hu[:, n_r // 2, :], si / sc, f"coronal, row {n_r // 2}"),
         (hu[:, :, n_c // 2], si / sr, f"sagittal, column {n_c // 2}"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6))
+    fig = new_figure(figsize=(14, 4.6))
+    axes = fig.subplots(1, 3)
     for ax, (image, aspect, title) in zip(axes, views, strict=True):
         shown = ax.imshow(image, cmap="gray", vmin=-1000, vmax=1000, aspect=aspect)
         ax.set_title(title)
@@ -74,11 +72,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir_argument(p)
-    p.add_argument("--out", default="runs/ch04", help="folder for volumetric.png")
+    p.add_argument("--out", default=str(runs_dir("ch04")),
+                   help="folder for volumetric.png (default: %(default)s)")
     args = p.parse_args(argv)
 
     folder = book_file(DICOM_DIR, args.data_dir, name="dicom-ct")
+    if not folder.is_dir():
+        raise DataError(f"{folder}: a file, not the folder of the DICOM series")
+    out = output_dir(args.out, "--out")                # inputs first, then the output folder
     ct = load_ct(folder)                                 # SimpleITK, slices by position
+    if ct.shape[0] <= SLICE:
+        raise DataError(f"{folder}: a series of {ct.shape[0]} slices, the book shows slice "
+                        f"{SLICE}: expected the 99-slice CT")
     sitk_in_book_order = ct.voxels[::-1]                 # -> imageio's InstanceNumber order
     vol_arr = read_dicom_imageio(folder)
     if vol_arr is None:
@@ -97,7 +102,7 @@ def main(argv=None):
     vol = torch.from_numpy(vol_arr).float().unsqueeze(0)  # (C, D, H, W) = (1, 99, 512, 512)
     print(f"tensor with a channel axis: {tuple(vol.shape)}")
     hu = np.clip(vol_arr, -1000, 1000)
-    png = plot_slices(hu, tuple(reversed(ct.spacing_xyz)), Path(args.out))
+    png = plot_slices(hu, tuple(reversed(ct.spacing_xyz)), out)
     print(f"wrote {png}")
     return {"vol_arr": vol_arr, "vol": vol, "ct": ct, "png": png}
 

@@ -3,34 +3,35 @@
 Loads the 4,898 x 12 table, one-hot encodes the quality score with `scatter_`, standardizes
 the 11 chemical columns, compares bad (<= 3), mid and good (>= 7) wines, and tries the
 book's one-rule predictor: a wine is "good" when its total sulfur dioxide is below the mid
-wines' mean. Writes runs/ch04/wine.png (quality histogram and the sulfur rule).
+wines' mean. Writes runs/ch04/wine.png in the repository (quality histogram and the sulfur
+rule).
 """
 import argparse
-import csv
-from pathlib import Path
 
-import numpy as np
 import torch
 
+from ch04_data.tables import check_codes, read_table
 from common.data import add_data_dir_argument, book_file
 from common.errors import DataError, run_cli
-from common.figures import save_figure
+from common.figures import new_figure, save_figure
+from common.files import output_dir, runs_dir
 
 WINE_CSV = "p1ch4/tabular-wine/winequality-white.csv"
 TOTAL_SULFUR = 6            # column of "total sulfur dioxide"
+QUALITY = 11                # the last column, the score 0..10 (this table: 3..9)
 BOOK_THRESHOLD = 141.83     # the mid wines' mean total sulfur dioxide, as the book rounds it
 
 
 def load_wine(path):
-    """(N, 12) float32 tensor and the 12 column names from the semicolon-separated CSV."""
-    try:
-        table = np.loadtxt(path, dtype=np.float32, delimiter=";", skiprows=1)
-    except ValueError as e:
-        raise DataError(f"{path}: not a wine quality table ({e})") from None
-    with open(path, newline="") as f:
-        columns = next(csv.reader(f, delimiter=";"))
-    if table.ndim != 2 or table.shape[1] != len(columns):
-        raise DataError(f"{path}: expected {len(columns)} columns, got shape {table.shape}")
+    """(N, 12) float32 tensor and the 12 column names from the semicolon-separated CSV.
+
+    The book's np.loadtxt(path, delimiter=";", skiprows=1), with every cell checked (tables.py)
+    and the quality scores whole numbers 0..9 (the one-hot has 10 columns)."""
+    table, columns = read_table(path, ";", {TOTAL_SULFUR: "total sulfur dioxide",
+                                           QUALITY: "quality"})
+    if len(columns) != QUALITY + 1:
+        raise DataError(f"{path}: {len(columns)} columns, the wine table has {QUALITY + 1}")
+    check_codes(path, table[:, QUALITY], "quality", 0, 9)
     return torch.from_numpy(table), columns
 
 
@@ -59,18 +60,20 @@ def sulfur_rule(data, target, threshold=BOOK_THRESHOLD):
     n_predicted, n_actual = int(predicted.sum()), int(actual.sum())
     n_matches = int((predicted & actual).sum())
     return {"threshold": threshold, "predicted": n_predicted, "actual": n_actual,
-            "matches": n_matches, "precision": n_matches / n_predicted,
-            "recall": n_matches / n_actual}
+            "matches": n_matches,                  # None: no wine predicted (or actually) good
+            "precision": n_matches / n_predicted if n_predicted else None,
+            "recall": n_matches / n_actual if n_actual else None}
+
+
+def _ratio(value):
+    return "n/a (nothing to divide by)" if value is None else f"{value:.3f}"
 
 
 def plot_wine(target, sulfur, threshold, out_dir):
     """Quality histogram and total sulfur dioxide by quality with the rule's threshold."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     qualities = sorted(set(target.tolist()))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = new_figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     counts = torch.bincount(target, minlength=10)
     ax1.bar(range(10), counts.tolist(), color="tab:purple")
     ax1.set(title="White wines per quality score", xlabel="quality", ylabel="wines",
@@ -87,10 +90,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_dir_argument(p)
-    p.add_argument("--out", default="runs/ch04", help="folder for wine.png")
+    p.add_argument("--out", default=str(runs_dir("ch04")),
+                   help="folder for wine.png (default: %(default)s)")
     args = p.parse_args(argv)
 
-    wineq, columns = load_wine(book_file(WINE_CSV, args.data_dir, name="wine"))
+    path = book_file(WINE_CSV, args.data_dir, name="wine")
+    out = output_dir(args.out, "--out")                # inputs first, then the output folder
+    wineq, columns = load_wine(path)
     data, target = wineq[:, :-1], wineq[:, -1].long()   # 11 chemical columns, quality score
     print(f"table {tuple(wineq.shape)}, quality scores {target.min()}..{target.max()}")
     target_onehot = one_hot(target)
@@ -105,15 +111,15 @@ def main(argv=None):
             zip(columns[:-1], means["bad"], means["mid"], means["good"], strict=True)):
         print(f"{i:2} {name:20} {bad:6.2f} {mid:6.2f} {good:6.2f}")
 
-    mid_sulfur = means["mid"][TOTAL_SULFUR].item()
+    mid_sulfur = means["mid"][TOTAL_SULFUR].item()     # NaN when the table has no mid wine
     print(f"mid wines' mean total sulfur dioxide: {mid_sulfur:.2f} (the book uses "
           f"{BOOK_THRESHOLD})")
     rule = sulfur_rule(data, target, BOOK_THRESHOLD)
     print(f"sulfur < {rule['threshold']}: {rule['predicted']} predicted good, "
           f"{rule['actual']} actually good (quality > 5), {rule['matches']} both; "
-          f"precision {rule['precision']:.3f}, recall {rule['recall']:.3f}")
+          f"precision {_ratio(rule['precision'])}, recall {_ratio(rule['recall'])}")
 
-    png = plot_wine(target, data[:, TOTAL_SULFUR], BOOK_THRESHOLD, Path(args.out))
+    png = plot_wine(target, data[:, TOTAL_SULFUR], BOOK_THRESHOLD, out)
     print(f"wrote {png}")
     return {"wineq": wineq, "columns": columns, "target_onehot": target_onehot,
             "data_normalized": data_normalized, "means": means,

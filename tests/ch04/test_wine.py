@@ -34,7 +34,7 @@ def test_a_table_that_is_not_the_wine_csv_is_a_data_error(tmp_path):
     path = tmp_path / "p1ch4" / "tabular-wine" / "winequality-white.csv"
     path.parent.mkdir(parents=True)
     path.write_text('"a";"b"\nx;y\n')
-    with pytest.raises(DataError, match="not a wine quality table"):
+    with pytest.raises(DataError, match="no column 'total sulfur dioxide' where the book reads"):
         wine.main(["--data-dir", str(tmp_path), "--out", str(tmp_path)])
 
 

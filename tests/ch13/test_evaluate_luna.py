@@ -174,3 +174,39 @@ def test_bad_inputs_are_one_line_and_write_nothing(case, capsys):
     assert "listed twice" in error_line(
         capsys, [analysis, *flags(case, "--series", str(case / "twice.csv"))])
     assert not (case / "out").exists()                      # no figure, no submission
+
+
+def test_reads_what_nodule_analysis_writes(tiny_models, seg_luna, tmp_path, one_torch_thread):
+    from ch13_segment.froc import evaluate, score_scan
+    from ch13_segment.nodule_analysis import main as analysis_main
+
+    seg, cls, _mal = tiny_models
+    saved = tmp_path / "analysis.json"
+    live = analysis_main(["--run-validation", "--include-train", "--data-dir",
+                          str(seg_luna.root), "--seg-model", seg, "--cls-model", cls,
+                          "--batch-size", "8", "--json", str(saved)])
+    r = main([str(saved), "--data-dir", str(seg_luna.root), "--out", str(tmp_path / "out"),
+              "--bootstrap", "0"])
+    nodules = {}
+    for row in csv.DictReader(open(seg_luna.annotations_csv)):
+        nodules.setdefault(row["seriesuid"], []).append(
+            ([float(row[k]) for k in ("coordX", "coordY", "coordZ")], float(row["diameter_mm"])))
+    excluded = {}
+    for row in csv.DictReader(open(seg_luna.root / EXCLUDED_CSV)):
+        excluded.setdefault(row["seriesuid"], []).append(
+            ([float(row[k]) for k in ("coordX", "coordY", "coordZ")], float(row["diameter_mm"])))
+    scans = []
+    for res in live["results"]:
+        uid, dets = res["series_uid"], res["detections"]
+        n, e = nodules.get(uid, []), excluded.get(uid, [])
+        scans.append(score_scan([d.center_xyz for d in dets], [d.prob_nodule for d in dets],
+                                [c for c, _ in n], [d for _, d in n], [c for c, _ in e],
+                                [d for _, d in e]))
+    direct = evaluate(scans, n_resamples=0)
+    assert r["series"] == [res["series_uid"] for res in live["results"]]
+    assert (r["cpm"], r["scans"], r["nodules"], r["marks_given"]) == \
+        (direct["cpm"], 3, 14, sum(len(res["detections"]) for res in live["results"]))
+    marks = read_submission(r["submission"])                   # the CSV holds the same marks
+    for res in live["results"]:
+        np.testing.assert_array_equal(marks[res["series_uid"]][0],
+                                      [d.center_xyz for d in res["detections"]])

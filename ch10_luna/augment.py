@@ -9,8 +9,9 @@ z = index. An output voxel at p samples the input at A @ p + t, so `offset` t = 
 image content by -0.1 (5% of the width) along that axis. The translation goes in the last column
 of the (d, d+1) matrix; the book's chapter 13/14 code put it in a row, so there it did nothing.
 """
+import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,13 +32,40 @@ class AugmentSpec:
 
 
 BOOK_AUGMENTATION = AugmentSpec(flip=True, offset=0.1, scale=0.2, rotate=True, noise=25.0)
+AUGMENTATIONS = ("flip", "offset", "scale", "rotate", "noise")
+
+
+def augment_parser(magnitudes=BOOK_AUGMENTATION, rotate_help="about the head-foot axis"):
+    """--augmented and --augment-{flip,offset,scale,rotate,noise}, collected in `augment` (a
+    parent parser); `magnitudes` are what each flag turns on (and what the help says)."""
+    m = magnitudes
+    helps = {"flip": "mirror each axis at random", "offset": f"+-{m.offset:g} of the half-width",
+             "scale": f"+-{m.scale:.0%}%", "rotate": rotate_help,
+             "noise": f"Gaussian, std {m.noise:g} HU"}
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--augmented", dest="augment", action="append_const", const="all",
+                   help="every augmentation below")
+    for name in AUGMENTATIONS:
+        p.add_argument(f"--augment-{name}", dest="augment", action="append_const", const=name,
+                       help=helps[name])
+    return p
+
+
+def augment_spec(magnitudes, names):
+    """The AugmentSpec with the augmentations in `names` at `magnitudes` ('all': every one)."""
+    names = set(AUGMENTATIONS) if "all" in set(names or ()) else set(names or ())
+    off = AugmentSpec()
+    return replace(magnitudes, **{n: getattr(off, n) for n in AUGMENTATIONS if n not in names})
 
 
 def random_affine(n, spatial_dims, spec, generator=None, device="cpu"):
     """(n, d, d+1) matrices for affine_grid; axes in grid order (x=col, y=row[, z=index])."""
     d = spatial_dims
-    on = generator.device if generator is not None else "cpu"
-    u = lambda *shape: torch.rand(*shape, generator=generator, device=on).cpu()  # noqa: E731
+    if generator is not None and generator.device.type != "cpu":
+        # The matrices are drawn on the CPU: drawing them on the GPU and reading them back
+        # would wait for the device up to four times per batch. initial_seed() is host-side.
+        generator = torch.Generator().manual_seed(generator.initial_seed())
+    u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     linear = torch.eye(d).repeat(n, 1, 1)
     if spec.flip:
         signs = torch.where(u(n, d) > 0.5, -1.0, 1.0)
@@ -51,7 +79,10 @@ def random_affine(n, spatial_dims, spec, generator=None, device="cpu"):
         rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = c, -s, s, c   # x-y plane
         linear = rot @ linear
     translation = spec.offset * (2 * u(n, d) - 1) if spec.offset else torch.zeros(n, d)
-    return torch.cat([linear, translation[:, :, None]], dim=2).to(device)
+    theta = torch.cat([linear, translation[:, :, None]], dim=2)
+    if torch.device(device).type == "cuda":
+        theta = theta.pin_memory()                  # so the copy below does not wait either
+    return theta.to(device, non_blocking=True)
 
 
 def apply_affine(x, theta, mode="bilinear"):

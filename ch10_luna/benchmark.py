@@ -21,19 +21,10 @@ import torch
 
 from ch10_luna import train_cls
 from ch10_luna.augment import BOOK_AUGMENTATION, AugmentSpec
-from ch10_luna.dsets import epoch_order
+from ch10_luna.dsets import epoch_order, locate_luna, make_loader
 from ch10_luna.model import LunaModel
-from ch10_luna.train_cls import (
-    amp_context,
-    channels_last,
-    evaluate,
-    locate_luna,
-    make_datasets,
-    make_loader,
-    optimizer_step,
-    to_input,
-    train_one_epoch,
-)
+from ch10_luna.runtime import memory_format, mixed_precision, optimizer_step, to_input
+from ch10_luna.train_cls import evaluate, make_datasets, train_one_epoch
 from common.ct import to_hu
 from common.data import add_data_dir_argument
 from common.device import add_device_argument, pick_device, seed_everything
@@ -57,27 +48,26 @@ def time_crop_reads(dataset, n=200):
     return ours * 1e3, full * 1e3
 
 
-def model_ceiling(device, batch_size, steps, amp, train=True, memory_last=None, warmup=2):
-    """samples/s of the bare model on one in-memory batch (after `warmup` steps)."""
+def model_ceiling(device, batch_size, steps, amp, train=True, fmt=None, warmup=2):
+    """samples/s of the bare model on one in-memory batch (after `warmup` steps); `fmt` the
+    memory format (default: the one the loops use)."""
     seed_everything(0)
-    model = LunaModel().to(device)
-    memory_last = channels_last(device, amp) if memory_last is None else memory_last
-    if memory_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    x = to_input(torch.randn(batch_size, 1, 32, 48, 48) * 400 - 500, device, memory_last)
+    amp = mixed_precision(device, amp)
+    fmt = memory_format(device, amp) if fmt is None else fmt
+    model = LunaModel().to(device, memory_format=fmt)
+    x = to_input(torch.randn(batch_size, 1, 32, 48, 48) * 400 - 500, device, fmt)
     y = torch.randint(0, 2, (batch_size,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99)
-    amp_ctx, _ = amp_context(device, amp)
     model.train(train)
 
     def step():
         if train:
-            with amp_ctx:
+            with amp.context:
                 logits, _ = model(x)
                 loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            optimizer_step(loss, optimizer)
+            optimizer_step(loss, optimizer, amp.scaler)
         else:
-            with torch.inference_mode(), amp_ctx:
+            with torch.inference_mode(), amp.context:
                 model(x)
 
     for _ in range(warmup):
@@ -102,9 +92,8 @@ def sync(device):
 def loop_rates(train_ds, val_ds, device, batch_size, steps, amp, spec, num_workers):
     """samples/s of train_one_epoch and evaluate on real crops (one warm-up batch each)."""
     seed_everything(0)
-    model = LunaModel().to(device)
-    if channels_last(device, amp):
-        model = model.to(memory_format=torch.channels_last_3d)
+    amp = mixed_precision(device, amp)
+    model = LunaModel().to(device, memory_format=memory_format(device, amp))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99)
     order = epoch_order(train_ds.labels(), (steps + 1) * batch_size, balanced=True, seed=0)
     warm = make_loader(train_ds, order[:batch_size], batch_size, num_workers, device)
@@ -137,7 +126,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = True
-    luna = locate_luna(argparse.Namespace(data_dir=args.data_dir, synthetic=args.synthetic))
+    luna = locate_luna(args.data_dir, args.synthetic)
     train_ds, val_ds = make_datasets(luna, val_stride=10)
     spec = AugmentSpec() if args.no_augment else BOOK_AUGMENTATION
     setting = "plain" if args.no_augment else "balanced + fully augmented"
@@ -163,8 +152,8 @@ def main(argv=None):
         print(f"{name:10s} validation {val:7.1f} samples/s = {val / ceiling_val:6.1%} of the "
               f"forward-only ceiling {ceiling_val:7.1f}")
     if device.type == "cpu" and not args.skip_layout:
-        book_layout = model_ceiling(device, args.batch_size, 1, False, memory_last=False,
-                                    warmup=1)
+        book_layout = model_ceiling(device, args.batch_size, 1, False,
+                                    fmt=torch.contiguous_format, warmup=1)
         print(f"fp32 model-only ceiling in the book's NCDHW layout: {book_layout:.1f} samples/s; "
               f"channels-last: {results[False][0]:.1f} ({results[False][0] / book_layout:.0f}x)")
     fp32_ceiling = results[False][0]

@@ -1,15 +1,18 @@
-"""Chapters 10-12: the LUNA16 candidate list, the split by series, and the crop dataset.
+"""Chapters 10-12: the LUNA16 files, the candidate list, the split by series, the crop dataset.
 
-    luna = find_luna(data_dir)                   # what is on disk (real LUNA16 or the sample)
+    luna = locate_luna(data_dir)                 # LUNA16 on disk, else the synthetic sample
     candidates = read_candidates(luna)           # Candidate tuples, nodules and big ones first
-    train, val = split_by_series(candidates, val_stride=10)
+    train, val = split_by_series(candidates, val_stride=10)   # or LUNA16's folds: fold=K
     ds = LunaDataset(train, luna.series)         # (1x32x48x48 HU, one-hot label, uid, center_irc)
+    loader = make_loader(ds, order, batch_size=32, num_workers=0, device=device)
 
 Crops come straight from the memory-mapped `.raw` files (common/ct.py), so there is no cache
 to prepare: the book's prepcache step and its ~165 GB of cache are not needed.
 """
+import argparse
 import csv
 import functools
+import sys
 import warnings
 from collections import namedtuple
 from dataclasses import dataclass, field
@@ -17,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from ch10_luna.synthetic import MARKER
+from ch10_luna.runtime import barrier, is_main_process
+from ch10_luna.synthetic import MARKER, generate_sample
 from common.ct import load_ct, read_mhd_header
-from common.data import data_root
+from common.data import add_data_dir_argument, data_root
 from common.errors import DataError
 
 CROP_IRC = (32, 48, 48)
@@ -39,6 +43,55 @@ class LunaFiles:
     malignancy_csv: Path | None
     series: dict = field(default_factory=dict)   # series_uid -> .mhd path
     synthetic: bool = False
+    skipped: dict = field(default_factory=dict)  # uid or subset -> why unusable (names the file)
+
+
+def luna_parser():
+    """--data-dir, --synthetic, --val-stride and --fold: which LUNA data a script reads and how
+    it splits it (a parent parser for argparse)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_data_dir_argument(p)
+    p.add_argument("--synthetic", action="store_true",
+                   help="use the built-in synthetic sample even if LUNA16 is present")
+    p.add_argument("--val-stride", type=int, default=10,
+                   help="every N-th series (sorted by uid) validates (default: %(default)s)")
+    p.add_argument("--fold", type=int, default=None, metavar="K", choices=range(10),
+                   help="LUNA16's 10-fold protocol instead: validate on subsetK, train on the "
+                        "other nine")
+    return p
+
+
+def warn(message):
+    """A warning line on stderr (rank 0 only under torchrun)."""
+    if is_main_process():
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def locate_luna(data_dir=None, synthetic=False, announce=print):
+    """LunaFiles for a run: LUNA16 when present, else the synthetic sample (generated once).
+
+    A LUNA folder that is there must be usable (a DataError says what is missing); series that
+    are not (a missing or truncated .raw, a broken header) are skipped with a warning each.
+    """
+    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
+        raise DataError(f"--data-dir {data_dir} does not exist")
+    real = luna_dir(data_dir)
+    if not synthetic and real.is_dir():
+        luna = find_luna(real)
+    else:
+        sample = data_root(data_dir) / "synthetic" / "luna"
+        if is_main_process() and not (sample / MARKER).exists():
+            announce(f"generating the synthetic LUNA sample in {sample} (once) ...")
+            generate_sample(sample)
+        barrier()
+        announce("=" * 78 + "\n SYNTHETIC DATA: " + ("--synthetic given" if synthetic else
+                 f"no LUNA16 found under {real}") + f".\n Using the built-in sample in {sample}"
+                 " (generated CTs in LUNA16's format).\n For the real data: python -m "
+                 "common.data download luna-csv luna-subset0  (then more subsets)\n" + "=" * 78)
+        luna = find_luna(sample, synthetic=True)
+    for _name, why in sorted(luna.skipped.items()):
+        warn(f"skipped: {why}")
+    return luna
 
 
 def luna_dir(data_dir=None):
@@ -74,16 +127,23 @@ def find_luna(folder, synthetic=False):
         raise DataError(f"{folder}: missing {', '.join(missing)} (download with `python -m "
                         "common.data download luna-csv luna-subset0`, or train on the built-in "
                         "sample with --synthetic)")
-    series = {}
+    series, skipped = {}, {}
     for subset in subsets:
         mhds = sorted(subset.glob("*.mhd"))
         if not mhds:
-            raise DataError(f"{subset} holds no .mhd files: finish extracting it or remove it")
+            skipped[subset.name] = (f"{subset} holds no .mhd files: finish extracting it or "
+                                    "remove it")
         for mhd in mhds:
-            check_series_files(mhd)
-            series[mhd.stem] = mhd
+            try:
+                check_series_files(mhd)
+                series[mhd.stem] = mhd
+            except DataError as e:                       # one broken series: skip it, go on
+                skipped[mhd.stem] = str(e)
+    if not series:
+        raise DataError(f"{folder}: no usable series ({len(skipped)} skipped; "
+                        f"{next(iter(skipped.values()))})")
     synthetic = synthetic or (folder / MARKER).exists()       # ch10_luna/synthetic.py made it
-    return LunaFiles(folder, candidates, annotations, malignancy, series, synthetic)
+    return LunaFiles(folder, candidates, annotations, malignancy, series, synthetic, skipped)
 
 
 def check_series_files(mhd_path):
@@ -189,12 +249,30 @@ def read_candidates(luna, require_on_disk=True):
     return candidates
 
 
-def split_by_series(candidates, val_stride=10):
-    """(train, val): every `val_stride`-th series (sorted by uid) goes to validation, whole."""
+def validation_uids(series, val_stride=10, fold=None):
+    """The validation series, sorted: with `fold` K, LUNA16's protocol (the series of subsetK;
+    `series` maps uid -> .mhd path), else every `val_stride`-th uid in sorted order (the
+    book's chapter 11 split)."""
+    if fold is not None:
+        uids = sorted(uid for uid, path in series.items() if Path(path).parent.name ==
+                      f"subset{fold}")
+        if not uids:
+            raise DataError(f"--fold {fold}: no series of subset{fold} is on disk")
+        if len(uids) == len(series):
+            raise DataError(f"--fold {fold}: every series on disk is in subset{fold}; "
+                            "nothing is left to train on")
+        return uids
     if val_stride < 2:
         raise DataError(f"--val-stride must be at least 2, got {val_stride}")
-    uids = sorted({c.series_uid for c in candidates})
-    val_uids = set(uids[::val_stride])
+    return sorted(series)[::val_stride]
+
+
+def split_by_series(candidates, val_stride=10, val_uids=None):
+    """(train, val): every `val_stride`-th series (sorted by uid) goes to validation, whole;
+    or the series in `val_uids` (validation_uids with a fold)."""
+    if val_uids is None:
+        val_uids = validation_uids({c.series_uid: None for c in candidates}, val_stride)
+    val_uids = set(val_uids)
     train = [c for c in candidates if c.series_uid not in val_uids]
     val = sorted((c for c in candidates if c.series_uid in val_uids),
                  key=lambda c: (c.series_uid, c.center_xyz))    # by series: reads stay local
@@ -223,6 +301,14 @@ def epoch_order(labels, epoch_size=None, balanced=False, seed=0, epoch=1):
     order = np.empty(2 * half, dtype=np.int64)
     order[0::2], order[1::2] = pick(pos), pick(neg)
     return order[:size]
+
+
+def make_loader(dataset, order, batch_size, num_workers, device):
+    """Batches in exactly `order` (a plain list of indices is a valid sampler); pinned memory
+    on CUDA, so the copies to the device do not wait."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=list(map(int, order)),
+                      num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
+                      persistent_workers=False)
 
 
 @functools.lru_cache(maxsize=128)

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import run_cli
-from common.figures import save_figure
+from common.figures import new_figure, save_figure
+from common.files import runs_dir
 
-DEFAULT_OUT = "runs/ch10"
+DEFAULT_OUT = str(runs_dir("ch10"))
 NODULE_SHARE = 1_351 / 551_065          # LUNA16's candidates.csv: one nodule per ~408 candidates
 
 
@@ -36,14 +37,12 @@ def scores(p, r):
 
 def plot_scores(n=101):
     """The figure: one contour panel per score, then the flag-everything classifier's line."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     grid = np.linspace(0.0, 1.0, n)
     p, r = np.meshgrid(grid, grid)                   # x: precision, y: recall
     levels = np.linspace(0.0, 1.0, 11)
-    fig, axes = plt.subplots(2, 3, figsize=(13, 8.5), layout="constrained")
+    fig = new_figure(figsize=(13, 8.5), layout="constrained")
+    axes = fig.subplots(2, 3)
     titles = {"f1": "F1 = 2pr / (p + r)", "avg": "avg = (p + r) / 2", "min": "min(p, r)",
               "mult": "mult = p * r", "sqrt": "sqrt(p * r)"}
     for ax, (name, z) in zip(axes.flat, scores(p, r).items(), strict=False):

@@ -35,24 +35,12 @@ RUNS = (
 )
 
 
-def run_commands(args):
-    """[(name, train_cls argv)] for every run, with the pass-through flags."""
-    passthrough = []
-    if args.data_dir:
-        passthrough += ["--data-dir", args.data_dir]
-    if args.synthetic:
-        passthrough.append("--synthetic")
-    if args.epoch_size is not None:
-        passthrough += ["--epoch-size", str(args.epoch_size)]
-    if args.device != "auto":
-        passthrough += ["--device", args.device]
-    if args.amp:
-        passthrough.append("--amp")
+def run_commands(epoch_counts, passthrough):
+    """[(name, train_cls argv)] for every run: `epoch_counts` maps "training" and
+    "experiment" to epochs, `passthrough` holds the flags every run gets."""
     commands = []
     for name, prefix, epochs, flags in RUNS:
-        if not isinstance(epochs, int):
-            epochs = args.epochs or (args.training_epochs if epochs == "training"
-                                     else args.experiment_epochs)
+        epochs = epochs if isinstance(epochs, int) else epoch_counts[epochs]
         commands.append((name, ["--tb-prefix", prefix, "--epochs", str(epochs), *flags,
                                 *passthrough, name]))
     return commands
@@ -99,7 +87,13 @@ def main(argv=None):
     p.add_argument("--amp", action="store_true", help="mixed precision (see train_cls.py)")
     args = p.parse_args(argv)
 
-    commands = run_commands(args)
+    passthrough = (["--data-dir", args.data_dir] if args.data_dir else []) + (
+        ["--synthetic"] if args.synthetic else []) + (
+        ["--epoch-size", str(args.epoch_size)] if args.epoch_size is not None else []) + (
+        ["--device", args.device] if args.device != "auto" else []) + (
+        ["--amp"] if args.amp else [])
+    commands = run_commands({"training": args.epochs or args.training_epochs,
+                             "experiment": args.epochs or args.experiment_epochs}, passthrough)
     for n, (_name, run_argv) in enumerate(commands, start=1):
         print(f"[{n}/{len(commands)}] {shell_line(run_argv)}")
     if args.dry_run:

@@ -16,14 +16,14 @@ import argparse
 import warnings
 from pathlib import Path
 
-from ch10_luna.dsets import LunaDataset, cached_ct, read_candidates
-from ch10_luna.train_cls import locate_luna
+from ch10_luna.dsets import LunaDataset, cached_ct, locate_luna, read_candidates
 from common.ct import crop_bounds, to_hu
 from common.data import add_data_dir_argument
 from common.errors import DataError, run_cli
-from common.figures import save_figure
+from common.figures import new_figure, save_figure
+from common.files import runs_dir
 
-DEFAULT_OUT = "runs/ch10"
+DEFAULT_OUT = str(runs_dir("ch10"))
 CLIM = (-1000.0, 300.0)                              # HU: air black, soft tissue and up white
 GRID_SLICES = ((9, 11, 13), (15, 16, 17), (19, 21, 23))
 
@@ -52,9 +52,6 @@ def pick_candidate(candidates, series_uid, index=None):
 
 def show_candidate(ct, crop, center_irc, title):
     """The figure: 3 full-CT slices, 3 crop slices, a 3x3 grid of crop slices."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
     i, r, c = (int(v) for v in center_irc)
@@ -71,7 +68,8 @@ def show_candidate(ct, crop, center_irc, title):
         ("crop: col", crop[:, :, crop.shape[2] // 2], sz / sy, None, True),
     ]
     views += [(f"slice {s}", crop[s], sy / sx, None, False) for row in GRID_SLICES for s in row]
-    fig, axes = plt.subplots(2 + len(GRID_SLICES), 3, figsize=(12, 21))
+    fig = new_figure(figsize=(12, 21))
+    axes = fig.subplots(2 + len(GRID_SLICES), 3)
     for ax, (name, image, aspect, box, vertical_index) in zip(axes.flat, views, strict=True):
         # Index axis drawn upwards (the book inverts y): the head is at the top.
         ax.imshow(image, cmap="gray", clim=CLIM, aspect=aspect,
@@ -101,7 +99,7 @@ def main(argv=None):
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
 
-    luna = locate_luna(argparse.Namespace(data_dir=args.data_dir, synthetic=args.synthetic))
+    luna = locate_luna(args.data_dir, args.synthetic)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                 # absent series: expected with few subsets
         candidates = read_candidates(luna)

@@ -8,7 +8,7 @@ chapter 14's nodule analysis per CT against the book's timings.
 Every figure comes from this one run on this device, side by side:
 - the model-only ceiling: UNetWrapper (the book's chapter 13 settings) forward + backward + Adam
   step with the Dice + false-negative loss on one in-memory (N, 7, 64, 64) batch, in the NCHW
-  and the channels-last layout (train_seg.py uses the layout `channels_last_2d` picks);
+  and the channels-last layout (the training loop uses the layout `runtime.memory_format` picks);
 - the real loop: train_one_epoch reading 64 x 64 crops from the sample's .raw files, and its
   share of the ceiling in the same layout;
 - validation: evaluate() over every validation slice, in seconds per whole slice.
@@ -28,20 +28,19 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ch10_luna.augment import AugmentSpec
 from ch10_luna.benchmark import timed
-from ch10_luna.train_cls import amp_context, locate_luna, make_loader, optimizer_step
+from ch10_luna.dsets import locate_luna, make_loader
+from ch10_luna.runtime import memory_format, mixed_precision, optimizer_step, to_input
+from ch10_luna.train_cls import evaluate, train_one_epoch
 from ch13_segment import nodule_analysis as na
 from ch13_segment.dsets import make_seg_datasets, mask_cache_dir, split_series
 from ch13_segment.model import UNetWrapper
 from ch13_segment.train_seg import (
     MODEL_KWARGS,
-    NO_AUGMENTATION,
     SEG_AUGMENTATION,
-    channels_last_2d,
-    evaluate,
+    compute_batch_loss,
     fn_weighted_loss,
-    to_input,
-    train_one_epoch,
 )
 from common.ct import Ct, load_ct, write_mhd
 from common.data import add_data_dir_argument, book_file
@@ -52,39 +51,39 @@ BOOK_ANALYSIS_S = {117: 49.6, 205: 88.0}     # the book's nodule_analysis.py, se
 BOOK_S_PER_SLICE = sum(BOOK_ANALYSIS_S.values()) / sum(BOOK_ANALYSIS_S)     # ~0.43
 
 
-def new_model(device, memory_last):
+def new_model(device, fmt):
     seed_everything(0)
-    model = UNetWrapper(**MODEL_KWARGS).to(device)
-    if memory_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = UNetWrapper(**MODEL_KWARGS).to(device, memory_format=fmt)
     return model, torch.optim.Adam(model.parameters())
 
 
-def model_ceiling(device, batch_size, steps, amp, memory_last, warmup=2):
-    """samples/s of the bare model training on one in-memory batch of crops."""
-    model, optimizer = new_model(device, memory_last)
+def model_ceiling(device, batch_size, steps, amp, fmt, warmup=2):
+    """samples/s of the bare model training on one in-memory batch of crops, in layout `fmt`."""
+    model, optimizer = new_model(device, fmt)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 7, 64, 64, generator=generator) * 400 - 500
-    x = to_input(x, device, memory_last)
+    x = to_input(x, device, fmt)
     label = (torch.rand(batch_size, 1, 64, 64, generator=generator) > 0.95).float().to(device)
-    amp_ctx, _ = amp_context(device, amp)
+    amp = mixed_precision(device, amp)
     model.train()
 
     def step():
-        with amp_ctx:
+        with amp.context:
             pred = model(x)
         loss = fn_weighted_loss(pred.float(), label).mean()
-        optimizer_step(loss, optimizer)
+        optimizer_step(loss, optimizer, amp.scaler)
 
     for _ in range(warmup):
         step()
     return steps * batch_size / timed(device, lambda: [step() for _ in range(steps)])
 
 
-def loop_rate(train_ds, device, batch_size, steps, amp, memory_last, spec, num_workers):
-    """samples/s of train_one_epoch on real crops (after one warm-up batch)."""
-    model, optimizer = new_model(device, memory_last)
-    kwargs = dict(spec=spec, amp=amp, memory_last=memory_last, quiet=True)
+def loop_rate(train_ds, device, batch_size, steps, amp, spec, num_workers):
+    """samples/s of chapter 13's training loop on real crops (after one warm-up batch)."""
+    amp = mixed_precision(device, amp)
+    model, optimizer = new_model(device, memory_format(device, amp, 2))
+    kwargs = dict(compute=compute_batch_loss, n_rows=5, spec=spec, augment_labels=True, amp=amp,
+                  quiet=True)
     warm = make_loader(train_ds, range(batch_size), batch_size, num_workers, device)
     train_one_epoch(model, warm, optimizer, device, **kwargs)
     loader = make_loader(train_ds, range(batch_size, (steps + 1) * batch_size), batch_size,
@@ -93,13 +92,13 @@ def loop_rate(train_ds, device, batch_size, steps, amp, memory_last, spec, num_w
     return steps * batch_size / seconds, model
 
 
-def validation_seconds_per_slice(model, val_ds, device, batch_size, amp, memory_last,
-                                 num_workers):
+def validation_seconds_per_slice(model, val_ds, device, batch_size, amp, num_workers):
+    kwargs = dict(compute=compute_batch_loss, n_rows=5, amp=mixed_precision(device, amp),
+                  quiet=True)
     evaluate(model, make_loader(val_ds, range(min(batch_size, len(val_ds))), batch_size, 0,
-                                device), device, amp=amp, memory_last=memory_last, quiet=True)
+                                device), device, **kwargs)
     loader = make_loader(val_ds, np.arange(len(val_ds)), batch_size, num_workers, device)
-    return timed(device, lambda: evaluate(model, loader, device, amp=amp,
-                                          memory_last=memory_last, quiet=True)) / len(val_ds)
+    return timed(device, lambda: evaluate(model, loader, device, **kwargs)) / len(val_ds)
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -169,24 +168,22 @@ def analysis_cts(luna, slice_counts, series_uid, workdir):
     return out
 
 
-def analysis_benchmark(args, luna, device):
-    seg = args.seg_model or book_file(na.BOOK_SEG_MODEL, args.data_dir, "luna-models")
-    cls = args.cls_model or book_file(na.BOOK_CLS_MODEL, args.data_dir, "luna-models")
-    models = (na.load_model(seg, "UNetWrapper", "--seg-model"),
-              na.load_model(cls, "LunaModel", "--cls-model"), None)
+def analysis_benchmark(luna, device, seg, cls, slice_counts, series_uid=None, batch_size=16,
+                       repeats=1):
+    """nodule_analysis per CT in fp32 and with a bf16 U-Net, side by side, with the book's
+    seconds and the detections compared; `seg` and `cls` are checkpoint paths."""
+    models = na.load_models(seg, cls)
     annotations = na.read_nodules(luna)
     print(f"nodule_analysis on {device}, {torch.get_num_threads()} threads; seg {seg}, cls {cls}")
     results = []
     with tempfile.TemporaryDirectory() as workdir:
-        for uid, path, n in analysis_cts(luna, args.slices, args.series_uid, workdir):
+        for uid, path, n in analysis_cts(luna, slice_counts, series_uid, workdir):
             runs = {}
             for amp in (False, True):
-                run_args = argparse.Namespace(batch_size=args.batch_size, amp=amp,
-                                              erosion_max_spacing=na.EROSION_MAX_SPACING_MM)
                 best = None
-                for _ in range(args.repeats):
-                    r = na.analyze_series(uid, path, models, annotations.get(uid, []), run_args,
-                                          device, keep_probs=True)
+                for _ in range(repeats):
+                    r = na.analyze_series(uid, path, models, annotations.get(uid, []), device,
+                                          batch_size=batch_size, amp=amp, keep_probs=True)
                     if best is None or sum(r["timing"].values()) < sum(best["timing"].values()):
                         best = r
                 runs[amp] = best
@@ -242,12 +239,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = True
-    luna = locate_luna(argparse.Namespace(data_dir=args.data_dir, synthetic=args.synthetic))
+    luna = locate_luna(args.data_dir, args.synthetic)
     if args.analysis:
-        return analysis_benchmark(args, luna, device)
+        return analysis_benchmark(
+            luna, device, args.seg_model or book_file(na.BOOK_SEG_MODEL, args.data_dir,
+                                                      "luna-models"),
+            args.cls_model or book_file(na.BOOK_CLS_MODEL, args.data_dir, "luna-models"),
+            args.slices, args.series_uid, args.batch_size, args.repeats)
     train_ds, val_ds, _ = make_seg_datasets(luna, mask_cache_dir(args.data_dir), 10,
                                             epoch_size=(args.steps + 1) * args.batch_size)
-    spec = SEG_AUGMENTATION if args.augmented else NO_AUGMENTATION
+    spec = SEG_AUGMENTATION if args.augmented else AugmentSpec()
     print(f"device {device}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
           f"{args.steps} timed batches, training {'augmented' if spec.active else 'plain'}, "
           f"{'synthetic' if getattr(luna, 'synthetic', False) else 'LUNA16'} data; "
@@ -257,12 +258,13 @@ def main(argv=None):
         name = "amp (bf16)" if amp else "fp32"
         if amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             name = "amp (fp16)"
-        ceilings = {last: model_ceiling(device, args.batch_size, args.steps, amp, last)
+        ceilings = {last: model_ceiling(device, args.batch_size, args.steps, amp,
+                                        torch.channels_last if last else torch.contiguous_format)
                     for last in (False, True)}
-        used = channels_last_2d(device, amp)
-        trn, model = loop_rate(train_ds, device, args.batch_size, args.steps, amp, used, spec,
+        used = memory_format(device, amp, 2) == torch.channels_last
+        trn, model = loop_rate(train_ds, device, args.batch_size, args.steps, amp, spec,
                                args.num_workers)
-        val = validation_seconds_per_slice(model, val_ds, device, args.batch_size, amp, used,
+        val = validation_seconds_per_slice(model, val_ds, device, args.batch_size, amp,
                                            args.num_workers)
         results[amp] = {"ceiling_nchw": ceilings[False], "ceiling_channels_last": ceilings[True],
                         "train": trn, "layout": "channels_last" if used else "nchw",

@@ -21,7 +21,6 @@ matches a nodule as in the analysis: distance / diameter < 0.7.
 """
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +30,14 @@ from ch13_segment.nodule_analysis import (
     NODULE_THRESHOLD,
     Annotation,
     Detection,
+    analysis_parser,
+    check_analysis_args,
     match_detections,
 )
 from ch13_segment.nodule_analysis import main as analysis_main
-from common.data import REPO_ROOT
 from common.errors import DataError, run_cli
+from common.figures import new_figure, save_figure
+from common.files import runs_dir
 
 SWEEP = tuple(round(0.1 * k, 1) for k in range(1, 10))      # 0.1 .. 0.9 (0.5 among them)
 
@@ -131,14 +133,10 @@ def format_rows(rows, operating):
 
 def save_froc_png(curve, rows, operating, path, title, ceiling=None):
     """Recall against false positives per CT: the whole curve, the sweep, the operating point."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fp = np.array([r["fp_per_ct"] for r in curve])
     recall = np.array([r["recall"] or 0.0 for r in curve])
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = new_figure(figsize=(7, 5))
+    ax = fig.subplots()
     ax.step(fp, recall, where="post", color="tab:blue", label="every threshold")
     ax.plot([r["fp_per_ct"] for r in rows], [r["recall"] or 0.0 for r in rows], "o",
             color="tab:blue", ms=4, label="the sweep")
@@ -165,11 +163,7 @@ def save_froc_png(curve, rows, operating, path, title, ceiling=None):
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, tight_layout=False, bbox_inches="tight")
 
 
 # ----------------------------------------------------------------------------- main
@@ -181,23 +175,23 @@ def own_parser():
     p.add_argument("--thresholds", type=float, nargs="+", default=None,
                    help="P(nodule) thresholds to print (default: 0.1 .. 0.9 and the operating "
                         "point)")
-    p.add_argument("--out", default=str(REPO_ROOT / "runs" / "ch13"),
+    p.add_argument("--out", default=str(runs_dir("ch13")),
                    help="folder for froc.png (default: runs/ch13/)")
     return p
 
 
 def parse_args(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    p = own_parser()
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
-        p.print_help()
-        print("\nwithout --analysis, nodule_analysis.py's flags (its --help):")
-        analysis_main(["--help"])                          # prints and exits
-    args, rest = p.parse_known_args(argv)
+    """(our flags, nodule_analysis.py's argv): one parser for the help and the checks, made of
+    ours and nodule_analysis.py's (parents)."""
+    p = argparse.ArgumentParser(description=__doc__, parents=[own_parser(), analysis_parser()],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = p.parse_args(argv)
+    rest = own_parser().parse_known_args(argv)[1]
     if args.analysis is not None and rest:
         p.error(f"--analysis reads a finished analysis: leave out nodule_analysis.py's flags "
                 f"({' '.join(rest)})")
+    if args.analysis is None:
+        check_analysis_args(p, args)
     if args.thresholds and not all(0 <= t <= 1 for t in args.thresholds):
         p.error("--thresholds must lie in [0, 1]")
     return args, rest

@@ -2,7 +2,7 @@
 
     python ch13_segment/dsets.py --synthetic          # build the mask cache once, print a summary
 
-    luna = locate_luna(args)                                  # ch10_luna/train_cls.py
+    luna = locate_luna(data_dir)                              # ch10_luna/dsets.py
     masks = load_masks(luna.series, annotation_centers(luna), mask_cache_dir(args.data_dir))
     train_uids, val_uids = split_series(luna.series, val_stride=10)
     train_ds = TrainingLuna2dSegmentationDataset(train_uids, luna.series, masks)  # (7,64,64) crops
@@ -31,9 +31,15 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from ch10_luna.dsets import Candidate, cached_ct, read_annotations, split_by_series
+from ch10_luna.dsets import (
+    cached_ct,
+    locate_luna,
+    luna_parser,
+    read_annotations,
+    validation_uids,
+)
 from common.ct import HU_MIN, crop_bounds, to_hu
-from common.data import add_data_dir_argument, data_root
+from common.data import data_root
 from common.errors import DataError, run_cli
 
 MASK_VERSION = 1               # bump when build_annotation_mask changes: cached masks rebuild
@@ -205,11 +211,12 @@ def load_masks(series_paths, centers, cache_dir, threshold_hu=THRESHOLD_HU, load
 
 
 # ----------------------------------------------------------------------------- samples
-def split_series(series_uids, val_stride=10):
-    """(train_uids, val_uids), sorted: chapter 11's split (every val_stride-th series)."""
-    stand_ins = [Candidate(False, 0.0, uid, (0.0, 0.0, 0.0)) for uid in set(series_uids)]
-    train, val = split_by_series(stand_ins, val_stride)
-    return sorted(c.series_uid for c in train), sorted(c.series_uid for c in val)
+def split_series(series, val_stride=10, fold=None):
+    """(train_uids, val_uids), sorted: chapter 11's split (every val_stride-th series), or with
+    `fold` LUNA16's (`series` then maps uid -> .mhd path, whose subset folder decides)."""
+    series = series if isinstance(series, dict) else dict.fromkeys(series)
+    val = validation_uids(series, val_stride, fold)
+    return sorted(set(series) - set(val)), val
 
 
 def check_context(series_uid, n_slices, context=CONTEXT_SLICES):
@@ -314,13 +321,13 @@ class TrainingLuna2dSegmentationDataset(Dataset):
 
 
 def make_seg_datasets(luna, cache_dir, val_stride=10, epoch_size=BOOK_EPOCH, seed=0,
-                      progress=True):
-    """(training crops, validation slices, masks) for a LunaFiles, split by series."""
+                      progress=True, fold=None):
+    """(training crops, validation slices, masks) for a LunaFiles, split by series (or fold)."""
     masks = load_masks(luna.series, annotation_centers(luna), cache_dir, progress=progress)
-    train_uids, val_uids = split_series(luna.series, val_stride)
+    train_uids, val_uids = split_series(luna.series, val_stride, fold)
     if not train_uids or not val_uids:
         raise DataError(f"{len(luna.series)} series on disk: too few to split with "
-                        f"--val-stride {val_stride}")
+                        + (f"--fold {fold}" if fold is not None else f"--val-stride {val_stride}"))
     return (TrainingLuna2dSegmentationDataset(train_uids, luna.series, masks, epoch_size,
                                               seed=seed),
             Luna2dSegmentationDataset(val_uids, luna.series, masks), masks)
@@ -328,19 +335,14 @@ def make_seg_datasets(luna, cache_dir, val_stride=10, epoch_size=BOOK_EPOCH, see
 
 # ----------------------------------------------------------------------------- summary
 def main(argv=None):
-    from ch10_luna.train_cls import locate_luna
-
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__, parents=[luna_parser()],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_dir_argument(p)
-    p.add_argument("--synthetic", action="store_true", help="use the built-in synthetic sample")
-    p.add_argument("--val-stride", type=int, default=10)
     p.add_argument("--cache-dir", default=None,
                    help="mask cache (default: <data root>/cache/seg_masks)")
     args = p.parse_args(argv)
-    luna = locate_luna(args)
+    luna = locate_luna(args.data_dir, args.synthetic)
     cache_dir = Path(args.cache_dir) if args.cache_dir else mask_cache_dir(args.data_dir)
-    train_ds, val_ds, masks = make_seg_datasets(luna, cache_dir, args.val_stride)
+    train_ds, val_ds, masks = make_seg_datasets(luna, cache_dir, args.val_stride, fold=args.fold)
     voxels = sum(len(m.voxels_irc) for m in masks.values())
     slices = sum(m.shape[0] for m in masks.values())
     positives = sum(len(m.positive_indexes) for m in masks.values())

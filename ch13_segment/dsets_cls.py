@@ -26,10 +26,12 @@ from ch10_luna.dsets import (
     LunaDataset,
     _floats,
     cached_ct,
+    locate_luna,
+    luna_parser,
     read_csv_rows,
     split_by_series,
+    validation_uids,
 )
-from common.data import add_data_dir_argument
 from common.errors import DataError, run_cli
 
 BOOK_MAL_EPOCH = 100_000        # the book's balanced MalignantLunaDataset length
@@ -151,17 +153,13 @@ class MalignantLunaDataset(LunaDataset):
 
 
 def main(argv=None):
-    from ch10_luna.train_cls import locate_luna
-
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__, parents=[luna_parser()],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_dir_argument(p)
-    p.add_argument("--synthetic", action="store_true", help="use the built-in synthetic sample")
-    p.add_argument("--val-stride", type=int, default=10)
     args = p.parse_args(argv)
-    luna = locate_luna(args)
+    luna = locate_luna(args.data_dir, args.synthetic)
     candidates = read_candidates_ch14(luna)
-    train, val = split_by_series(candidates, args.val_stride)
+    train, val = split_by_series(candidates, val_uids=validation_uids(
+        luna.series, args.val_stride, args.fold))
     counts = {}
     for phase, part in (("training", train), ("validation", val)):
         lists = class_lists(part)

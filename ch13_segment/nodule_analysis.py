@@ -16,7 +16,6 @@ detected nodule. The default models are the book's published checkpoints
 (`python -m common.data download luna-models`); checkpoints trained here load as well.
 """
 import argparse
-import json
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -25,15 +24,17 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ch10_luna.dsets import CROP_IRC, read_annotations, read_csv_rows
+from ch10_luna.dsets import CROP_IRC, locate_luna, luna_parser, read_annotations
 from ch10_luna.model import LunaModel, read_checkpoint
-from ch10_luna.train_cls import amp_context, channels_last, locate_luna, to_input
+from ch10_luna.runtime import memory_format, mixed_precision, to_input
 from ch13_segment.dsets import check_context, context_indexes, split_series
+from ch13_segment.dsets_cls import read_malignancy_annotations
 from ch13_segment.model import UNetWrapper
 from common.ct import HU_MIN, Ct, load_ct
-from common.data import add_data_dir_argument, book_file
+from common.data import book_file
 from common.device import add_device_argument, pick_device
 from common.errors import DataError, run_cli
+from common.files import output_dir, write_json
 
 BOOK_SEG_MODEL = ("part2/models/seg_2020-01-26_19.45.12_w4d3c1-bal_1_nodupe-label_pos-d1_"
                   "fn8-adam.best.state")
@@ -114,20 +115,17 @@ def segment_ct(model, ct, batch_size=16, device="cpu", amp=False):
     hu = torch.from_numpy(ct.hu).to(device)
     if pad_r or pad_c:
         hu = torch.nn.functional.pad(hu, (0, pad_c, 0, pad_r), value=HU_MIN)
-    memory_last = channels_last(device, amp)              # as for ch10's 3-D convs, 2-D here
-    model = model.to(device, memory_format=torch.channels_last if memory_last
-                     else torch.contiguous_format)
-    amp_ctx, _ = amp_context(device, amp)
+    amp = mixed_precision(device, amp)
+    fmt = memory_format(device, amp, 2)                   # as for ch10's 3-D convs, 2-D here
+    model = model.to(device, memory_format=fmt)
     probs = torch.empty((n_slices, rows, cols), dtype=torch.float32)
     with torch.inference_mode():
         for start in range(0, n_slices, batch_size):
             index = np.stack([context_indexes(i, n_slices, context)
                               for i in range(start, min(start + batch_size, n_slices))])
             x = hu[torch.from_numpy(index).to(device)]                    # (N, 7, R', C')
-            if memory_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with amp_ctx:
-                out = model(x)                                            # (N, 1, R', C')
+            with amp.context:
+                out = model(x.contiguous(memory_format=fmt))              # (N, 1, R', C')
             probs[start:start + len(index)] = out[:, 0, :rows, :cols].float().cpu()
     return probs.numpy()
 
@@ -180,17 +178,16 @@ def classify(model, ct, centers_irc, batch_size=16, device="cpu", amp=False,
     if not len(centers_irc):
         return np.zeros(0, dtype=np.float32)
     in_memory = Ct(ct.hu, ct.origin_xyz, ct.spacing_xyz, ct.direction, ct.path)
-    memory_last = channels_last(device, amp)
-    model = model.to(device, memory_format=torch.channels_last_3d if memory_last
-                     else torch.contiguous_format)
-    amp_ctx, _ = amp_context(device, amp)
+    amp = mixed_precision(device, amp)
+    fmt = memory_format(device, amp)
+    model = model.to(device, memory_format=fmt)
     probs = []
     with torch.inference_mode():
         for start in range(0, len(centers_irc), batch_size):
             crops = np.stack([in_memory.crop_irc(c, crop_irc)
                               for c in centers_irc[start:start + batch_size]])
-            x = to_input(torch.from_numpy(crops).unsqueeze(1), device, memory_last)
-            with amp_ctx:
+            x = to_input(torch.from_numpy(crops).unsqueeze(1), device, fmt)
+            with amp.context:
                 _logits, p = model(x)
             probs.append(p[:, 1].float().cpu())
     return torch.cat(probs).numpy()
@@ -238,44 +235,37 @@ def match_and_score(detections, annotations, nodule_threshold=NODULE_THRESHOLD,
 
 # ----------------------------------------------------------------------------- data
 def read_nodules(luna):
-    """series_uid -> [Annotation]: annotations_with_malignancy.csv, else annotations.csv."""
+    """series_uid -> [Annotation]: annotations_with_malignancy.csv (chapter 14's reader), else
+    annotations.csv (no malignancy)."""
     if luna.malignancy_csv is None:
         return {uid: [Annotation(xyz, d, None) for xyz, d in rows]
                 for uid, rows in read_annotations(luna.annotations_csv).items()}
-    nodules, path = {}, luna.malignancy_csv
-    for line, row in read_csv_rows(path, ["seriesuid", "coordX", "coordY", "coordZ",
-                                          "diameter_mm", "mal_bool"]):
-        try:
-            xyz = tuple(float(row[k]) for k in ("coordX", "coordY", "coordZ"))
-            diameter = float(row["diameter_mm"])
-        except ValueError:
-            raise DataError(f"{path}, line {line}: a coordinate or diameter is not a number") \
-                from None
-        if row["mal_bool"] not in ("True", "False"):
-            raise DataError(f"{path}, line {line}: mal_bool is {row['mal_bool']!r}, "
-                            "expected True or False")
-        nodules.setdefault(row["seriesuid"], []).append(
-            Annotation(xyz, diameter, row["mal_bool"] == "True"))
+    nodules = {}
+    for n in read_malignancy_annotations(luna.malignancy_csv):
+        nodules.setdefault(n.series_uid, []).append(Annotation(n.center_xyz, n.diameter_mm,
+                                                               n.is_malignant))
     return nodules
 
 
-def pick_series(args, luna):
+def pick_series(luna, series_uid=None, include_train=False, val_stride=10, fold=None):
     """The series to analyse: the one named, or the validation series (and training ones)."""
-    if args.series_uid is not None:
-        if args.series_uid not in luna.series:
+    if series_uid is not None:
+        if series_uid not in luna.series:
             some = ", ".join(sorted(luna.series)[:3])
-            raise DataError(f"series {args.series_uid} is not on disk under {luna.root} "
+            raise DataError(f"series {series_uid} is not on disk under {luna.root} "
                             f"({len(luna.series)} series there, e.g. {some}); list them with: "
                             "python ch13_segment/nodule_analysis.py --list-series"
                             + (" --synthetic" if luna.synthetic else ""))
-        return [args.series_uid]
-    train_uids, val_uids = split_series(luna.series, args.val_stride)
-    return sorted(val_uids + train_uids) if args.include_train else val_uids
+        return [series_uid]
+    train_uids, val_uids = split_series(luna.series, val_stride, fold)
+    return sorted(val_uids + train_uids) if include_train else val_uids
 
 
-def analyze_series(uid, mhd_path, models, annotations, args, device, keep_probs=False):
+def analyze_series(uid, mhd_path, models, annotations, device, *, batch_size=16, amp=False,
+                   erosion_max_spacing=EROSION_MAX_SPACING_MM, keep_probs=False):
     """Load one CT, run the pipeline, score it: a dict with detections, table and timings.
 
+    `models` is (U-Net, classifier, malignancy model or None); `amp` makes the U-Net bf16.
     With `keep_probs` the dict holds the (I, R, C) segmentation probabilities too ("probs").
     """
     seg_model, cls_model, mal_model = models
@@ -286,12 +276,12 @@ def analyze_series(uid, mhd_path, models, annotations, args, device, keep_probs=
     timing["load"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    probs = segment_ct(seg_model, ct, args.batch_size, device, args.amp)
+    probs = segment_ct(seg_model, ct, batch_size, device, amp)
     timing["segmentation"] = time.perf_counter() - started
 
     started = time.perf_counter()
     mask = probs > SEG_THRESHOLD
-    structure = erosion_structure(ct.spacing_xyz[::-1], args.erosion_max_spacing)
+    structure = erosion_structure(ct.spacing_xyz[::-1], erosion_max_spacing)
     centers_irc = group_candidates(mask, hu, erosion_iterations=int(structure is not None),
                                    structure=structure)
     timing["grouping"] = time.perf_counter() - started
@@ -300,10 +290,15 @@ def analyze_series(uid, mhd_path, models, annotations, args, device, keep_probs=
     # The classifiers stay fp32 under --amp: in bf16 the book's LunaModel moved P(nodule) by up
     # to 0.025 on a LUNA-sized CT's 1,123 candidates, enough to flip one near 0.5, for 2 of the
     # ~20 s per CT. The U-Net costs the most, so it is what --amp makes bf16.
-    p_nodule = classify(cls_model, ct, centers_irc, args.batch_size, device)
-    p_mal = (classify(mal_model, ct, centers_irc, args.batch_size, device)
+    p_nodule = classify(cls_model, ct, centers_irc, batch_size, device)
+    p_mal = (classify(mal_model, ct, centers_irc, batch_size, device)
              if mal_model is not None else [None] * len(centers_irc))
     timing["classification"] = time.perf_counter() - started
+    for flag, model, p in (("--cls-model", cls_model, p_nodule),
+                           ("--malignancy-model", mal_model, p_mal)):
+        if model is not None and not np.isfinite(np.asarray(p, dtype=np.float64)).all():
+            raise DataError(f"{flag}: the model gave a probability that is not a number on "
+                            f"series {uid} (a broken checkpoint?)")
 
     detections = [Detection(ct.irc_to_xyz(irc), irc, float(pn),
                             None if pm is None else float(pm))
@@ -346,35 +341,33 @@ def candidate_record(i, d, result):
             "matched_annotation": None if match is None else match._asdict()}
 
 
-def write_json(path, results, table, args):
-    """Every candidate of every series (centres, probabilities, matched annotation), and totals."""
-    doc = {"seg_model": str(args.seg_model), "cls_model": str(args.cls_model),
-           "malignancy_model": args.malignancy_model and str(args.malignancy_model),
-           "thresholds": {"segmentation": SEG_THRESHOLD, "nodule": NODULE_THRESHOLD,
-                          "malignant": MALIGNANT_THRESHOLD, "match_ratio": MATCH_RATIO,
-                          "erosion_max_spacing_mm": (args.erosion_max_spacing if
-                                                     np.isfinite(args.erosion_max_spacing)
-                                                     else "inf")},
-           "rows": ROWS, "columns": COLUMNS, "table": table.tolist(),
-           "series": [{"series_uid": r["series_uid"], "shape": list(r["shape"]),
-                       "segmented_voxels": r["segmented_voxels"], "timing_s": r["timing"],
-                       "annotations": [a._asdict() for a in r["annotations"]],
-                       "candidates": [candidate_record(i, d, r)
-                                      for i, d in enumerate(r["detections"])]}
-                      for r in results]}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1) + "\n")
-    return path
+def analysis_document(results, table, models, erosion_max_spacing):
+    """Every candidate of every series (centres, probabilities, matched annotation), totals and
+    settings, as JSON-ready data; `models` maps seg_model / cls_model / malignancy_model to
+    their paths (None when absent)."""
+    return {**{k: v and str(v) for k, v in models.items()},
+            "thresholds": {"segmentation": SEG_THRESHOLD, "nodule": NODULE_THRESHOLD,
+                           "malignant": MALIGNANT_THRESHOLD, "match_ratio": MATCH_RATIO,
+                           "erosion_max_spacing_mm": (erosion_max_spacing if
+                                                      np.isfinite(erosion_max_spacing)
+                                                      else "inf")},
+            "rows": ROWS, "columns": COLUMNS, "table": table.tolist(),
+            "series": [{"series_uid": r["series_uid"], "shape": list(r["shape"]),
+                        "segmented_voxels": r["segmented_voxels"], "timing_s": r["timing"],
+                        "annotations": [a._asdict() for a in r["annotations"]],
+                        "candidates": [candidate_record(i, d, r)
+                                       for i, d in enumerate(r["detections"])]}
+                       for r in results]}
 
 
 # ----------------------------------------------------------------------------- main
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def analysis_parser():
+    """Every flag of the analysis (a parent parser: check_fp_rate.py and evaluate_luna.py run
+    the analysis with the same flags)."""
+    p = argparse.ArgumentParser(add_help=False, parents=[luna_parser()])
     p.add_argument("series_uid", nargs="?", help="the series to analyse")
     p.add_argument("--run-validation", action="store_true",
-                   help="analyse every validation series")
+                   help="analyse every validation series (--val-stride or --fold)")
     p.add_argument("--include-train", action="store_true",
                    help="with --run-validation: the training series too")
     p.add_argument("--list-series", action="store_true", help="print the series on disk")
@@ -387,45 +380,66 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=16, help="slices or crops per batch")
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast for the U-Net (the classifiers stay fp32)")
-    p.add_argument("--val-stride", type=int, default=10)
     p.add_argument("--erosion-max-spacing", type=float, default=EROSION_MAX_SPACING_MM,
                    metavar="MM", help="erode along the axes whose voxel step is at most this "
                    "(default: %(default)s; inf: every axis, as the book; 0: no erosion)")
     p.add_argument("--json", default=None, help="write every candidate to this file")
-    p.add_argument("--synthetic", action="store_true", help="use the built-in synthetic sample")
-    add_data_dir_argument(p)
     add_device_argument(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def check_analysis_args(p, args):
+    """The combinations argparse cannot express; p.error (exit 2) for a bad one."""
     if not args.list_series and (args.series_uid is None) == (not args.run_validation):
         p.error("give a SERIES_UID or --run-validation (one of them)")
     if args.include_train and not args.run_validation:
         p.error("--include-train goes with --run-validation")
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
+    if np.isnan(args.erosion_max_spacing) or args.erosion_max_spacing < 0:
+        p.error("--erosion-max-spacing must be 0 or more (inf: every axis)")
     return args
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, parents=[analysis_parser()],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    return check_analysis_args(p, p.parse_args(argv))
+
+
+def load_models(seg_path, cls_path, mal_path=None):
+    """(U-Net, classifier, malignancy model or None) from their checkpoints, in eval mode."""
+    return (load_model(seg_path, "UNetWrapper", "--seg-model"),
+            load_model(cls_path, "LunaModel", "--cls-model"),
+            mal_path and load_model(mal_path, "LunaModel", "--malignancy-model"))
 
 
 def main(argv=None):
     args = parse_args(argv)
-    luna = locate_luna(args)
     if args.list_series:
-        val = set(split_series(luna.series, args.val_stride)[1])
+        luna = locate_luna(args.data_dir, args.synthetic)
+        val = set(split_series(luna.series, args.val_stride, args.fold)[1])
         for uid in sorted(luna.series):
             print(uid, "validation" if uid in val else "training")
         return {"series": sorted(luna.series)}
-    uids = pick_series(args, luna)
-    args.seg_model = args.seg_model or book_file(BOOK_SEG_MODEL, args.data_dir, "luna-models")
-    args.cls_model = args.cls_model or book_file(BOOK_CLS_MODEL, args.data_dir, "luna-models")
-    models = (load_model(args.seg_model, "UNetWrapper", "--seg-model"),
-              load_model(args.cls_model, "LunaModel", "--cls-model"),
-              args.malignancy_model and load_model(args.malignancy_model, "LunaModel",
-                                                   "--malignancy-model"))
+    # Everything that can be refused is checked before the sample is generated or a CT read.
+    paths = {"seg_model": args.seg_model or book_file(BOOK_SEG_MODEL, args.data_dir,
+                                                      "luna-models"),
+             "cls_model": args.cls_model or book_file(BOOK_CLS_MODEL, args.data_dir,
+                                                      "luna-models"),
+             "malignancy_model": args.malignancy_model}
+    models = load_models(*paths.values())
     device = pick_device(args.device)
+    if args.json:
+        output_dir(Path(args.json).parent, "--json folder")
+    luna = locate_luna(args.data_dir, args.synthetic)
+    uids = pick_series(luna, args.series_uid, args.include_train, args.val_stride, args.fold)
     nodules = read_nodules(luna)
     results = []
     for uid in uids:
         results.append(analyze_series(uid, luna.series[uid], models, nodules.get(uid, []),
-                                      args, device))
+                                      device, batch_size=args.batch_size, amp=args.amp,
+                                      erosion_max_spacing=args.erosion_max_spacing))
         print(series_line(results[-1]), flush=True)
     table = sum(r["table"] for r in results)
     mean = {k: float(np.mean([r["timing"][k] for r in results])) for k in results[0]["timing"]}
@@ -438,7 +452,8 @@ def main(argv=None):
     if luna.malignancy_csv is None:
         print("(no annotations_with_malignancy.csv: every annotated nodule is in the Benign row)")
     if args.json:
-        print(f"candidates written to {write_json(args.json, results, table, args)}")
+        doc = analysis_document(results, table, paths, args.erosion_max_spacing)
+        print(f"candidates written to {write_json(args.json, doc, '--json')}")
     return {"table": table, "results": results, "timing": mean}
 
 

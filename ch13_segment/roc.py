@@ -19,8 +19,10 @@ import numpy as np
 import torch
 
 from ch10_luna.dsets import split_by_series
-from common.data import REPO_ROOT, add_data_dir_argument, book_file
+from common.data import add_data_dir_argument, book_file
 from common.errors import run_cli
+from common.figures import new_figure, save_figure
+from common.files import runs_dir
 
 N_THRESHOLDS = 100              # torch.linspace's old default, which the book relied on
 
@@ -84,13 +86,10 @@ def point_near(fpr, tpr, thresholds, value):
 def roc_figure(fpr, tpr, scores, labels, title="", baseline=None,
                class_names=("negative", "positive")):
     """ROC curve (with an optional (fpr, tpr, label) baseline) beside per-class histograms."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
-    fig, (ax_roc, ax_hist) = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig = new_figure(figsize=(10, 4.5))
+    ax_roc, ax_hist = fig.subplots(1, 2)
     auc = trapezoid_auc(fpr, tpr)
     ax_roc.plot(fpr, tpr, "o-", ms=2.5, label=f"{title or 'model'} (AUC {auc:.3f})")
     if baseline is not None:
@@ -112,23 +111,19 @@ def roc_figure(fpr, tpr, scores, labels, title="", baseline=None,
 
 def save_roc_png(path, fpr, tpr, scores, labels, title="", baseline=None,
                  class_names=("negative", "positive")):
-    from common.figures import save_figure
-
     return save_figure(roc_figure(fpr, tpr, scores, labels, title, baseline, class_names), path)
 
 
 def log_roc(writer, tag, scores, labels, step, png=None, baseline=None,
             class_names=("negative", "positive"), title=None):
     """TensorBoard: AUC scalar, the ROC figure (also saved as `png`), per-class histograms."""
-    from common.figures import save_figure
-
     fpr, tpr, _ = roc_curve(scores, labels)
     labels = torch.as_tensor(labels).bool()
     scores = torch.as_tensor(scores).float()
     auc = trapezoid_auc(fpr, tpr)
     fig = roc_figure(fpr, tpr, scores, labels, title or tag, baseline, class_names)
     if png is not None:
-        save_figure(fig, png)                       # closes it in pyplot; it still renders
+        save_figure(fig, png)
     writer.add_scalar(f"{tag}/auc", auc, step)
     writer.add_figure(f"{tag}/roc", fig, step)
     bins = np.linspace(0, 1, 51)
@@ -151,13 +146,12 @@ def main(argv=None):
     add_data_dir_argument(p)
     p.add_argument("--synthetic", action="store_true", help="the built-in sample's CSV")
     p.add_argument("--val-stride", type=int, default=10)
-    p.add_argument("--out", default=str(REPO_ROOT / "runs" / "ch14"))
+    p.add_argument("--out", default=str(runs_dir("ch14")), help="default: runs/ch14/")
     args = p.parse_args(argv)
     if args.synthetic:
-        from ch10_luna.train_cls import locate_luna
+        from ch10_luna.dsets import locate_luna
 
-        args.comment = None
-        csv_path = locate_luna(args).malignancy_csv
+        csv_path = locate_luna(args.data_dir, synthetic=True).malignancy_csv
     else:
         csv_path = book_file("part2/luna/annotations_with_malignancy.csv", args.data_dir,
                              name="luna-csv")

@@ -30,52 +30,63 @@ validation is split across the processes and gathered, so the AUC covers every v
 nodule, and rank 0 alone prints and writes the run directory. With --finetune only the
 trainable blocks take part in DistributedDataParallel's gradient averaging.
 
-Also takes train_cls.py's flags (--epochs --batch-size --num-workers --device --seed --data-dir
---synthetic --epoch-size --val-stride --balanced --augment-* --amp --run-dir and the comment).
+The run, data and runtime flags (--epochs --seed --run-dir --tb-prefix --resume --data-dir
+--synthetic --val-stride --fold --device --amp --batch-size --num-workers --augment-*) are
+train_cls.py's, from the same parent parsers.
 """
 import argparse
-import sys
 import time
-from functools import partial
 
 import numpy as np
 import torch
 
-from ch10_luna.augment import AugmentSpec
-from ch10_luna.dsets import epoch_order, split_by_series
+from ch10_luna.augment import BOOK_AUGMENTATION, AugmentSpec, augment_parser, augment_spec
+from ch10_luna.checkpoints import (
+    close_run,
+    load_resumable,
+    open_run,
+    restore_settings,
+    restore_state,
+    resume_point,
+    run_directory,
+    run_parser,
+    save_checkpoint,
+)
+from ch10_luna.dsets import (
+    epoch_order,
+    locate_luna,
+    luna_parser,
+    make_loader,
+    split_by_series,
+    validation_uids,
+)
 from ch10_luna.model import LunaModel, read_checkpoint
+from ch10_luna.runtime import (
+    barrier,
+    distribute,
+    gather_metrics,
+    memory_format,
+    mixed_precision,
+    process_group,
+    rank_share,
+    runtime_parser,
+    unwrap,
+)
 from ch10_luna.train_cls import (
     LABEL,
     PRED,
-    augment_spec,
-    barrier,
-    channels_last,
     evaluate,
     format_summary,
-    gather_metrics,
-    load_checkpoint,
-    locate_luna,
-    log_epoch,
-    make_loader,
-    process_roles,
-    rank_share,
-    restore_args,
-    restore_state,
-    run_distributed,
-    save_checkpoint,
-    start_run,
+    log_metrics,
     summarize,
     train_one_epoch,
 )
-from ch10_luna.train_cls import parse_args as cls_parse_args
 from ch13_segment.dsets_cls import (
     BOOK_MAL_EPOCH,
     MalignantLunaDataset,
-    class_lists,
     read_candidates_ch14,
 )
 from ch13_segment.roc import diameter_roc, log_roc, roc_curve, trapezoid_auc
-from ch13_segment.train_seg import RESUME_KEEPS
 from common.device import seed_everything
 from common.errors import DataError, run_cli
 
@@ -83,11 +94,14 @@ from common.errors import DataError, run_cli
 BOOK_CH14_AUGMENTATION = AugmentSpec(flip=True, offset=0.1, rotate=True)
 SYNTHETIC_EPOCH = 2_400         # 75 batches of 32: about 2 minutes on 2 CPU cores with validation
 VALIDATION_CADENCE = 5          # the book's; every epoch when fine-tuning
+RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume")
 
 
-def extra_parser():
-    """The flags train_cls.py lacks, or whose defaults differ here."""
-    p = argparse.ArgumentParser(add_help=False, prog="train_malignancy.py")
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[run_parser("ch14"), luna_parser(), runtime_parser(batch_size=32),
+                 augment_parser(BOOK_AUGMENTATION, "about the head-foot axis")])
     p.add_argument("--finetune", default=None, metavar="PATH",
                    help="LunaModel checkpoint to start from (head re-initialised)")
     p.add_argument("--finetune-depth", type=int, choices=(1, 2), default=1,
@@ -98,25 +112,16 @@ def extra_parser():
                         "fine-tuning; Adam when training from scratch on the synthetic sample")
     p.add_argument("--lr", type=float, default=None,
                    help="default: 0.003 fine-tuning, 0.001 otherwise (the book's)")
-    p.add_argument("--tb-prefix", default="ch14", help="the book's TensorBoard folder name")
+    p.add_argument("--epoch-size", type=int, default=None,
+                   help=f"training samples per epoch (default: the book's {BOOK_MAL_EPOCH:,} "
+                        f"balanced on LUNA16, every nodule when not; {SYNTHETIC_EPOCH:,} on "
+                        "the synthetic sample)")
+    p.add_argument("--balanced", action=argparse.BooleanOptionalAction, default=True,
+                   help="the book's malignant, benign, malignant, non-nodule order (default: on)")
     p.add_argument("--no-augment", action="store_true",
                    help="no augmentation (default: the book's chapter 14 flip, offset, rotate; "
                         "any --augment-* flag replaces that set)")
-    return p
-
-
-def parse_args(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    extra = extra_parser()
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
-        extra.print_help()
-        print("\nshared with ch10_luna/train_cls.py (its --help):")
-        cls_parse_args(["--help"])                  # prints and exits
-    ours, rest = extra.parse_known_args(argv)
-    args = cls_parse_args(rest)
-    vars(args).update(vars(ours))
-    return args
+    return p.parse_args(argv)
 
 
 def load_resume_state(path):
@@ -125,9 +130,8 @@ def load_resume_state(path):
     A nodule classifier's checkpoint (train_cls.py) holds a LunaModel too: it lacks this
     script's settings and best AUC, and is a --finetune source instead.
     """
-    state = load_checkpoint(path, model_name="LunaModel")
-    if "best_auc" not in state or not isinstance(state["args"], dict) \
-            or "finetune_depth" not in state["args"]:
+    state = load_resumable(path, "LunaModel")
+    if "best_auc" not in state or "finetune_depth" not in state["args"]:
         raise DataError(f"--resume {path}: not a train_malignancy.py checkpoint (a nodule "
                         "classifier's? start from it with --finetune instead)")
     return state
@@ -166,21 +170,18 @@ def prepare_finetune(model, model_state, depth=1, source="checkpoint"):
     return trainable
 
 
-def load_model(args, device, state=None, announce=print):
-    """A LunaModel on `device`; with --finetune, prepared from `state` (or the file)."""
+def load_model(device, fmt, finetune_state=None, depth=1, source=None, announce=print):
+    """A LunaModel on `device` in memory format `fmt`; with `finetune_state` (a state_dict
+    from `source`), prepared for fine-tuning its last `depth` blocks."""
     model = LunaModel()
-    if args.finetune:
-        state = state if state is not None else load_finetune_state(args.finetune)
+    if finetune_state is not None:
         try:
-            blocks = prepare_finetune(model, state, args.finetune_depth, args.finetune)
+            blocks = prepare_finetune(model, finetune_state, depth, source)
         except RuntimeError as e:                     # a shape mismatch
-            raise DataError(f"--finetune {args.finetune}: does not fit LunaModel "
+            raise DataError(f"--finetune {source}: does not fit LunaModel "
                             f"({str(e).splitlines()[-1].strip()[:160]})") from None
-        announce(f"fine-tuning from {args.finetune}, training {' '.join(blocks)}")
-    model = model.to(device)
-    if channels_last(device, args.amp):
-        model = model.to(memory_format=torch.channels_last_3d)
-    return model
+        announce(f"fine-tuning from {source}, training {' '.join(blocks)}")
+    return model.to(device, memory_format=fmt)
 
 
 def make_optimizer(model, name, lr):
@@ -191,7 +192,6 @@ def make_optimizer(model, name, lr):
     return torch.optim.SGD(params, lr=lr, weight_decay=1e-4)
 
 
-# ----------------------------------------------------------------------------- distributed
 # ----------------------------------------------------------------------------- scores
 def auc_of(metrics):
     """Trapezoid AUC of (3, N) metrics over the book's 100 thresholds."""
@@ -209,118 +209,130 @@ def diameter_auc(candidates):
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     args = parse_args(argv)
-    resumed = None
-    if args.resume:
-        resumed = load_resume_state(args.resume)
-        args = restore_args(args, resumed, defaults=vars(parse_args([])), keeps=RESUME_KEEPS)
+    saved = load_resume_state(args.resume) if args.resume else None
+    if saved is not None:
+        args = restore_settings(args, saved, vars(parse_args([])), RESUME_KEEPS, args.resume)
     # Resuming a fine-tuning run freezes the same blocks; the weights come from the checkpoint.
-    finetune_state = (resumed["model_state"] if resumed else
+    finetune_state = (saved["model_state"] if saved else
                       load_finetune_state(args.finetune) if args.finetune else None)
-    return run_distributed(partial(train, finetune_state=finetune_state), args, resumed)
+    with process_group(args.device) as proc:
+        seed_everything(args.seed)
+        luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)
+        train_ds, val_ds = make_datasets(luna, args.val_stride, args.fold, args.balanced,
+                                         args.epoch_size, args.seed)
+        args.optimizer = args.optimizer or ("adam" if luna.synthetic and not args.finetune
+                                            else "sgd")
+        args.lr = args.lr or (0.003 if args.finetune else 0.001)
+        spec = (AugmentSpec() if args.no_augment else
+                augment_spec(BOOK_AUGMENTATION, args.augment) if args.augment
+                else BOOK_CH14_AUGMENTATION)
+        amp = mixed_precision(proc.device, args.amp)
+        proc.say(describe(train_ds, val_ds, proc, args.optimizer, args.lr))
+        model = load_model(proc.device, memory_format(proc.device, amp), finetune_state,
+                           args.finetune_depth, args.finetune, announce=proc.say)
+        optimizer = make_optimizer(model, args.optimizer, args.lr)
+        if saved is not None:
+            restore_state(model, optimizer, saved, args.resume, f"LunaModel/{args.optimizer}")
+        start = resume_point(saved, args.resume, proc, "best_auc")
+        if start.epoch > args.epochs:
+            proc.say(f"nothing to train: the run finished epoch {start.epoch - 1}; give a "
+                     "larger --epochs to continue")
+        # Frozen parameters (--finetune) get no gradient hooks and every trainable one is used
+        # in each forward pass: no find_unused_parameters needed.
+        model = distribute(model, proc)
+        run = open_run(run_directory(args.run_dir, args.resume, args.tb_prefix, args.comment),
+                       "mal", args.comment, proc)
+        args.run_dir = str(run.dir)
+        baseline = diameter_auc(val_ds.ben + val_ds.mal)
+        proc.say(f"diameter baseline on the validation nodules: AUC {baseline[0]:.3f}")
+        val_loader = make_loader(val_ds, range(proc.rank, len(val_ds), proc.world),
+                                 args.batch_size, args.num_workers, proc.device)
+        best, samples, history = start.best, start.samples, []
+        for epoch in range(start.epoch, args.epochs + 1):
+            order = epoch_indexes(train_ds, epoch, args.balanced, args.seed, proc.world)
+            loader = make_loader(train_ds, rank_share(order, proc.rank, proc.world,
+                                                      args.batch_size),
+                                 args.batch_size, args.num_workers, proc.device)
+            started = time.perf_counter()
+            trn_metrics = gather_metrics(train_one_epoch(
+                model, loader, optimizer, proc.device, spec=spec, amp=amp,
+                generator_seed=(args.seed * 10_007 + epoch) * proc.world + proc.rank,
+                desc=f"E{epoch} trn", quiet=proc.rank > 0))
+            samples += len(order)
+            trn = {**summarize(trn_metrics), "auc": auc_of(trn_metrics)}
+            row = {"epoch": epoch, "trn": trn,
+                   "trn_samples_per_s": len(order) / (time.perf_counter() - started)}
+            proc.say(format_summary(epoch, "trn", trn) + f"  auc {trn['auc']:.3f}")
+            if proc.rank == 0:
+                log_metrics(run, epoch, "trn", trn_metrics, trn, samples)
+            if args.finetune or epoch in (1, args.epochs) or epoch % VALIDATION_CADENCE == 0:
+                row["val"] = validate(unwrap(model), val_loader, run, epoch, samples, proc, amp,
+                                      baseline)
+                if row["val"]["auc"] > best:
+                    best = row["val"]["auc"]
+                    if proc.rank == 0:
+                        save_checkpoint(run.best, model, optimizer, vars(args), epoch, samples,
+                                        best_auc=best)
+            if proc.rank == 0:
+                save_checkpoint(run.last, model, optimizer, vars(args), epoch, samples,
+                                best_auc=best)
+            history.append(row)
+            barrier()
+        close_run(run)
+        return unwrap(model), history
 
 
-def train(args, device, resumed=None, finetune_state=None):
-    rank, world, say = process_roles()
-    main_proc = rank == 0
-    seed_everything(args.seed)
-    luna = locate_luna(args, announce=say)
-    train_c, val_c = split_by_series(read_candidates_ch14(luna), args.val_stride)
-    epoch_size = args.epoch_size or (SYNTHETIC_EPOCH if luna.synthetic else
-                                     BOOK_MAL_EPOCH if args.balanced else None)
-    train_ds = MalignantLunaDataset(train_c, luna.series, balanced=args.balanced,
-                                    epoch_size=epoch_size or 0, seed=args.seed)
+def make_datasets(luna, val_stride, fold, balanced, epoch_size, seed):
+    """(training, validation) MalignantLunaDatasets; the validation needs both classes."""
+    train_c, val_c = split_by_series(read_candidates_ch14(luna),
+                                     val_uids=validation_uids(luna.series, val_stride, fold))
+    epoch_size = epoch_size or (SYNTHETIC_EPOCH if luna.synthetic else
+                                BOOK_MAL_EPOCH if balanced else None)
+    train_ds = MalignantLunaDataset(train_c, luna.series, balanced=balanced,
+                                    epoch_size=epoch_size or 0, seed=seed)
     val_ds = MalignantLunaDataset(val_c, luna.series)
     if not val_ds.mal or not val_ds.ben:
         raise DataError(f"the validation series hold {len(val_ds.mal)} malignant and "
                         f"{len(val_ds.ben)} benign nodules: an AUC needs both (try another "
-                        "--val-stride)")
-    args.optimizer = args.optimizer or ("adam" if luna.synthetic and not args.finetune
-                                        else "sgd")
-    args.lr = args.lr or (0.003 if args.finetune else 0.001)
-    spec = (AugmentSpec() if args.no_augment else augment_spec(args) if augment_spec(args).active
-            else BOOK_CH14_AUGMENTATION)
-    lists = class_lists(train_c)
-    say(f"training: {len(lists['mal'])} malignant, {len(lists['ben'])} benign, "
-        f"{len(lists['neg']):,} non-nodules; {len(train_ds):,} samples per epoch "
-        f"{'balanced' if args.balanced else 'unbalanced (benign + malignant)'}; validation: "
-        f"{len(val_ds.mal)} malignant, {len(val_ds.ben)} benign; device {device}"
-        f"{f' x {world} processes' if world > 1 else ''}; {args.optimizer} lr {args.lr:g}")
-    model = load_model(args, device, finetune_state, announce=say)
-    optimizer = make_optimizer(model, args.optimizer, args.lr)
-    start_epoch, best_auc, samples_seen = 1, -1.0, 0
-    if resumed is not None:
-        restore_state(model, optimizer, resumed, args.resume, f"LunaModel/{args.optimizer}")
-        start_epoch = resumed["epoch"] + 1
-        samples_seen = resumed["totalTrainingSamples_count"]
-        best_auc = resumed["best_auc"]
-        say(f"resuming {args.resume}: epoch {start_epoch}, {samples_seen:,} samples seen, "
-            f"best validation AUC {best_auc:.3f}")
-        if start_epoch > args.epochs:
-            say(f"nothing to train: the run finished epoch {start_epoch - 1}; give a larger "
-                "--epochs to continue")
-    module = model
-    if world > 1:
-        # Frozen parameters (--finetune) get no gradient hooks and every trainable one is used
-        # in each forward pass: no find_unused_parameters needed.
-        model = torch.nn.parallel.DistributedDataParallel(model)
+                        "--val-stride or --fold)")
+    return train_ds, val_ds
 
-    run_dir, writers, last_path, best_path = start_run(args, main_proc, say, "mal")
-    base_auc, base_fpr, base_tpr = diameter_auc(val_ds.ben + val_ds.mal)
-    say(f"diameter baseline on the validation nodules: AUC {base_auc:.3f}")
 
-    val_loader = make_loader(val_ds, np.arange(len(val_ds))[rank::world], args.batch_size,
-                             args.num_workers, device)
-    history = []
-    for epoch in range(start_epoch, args.epochs + 1):
-        if args.balanced:
-            train_ds.set_epoch(epoch)
-            order = np.arange(len(train_ds))
-        else:
-            order = epoch_order(train_ds.labels(), epoch_size, False, args.seed, epoch)
-        order = order[:len(order) // world * world]   # equal batch counts on every rank (DDP)
-        loader = make_loader(train_ds, rank_share(order, rank, world, args.batch_size),
-                             args.batch_size, args.num_workers, device)
-        started = time.perf_counter()
-        trn_metrics = gather_metrics(train_one_epoch(
-            model, loader, optimizer, device, spec=spec, amp=args.amp,
-            generator_seed=(args.seed * 10_007 + epoch) * world + rank,
-            desc=f"E{epoch} trn", quiet=not main_proc))
-        samples_seen += len(order)
-        trn = {**summarize(trn_metrics), "auc": auc_of(trn_metrics)}
-        row = {"epoch": epoch, "trn": trn, "trn_samples_per_s": len(order) /
-               (time.perf_counter() - started)}
-        say(format_summary(epoch, "trn", trn) + f"  auc {trn['auc']:.3f}")
-        if main_proc:
-            log_epoch(run_dir, writers, epoch, "trn", trn_metrics, trn, samples_seen)
-        if args.finetune or epoch == 1 or epoch % VALIDATION_CADENCE == 0 \
-                or epoch == args.epochs:
-            val_metrics = gather_metrics(evaluate(   # the bare module: no DDP collectives
-                module, val_loader, device, amp=args.amp, desc=f"E{epoch} val",
-                quiet=not main_proc))
-            val = {**summarize(val_metrics), "auc": auc_of(val_metrics),
-                   "auc/diameter_baseline": base_auc}
-            row["val"] = val
-            say(format_summary(epoch, "val", val) + f"  auc {val['auc']:.3f} "
-                f"(diameter baseline {base_auc:.3f})")
-            if main_proc:
-                log_epoch(run_dir, writers, epoch, "val", val_metrics, val, samples_seen)
-                log_roc(writers["val"], "malignancy", val_metrics[PRED],
-                        val_metrics[LABEL] > 0.5, samples_seen, png=run_dir / "roc_val.png",
-                        baseline=(base_fpr, base_tpr, "diameter baseline"),
-                        class_names=("benign", "malignant"), title=f"LunaModel, epoch {epoch}")
-            if val["auc"] > best_auc:
-                best_auc = val["auc"]
-                if main_proc:
-                    save_checkpoint(best_path, model, optimizer, args, epoch, samples_seen,
-                                    best_auc=best_auc)
-        if main_proc:
-            save_checkpoint(last_path, model, optimizer, args, epoch, samples_seen,
-                            best_auc=best_auc)
-        history.append(row)
-        barrier()
-    for writer in writers.values():
-        writer.close()
-    return module, history
+def epoch_indexes(train_ds, epoch, balanced, seed, world):
+    """One epoch's dataset indexes: the balanced dataset's own order (reshuffled per epoch),
+    or a permutation of the nodules; cut to a multiple of the process count (equal batches)."""
+    if balanced:
+        train_ds.set_epoch(epoch)
+        order = np.arange(len(train_ds))
+    else:
+        order = epoch_order(train_ds.labels(), train_ds.epoch_size or None, False, seed, epoch)
+    return order[:len(order) // world * world]
+
+
+def describe(train_ds, val_ds, proc, optimizer, lr):
+    return (f"training: {len(train_ds.mal)} malignant, {len(train_ds.ben)} benign, "
+            f"{len(train_ds.neg):,} non-nodules; {len(train_ds):,} samples per epoch "
+            f"{'balanced' if train_ds.balanced else 'unbalanced (benign + malignant)'}; "
+            f"validation: {len(val_ds.mal)} malignant, {len(val_ds.ben)} benign; device "
+            f"{proc.device}{f' x {proc.world} processes' if proc.world > 1 else ''}; "
+            f"{optimizer} lr {lr:g}")
+
+
+def validate(model, val_loader, run, epoch, samples, proc, amp, baseline):
+    """AUC on every validation nodule (each rank its share, gathered), logged with the ROC
+    beside the diameter baseline on rank 0; the summary."""
+    base_auc, base_fpr, base_tpr = baseline
+    metrics = gather_metrics(evaluate(model, val_loader, proc.device, amp=amp,
+                                      desc=f"E{epoch} val", quiet=proc.rank > 0))
+    val = {**summarize(metrics), "auc": auc_of(metrics), "auc/diameter_baseline": base_auc}
+    proc.say(format_summary(epoch, "val", val) + f"  auc {val['auc']:.3f} "
+             f"(diameter baseline {base_auc:.3f})")
+    if proc.rank == 0:
+        log_metrics(run, epoch, "val", metrics, val, samples)
+        log_roc(run.writers["val"], "malignancy", metrics[PRED], metrics[LABEL] > 0.5, samples,
+                png=run.dir / "roc_val.png", baseline=(base_fpr, base_tpr, "diameter baseline"),
+                class_names=("benign", "malignant"), title=f"LunaModel, epoch {epoch}")
+    return val
 
 
 if __name__ == "__main__":

@@ -21,28 +21,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from ch10_luna.augment import AugmentSpec, augment_batch
-from ch10_luna.train_cls import (
-    add_augment_arguments,
-    add_run_arguments,
-    amp_context,
-    append_metrics_row,
-    augment_spec,
-    barrier,
-    gather_metrics,
-    load_checkpoint,
-    locate_luna,
-    make_loader,
-    optimizer_step,
-    process_roles,
-    restore_args,
+from ch10_luna.augment import AugmentSpec, augment_parser, augment_spec
+from ch10_luna.checkpoints import (
+    close_run,
+    load_resumable,
+    log_epoch,
+    open_run,
+    restore_settings,
     restore_state,
-    run_distributed,
+    resume_point,
+    run_directory,
+    run_parser,
     save_checkpoint,
-    start_run,
 )
+from ch10_luna.dsets import locate_luna, luna_parser, make_loader
+from ch10_luna.runtime import (
+    barrier,
+    distribute,
+    gather_metrics,
+    memory_format,
+    mixed_precision,
+    process_group,
+    runtime_parser,
+    to_input,
+    unwrap,
+)
+from ch10_luna.train_cls import evaluate, train_one_epoch
 from ch13_segment.dsets import (
     BOOK_EPOCH,
     context_slices,
@@ -51,12 +56,11 @@ from ch13_segment.dsets import (
     mask_slice,
 )
 from ch13_segment.model import UNetWrapper
-from common.data import add_data_dir_argument
-from common.device import add_device_argument, seed_everything
+from common.device import seed_everything
 from common.errors import run_cli
+from common.files import atomic_path
 
 # The book's chapter 13 magnitudes (offset 0.03 of the half-width, where chapter 12 used 0.1).
-NO_AUGMENTATION = AugmentSpec()
 SEG_AUGMENTATION = AugmentSpec(flip=True, offset=0.03, scale=0.2, rotate=True, noise=25.0)
 MODEL_KWARGS = dict(in_channels=7, n_classes=1, depth=3, wf=4, padding=True, batch_norm=True,
                     up_mode="upconv")
@@ -67,27 +71,16 @@ RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("comment", nargs="?", default="dlwpt", help="suffix of the run directory")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=16, help="per process (the book's 16)")
-    p.add_argument("--num-workers", type=int, default=0,
-                   help="DataLoader worker processes (0: load in the training process)")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[run_parser("ch13"), luna_parser(), runtime_parser(batch_size=16),
+                 augment_parser(SEG_AUGMENTATION, "any angle in the slice plane")])
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (its default)")
-    add_device_argument(p)
-    p.add_argument("--seed", type=int, default=0)
-    add_data_dir_argument(p)
-    p.add_argument("--synthetic", action="store_true",
-                   help="train on the built-in synthetic sample even if LUNA16 is present")
     p.add_argument("--epoch-size", type=int, default=None,
                    help=f"training crops per epoch (default: the book's {BOOK_EPOCH:,} on "
                         f"LUNA16, {SYNTHETIC_EPOCH:,} on the synthetic sample)")
-    p.add_argument("--val-stride", type=int, default=10, help="every N-th series validates")
     p.add_argument("--val-cadence", type=int, default=5,
                    help="validate (and draw images) at epoch 1 and every N-th epoch")
-    add_augment_arguments(p, SEG_AUGMENTATION, rotate_help="any angle in the slice plane")
-    add_run_arguments(p, tb_prefix="ch13")
     p.add_argument("--image-series", type=int, default=12,
                    help="series per phase drawn at each validation (the book's 12)")
     p.add_argument("--image-slices", type=int, default=6,
@@ -120,15 +113,16 @@ def segmentation_counts(pred, label, threshold=0.5):
                         (predicted & ~label).sum(dim=dims)]).float()
 
 
-def compute_batch_loss(model, x, label, amp_ctx):
-    """((N,) training loss, (5, N) metrics rows: Dice, loss, TP, FN, FP) for one batch."""
-    with amp_ctx:
+def compute_batch_loss(model, x, label, amp_context):
+    """((N,) training loss, (5, N) metrics rows: Dice, loss, TP, FN, FP) for one batch; the
+    loop itself is chapter 11's (train_cls.train_one_epoch with compute=this)."""
+    with amp_context:
         pred = model(x)
     pred, label = pred.float(), label.float()
-    dice = dice_loss(pred, label)
-    loss = dice + FN_WEIGHT * dice_loss(pred * label, label)
+    loss = fn_weighted_loss(pred, label)
+    dice = dice_loss(pred.detach(), label)
     counts = segmentation_counts(pred.detach(), label)
-    return loss, torch.cat([torch.stack([dice.detach(), loss.detach()]), counts])
+    return loss, torch.cat([torch.stack([dice, loss.detach()]), counts])
 
 
 def summarize(metrics):
@@ -153,65 +147,6 @@ def format_summary(epoch, phase, s):
             f"{s['loss/fn_weighted']:.3f})  of the label pixels: tp {s['percent_all/tp']:5.1f}% "
             f"fn {s['percent_all/fn']:5.1f}% fp {s['percent_all/fp']:6.1f}%  precision "
             f"{s['pr/precision']:.3f}  recall {s['pr/recall']:.3f}  f1 {s['pr/f1_score']:.3f}")
-
-
-# ----------------------------------------------------------------------------- loops
-def channels_last_2d(device, amp):
-    """Conv2d layout: channels-last on CPU (oneDNN's native layout: this U-Net trains 1.2x
-    faster in fp32, 1.25x in bf16; benchmark.py measures both) and on CUDA with --amp (tensor
-    cores); NCHW otherwise."""
-    return device.type == "cpu" or (device.type == "cuda" and amp)
-
-
-def to_input(x, device, memory_last):
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last) if memory_last else x
-
-
-def train_one_epoch(model, loader, optimizer, device, *, spec=NO_AUGMENTATION, amp=False,
-                    scaler=None, generator_seed=0, memory_last=None, desc="trn", quiet=False):
-    """One pass; returns (5, N) metrics (Dice, loss, TP, FN, FP) for every training crop.
-
-    The crops and their labels are augmented on the device with one generator per batch seeded
-    from (generator_seed, batch), so a resumed run draws the same transforms.
-    """
-    model.train()
-    device = torch.device(device)
-    memory_last = channels_last_2d(device, amp) if memory_last is None else memory_last
-    metrics = torch.zeros(5, len(loader.sampler), device=device)  # on the device: no syncs
-    amp_ctx, _ = amp_context(device, amp)
-    generator = torch.Generator(device=device)
-    bar = tqdm(loader, desc=desc, unit="batch", disable=quiet, mininterval=2.0,
-               dynamic_ncols=True, leave=False)
-    for i, (x, label, _uid, _index) in enumerate(bar):
-        x, label = x.to(device, non_blocking=True), label.to(device, non_blocking=True)
-        if spec.active:
-            generator.manual_seed(generator_seed * 1_000_003 + i)
-            x, label = augment_batch(x, spec, generator, label=label)
-        x = to_input(x, device, memory_last)
-        loss, rows = compute_batch_loss(model, x, label, amp_ctx)
-        optimizer_step(loss.mean(), optimizer, scaler)
-        start = i * loader.batch_size
-        metrics[:, start:start + len(x)] = rows
-    return metrics.cpu()
-
-
-def evaluate(model, loader, device, *, amp=False, memory_last=None, desc="val", quiet=False):
-    """The same per-sample metrics on whole slices, without gradients or augmentation."""
-    model.eval()
-    device = torch.device(device)
-    memory_last = channels_last_2d(device, amp) if memory_last is None else memory_last
-    metrics = torch.zeros(5, len(loader.sampler), device=device)
-    amp_ctx, _ = amp_context(device, amp)
-    with torch.inference_mode():
-        bar = tqdm(loader, desc=desc, unit="batch", disable=quiet, mininterval=2.0,
-                   dynamic_ncols=True, leave=False)
-        for i, (x, label, _uid, _index) in enumerate(bar):
-            x, label = to_input(x, device, memory_last), label.to(device, non_blocking=True)
-            _, rows = compute_batch_loss(model, x, label, amp_ctx)
-            start = i * loader.batch_size
-            metrics[:, start:start + len(x)] = rows
-    return metrics.cpu()
 
 
 # ----------------------------------------------------------------------------- images
@@ -245,7 +180,7 @@ def image_indexes(n_slices, count):
 
 
 def log_images(model, dataset, series_uids, phase, epoch, samples_seen, out_dir, writer=None,
-               *, device, amp=False, memory_last=False, n_series=12, n_slices=6):
+               *, device, amp=None, n_series=12, n_slices=6):
     """Predict whole slices of the first `n_series` series and draw them (TensorBoard + PNG).
 
     Returns the PNG paths. `dataset` supplies series_paths, masks, load_ct and context.
@@ -253,16 +188,16 @@ def log_images(model, dataset, series_uids, phase, epoch, samples_seen, out_dir,
     import imageio.v3 as iio
 
     model.eval()
-    amp_ctx, _ = amp_context(device, amp)
+    amp = amp or mixed_precision(device, False)
     out_dir = Path(out_dir) / "images" / phase
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
 
     def draw(image, tag):
         if writer is not None:
             writer.add_image(f"{phase}/{tag}", image, samples_seen, dataformats="HWC")
         path = out_dir / f"e{epoch:03d}_{tag}.png"
-        iio.imwrite(path, np.round(image * 255).astype(np.uint8))
+        with atomic_path(path, "image") as tmp:
+            iio.imwrite(tmp, np.round(image * 255).astype(np.uint8))
         written.append(path)
 
     for series_ndx, uid in enumerate(sorted(series_uids)[:n_series]):
@@ -271,8 +206,9 @@ def log_images(model, dataset, series_uids, phase, epoch, samples_seen, out_dir,
         indexes = image_indexes(mask.shape[0], n_slices)
         x = torch.from_numpy(np.stack([context_slices(voxels, i, dataset.context)
                                        for i in indexes]))
-        with torch.inference_mode(), amp_ctx:
-            pred = model(to_input(x, device, memory_last)).float().cpu().numpy()[:, 0] > 0.5
+        with torch.inference_mode(), amp.context:
+            pred = model(to_input(x, device, memory_format(device, amp, 2)))
+        pred = pred.float().cpu().numpy()[:, 0] > 0.5
         centre = x[:, dataset.context].numpy()
         for slice_ndx, index in enumerate(indexes):
             label = mask_slice(mask, index)
@@ -285,17 +221,6 @@ def log_images(model, dataset, series_uids, phase, epoch, samples_seen, out_dir,
     return written
 
 
-# ----------------------------------------------------------------------------- logging
-def log_epoch(run_dir, writers, epoch, phase, summary, samples_seen):
-    """One JSON line in metrics.jsonl and the summary as TensorBoard scalars."""
-    append_metrics_row(run_dir, epoch, phase, summary, samples_seen)
-    writer = writers.get(phase)
-    if writer is not None:
-        for key, value in summary.items():
-            writer.add_scalar(key, value, samples_seen)
-        writer.flush()
-
-
 def sha1(path):
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
@@ -303,106 +228,94 @@ def sha1(path):
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     args = parse_args(argv)
-    state = None
-    if args.resume:
-        state = load_checkpoint(args.resume, model_name="UNetWrapper")
-        args = restore_args(args, state, defaults=vars(parse_args([])), keeps=RESUME_KEEPS)
-    return run_distributed(train, args, state)
+    saved = load_resumable(args.resume, "UNetWrapper") if args.resume else None
+    if saved is not None:
+        args = restore_settings(args, saved, vars(parse_args([])), RESUME_KEEPS, args.resume)
+    with process_group(args.device) as proc:
+        seed_everything(args.seed)
+        luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)
+        epoch_size = args.epoch_size or (SYNTHETIC_EPOCH if luna.synthetic else BOOK_EPOCH)
+        train_ds, val_ds, masks = make_seg_datasets(
+            luna, mask_cache_dir(args.data_dir), args.val_stride, epoch_size, seed=args.seed,
+            progress=proc.rank == 0, fold=args.fold)
+        train_uids = sorted(set(masks) - set(val_ds.series_uids))
+        spec, amp = augment_spec(SEG_AUGMENTATION, args.augment), mixed_precision(
+            proc.device, args.amp)
+        proc.say(f"{len(train_uids)} training series ({len(train_ds.nodules)} nodules), "
+                 f"{epoch_size:,} training crops per epoch; {len(val_ds):,} validation slices "
+                 f"of {len(val_ds.series_uids)} series; device {proc.device}"
+                 f"{f' x {proc.world} processes' if proc.world > 1 else ''}"
+                 f"{'; amp' if args.amp else ''}; adam lr {args.lr:g}"
+                 f"{'; augmented' if spec.active else ''}")
 
-
-def train(args, device, state=None):
-    rank, world, say = process_roles()
-    main_proc = rank == 0
-    seed_everything(args.seed)
-
-    luna = locate_luna(args, announce=say)
-    synthetic = getattr(luna, "synthetic", False)
-    epoch_size = args.epoch_size or (SYNTHETIC_EPOCH if synthetic else BOOK_EPOCH)
-    train_ds, val_ds, masks = make_seg_datasets(luna, mask_cache_dir(args.data_dir),
-                                                args.val_stride, epoch_size, seed=args.seed,
-                                                progress=main_proc)
-    train_uids = sorted(set(masks) - set(val_ds.series_uids))
-    spec = augment_spec(args, SEG_AUGMENTATION)
-    say(f"{len(train_uids)} training series ({len(train_ds.nodules)} nodules), "
-        f"{epoch_size:,} training crops per epoch; {len(val_ds):,} validation slices of "
-        f"{len(val_ds.series_uids)} series; device {device}"
-        f"{f' x {world} processes' if world > 1 else ''}{'; amp' if args.amp else ''}; "
-        f"adam lr {args.lr:g}{'; augmented' if spec.active else ''}")
-
-    memory_last = channels_last_2d(device, args.amp)
-    model = UNetWrapper(**MODEL_KWARGS).to(device)
-    if memory_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    start_epoch, best_recall, samples_seen = 1, -1.0, 0
-    if state is not None:
-        restore_state(model, optimizer, state, args.resume, "this UNetWrapper/Adam")
-        start_epoch = state["epoch"] + 1
-        samples_seen = state["totalTrainingSamples_count"]
-        best_recall = state.get("best_recall", -1.0)
-        say(f"resuming {args.resume}: epoch {start_epoch}, {samples_seen:,} samples seen")
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    module = model.module if world > 1 else model
-    scaler = torch.amp.GradScaler(device.type) if amp_context(device, args.amp)[1] else None
-
-    run_dir, writers, last_path, best_path = start_run(args, main_proc, say, "seg")
-
-    val_loader = make_loader(val_ds, np.arange(len(val_ds))[rank::world], args.batch_size,
-                             args.num_workers, device)
-    history = []
-    for epoch in range(start_epoch, args.epochs + 1):
-        train_ds.set_epoch(epoch)
-        order = np.arange(epoch_size // world * world)    # equal batch counts on every rank
-        loader = make_loader(train_ds, order[rank::world], args.batch_size, args.num_workers,
-                             device)
-        started = time.perf_counter()
-        trn_metrics = gather_metrics(train_one_epoch(
-            model, loader, optimizer, device, spec=spec, amp=args.amp, scaler=scaler,
-            generator_seed=(args.seed * 10_007 + epoch) * 64 + rank, memory_last=memory_last,
-            desc=f"E{epoch} trn", quiet=not main_proc))
-        trn_seconds = time.perf_counter() - started
-        samples_seen += len(order)
-        trn = summarize(trn_metrics)
-        entry = {"epoch": epoch, "trn": trn, "val": None,
-                 "trn_samples_per_s": len(order) / trn_seconds}
-        say(format_summary(epoch, "trn", trn) + f"  [{len(order) / trn_seconds:.1f}/s]")
-        if main_proc:
-            log_epoch(run_dir, writers, epoch, "trn", trn, samples_seen)
-
-        validate = epoch == 1 or epoch % args.val_cadence == 0
-        if validate:
+        model = UNetWrapper(**MODEL_KWARGS).to(proc.device,
+                                               memory_format=memory_format(proc.device, amp, 2))
+        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        if saved is not None:
+            restore_state(model, optimizer, saved, args.resume, "this UNetWrapper/Adam")
+        start = resume_point(saved, args.resume, proc, "best_recall")
+        model = distribute(model, proc)
+        run = open_run(run_directory(args.run_dir, args.resume, args.tb_prefix, args.comment),
+                       "seg", args.comment, proc)
+        args.run_dir = str(run.dir)
+        val_loader = make_loader(val_ds, range(proc.rank, len(val_ds), proc.world),
+                                 args.batch_size, args.num_workers, proc.device)
+        best, samples, history = start.best, start.samples, []
+        for epoch in range(start.epoch, args.epochs + 1):
+            train_ds.set_epoch(epoch)
+            order = np.arange(epoch_size // proc.world * proc.world)   # equal batch counts
+            loader = make_loader(train_ds, order[proc.rank::proc.world], args.batch_size,
+                                 args.num_workers, proc.device)
             started = time.perf_counter()
-            val_metrics = gather_metrics(evaluate(module, val_loader, device, amp=args.amp,
-                                                  memory_last=memory_last, desc=f"E{epoch} val",
-                                                  quiet=not main_proc))
-            val_seconds = time.perf_counter() - started
-            entry["val"] = val = summarize(val_metrics)
-            entry["val_seconds_per_slice"] = val_seconds / max(len(val_ds), 1)
-            say(format_summary(epoch, "val", val) + f"  [{len(val_ds) / val_seconds:.1f}/s]")
-            if main_proc:
-                log_epoch(run_dir, writers, epoch, "val", val, samples_seen)
-                drawn = []
-                for phase, dataset, uids in (("trn", train_ds, train_uids),
-                                             ("val", val_ds, val_ds.series_uids)):
-                    drawn += log_images(module, dataset, uids, phase, epoch, samples_seen,
-                                        run_dir, writers.get(phase), device=device,
-                                        amp=args.amp, memory_last=memory_last,
-                                        n_series=args.image_series, n_slices=args.image_slices)
-                say(f"{len(drawn)} images in {run_dir / 'images'}")
-        history.append(entry)
-        if main_proc:
-            if validate and entry["val"]["pr/recall"] > best_recall:
-                best_recall = entry["val"]["pr/recall"]
-                save_checkpoint(best_path, model, optimizer, args, epoch, samples_seen,
-                                best_recall=best_recall)
-                say(f"best recall so far: {best_path.name} (SHA1 {sha1(best_path)})")
-            save_checkpoint(last_path, model, optimizer, args, epoch, samples_seen,
-                            best_recall=best_recall)
-        barrier()
-    for writer in writers.values():
-        writer.close()
-    return module, history
+            trn = summarize(gather_metrics(train_one_epoch(
+                model, loader, optimizer, proc.device, compute=compute_batch_loss, n_rows=5,
+                spec=spec, augment_labels=True, amp=amp,
+                generator_seed=(args.seed * 10_007 + epoch) * 64 + proc.rank,
+                desc=f"E{epoch} trn", quiet=proc.rank > 0)))
+            entry = {"epoch": epoch, "trn": trn, "val": None,
+                     "trn_samples_per_s": len(order) / (time.perf_counter() - started)}
+            samples += len(order)
+            proc.say(format_summary(epoch, "trn", trn) + f"  [{entry['trn_samples_per_s']:.1f}/s]")
+            if proc.rank == 0:
+                log_epoch(run, epoch, "trn", trn, samples)
+            if epoch == 1 or epoch % args.val_cadence == 0:
+                entry["val"], entry["val_seconds_per_slice"] = validate(
+                    unwrap(model), val_loader, train_ds, val_ds, train_uids, run, epoch,
+                    samples, proc, amp, args.image_series, args.image_slices)
+            history.append(entry)
+            if proc.rank == 0:
+                if entry["val"] is not None and entry["val"]["pr/recall"] > best:
+                    best = entry["val"]["pr/recall"]
+                    save_checkpoint(run.best, model, optimizer, vars(args), epoch, samples,
+                                    best_recall=best)
+                    proc.say(f"best recall so far: {run.best.name} (SHA1 {sha1(run.best)})")
+                save_checkpoint(run.last, model, optimizer, vars(args), epoch, samples,
+                                best_recall=best)
+            barrier()
+        close_run(run)
+        return unwrap(model), history
+
+
+def validate(model, val_loader, train_ds, val_ds, train_uids, run, epoch, samples, proc, amp,
+             image_series, image_slices):
+    """Whole validation slices (every rank its share, gathered), then on rank 0 the log line,
+    metrics.jsonl and the book's overlays of both phases; (summary, seconds per slice)."""
+    started = time.perf_counter()
+    val = summarize(gather_metrics(evaluate(model, val_loader, proc.device,
+                                            compute=compute_batch_loss, n_rows=5, amp=amp,
+                                            desc=f"E{epoch} val", quiet=proc.rank > 0)))
+    seconds = time.perf_counter() - started
+    proc.say(format_summary(epoch, "val", val) + f"  [{len(val_ds) / seconds:.1f}/s]")
+    if proc.rank == 0:
+        log_epoch(run, epoch, "val", val, samples)
+        drawn = []
+        for phase, dataset, uids in (("trn", train_ds, train_uids),
+                                     ("val", val_ds, val_ds.series_uids)):
+            drawn += log_images(model, dataset, uids, phase, epoch, samples, run.dir,
+                                run.writers.get(phase), device=proc.device, amp=amp,
+                                n_series=image_series, n_slices=image_slices)
+        proc.say(f"{len(drawn)} images in {run.dir / 'images'}")
+    return val, seconds / max(len(val_ds), 1)
 
 
 if __name__ == "__main__":

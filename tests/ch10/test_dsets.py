@@ -10,6 +10,7 @@ from ch10_luna.dsets import (
     LunaDataset,
     epoch_order,
     find_luna,
+    locate_luna,
     match_diameter,
     read_candidates,
     split_by_series,
@@ -129,16 +130,29 @@ def test_candidates_of_series_not_on_disk_are_skipped_with_one_warning(luna_copy
     assert {c.series_uid for c in candidates} == set(luna.series)
 
 
-def test_empty_subset_folder(luna_copy):
+def test_an_empty_subset_folder_is_skipped_with_a_warning(luna_copy, capsys):
     (luna_copy / "subset7").mkdir()
-    with pytest.raises(DataError, match="subset7 holds no .mhd files"):
-        find_luna(luna_copy)
+    luna = locate_luna(str(luna_copy))
+    assert "subset7" in luna.skipped and len(luna.series) == 4
+    assert capsys.readouterr().err == (f"warning: skipped: {luna_copy / 'subset7'} holds no "
+                                       ".mhd files: finish extracting it or remove it\n")
 
 
-def test_truncated_raw_is_caught_before_training(luna_copy):
+def test_a_truncated_raw_skips_its_series_and_the_run_goes_on(luna_copy, capsys):
     raw = sorted((luna_copy / "subset0").glob("*.raw"))[0]
     raw.write_bytes(raw.read_bytes()[:4096])
-    with pytest.raises(DataError, match=r"\.raw: truncated \(4,096 bytes"):
+    luna = locate_luna(str(luna_copy))
+    assert raw.stem not in luna.series and len(luna.series) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: skipped: {raw}: ")
+    assert "truncated (4,096 bytes" in err[0]
+
+
+def test_no_usable_series_at_all_is_one_error(luna_copy):
+    for raw in luna_copy.glob("subset*/*.raw"):
+        raw.unlink()
+    with pytest.raises(DataError, match=r"no usable series \(4 skipped; .*\.mhd: its voxel "
+                                        r"file .*\.raw is missing\)"):
         find_luna(luna_copy)
 
 

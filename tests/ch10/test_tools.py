@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ch10_luna import check_data, f1_plot, run_all, train_cls, vis
+from ch10_luna.augment import BOOK_AUGMENTATION, augment_spec
 from ch10_luna.dsets import Candidate, find_luna, read_candidates
 from ch10_luna.synthetic import MARKER, generate_sample
 from common.data import REPO_ROOT
@@ -199,11 +200,10 @@ def test_run_all_dry_run_lists_the_books_runs(capsys):
     assert [parsed[n].epochs for n in names] == [1, 20, 10, 10, 10, 10, 10, 20]
     assert not parsed["unbalanced"].balanced and all(parsed[n].balanced for n in names[1:])
     assert all(a.synthetic and a.epoch_size == 64 and a.device == "cpu" for a in parsed.values())
-    spec = {n: train_cls.augment_spec(a) for n, a in parsed.items()}
+    spec = {n: augment_spec(BOOK_AUGMENTATION, a.augment) for n, a in parsed.items()}
     assert not spec["balanced"].active and spec["flip"].flip and not spec["flip"].rotate
     assert spec["noise"].noise == 25.0 and spec["noise"].offset == 0.0
-    assert spec["fully-augmented"] == train_cls.augment_spec(
-        train_cls.parse_args(["--augmented"]))
+    assert spec["fully-augmented"] == BOOK_AUGMENTATION
     assert {a.comment for a in parsed.values()} == set(names)
 
 

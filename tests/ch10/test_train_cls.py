@@ -1,18 +1,18 @@
 """train_cls.py: metrics, end-to-end runs, exact resume after a kill, DDP, and bad input."""
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from argparse import Namespace
+import textwrap
 
 import numpy as np
 import pytest
 import torch
 
-from ch10_luna.dsets import epoch_order
+from ch10_luna.checkpoints import save_checkpoint
+from ch10_luna.dsets import epoch_order, locate_luna
 from ch10_luna.model import LunaModel
-from ch10_luna.train_cls import locate_luna, main, rank_share, save_checkpoint, summarize
+from ch10_luna.runtime import rank_share
+from ch10_luna.train_cls import main, parse_args, summarize
 from common.data import REPO_ROOT
 from common.errors import DataError
 from tests.helpers import assert_same_rows, read_jsonl, torchrun_two_processes
@@ -67,26 +67,36 @@ def test_main_end_to_end_on_a_tiny_sample(tiny_luna, tmp_path):
     assert not [p for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name]
 
 
+KILL_AFTER_SAVING = textwrap.dedent("""
+    import os, signal, sys
+    from ch10_luna import train_cls
+    saver = train_cls.mid_epoch_saver
+
+    def dying_saver(every, path, model, optimizer, settings, proc, epoch, *rest, **extra):
+        after_batch = saver(every, path, model, optimizer, settings, proc, epoch, *rest, **extra)
+
+        def then_die(done, total, metrics):
+            after_batch(done, total, metrics)
+            if (epoch, done) == (2, 3):              # the checkpoint of batch 3 is on disk
+                os.kill(os.getpid(), signal.SIGKILL)
+        return then_die
+
+    train_cls.mid_epoch_saver = dying_saver
+    train_cls.main(sys.argv[1:])
+""")
+
+
 def test_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run(tiny_luna, tmp_path):
     common = ["--data-dir", str(tiny_luna), "--epochs", "2", "--epoch-size", "64",
               "--batch-size", "8", "--augmented", "--checkpoint-every", "1"]
     main([*common, "--run-dir", str(tmp_path / "a")])
     run_b = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, SCRIPT, *common, "--run-dir", str(run_b)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SAVING, *common, "--run-dir",
+                             str(run_b)], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]                 # SIGKILLed
     last = run_b / "cls_dlwpt.last.state"
-    killed_at = None
-    deadline = time.monotonic() + 240
-    while proc.poll() is None and time.monotonic() < deadline:
-        if last.exists():
-            state = torch.load(last, weights_only=True)
-            if state["epoch"] == 2 and 2 <= state.get("batch", 0) < 7:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                killed_at = (state["epoch"], state["batch"])
-                break
-        time.sleep(0.05)
-    assert killed_at is not None, "the run ended before it could be killed mid-epoch"
+    state = torch.load(last, weights_only=True)
+    assert (state["epoch"], state["batch"]) == (2, 3)
     assert len(read_jsonl(run_b / "metrics.jsonl")) == 2                  # epoch 1 only
     main(["--resume", str(last)])
     a, b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(run_b / "metrics.jsonl")
@@ -108,7 +118,7 @@ def test_two_process_ddp_on_cpu(tiny_luna, tmp_path):
 def test_synthetic_fallback_is_announced(tiny_luna, tmp_path, forced):
     shutil.copytree(tiny_luna, tmp_path / "synthetic" / "luna")     # as if generated before
     said = []
-    luna = locate_luna(Namespace(data_dir=str(tmp_path), synthetic=forced), announce=said.append)
+    luna = locate_luna(str(tmp_path), forced, announce=said.append)
     assert luna.synthetic and luna.root == tmp_path / "synthetic" / "luna"
     assert "SYNTHETIC DATA" in said[-1] and "python -m common.data download" in said[-1]
     assert ("--synthetic given" in said[-1]) == forced
@@ -117,7 +127,7 @@ def test_synthetic_fallback_is_announced(tiny_luna, tmp_path, forced):
 def test_a_real_luna_folder_wins_over_the_sample(tiny_luna, tmp_path):
     shutil.copytree(tiny_luna, tmp_path / "luna")
     (tmp_path / "luna" / "SYNTHETIC.json").unlink()                   # now it passes for LUNA16
-    luna = locate_luna(Namespace(data_dir=str(tmp_path), synthetic=False), announce=print)
+    luna = locate_luna(str(tmp_path), False, announce=print)
     assert not luna.synthetic and luna.root == tmp_path / "luna"
 
 
@@ -153,7 +163,7 @@ def test_the_error_is_one_line_and_a_nonzero_exit():
 def test_resume_from_a_checkpoint_of_another_model(tmp_path):
     other = torch.nn.Linear(2, 2)
     save_checkpoint(tmp_path / "seg.state", other, torch.optim.Adam(other.parameters()),
-                    Namespace(), 1, 10)
+                    {}, 1, 10)
     with pytest.raises(DataError, match="holds a 'Linear', this script trains a LunaModel"):
         main(["--resume", str(tmp_path / "seg.state")])
 
@@ -169,8 +179,7 @@ def test_resume_from_garbage_and_from_a_missing_file(tmp_path):
 def test_resume_from_a_checkpoint_whose_weights_do_not_fit(tiny_luna, tmp_path):
     model = LunaModel(conv_channels=4)
     save_checkpoint(tmp_path / "small.state", model, torch.optim.SGD(model.parameters(), lr=.1),
-                    Namespace(**vars(__import__("ch10_luna.train_cls", fromlist=["x"])
-                                     .parse_args(["--data-dir", str(tiny_luna)]))), 1, 32)
+                    vars(parse_args(["--data-dir", str(tiny_luna)])), 1, 32)
     with pytest.raises(DataError, match="does not fit LunaModel"):
         main(["--resume", str(tmp_path / "small.state"), "--run-dir", str(tmp_path / "r")])
 

@@ -1,8 +1,6 @@
 """The analysis benchmark's pieces: LUNA-sized resampling, the fp32/bf16 comparison, a tiny run."""
-import argparse
 
 import numpy as np
-import pytest
 import torch
 
 from ch13_segment.benchmark import analysis_benchmark, compare_detections, luna_sized_ct
@@ -59,11 +57,9 @@ def test_analysis_benchmark_on_a_resampled_tiny_ct(tiny_models, seg_luna, monkey
     monkeypatch.setattr(seg_luna, "synthetic", True, raising=False)
     seg, cls, _mal = tiny_models
     uid = sorted(seg_luna.series)[0]
-    args = argparse.Namespace(seg_model=seg, cls_model=cls, data_dir=None, slices=[9],
-                              series_uid=uid, batch_size=4, repeats=1)
-    (row,) = analysis_benchmark(args, seg_luna, torch.device("cpu"))
+    (row,) = analysis_benchmark(seg_luna, torch.device("cpu"), seg, cls, [9], uid,
+                                batch_size=4)
     assert row["shape"] == (9, 512, 512)
-    assert row["book_s"] == pytest.approx(49.6 / 117 * 9, rel=0.02)
     assert set(row["fp32"]) == set(row["amp"]) == {"load", "segmentation", "grouping",
                                                    "classification"}
     assert row["compare"]["same"]

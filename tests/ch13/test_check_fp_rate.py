@@ -1,5 +1,4 @@
 """check_fp_rate.py: recall, false positives per CT and precision over a threshold sweep."""
-import argparse
 import json
 
 import imageio.v3 as iio
@@ -11,11 +10,12 @@ from ch13_segment.nodule_analysis import (
     BENIGN,
     Annotation,
     Detection,
+    analysis_document,
     match_and_score,
     match_detections,
-    write_json,
 )
 from common.errors import DataError, run_cli
+from common.files import write_json
 
 
 def detection(xyz, p):
@@ -47,9 +47,8 @@ def write_hand_json(path):
                 "timing": {"load": 0.0}, "annotations": a, "detections": d,
                 "matches": match_detections(d, a)} for uid, d, a in hand_series()]
     table = sum(match_and_score(d, a) for _uid, d, a in hand_series())
-    args = argparse.Namespace(seg_model="s", cls_model="c", malignancy_model=None,
-                              erosion_max_spacing=2.0)
-    return write_json(path, results, table, args)
+    models = {"seg_model": "s", "cls_model": "c", "malignancy_model": None}
+    return write_json(path, analysis_document(results, table, models, 2.0))
 
 
 # threshold -> (nodules found of 4, false positives over 2 CTs, matching candidates passing)

@@ -1,5 +1,4 @@
 """Chapter 14: malignancy candidate list, datasets, fine-tuning and the training script."""
-import argparse
 import csv
 import json
 
@@ -7,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from ch10_luna.checkpoints import save_checkpoint
 from ch10_luna.dsets import find_luna, split_by_series
 from ch10_luna.model import LunaModel
+from ch10_luna.runtime import rank_share
 from ch10_luna.synthetic import generate_sample
-from ch10_luna.train_cls import rank_share, save_checkpoint
 from ch13_segment.dsets_cls import (
     MalignantLunaDataset,
     balanced_kind,
@@ -20,6 +20,7 @@ from ch13_segment.dsets_cls import (
 )
 from ch13_segment.model import UNetWrapper
 from ch13_segment.train_malignancy import (
+    load_finetune_state,
     load_model,
     main,
     make_optimizer,
@@ -156,9 +157,8 @@ def test_wrong_finetune_checkpoint_is_a_data_error(tmp_path, make):
                                                batch_norm=True).state_dict()}, path)
     else:
         torch.save({"weights": 1}, path)
-    args = argparse.Namespace(finetune=str(path), finetune_depth=1, amp=False)
     with pytest.raises(DataError, match="--finetune"):
-        load_model(args, torch.device("cpu"))
+        load_model("cpu", torch.contiguous_format, load_finetune_state(path), 1, str(path))
 
 
 def test_main_end_to_end(mal_folder, nodule_checkpoint, tmp_path):
@@ -199,8 +199,7 @@ def test_main_rejects_garbage_finetune(mal_folder, tmp_path):
 @pytest.mark.realdata
 def test_book_checkpoint_finetunes(book_file):
     path = book_file("part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state")
-    args = argparse.Namespace(finetune=str(path), finetune_depth=2, amp=False)
-    model = load_model(args, torch.device("cpu"))
+    model = load_model("cpu", torch.contiguous_format, load_finetune_state(path), 2, str(path))
     source = torch.load(path, weights_only=True, map_location="cpu")["model_state"]
     assert torch.equal(model.block3.conv2.weight.contiguous(), source["block3.conv2.weight"])
     assert not torch.equal(model.head_linear.weight, source["head_linear.weight"])
@@ -258,9 +257,9 @@ def test_resume_after_epoch_1_equals_an_uninterrupted_run(mal_folder, nodule_che
 def test_resume_from_the_wrong_checkpoint_is_one_clear_error(tmp_path, capsys, kind, message):
     model = (UNetWrapper(in_channels=7, depth=3, wf=4, padding=True, batch_norm=True)
              if kind == "unet" else LunaModel())
-    args = argparse.Namespace(epochs=1, comment="dlwpt")       # a ch10 / ch13 run's args
+    settings = {"epochs": 1, "comment": "dlwpt"}               # a ch10 / ch13 run's args
     path = save_checkpoint(tmp_path / "other.state", model, torch.optim.SGD(
-        model.parameters(), lr=0.1), args, 1, 32, best_f1=0.5)
+        model.parameters(), lr=0.1), settings, 1, 32, best_f1=0.5)
     with pytest.raises(DataError, match=message) as caught:
         main(["--resume", str(path)])
     assert "\n" not in str(caught.value)

@@ -1,5 +1,4 @@
 """Chapter 14's end-to-end analysis: grouping, matching, checkpoints and the whole pipeline."""
-import argparse
 import json
 
 import numpy as np
@@ -19,6 +18,7 @@ from ch13_segment.nodule_analysis import (
     MISS,
     Annotation,
     Detection,
+    analysis_document,
     classify,
     erosion_structure,
     group_candidates,
@@ -27,10 +27,10 @@ from ch13_segment.nodule_analysis import (
     match_and_score,
     match_detections,
     segment_ct,
-    write_json,
 )
 from common.ct import Ct
 from common.errors import DataError
+from common.files import write_json
 from tests.helpers import save_model_state
 
 SPACING_XYZ = (0.7, 0.8, 2.5)
@@ -191,13 +191,22 @@ def test_wrong_kind_of_checkpoint_is_a_data_error(tiny_models, seg_luna):
         main([uid, "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model", seg])
 
 
-def test_unknown_series_says_how_to_list_them(seg_luna, capsys):
+def test_unknown_series_says_how_to_list_them(tiny_models, seg_luna, capsys):
+    seg, cls, _ = tiny_models
     with pytest.raises(DataError, match="--list-series"):
-        main(["1.2.3.4", "--data-dir", str(seg_luna.root)])
+        main(["1.2.3.4", "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model",
+              cls])
     listed = main(["--list-series", "--data-dir", str(seg_luna.root)])["series"]
     assert listed == sorted(seg_luna.series)
     printed = capsys.readouterr().out
     assert all(uid in printed for uid in listed)
+
+
+def test_missing_checkpoints_are_reported_before_the_sample_is_generated(tmp_path):
+    with pytest.raises(DataError, match="not found; get it with:  python -m common.data "
+                                        "download luna-models"):
+        main(["--run-validation", "--data-dir", str(tmp_path)])
+    assert not (tmp_path / "synthetic").exists()          # no 95 MB sample for nothing
 
 
 def test_main_end_to_end_with_small_models(tiny_models, seg_luna, tmp_path, capsys,
@@ -233,9 +242,9 @@ def test_json_names_the_matched_annotation(tmp_path):
     result = {"series_uid": "1.2.3", "shape": (9, 8, 7), "segmented_voxels": 12,
               "timing": {"load": 0.0}, "annotations": a, "detections": d,
               "matches": match_detections(d, a)}
-    args = argparse.Namespace(seg_model="s", cls_model="c", malignancy_model=None,
-                              erosion_max_spacing=2.0)
-    path = write_json(tmp_path / "sub" / "a.json", [result], match_and_score(d, a), args)
+    models = {"seg_model": "s", "cls_model": "c", "malignancy_model": None}
+    path = write_json(tmp_path / "sub" / "a.json",
+                      analysis_document([result], match_and_score(d, a), models, 2.0))
     (series,) = json.loads(path.read_text())["series"]
     first, second = series["candidates"]
     assert first["matched_annotation"] == {"center_xyz": [0.0, 0.0, 0.0], "diameter_mm": 10.0,

@@ -1,19 +1,20 @@
 """train_seg.py: Dice losses, metrics, overlays, augmentation wiring, end-to-end runs, resume."""
-from argparse import Namespace
-
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
 
-from ch10_luna.augment import augment_batch
+from ch10_luna.augment import augment_batch, augment_spec
+from ch10_luna.checkpoints import save_checkpoint
+from ch10_luna.dsets import make_loader
 from ch10_luna.model import LunaModel
-from ch10_luna.train_cls import augment_spec, make_loader, save_checkpoint
+from ch10_luna.train_cls import train_one_epoch
 from ch13_segment.dsets import TrainingLuna2dSegmentationDataset, split_series
 from ch13_segment.model import UNetWrapper
 from ch13_segment.train_seg import (
     MODEL_KWARGS,
     SEG_AUGMENTATION,
+    compute_batch_loss,
     dice_loss,
     fn_weighted_loss,
     image_indexes,
@@ -22,7 +23,6 @@ from ch13_segment.train_seg import (
     parse_args,
     segmentation_counts,
     summarize,
-    train_one_epoch,
 )
 from common.data import REPO_ROOT
 from common.errors import DataError
@@ -111,11 +111,13 @@ def test_overlay_colours_and_image_slices():
 
 # --------------------------------------------------------------------------- augmentation
 def test_chapter_13_augmentation_flags_and_the_label_moves_with_the_image():
-    assert augment_spec(parse_args(["--augmented"]), SEG_AUGMENTATION) == SEG_AUGMENTATION
+    spec = lambda argv: augment_spec(SEG_AUGMENTATION, parse_args(argv).augment)  # noqa: E731
+    assert spec(["--augmented"]) == SEG_AUGMENTATION
     assert SEG_AUGMENTATION.offset == 0.03 and SEG_AUGMENTATION.noise == 25.0
-    only_offset = augment_spec(parse_args(["--augment-offset"]), SEG_AUGMENTATION)
+    only_offset = spec(["--augment-offset"])
     assert (only_offset.offset, only_offset.scale, only_offset.flip) == (0.03, 0.0, False)
-    plain = augment_spec(parse_args([]), SEG_AUGMENTATION)
+    assert spec(["--augment-offset", "--augmented"]) == SEG_AUGMENTATION
+    plain = spec([])
     assert not plain.active
     x = torch.full((4, 7, 64, 64), -800.0)
     x[:, :, 20:36, 24:40] = 100.0                           # a dense square in every channel
@@ -141,8 +143,8 @@ def test_the_loss_falls_over_a_few_steps(seg_luna, seg_masks):
     loader = make_loader(dataset, range(8), 8, 0, torch.device("cpu"))
     model = UNetWrapper(**MODEL_KWARGS)
     optimizer = torch.optim.Adam(model.parameters())
-    losses = [float(train_one_epoch(model, loader, optimizer, "cpu", quiet=True)[1].mean())
-              for _ in range(6)]
+    losses = [float(train_one_epoch(model, loader, optimizer, "cpu", compute=compute_batch_loss,
+                                    n_rows=5, quiet=True)[1].mean()) for _ in range(6)]
     assert losses[-1] < 0.8 * losses[0], losses
 
 
@@ -210,14 +212,14 @@ def test_two_process_ddp_on_cpu(seg_luna, tmp_path):
 def test_resume_from_a_classifier_checkpoint_is_one_clear_error(tmp_path):
     model = LunaModel()
     path = save_checkpoint(tmp_path / "cls.state", model, torch.optim.SGD(model.parameters()),
-                           Namespace(epochs=1), 1, 32)
+                           {"epochs": 1}, 1, 32)
     with pytest.raises(DataError, match="holds a 'LunaModel', this script trains a UNetWrapper"):
         main(["--resume", str(path)])
 
 
 def test_resume_from_a_different_unet_is_one_clear_error(seg_luna, tmp_path):
     model = UNetWrapper(**{**MODEL_KWARGS, "depth": 2})
-    args = parse_args(tiny_args(seg_luna, tmp_path / "r"))
+    args = vars(parse_args(tiny_args(seg_luna, tmp_path / "r")))
     path = save_checkpoint(tmp_path / "seg.state", model, torch.optim.Adam(model.parameters()),
                            args, 1, 16)
     with pytest.raises(DataError, match="does not fit this UNetWrapper"):

@@ -1,0 +1,154 @@
+"""How a training process runs on its hardware: the process group and its ranks, each rank's
+share of an epoch, gathered metrics, mixed precision (autocast with its grad scaler),
+channels-last layouts and the optimizer step. Chapters 11-14's trainers share it.
+
+    with process_group("auto") as proc:         # torchrun's ranks, or one process
+        amp = mixed_precision(proc.device, enabled=True)
+        model = LunaModel().to(proc.device, memory_format=memory_format(proc.device, amp))
+"""
+import argparse
+import contextlib
+import os
+from collections import namedtuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from common.device import add_device_argument, pick_device
+
+# One process of a run: its device, rank and the number of processes; `say` prints on rank 0.
+Proc = namedtuple("Proc", ["device", "rank", "world", "say"])
+# Mixed precision: the autocast context to run the model in, and the GradScaler float16
+# needs (None for bf16 and fp32); `dtype` is what the autocast computes in.
+Amp = namedtuple("Amp", ["context", "scaler", "dtype"])
+
+
+def runtime_parser(batch_size=32):
+    """--device, --amp, --batch-size and --num-workers: how a trainer runs (a parent parser)."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_device_argument(p)
+    p.add_argument("--amp", action="store_true",
+                   help="bfloat16 autocast (float16 with a grad scaler where bf16 is missing)")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help="per process (default: %(default)s)")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="DataLoader worker processes (0: load in the training process)")
+    return p
+
+
+# ----------------------------------------------------------------------------- processes
+def is_main_process():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _quiet(*_args, **_kwargs):
+    pass
+
+
+@contextlib.contextmanager
+def process_group(device_name="auto"):
+    """Yield this process's Proc; under torchrun join its process group (gloo on CPU, nccl on
+    CUDA, one GPU per local rank) and leave it on the way out, whatever happens."""
+    device = pick_device(device_name)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield Proc(device, 0, 1, print)
+        return
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        rank = dist.get_rank()
+        yield Proc(device, rank, dist.get_world_size(), print if rank == 0 else _quiet)
+    finally:
+        dist.destroy_process_group()
+
+
+def rank_share(order, rank, world, batch_size):
+    """This process's part of an epoch's `order`: from each run of `world` batches, the
+    `rank`-th (the last, short run split evenly), so step k of all processes together covers
+    order[k * batch_size * world:][:batch_size * world], as one process with world times the
+    batch would.
+
+    Taking every `world`-th sample instead would hand rank 0 only the even items of a
+    balanced epoch (chapter 12's positive, negative, ...; chapter 14's benign / non-nodule vs
+    malignant) and rank 1 only the odd ones: class-pure batches, each normalised alone by the
+    model's BatchNorm tail. `order` must divide by `world`.
+    """
+    order = np.asarray(order)
+    full = len(order) // (batch_size * world) * batch_size * world
+    return np.concatenate([order[:full].reshape(-1, world, batch_size)[:, rank].reshape(-1),
+                           order[full:].reshape(world, -1)[rank]])
+
+
+def gather_metrics(metrics):
+    """All ranks' (K, n) metrics concatenated (on every rank); the tensor itself when alone."""
+    return torch.cat(gather_objects(metrics), dim=1) if dist.is_initialized() else metrics
+
+
+def gather_objects(obj):
+    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] when alone."""
+    if not dist.is_initialized():
+        return [obj]
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
+
+
+# ----------------------------------------------------------------------------- the model
+def mixed_precision(device, enabled):
+    """Amp for `device`: bf16 autocast where the device has it, else fp16 with a GradScaler;
+    a no-op context (fp32) when not enabled."""
+    device = torch.device(device)
+    if not enabled:
+        return Amp(contextlib.nullcontext(), None, torch.float32)
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return Amp(torch.autocast("cuda", dtype=torch.float16),
+                   torch.amp.GradScaler("cuda"), torch.float16)
+    return Amp(torch.autocast(device.type, dtype=torch.bfloat16), None, torch.bfloat16)
+
+
+def memory_format(device, amp, spatial_dims=3):
+    """Channels-last on CPU (oneDNN's native layout: LunaModel's Conv3d backward is many times
+    faster in it, the U-Net 1.2x; benchmark.py measures both) and on CUDA under reduced
+    precision (tensor cores); the default layout otherwise. `amp` is an Amp or a bool."""
+    device = torch.device(device)
+    reduced = amp.dtype != torch.float32 if isinstance(amp, Amp) else bool(amp)
+    if device.type == "cpu" or (device.type == "cuda" and reduced):
+        return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    return torch.contiguous_format
+
+
+def to_input(x, device, fmt=torch.contiguous_format):
+    """A batch on `device` in memory format `fmt` (the copy does not wait for the device)."""
+    return x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+
+
+def distribute(model, proc):
+    """The model wrapped in DistributedDataParallel when there are several processes (after
+    its weights are restored, so that every rank starts from the same ones); frozen
+    parameters get no gradient hooks."""
+    return torch.nn.parallel.DistributedDataParallel(model) if proc.world > 1 else model
+
+
+def unwrap(model):
+    """The bare module of a DistributedDataParallel model (validation runs it: no collectives)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def optimizer_step(loss, optimizer, scaler=None):
+    """zero_grad, backward and step; through the GradScaler when fp16 autocast needs one."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+        return
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()

@@ -4,17 +4,18 @@
 
 Prints softmax of (1, 2, 3), checks it against nn.Softmax(dim=1), shows why the stable form
 subtracts the maximum, checks CrossEntropyLoss(logits) == NLLLoss(log_softmax(logits)), and writes
-runs/ch07/nll_vs_mse.png: both losses as the predicted probability of the right class goes from
-1 to 0. NLL keeps climbing for confident wrong answers; MSE flattens out and barely pushes back.
+runs/ch07/nll_vs_mse.png in the repository: both losses as the predicted probability of the right
+class goes from 1 to 0. NLL keeps climbing for confident wrong answers; MSE flattens out and
+barely pushes back.
 """
 import argparse
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from common.errors import run_cli
-from common.figures import save_figure
+from common.figures import new_figure, save_figure
+from common.files import output_dir, runs_dir
 
 
 def softmax_naive(x, dim=-1):
@@ -52,12 +53,9 @@ def loss_curves(n=101):
 
 def plot_losses(path):
     """NLL vs MSE against p(right class), as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     p, nll_loss, mse = loss_curves()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig = new_figure(figsize=(5, 3.5))
+    ax = fig.subplots()
     ax.plot(p, nll_loss, label="NLL  -log p")
     ax.plot(p, mse, label="MSE on one-hot (2 classes)")
     ax.set_xlabel("predicted probability of the right class")
@@ -71,8 +69,10 @@ def plot_losses(path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--out", default="runs/ch07", help="folder for the PNG (default: %(default)s)")
+    p.add_argument("--out", default=str(runs_dir("ch07")),
+                   help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
+    out = output_dir(args.out, "--out")
 
     x = torch.tensor([1.0, 2.0, 3.0])
     probs = softmax(x)
@@ -93,7 +93,7 @@ def main(argv=None):
     for right in (0.9, 0.1, 0.01):
         print(f"p(right class) {right:>4}: NLL {-torch.log(torch.tensor(right)):.3f}, "
               f"MSE {2 * (1 - right) ** 2:.3f}")
-    png = plot_losses(Path(args.out) / "nll_vs_mse.png")
+    png = plot_losses(out / "nll_vs_mse.png")
     print(f"wrote {png}")
     return {"softmax": probs, "ce": float(ce), "nll": float(nll_of_log_softmax),
             "ours": float(ours), "png": png}

@@ -7,23 +7,24 @@
 
 Variants as in the book: baseline Net, width (NetWidth 32), l2 reg (Net, lambda 0.001), dropout,
 batch_norm, depth, res (all n_chans1=32), res deep (NetResDeep, --n-blocks, book 100, lr 3e-3).
-Writes runs/ch08/accuracy_comparison.png (the book's bar chart) and accuracy_comparison.md (the
-table, with the book's numbers), and prints the table.
+Writes the repository's runs/ch08/accuracy_comparison.png (the book's bar chart) and
+accuracy_comparison.md (the table, with the book's numbers), and prints the table.
+--epoch-size N trains each variant on N random samples per epoch (a quick run).
 """
 import argparse
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ch01_intro.resnet import count_parameters
-from ch07_cifar.train_fc import accuracy, add_cifar_arguments, prepare
+from ch07_cifar.train_fc import accuracy, add_cifar_arguments, check_cifar_flags, prepare
 from ch08_convnets.models import make_model
 from ch08_convnets.train import training_loop
 from common.device import seed_everything
 from common.errors import DataError, run_cli
-from common.figures import save_figure
+from common.figures import new_figure, save_figure
+from common.files import output_dir, runs_dir, write_text
 
 # name: (model, l2 lambda, learning rate or None for --lr, book (train, val) accuracy)
 VARIANTS = {
@@ -39,23 +40,26 @@ VARIANTS = {
 TOLERANCE = 0.02          # the book's val accuracies are given to two decimals
 
 
-def run_variant(name, train_loader, val_loader, args, device):
-    """Train one variant from a fixed seed; returns its row of the table."""
-    model_name, l2_lambda, lr, book = VARIANTS[name]
-    seed_everything(args.seed)
-    model = make_model(model_name, n_blocks=args.n_blocks).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr or args.lr)
+def run_variant(name, train_loader, val_loader, device, epochs, seed=0, lr=1e-2, n_blocks=100,
+                log_every=10):
+    """Train one variant from a fixed seed; returns its row of the table. `lr` is the --lr the
+    variant uses unless it has its own (res deep: the book's 3e-3)."""
+    model_name, l2_lambda, own_lr, book = VARIANTS[name]
+    lr = own_lr or lr
+    seed_everything(seed)
+    model = make_model(model_name, n_blocks=n_blocks).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     print(f"--- {name}: {type(model).__name__}, {count_parameters(model):,} parameters, "
-          f"lr {lr or args.lr}" + (f", L2 {l2_lambda}" if l2_lambda else ""))
+          f"lr {lr}" + (f", L2 {l2_lambda}" if l2_lambda else ""))
     start = time.perf_counter()
-    training_loop(args.epochs, optimizer, model, nn.CrossEntropyLoss(), train_loader, device,
-                  l2_lambda=l2_lambda, log_every=args.log_every)
+    losses = training_loop(epochs, optimizer, model, nn.CrossEntropyLoss(), train_loader, device,
+                           l2_lambda=l2_lambda, log_every=log_every)
     seconds = time.perf_counter() - start
     train_acc = accuracy(model, train_loader, device, flatten=False)
     val_acc = accuracy(model, val_loader, device, flatten=False)
     return {"name": name, "model": type(model).__name__, "params": count_parameters(model),
             "train": train_acc, "val": val_acc, "book_train": book[0], "book_val": book[1],
-            "seconds": seconds}
+            "seconds": seconds, "losses": losses}
 
 
 def table(rows):
@@ -71,13 +75,10 @@ def table(rows):
 
 def plot_comparison(rows, path, title):
     """Grouped bars of train and val accuracy per variant, the book's val as a marker."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     x = torch.arange(len(rows)).float()
     width = 0.38
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig = new_figure(figsize=(9, 4.2))
+    ax = fig.subplots()
     ax.bar(x - width / 2, [r["train"] for r in rows], width, label="train")
     ax.bar(x + width / 2, [r["val"] for r in rows], width, label="val")
     ax.scatter(x + width / 2, [r["book_val"] for r in rows], marker="_", s=400, color="black",
@@ -98,24 +99,34 @@ def main(argv=None):
     p.add_argument("--check", action="store_true",
                    help=f"exit 1 unless every val accuracy is within {TOLERANCE} of the book's")
     p.add_argument("--log-every", type=int, default=10, help="epochs between loss lines")
-    p.add_argument("--out", default="runs/ch08", help="folder for the PNG and the table")
+    p.add_argument("--out", default=str(runs_dir("ch08")),
+                   help="folder for the PNG and the table (default: %(default)s)")
     add_cifar_arguments(p)
     args = p.parse_args(argv)
-    device, train_loader, val_loader, data = prepare(args)
+    check_cifar_flags(args.epochs, args.lr, args.batch_size, args.epoch_size, args.num_workers,
+                      least_epochs=0)
+    for flag, value in (("--n-blocks", args.n_blocks), ("--log-every", args.log_every)):
+        if value < 1:
+            raise DataError(f"{flag} {value}: must be at least 1")
+    out = output_dir(args.out, "--out")                # before hours of training
+    device, train_loader, val_loader, data = prepare(
+        args.device, args.seed, args.data_dir, args.synthetic, args.batch_size,
+        args.num_workers, args.epoch_size)
     if args.check and data["synthetic"]:
         raise DataError("--check compares with the book's CIFAR-10 numbers: it needs the real "
                         "data (python -m common.data download cifar10), not the synthetic sample")
 
-    rows = [run_variant(name, train_loader, val_loader, args, device)
+    rows = [run_variant(name, train_loader, val_loader, device, args.epochs, args.seed, args.lr,
+                        args.n_blocks, args.log_every)
             for name in (args.only or VARIANTS)]
     text = table(rows)
     source = "SYNTHETIC sample" if data["synthetic"] else "CIFAR-2"
-    title = f"{source}, {args.epochs} epochs"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy_comparison.md").write_text(f"{title} ({data['cifar_dir']})\n\n{text}\n")
+    per_epoch = f", {args.epoch_size} samples per epoch" if args.epoch_size else ""
+    title = f"{source}, {args.epochs} epochs{per_epoch}"
+    md = write_text(out / "accuracy_comparison.md", f"{title} ({data['cifar_dir']})\n\n{text}\n",
+                    "--out")
     png = plot_comparison(rows, out / "accuracy_comparison.png", title)
-    print(f"\n{title}\n{text}\nwrote {png} and {out / 'accuracy_comparison.md'}")
+    print(f"\n{title}\n{text}\nwrote {png} and {md}")
     if args.check:
         off = [r["name"] for r in rows if abs(r["val"] - r["book_val"]) > TOLERANCE]
         if off:

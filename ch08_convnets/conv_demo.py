@@ -4,10 +4,10 @@
 
 Prints the weight and output shapes of Conv2d(3, 16, 3) with and without padding, the pooled shape,
 the receptive field of conv-pool-conv, and the error of the Sequential model that forgot to
-flatten; writes runs/ch08/conv_demo.png (the image, its blur and its vertical edges).
+flatten; writes runs/ch08/conv_demo.png in the repository (the image, its blur and its vertical
+edges).
 """
 import argparse
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,8 +16,9 @@ from ch01_intro.resnet import count_parameters
 from ch07_cifar.cifar import cifar2, load_cifar10, to_tensor
 from ch07_cifar.synthetic import choose_cifar_dir
 from common.data import add_data_dir_argument
-from common.errors import run_cli
-from common.figures import save_figure
+from common.errors import DataError, run_cli
+from common.figures import new_figure, save_figure
+from common.files import output_dir, runs_dir
 
 
 def blur_conv():
@@ -61,11 +62,8 @@ def sequential_net(flatten=False):
 
 def plot_filters(img, blurred, edges, path):
     """Input image and the two filter outputs side by side, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+    fig = new_figure(figsize=(9, 3.3))
+    axes = fig.subplots(1, 3)
     panels = ((img.permute(1, 2, 0), "input", None), (blurred[0], "blur (1/9 kernel)", "gray"),
               (edges[0], "vertical edges [-1 0 1]", "gray"))
     for ax, (data, title, cmap) in zip(axes, panels, strict=True):
@@ -79,12 +77,18 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_data_dir_argument(p)
     p.add_argument("--synthetic", action="store_true", help="use the built-in synthetic sample")
-    p.add_argument("--out", default="runs/ch08", help="folder for the PNG (default: %(default)s)")
+    p.add_argument("--out", default=str(runs_dir("ch08")),
+                   help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
+    out = output_dir(args.out, "--out")
     torch.manual_seed(0)
 
     cifar_dir, _ = choose_cifar_dir(args.data_dir, args.synthetic)
-    img, label = cifar2(load_cifar10(cifar_dir, train=False, transform=to_tensor))[0]
+    pairs = cifar2(load_cifar10(cifar_dir, train=False, transform=to_tensor))
+    if not pairs:
+        raise DataError(f"{cifar_dir}: no airplane or bird among the test images, the demo "
+                        "shows the first one")
+    img, label = pairs[0]
     x = img.unsqueeze(0)                                       # (1, 3, 32, 32)
 
     conv = nn.Conv2d(3, 16, kernel_size=3)
@@ -108,7 +112,7 @@ def main(argv=None):
         error = str(e)
         print(f"forgetting to flatten (N, 8, 8, 8) before Linear(512, 32): RuntimeError: {e}")
     print(f"with nn.Flatten(): output {tuple(sequential_net(flatten=True)(x).shape)}")
-    png = plot_filters(img, blurred, edges, Path(args.out) / "conv_demo.png")
+    png = plot_filters(img, blurred, edges, out / "conv_demo.png")
     print(f"wrote {png}  (a CIFAR-2 {('airplane', 'bird')[label]})")
     return {"conv_out": tuple(conv(x).shape), "padded_out": tuple(padded(x).shape),
             "pooled": tuple(pooled.shape), "receptive_field": field, "error": error, "png": png}

@@ -6,7 +6,8 @@
     python ch08_convnets/train.py --load book --epochs 0   # the book's trained Net, evaluated only
 
 Models: net, width, dropout, batchnorm, depth, res, resdeep (ch08_convnets/models.py). Writes the
-trained weights to runs/ch08/<model>.pt (the book: birds_vs_airplanes.pt); --load starts from a
+trained weights to the repository's runs/ch08/<model>.pt (the book: birds_vs_airplanes.pt);
+--epoch-size N trains on N random samples per epoch (a quick run); --load starts from a
 saved state_dict, `--load book` from the book's data/p1ch6/birds_vs_airplanes.pt (Net only).
 """
 import argparse
@@ -18,11 +19,17 @@ from torch import nn
 
 from ch01_intro.resnet import count_parameters
 from ch01_intro.weights import load_state
-from ch07_cifar.train_fc import accuracy, add_cifar_arguments, prepare, train_epoch
+from ch07_cifar.train_fc import (
+    accuracy,
+    add_cifar_arguments,
+    check_cifar_flags,
+    prepare,
+    train_epoch,
+)
 from ch08_convnets.models import BOOK_NET_FILE, MODELS, load_book_net, make_model
-from common.device import map_location
+from common.device import map_location, pick_device, seed_everything
 from common.errors import DataError, run_cli
-from common.files import read_torch, save_torch
+from common.files import output_dir, read_torch, runs_dir, save_torch
 
 
 def training_loop(n_epochs, optimizer, model, loss_fn, train_loader, device="cpu",
@@ -76,15 +83,28 @@ def main(argv=None):
     p.add_argument("--l2", type=float, default=0.0, help="L2 penalty lambda (book: 0.001)")
     p.add_argument("--load", default=None, help="start from a state_dict file, or `book`")
     p.add_argument("--save", default=None,
-                   help="where to write the trained state_dict (default: runs/ch08/<model>.pt)")
+                   help="where to write the trained state_dict (default: runs/ch08/<model>.pt "
+                        "in the repository)")
     p.add_argument("--log-every", type=int, default=10, help="epochs between loss lines")
     add_cifar_arguments(p)
     args = p.parse_args(argv)
-    device, train_loader, val_loader, data = prepare(args)
+    check_cifar_flags(args.epochs, args.lr, args.batch_size, args.epoch_size, args.num_workers,
+                      least_epochs=0)                   # --epochs 0: evaluate a --load only
+    for flag, value in (("--n-chans1", args.n_chans1), ("--n-blocks", args.n_blocks),
+                        ("--log-every", args.log_every)):
+        if value < 1:
+            raise DataError(f"{flag} {value}: must be at least 1")
+    if not args.l2 >= 0:
+        raise DataError(f"--l2 {args.l2}: must be 0 or more")
+    if args.load == "book" and args.model != "net":
+        raise DataError("--load book holds the book's Net: use it with --model net")
+    save = Path(args.save) if args.save else runs_dir("ch08") / f"{args.model}.pt"
+    if args.epochs > 0:
+        output_dir(save.parent, "--save folder")          # checked before the training
 
+    device = pick_device(args.device)
+    seed_everything(args.seed)                          # the model's initial weights
     if args.load == "book":
-        if args.model != "net":
-            raise DataError("--load book holds the book's Net: use it with --model net")
         model = load_book_net(args.data_dir, device)
         print(f"loaded the book's {BOOK_NET_FILE}")
     else:
@@ -92,6 +112,9 @@ def main(argv=None):
         if args.load:
             load_model(model, args.load, device)
             print(f"loaded {args.load}")
+    device, train_loader, val_loader, data = prepare(
+        args.device, args.seed, args.data_dir, args.synthetic, args.batch_size,
+        args.num_workers, args.epoch_size)
     print(f"model {args.model} ({type(model).__name__}): {count_parameters(model):,} parameters")
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     losses = training_loop(args.epochs, optimizer, model, nn.CrossEntropyLoss(), train_loader,
@@ -99,7 +122,7 @@ def main(argv=None):
     result = validate(model, train_loader, val_loader, device)
     saved = None
     if args.epochs > 0:
-        saved = save_model(model, args.save or Path("runs/ch08") / f"{args.model}.pt")
+        saved = save_model(model, save)
         print(f"saved {saved}")
     return {"model": model, "losses": losses, **result, "saved": saved,
             "synthetic": data["synthetic"]}

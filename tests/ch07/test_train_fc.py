@@ -102,3 +102,34 @@ def test_one_training_step_agrees_on_cpu_and_gpu(cuda, monkeypatch):
         train_epoch(m, loader, loss_fn, torch.optim.SGD(m.parameters(), lr=1e-2), device)
     for p_cpu, p_gpu in zip(model.parameters(), gpu_model.parameters(), strict=True):
         torch.testing.assert_close(p_gpu.cpu(), p_cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_epoch_size_draws_that_many_samples_afresh_each_epoch():
+    train = [(torch.full((3, 32, 32), float(i)), i % 2) for i in range(40)]
+    torch.manual_seed(0)
+    loader, _ = make_loaders(train, train[:4], batch_size=4, epoch_size=12)
+    epochs = [[int(x[0, 0, 0]) for imgs, _ in loader for x in imgs] for _ in range(2)]
+    assert [len(e) for e in epochs] == [12, 12]
+    assert all(len(set(e)) == 12 for e in epochs)             # no sample twice in one epoch
+    assert set(epochs[0]) != set(epochs[1])                    # a fresh draw
+    full, _ = make_loaders(train, train[:4], batch_size=4, epoch_size=100)   # cap above size
+    assert sum(len(labels) for _, labels in full) == 40
+
+
+def test_script_with_epoch_size_trains_on_that_many(tiny_root, capsys):
+    result = train_fc.main(["--data-dir", str(tiny_root), "--synthetic", "--epochs", "2",
+                            "--device", "cpu", "--batch-size", "4", "--epoch-size", "8"])
+    assert len(result["losses"]) == 2
+    assert "20 train (8 per epoch)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--epochs", "0", "--epochs 0: must be at least 1"),
+    ("--batch-size", "0", "--batch-size 0: must be at least 1"),
+    ("--epoch-size", "0", "--epoch-size 0: must be at least 1"),
+    ("--num-workers", "-1", "--num-workers -1: must be at least 0"),
+    ("--lr", "nan", "--lr nan: must be a positive number"),
+])
+def test_flags_training_cannot_use_are_one_line(tiny_root, flag, value, message):
+    with pytest.raises(DataError, match=f"^{message}$"):
+        train_fc.main(["--data-dir", str(tiny_root), "--synthetic", flag, value])

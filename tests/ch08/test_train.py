@@ -66,12 +66,34 @@ def test_l2_penalty_is_in_the_loss_and_shrinks_the_weights():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_validate_returns_train_and_val_accuracy(cifar2_tiny, capsys):
-    train_loader = DataLoader(cifar2_tiny[0], batch_size=16)
-    val_loader = DataLoader(cifar2_tiny[1], batch_size=16)
-    result = validate(Net(), train_loader, val_loader)
-    assert set(result) == {"train", "val"} and all(0 <= v <= 1 for v in result.values())
-    assert "Accuracy val:" in capsys.readouterr().out
+class AlwaysZero(nn.Module):
+    """Predicts class 0 for every image: its accuracy is the share of label 0."""
+
+    def forward(self, x):
+        return torch.tensor([1.0, 0.0]).expand(len(x), 2)
+
+
+def test_validate_returns_train_and_val_accuracy(capsys):
+    images = torch.zeros(8, 3, 32, 32)
+    train_loader = DataLoader(list(zip(images, torch.tensor([0, 0, 0, 1, 0, 0, 1, 1]),
+                                       strict=True)), batch_size=3)
+    val_loader = DataLoader(list(zip(images[:4], torch.tensor([1, 1, 1, 0]), strict=True)),
+                            batch_size=3)
+    assert validate(AlwaysZero(), train_loader, val_loader) == {"train": 5 / 8, "val": 1 / 4}
+    assert capsys.readouterr().out.splitlines() == ["Accuracy train: 0.62", "Accuracy val: 0.25"]
+
+
+def test_training_beats_chance_on_a_learnable_sample(capsys):
+    """Bright images are birds, dark ones airplanes: a few epochs of Net learn it."""
+    torch.manual_seed(0)
+    labels = torch.randint(0, 2, (64,))
+    images = torch.randn(64, 3, 32, 32) * 0.3 + (labels.float() * 2 - 1).view(-1, 1, 1, 1)
+    loader = DataLoader(list(zip(images, labels, strict=True)), batch_size=16, shuffle=True)
+    model = Net()
+    losses = training_loop(5, torch.optim.SGD(model.parameters(), lr=1e-1), model,
+                           nn.CrossEntropyLoss(), loader, log_every=5)
+    assert losses[-1] < 0.5 * losses[0]
+    assert validate(model, loader, loader)["train"] > 0.9
 
 
 def test_save_and_load_round_trip(tmp_path):

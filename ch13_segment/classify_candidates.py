@@ -13,8 +13,9 @@ validation series, every --val-stride-th series on disk as nodule_analysis.py --
 takes them) is classified on the 32x48x48 crop around the voxel of its centre (the crop the
 classifier trained on); its class column is not read. The marks go to a submission CSV
 (<out>/fpr_<model>_submission.csv unless --submission) and are scored by the challenge's rules
-(evaluate_luna.py: CPM, sensitivities, counts, froc_fpr_<model>.png). The CT of every scan
-evaluated must be on disk.
+(evaluate_luna.py: CPM, sensitivities, counts, froc_fpr_<model>.png); as in the challenge's
+script, which scores both tracks alike, only the 100 most probable candidates of a scan count.
+The CT of every scan evaluated must be on disk.
 """
 import argparse
 import time

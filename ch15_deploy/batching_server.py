@@ -40,36 +40,43 @@ sends is unpickled: crops are read as float32 bytes, images decoded by Pillow.
 import argparse
 import asyncio
 import io
+import struct
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+import aiohttp
 import numpy as np
 import torch
 from aiohttp import BodyPartReader, web
-from PIL import Image, UnidentifiedImageError
+from aiohttp.http_exceptions import HttpProcessingError
+from PIL import Image
 
 from ch01_intro.cyclegan import ResNetGenerator
 from ch01_intro.horse2zebra import to_image
 from ch01_intro.preprocess import to_chw
-from ch01_intro.weights import HORSE2ZEBRA_PTH, load_weights, resolve_weights
-from ch15_deploy.flask_server import (
+from ch01_intro.weights import HORSE2ZEBRA_PTH, resolve_weights
+from ch15_deploy.classifier import load_classifier, model_device, prepare, prob_nodule
+from ch15_deploy.flags import at_least, server_arguments
+from ch15_deploy.model_files import load_program, load_weights, probe
+from ch15_deploy.wire import (
     CROP_SHAPE,
     DTYPE,
     LOOPBACK,
     MAX_BYTES,
     decode_crop,
-    load_classifier,
     parse_form_parts,
     parse_shape_header,
+    quoted,
 )
 from common.data import add_data_dir_argument
 from common.device import add_device_argument, pick_device
 from common.errors import DataError, run_cli
 
 MAX_IMAGE_BYTES = 1 << 22           # the book's cap on an uploaded image (4 MiB)
-MAX_PIXELS = 4096 * 3072            # larger images are refused before Pillow decodes them
+MAX_PIXELS = 4096 * 3072            # larger images are refused from their header, undecoded
 IMAGE_SIZE = 228                    # the book's 228 x 228; a multiple of 4 for the generator
 MAX_BATCH_SIZE = 16
 MAX_WAIT_MS = 10.0
@@ -77,6 +84,7 @@ MAX_QUEUE = 64
 TIMEOUT_S = 30.0
 RETRY_AFTER_S = 1
 CHUNK = 1 << 16
+JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 BATCHERS = web.AppKey("batchers", dict)        # route name -> batcher dict (below)
 SETTINGS = web.AppKey("settings", dict)
@@ -90,7 +98,7 @@ def new_batcher(forward, max_batch_size, max_wait_ms, max_queue):
     """
     return {"forward": forward, "max_batch_size": max_batch_size,
             "max_wait_s": max_wait_ms / 1000, "max_queue": max_queue, "queue": None,
-            "task": None, "closing": False, "requests": 0, "batches": 0}
+            "task": None, "closing": False, "requests": 0, "batches": 0, "failed_batches": 0}
 
 
 async def submit(batcher, x, timeout_s):
@@ -144,10 +152,12 @@ async def answer_batch(batcher, executor, items):
     except Exception as e:
         if len(items) == 1:
             answers = [e]
-        else:      # e.g. an exported program with a fixed batch size: go one by one
-            print(f"note: a batch of {len(items)} failed ({type(e).__name__}: {e}); "
-                  "this route now runs one request at a time", file=sys.stderr)
-            batcher["max_batch_size"] = 1
+        else:      # this batch only: answer its requests one by one, keep batching after
+            if not batcher["failed_batches"]:
+                print(f"note: a batch of {len(items)} failed ({type(e).__name__}: "
+                      f"{quoted(str(e), 120)}); its requests are answered one by one "
+                      "(/stats counts such batches)", file=sys.stderr)
+            batcher["failed_batches"] += 1
             answers = [await run_one(loop, executor, batcher["forward"], x)
                        for x, _, _ in items]
     batcher["batches"] += 1
@@ -168,26 +178,18 @@ async def run_one(loop, executor, forward, x):
         return e
 
 
-def model_device(model):
-    """The device of a module's first parameter or buffer (cpu for one without any)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 def classify_batch(model, crops):
     """(N, 1, 32, 48, 48) HU -> N values of P(nodule); eager, TorchScript or exported model."""
-    crops = crops.to(model_device(model)).contiguous(memory_format=torch.channels_last_3d)
-    with torch.inference_mode():
-        out = model(crops)
-    probs = out[1] if isinstance(out, (tuple, list)) else out.softmax(dim=1)  # (logits, probs)
-    return probs[:, 1].float().cpu().tolist()
+    return prob_nodule(model, crops, channels_last=True).tolist()
 
 
 def generate_batch(model, images):
     """(N, 3, S, S) in [0, 1] -> N generator outputs (3, S, S) in [-1, 1]."""
     with torch.inference_mode():
         out = model(images.to(model_device(model)))
+    if not isinstance(out, torch.Tensor) or out.shape != images.shape:
+        raise ValueError(f"the generator answered {type(out).__name__} "
+                         f"{list(getattr(out, 'shape', []))} for {list(images.shape)} images")
     return list(out.float().cpu())
 
 
@@ -222,27 +224,65 @@ async def read_form(request, max_bytes):
                     raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=total)
                 data += chunk
             parts[part.name] = bytes(data)
-    except (ValueError, AssertionError, RuntimeError) as e:   # aiohttp's reader: bad body
-        raise ValueError(f"malformed multipart body ({e})") from None
+    except (ValueError, AssertionError, RuntimeError, LookupError, HttpProcessingError) as e:
+        # aiohttp's reader on a bad body or part header (HttpProcessingError: a header line
+        # without a colon, too long, too many; LookupError: an unknown charset)
+        detail = e.message if isinstance(e, HttpProcessingError) else str(e)
+        raise ValueError(f"malformed multipart body ({type(e).__name__}: "
+                         f"{quoted(detail, 80)})") from None
     return parse_form_parts(parts.get("meta"), parts.get("blob"))
 
 
+def image_header(data):
+    """(format, width, height) from a PNG's IHDR or a JPEG's frame header, before any decoding."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ValueError("the PNG has no IHDR header")
+        width, height = struct.unpack(">II", data[16:24])
+        return "PNG", width, height
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("the body is not a JPEG or PNG image")
+    pos = 2
+    while pos + 4 <= len(data):              # walk the markers up to the frame header (SOFn)
+        if data[pos] != 0xFF:
+            raise ValueError("the JPEG's markers are corrupt")
+        marker = data[pos + 1]
+        if marker == 0xFF:                   # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:    # markers without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        if marker in JPEG_SOF:
+            if pos + 9 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return "JPEG", width, height
+        if marker == 0xDA or length < 2:     # image data before any frame header
+            break
+        pos += 2 + length
+    raise ValueError("the JPEG has no frame header with its size")
+
+
 def decode_image(data, size=IMAGE_SIZE, max_pixels=MAX_PIXELS):
-    """JPEG or PNG bytes -> (3, size, size) float32 in [0, 1]; ValueError says what is wrong."""
-    try:
-        image = Image.open(io.BytesIO(data))          # reads the header only
-    except (UnidentifiedImageError, OSError):
-        raise ValueError("the body is not a JPEG or PNG image") from None
-    if image.format not in ("JPEG", "PNG"):
-        raise ValueError(f"send a JPEG or PNG image, not {image.format}")
-    width, height = image.size
+    """JPEG or PNG bytes -> (3, size, size) float32 in [0, 1].
+
+    ValueError says what is wrong with the image; OverflowError that it has too many pixels
+    (read from the header, so a decompression bomb is never decoded).
+    """
+    _, width, height = image_header(data)
     if width * height > max_pixels:
-        raise ValueError(f"image is {width}x{height}; at most {max_pixels:,} pixels accepted")
+        raise OverflowError(f"image is {width}x{height}; at most {max_pixels:,} pixels accepted")
+    if width == 0 or height == 0:
+        raise ValueError(f"image is {width}x{height}")
     try:
+        image = Image.open(io.BytesIO(data), formats=["JPEG", "PNG"])   # the header only
         image.draft("RGB", (size, size))              # JPEG: decode at 1/2..1/8 scale if enough
         image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except (OSError, ValueError, SyntaxError) as e:   # truncated or corrupt data
-        raise ValueError(f"cannot decode the image ({e})") from None
+    except Exception as e:       # truncated or corrupt data: Pillow's errors are not one type
+        raise ValueError(f"cannot decode the image ({type(e).__name__}: {quoted(str(e), 80)})") \
+            from None
     return to_chw(np.array(image)) / 255.0               # a writable copy for torch
 
 
@@ -282,7 +322,7 @@ async def predict(request):
             dtype = request.headers.get("X-Dtype", DTYPE)
             blob = await read_body(request, settings["max_bytes"])
         else:
-            return json_error(415, f"unsupported content type {request.content_type!r}: send "
+            return json_error(415, f"unsupported content type {quoted(request.content_type)}: send "
                                    "multipart/form-data (meta + blob) or "
                                    "application/octet-stream with X-Shape")
         crop = decode_crop(shape, dtype, blob, settings["crop_shape"])
@@ -302,6 +342,8 @@ async def image(request):
     try:                                               # decoding in a worker thread
         x = await loop.run_in_executor(None, decode_image, data, settings["image_size"],
                                        settings["max_pixels"])
+    except OverflowError as e:
+        return json_error(413, str(e))
     except ValueError as e:
         return json_error(400, str(e))
     out, error = await queue_and_wait(request, "image", x)
@@ -316,7 +358,8 @@ async def stats(request):
     return web.json_response({
         route: {"requests": b["requests"], "batches": b["batches"],
                 "queued": b["queue"].qsize() if b["queue"] else 0,
-                "max_batch_size": b["max_batch_size"], "max_queue": b["max_queue"]}
+                "failed_batches": b["failed_batches"], "max_batch_size": b["max_batch_size"],
+                "max_queue": b["max_queue"]}
         for route, b in request.app[BATCHERS].items()})
 
 
@@ -341,20 +384,28 @@ async def json_errors(request, handler):
 def create_app(cls_model=None, image_model=None, *, max_batch_size=MAX_BATCH_SIZE,
                max_wait_ms=MAX_WAIT_MS, max_queue=MAX_QUEUE, timeout_s=TIMEOUT_S,
                max_bytes=MAX_BYTES, max_image_bytes=MAX_IMAGE_BYTES, image_size=IMAGE_SIZE,
-               max_pixels=MAX_PIXELS, crop_shape=CROP_SHAPE):
-    """The aiohttp app serving whichever models are given (eval-mode modules or callables)."""
+               max_pixels=MAX_PIXELS, crop_shape=CROP_SHAPE, batch_limits=None):
+    """The aiohttp app serving whichever models are given (eval-mode modules or callables).
+
+    `batch_limits` ({"predict": 1, ...}) lowers max_batch_size for a route whose model takes
+    only smaller batches (load_models finds that out by probing an exported program).
+    """
     app = web.Application(middlewares=[json_errors],
                           client_max_size=max(max_bytes, max_image_bytes))
     app[SETTINGS] = {"timeout_s": timeout_s, "max_bytes": max_bytes,
                      "max_image_bytes": max_image_bytes, "image_size": image_size,
                      "max_pixels": max_pixels, "crop_shape": tuple(crop_shape)}
     app[BATCHERS] = {}
-    limits = (max_batch_size, max_wait_ms, max_queue)
+    batch_limits = batch_limits or {}
+    limits = lambda route: (min(max_batch_size, batch_limits.get(route, max_batch_size)),
+                            max_wait_ms, max_queue)
     if cls_model is not None:
-        app[BATCHERS]["predict"] = new_batcher(partial(classify_batch, cls_model), *limits)
+        app[BATCHERS]["predict"] = new_batcher(partial(classify_batch, cls_model),
+                                               *limits("predict"))
         app.router.add_post("/predict", predict)
     if image_model is not None:
-        app[BATCHERS]["image"] = new_batcher(partial(generate_batch, image_model), *limits)
+        app[BATCHERS]["image"] = new_batcher(partial(generate_batch, image_model),
+                                             *limits("image"))
         app.router.add_post("/image", image)
         app.router.add_put("/image", image)         # the book's method
     app.router.add_get("/stats", stats)
@@ -387,66 +438,81 @@ async def stop_accepting(app):
         batcher["closing"] = True
 
 
-def load_exported(path, jit):
-    """An eval-mode model from a TorchScript file or a torch.export .pt2 file."""
+def probe_batches(model, forward, sample, max_batch_size, flag, path, announce):
+    """Run an exported program on one sample, then on two; the batch size it can serve.
+
+    One that cannot take a single sample is refused now (a DataError), not with a 500 at the
+    first request; one exported with a fixed batch of 1 is served one request at a time.
+    """
+    probe(model, forward, sample.unsqueeze(0), flag, path)
+    if max_batch_size < 2:
+        return max_batch_size
     try:
-        if jit:
-            return torch.jit.load(str(path), map_location="cpu").eval()
-        return torch.export.load(str(path)).module()
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except Exception as e:
-        kind = "TorchScript" if jit else "torch.export .pt2"
-        raise DataError(f"{path}: not a {kind} file ({type(e).__name__})") from None
+        forward(model, torch.stack([sample, sample]))
+        return max_batch_size
+    except Exception as e:                           # whatever the program raises
+        announce(f"note: {flag} {path} runs one sample but not two ({type(e).__name__}); "
+                 "that route serves one request at a time")
+        return 1
 
 
-def load_models(args, device):
-    """(classifier, generator or None) as the command line asks."""
-    if args.jit or args.exported:
-        cls_model = load_exported(args.jit or args.exported, jit=bool(args.jit)).to(device)
-    else:
-        cls_model = load_classifier(args.cls_model, args.data_dir,
-                                    random_weights=args.random_weights and not args.cls_model,
-                                    device=device)
-        # 3-D convolutions on a CPU run a batch of 16 about 1.7x faster in this layout
-        cls_model = cls_model.to(memory_format=torch.channels_last_3d)
-    if args.no_image:
-        return cls_model, None
-    if args.cyclegan_jit or args.cyclegan_exported:
-        path = args.cyclegan_jit or args.cyclegan_exported
-        return cls_model, load_exported(path, jit=bool(args.cyclegan_jit)).to(device)
-    weights = resolve_weights(args.cyclegan_weights,
-                              args.random_weights and not args.cyclegan_weights,
-                              HORSE2ZEBRA_PTH, "horse2zebra", args.data_dir)
+def load_cls_model(path=None, jit=None, exported=None, random_weights=False, data_dir=None,
+                   device="cpu", max_batch_size=MAX_BATCH_SIZE, announce=print):
+    """(classifier ready to serve, the batch size it takes): a checkpoint, random, or a program."""
+    program = jit or exported
+    if program:
+        flag = "--jit" if jit else "--exported"
+        model = load_program(program, jit=bool(jit), flag=flag).to(device)
+        sample = torch.zeros(CROP_SHAPE, dtype=torch.float32)
+        return model, probe_batches(model, classify_batch, sample, max_batch_size, flag,
+                                    program, announce)
+    model = load_classifier(path, data_dir, random_weights=random_weights and not path,
+                            device=device, flag="--cls-model")
+    return prepare(model, channels_last=True), max_batch_size
+
+
+def load_image_model(weights=None, jit=None, exported=None, random_weights=False,
+                     data_dir=None, device="cpu", image_size=IMAGE_SIZE,
+                     max_batch_size=MAX_BATCH_SIZE, announce=print):
+    """(generator ready to serve, the batch size it takes): the book's weights, random, or a
+    TorchScript / torch.export program (probed at --image-size: a few seconds on a CPU)."""
+    program = jit or exported
+    if program:
+        flag = "--cyclegan-jit" if jit else "--cyclegan-exported"
+        model = load_program(program, jit=bool(jit), flag=flag).to(device)
+        sample = torch.full((3, image_size, image_size), 0.5)
+        return model, probe_batches(model, generate_batch, sample, max_batch_size, flag,
+                                    program, announce)
+    path = resolve_weights(weights, random_weights and not weights, HORSE2ZEBRA_PTH,
+                           "horse2zebra", data_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         generator = ResNetGenerator()
-    if weights is not None:
-        load_weights(generator, weights)
-    return cls_model, generator.to(device).eval()
+    if path is not None:
+        load_weights(generator, path, "--cyclegan-weights")
+    return generator.to(device).eval().requires_grad_(False), max_batch_size
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
-    p.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                parents=[server_arguments()])
+    p.add_argument("--max-batch-size", type=at_least(int, 1), default=MAX_BATCH_SIZE,
                    help="most requests in one forward; 1 turns batching off (default: "
                         "%(default)s)")
-    p.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS,
+    p.add_argument("--max-wait-ms", type=at_least(float, 0), default=MAX_WAIT_MS,
                    help="how long the first request of a batch waits for more (default: "
                         "%(default)s)")
-    p.add_argument("--max-queue", type=int, default=MAX_QUEUE,
+    p.add_argument("--max-queue", type=at_least(int, 1), default=MAX_QUEUE,
                    help="requests waiting per route before 503 (default: %(default)s)")
-    p.add_argument("--timeout-s", type=float, default=TIMEOUT_S,
+    p.add_argument("--timeout-s", type=at_least(float, 0.001), default=TIMEOUT_S,
                    help="504 for a request not answered in time (default: %(default)s)")
-    p.add_argument("--max-bytes", type=int, default=MAX_BYTES,
+    p.add_argument("--max-bytes", type=at_least(int, 1), default=MAX_BYTES,
                    help="largest /predict body (default: %(default)s)")
-    p.add_argument("--max-image-bytes", type=int, default=MAX_IMAGE_BYTES,
+    p.add_argument("--max-image-bytes", type=at_least(int, 1), default=MAX_IMAGE_BYTES,
                    help="largest /image body (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=IMAGE_SIZE,
-                   help="side of the square every image is resized to (default: %(default)s)")
+    p.add_argument("--image-size", type=at_least(int, 4), default=IMAGE_SIZE,
+                   help="side of the square every image is resized to, a multiple of 4 "
+                        "(default: %(default)s)")
     p.add_argument("--cls-model", default=None,
                    help="classifier checkpoint (book dict; default: the book's under the data "
                         "root)")
@@ -464,19 +530,29 @@ def parse_args(argv=None):
     add_data_dir_argument(p)
     add_device_argument(p, default="cpu")
     args = p.parse_args(argv)
-    if args.max_batch_size < 1 or args.max_queue < 1 or args.image_size % 4:
-        p.error("--max-batch-size and --max-queue must be >= 1, --image-size a multiple of 4")
+    if args.image_size % 4:
+        p.error(f"--image-size {args.image_size}: must be a multiple of 4 (the generator's two "
+                "stride-2 stages)")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = pick_device(args.device)
-    cls_model, image_model = load_models(args, device)
+    # aiohttp warns once per odd Content-Disposition a client sends: their header, not news
+    warnings.filterwarnings("ignore", category=aiohttp.BadContentDispositionHeader)
+    warnings.filterwarnings("ignore", category=aiohttp.BadContentDispositionParam)
+    cls_model, cls_batch = load_cls_model(args.cls_model, args.jit, args.exported,
+                                          args.random_weights, args.data_dir, device,
+                                          args.max_batch_size)
+    image_model, image_batch = (None, None) if args.no_image else load_image_model(
+        args.cyclegan_weights, args.cyclegan_jit, args.cyclegan_exported, args.random_weights,
+        args.data_dir, device, args.image_size, args.max_batch_size)
     app = create_app(cls_model, image_model, max_batch_size=args.max_batch_size,
                      max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                      timeout_s=args.timeout_s, max_bytes=args.max_bytes,
-                     max_image_bytes=args.max_image_bytes, image_size=args.image_size)
+                     max_image_bytes=args.max_image_bytes, image_size=args.image_size,
+                     batch_limits={"predict": cls_batch, "image": image_batch or 1})
     routes = "/predict" + (", /image" if image_model is not None else "") + ", /stats"
     print(f"serving {routes} on http://{args.host}:{args.port} (batches of up to "
           f"{args.max_batch_size}, waiting up to {args.max_wait_ms:g} ms); Ctrl-C stops",

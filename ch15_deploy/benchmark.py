@@ -20,9 +20,11 @@ import sys
 import time
 import urllib.request
 
+from ch15_deploy.flags import at_least
 from ch15_deploy.load_test import make_payload, run_load, summarize
 from common.data import REPO_ROOT
-from common.errors import DataError, run_cli
+from common.device import pick_device
+from common.errors import DataError, one_line, run_cli
 
 CLIENTS = (1, 10, 50)
 
@@ -50,7 +52,8 @@ def start_server(max_batch_size, max_wait_ms, device, startup_s=120):
     deadline = time.monotonic() + startup_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DataError(f"the server exited: {process.stderr.read().strip()[-500:]}")
+            said = process.stderr.read().strip().splitlines()[-1:] or ["(nothing)"]
+            raise DataError(f"the server exited: {one_line(said[0], 200)}")
         try:
             get_stats(base_url)
             return process, base_url
@@ -82,6 +85,18 @@ def measure(base_url, clients, seconds, body, headers):
     return summary
 
 
+def client_counts(text):
+    """argparse type: "1,10,50" -> [1, 10, 50], each at least 1."""
+    try:
+        counts = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of client "
+                                         "counts") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every client count must be >= 1")
+    return counts
+
+
 def format_table(rows):
     lines = [f"{'clients':>7} | {'batched req/s':>13} {'p99 ms':>8} {'batch':>5} | "
              f"{'unbatched req/s':>15} {'p99 ms':>8} | {'speed-up':>8}",
@@ -96,14 +111,17 @@ def format_table(rows):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=5.0, help="per load point")
-    p.add_argument("--clients", default=",".join(map(str, CLIENTS)),
-                   help="comma-separated client counts (default: %(default)s)")
-    p.add_argument("--max-batch-size", type=int, default=16, help="for the batched server")
-    p.add_argument("--max-wait-ms", type=float, default=10.0, help="for the batched server")
+    p.add_argument("--seconds", type=at_least(float, 0.1), default=5.0, help="per load point")
+    p.add_argument("--clients", type=client_counts, default=list(CLIENTS),
+                   help="comma-separated client counts (default: 1,10,50)")
+    p.add_argument("--max-batch-size", type=at_least(int, 2), default=16,
+                   help="for the batched server")
+    p.add_argument("--max-wait-ms", type=at_least(float, 0), default=10.0,
+                   help="for the batched server")
     p.add_argument("--device", default="cpu", help="the servers' --device (default: cpu)")
     args = p.parse_args(argv)
-    clients = [int(c) for c in args.clients.split(",")]
+    pick_device(args.device)                    # an absent device: one line, before any server
+    clients = args.clients
     body, headers = make_payload("http://127.0.0.1/predict", raw=True)
     results = {}
     for name, batch in (("batched", args.max_batch_size), ("unbatched", 1)):

@@ -3,94 +3,105 @@
     python ch15_deploy/flask_server.py &      # or with --random-weights
     python ch15_deploy/cls_client.py          # --url http://127.0.0.1:8000/predict, --raw
 
-The crop is the book's `p3ch15/cls_val_example.pt`: a tuple of the 1 x 32 x 48 x 48 crop in HU,
-its one-hot label (not nodule, nodule), its series uid and its center. It is loaded with
-weights_only=True. The request is the book's multipart form (a JSON `meta` part and a `blob`
-part with the float32 bytes), built here by hand with the standard library instead of
-`requests`; `--raw` sends the bytes as the body with an X-Shape header instead.
+The crop is the book's `p3ch15/cls_val_example.pt` (classifier.load_example: read with
+weights_only=True). The request is the book's multipart form (a JSON `meta` part and a `blob`
+part with the float32 bytes, wire.encode_crop), sent with the standard library instead of
+`requests`; `--raw` sends the bytes as the body with an X-Shape header instead. Whatever goes
+wrong on the way (nobody listening, a reset connection, no answer within --timeout, an error
+status, an HTML page or JSON without the probability) ends in one line naming the URL.
 """
 import argparse
+import http.client
 import json
+import math
 import urllib.error
 import urllib.request
-import uuid
+from urllib.parse import urlsplit
 
 import numpy as np
-import torch
 
-from common.data import add_data_dir_argument, book_file
-from common.errors import DataError, run_cli
+from ch15_deploy.classifier import load_example
+from ch15_deploy.wire import encode_crop, quoted
+from common.data import add_data_dir_argument
+from common.errors import DataError, one_line, run_cli
 
-EXAMPLE = "p3ch15/cls_val_example.pt"
 DEFAULT_URL = "http://127.0.0.1:8000/predict"
+MAX_ANSWER = 1 << 20                 # bytes read from the server: an answer is ~80
+FIELDS = ("prob_nodule", "prob_malignant")   # ours, then the book's name for the same number
 
 
-def load_example(data_dir=None):
-    """(crop (1, 32, 48, 48) float32 HU, one-hot label, series uid, center) from the book."""
-    path = book_file(EXAMPLE, data_dir, name="cls-val-example")
-    try:
-        crop, label, series_uid, center = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:
-        raise DataError(f"{path}: not the book's (crop, label, uid, center) tuple "
-                        f"({type(e).__name__})") from None
-    return crop.float(), label, series_uid, center
-
-
-def hu_like_crop(seed=0, shape=(1, 32, 48, 48)):
-    """A stand-in crop when the book's is absent: lung-like HU noise with a dense blob."""
-    g = torch.Generator().manual_seed(seed)
-    crop = torch.randn(shape, generator=g) * 150 - 700               # aerated lung, about -700
-    i, r, c = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) - n / 2
-                               for n in shape[1:]), indexing="ij")
-    crop[0][(i**2 + r**2 + c**2) < 25] += 750                         # a 5-voxel ball near 0 HU
-    return crop.clamp(-1000, 1000)
-
-
-def encode_multipart(parts):
-    """(body, content type) of a multipart/form-data request from (name, filename, type, data)."""
-    boundary = uuid.uuid4().hex
-    while any(boundary.encode() in data for *_, data in parts):     # never inside a part
-        boundary = uuid.uuid4().hex
-    body = b""
-    for name, filename, content_type, data in parts:
-        body += (f"--{boundary}\r\n"
-                 f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                 f"Content-Type: {content_type}\r\n\r\n").encode() + data + b"\r\n"
-    body += f"--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+def check_url(url):
+    """The URL, if it is http(s) with a host; DataError otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DataError(f"--url {quoted(url)}: not an http:// URL with a host")
+    return url
 
 
 def crop_request(crop, url=DEFAULT_URL, raw=False):
-    """A POST carrying `crop` as the book's form (meta + blob), or as raw bytes with X-Shape."""
-    blob = crop.detach().cpu().contiguous().numpy().astype("<f4").tobytes()
-    shape = list(crop.shape)
-    if raw:
-        headers = {"Content-Type": "application/octet-stream",
-                   "X-Shape": ",".join(map(str, shape)), "X-Dtype": "float32"}
-        return urllib.request.Request(url, data=blob, headers=headers, method="POST")
-    meta = json.dumps({"shape": shape, "dtype": "float32"}).encode()
-    body, content_type = encode_multipart([
-        ("meta", "meta.json", "application/json", meta),
-        ("blob", "crop.f32", "application/octet-stream", blob),
-    ])
-    return urllib.request.Request(url, data=body, headers={"Content-Type": content_type},
-                                  method="POST")
+    """A urllib POST carrying `crop` as the book's form (meta + blob), or raw with X-Shape."""
+    body, headers = encode_crop(crop, raw)
+    return urllib.request.Request(url, data=body, headers=headers, method="POST")
+
+
+def error_message(e):
+    """What an error answer says: its JSON `error`, else what kind of page it was."""
+    try:
+        body = e.read(MAX_ANSWER)
+    except (OSError, http.client.HTTPException):
+        body = b""
+    try:
+        message = json.loads(body).get("error")
+        if isinstance(message, str):
+            return one_line(message, 200)
+    except (ValueError, AttributeError, RecursionError):
+        pass
+    kind = e.headers.get_content_type() if e.headers else "no content type"
+    return f"{e.reason} ({'an HTML page' if kind == 'text/html' else kind}, no JSON message)"
+
+
+def read_answer(body, content_type, url):
+    """The server's JSON object with a probability in [0, 1]; DataError for anything else."""
+    if len(body) > MAX_ANSWER:
+        raise DataError(f"{url}: the answer is over {MAX_ANSWER} bytes; not this server's")
+    what = "an HTML page" if content_type == "text/html" else content_type
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        raise DataError(f"{url}: the server answered {what}, not JSON "
+                        f"({quoted(body[:40])})") from None
+    if not isinstance(answer, dict):
+        raise DataError(f"{url}: the answer is JSON but not an object ({quoted(answer)})")
+    field = next((f for f in FIELDS if f in answer), None)
+    p = answer.get(field)
+    if (field is None or isinstance(p, bool) or not isinstance(p, (int, float))
+            or not math.isfinite(p) or not 0 <= p <= 1):
+        raise DataError(f"{url}: the answer has no probability in [0, 1] under "
+                        f"{' or '.join(FIELDS)} ({quoted(answer)})")
+    return answer
 
 
 def send_crop(crop, url=DEFAULT_URL, raw=False, timeout=30.0):
     """POST one crop to the server; its JSON answer as a dict. Errors become one-line DataErrors."""
+    check_url(url)
     try:
         with urllib.request.urlopen(crop_request(crop, url, raw), timeout=timeout) as response:
-            return json.loads(response.read())
+            body = response.read(MAX_ANSWER + 1)
+            content_type = response.headers.get_content_type()
     except urllib.error.HTTPError as e:               # the server answered, with an error
-        try:
-            message = json.loads(e.read()).get("error", e.reason)
-        except ValueError:
-            message = e.reason
-        raise DataError(f"server answered {e.code}: {message}") from None
+        raise DataError(f"{url}: server answered {e.code}: {error_message(e)}") from None
     except urllib.error.URLError as e:                # nobody answered
+        if isinstance(e.reason, TimeoutError):
+            raise DataError(f"{url}: no connection within {timeout:g} s") from None
         raise DataError(f"cannot reach {url} ({e.reason}); start the server first: "
                         "python ch15_deploy/flask_server.py") from None
+    except TimeoutError:                              # connected, then silence
+        raise DataError(f"{url}: no answer within {timeout:g} s (--timeout)") from None
+    except (http.client.HTTPException, OSError) as e:  # reset, closed early, garbled status
+        raise DataError(f"{url}: the connection broke before a whole answer came "
+                        f"({type(e).__name__}{': ' + one_line(e, 80) if str(e) else ''})") \
+            from None
+    return read_answer(body, content_type, url)
 
 
 def describe_label(label):
@@ -105,6 +116,9 @@ def main(argv=None):
     p.add_argument("--timeout", type=float, default=30.0, help="seconds (default: %(default)s)")
     add_data_dir_argument(p)
     args = p.parse_args(argv)
+    if not args.timeout > 0:
+        p.error(f"--timeout {args.timeout}: must be > 0 seconds")
+    check_url(args.url)
     crop, label, series_uid, center = load_example(args.data_dir)
     print(f"crop {tuple(crop.shape)} {str(crop.dtype).removeprefix('torch.')}, HU "
           f"{float(crop.min()):.0f}..{float(crop.max()):.0f}; series {series_uid}; "
@@ -112,7 +126,7 @@ def main(argv=None):
     print(f"label: {describe_label(label)} (one-hot {label.tolist()})")
     answer = send_crop(crop, args.url, raw=args.raw, timeout=args.timeout)
     print(f"server: {json.dumps(answer)}")
-    p_nodule = answer["prob_nodule" if "prob_nodule" in answer else "prob_malignant"]
+    p_nodule = answer[next(f for f in FIELDS if f in answer)]
     predicted = "a nodule" if p_nodule > 0.5 else "not a nodule"
     verdict = "matches" if predicted == describe_label(label) else "does NOT match"
     print(f"P(nodule) = {p_nodule:.4g} -> {predicted}; {verdict} the label "

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from ch15_deploy.cls_client import hu_like_crop, load_example
+from ch15_deploy.classifier import example_crop, hu_like_crop, load_classifier, model_arguments
 from ch15_deploy.export_jit import CPP_BUILD, load_unet, max_diff, run_cpp
-from ch15_deploy.flask_server import add_model_arguments, load_classifier
-from common.errors import DataError, run_cli
+from common.errors import run_cli
+from common.files import atomic_path, output_dir, runs_dir
 
 
 def export_program(model, example, dynamic_batch=True, max_batch=64):
@@ -48,12 +48,13 @@ def export_program(model, example, dynamic_batch=True, max_batch=64):
 def compile_package(program, path):
     """AOTInductor: compile an ExportedProgram to a .pt2 package; (path, seconds)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with warnings.catch_warnings():                # torch's own pytree notice, not ours
         warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
-        out = torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-    return Path(out), time.perf_counter() - start
+        # the package is written whole or not at all: its zip writer raises RuntimeError
+        with atomic_path(path, ".pt2 package", write_errors=(RuntimeError,)) as tmp:
+            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+    return path, time.perf_counter() - start
 
 
 def load_package(path):
@@ -88,21 +89,18 @@ def export_and_compile(name, model, example, others, out):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_arguments(p)
-    p.add_argument("--out", default="runs/ch15", help="folder for the .pt2 packages "
-                                                      "(default: %(default)s)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                parents=[model_arguments()])
+    p.add_argument("--out", default=runs_dir("ch15"),
+                   help="folder for the .pt2 packages (default: the repository's runs/ch15)")
     args = p.parse_args(argv)
+    out = output_dir(args.out, "--out")                 # checked before minutes of compiling
     model = load_classifier(args.model, args.data_dir, args.random_weights)
-    try:
-        crop = load_example(args.data_dir)[0]
-        source = "the book's crop"
-    except DataError as e:
-        crop, source = hu_like_crop(), f"a random HU-like crop ({e})"
+    crop, source = example_crop(args.data_dir)
     print(f"LunaModel on {source} and HU-like crops")
     luna = export_and_compile("luna", model, (torch.stack([crop, hu_like_crop(1)]),),
                               [crop.unsqueeze(0), torch.stack([hu_like_crop(i) for i in range(3)])],
-                              args.out)
+                              out)
     print("  the exported graph's inputs:", luna["program"].graph_signature.user_inputs,
           "with range", {str(k): str(v) for k, v in luna["program"].range_constraints.items()})
 
@@ -110,13 +108,13 @@ def main(argv=None):
     g = torch.Generator().manual_seed(2)
     seg = lambda n: torch.randn(n, 7, 64, 64, generator=g)    # unit scale: untrained batch norm
     print("UNetWrapper, chapter 13 configuration, untrained, on 7 x 64 x 64 inputs")
-    unet_result = export_and_compile("unet", unet, (seg(2),), [seg(1), seg(3)], args.out)
+    unet_result = export_and_compile("unet", unet, (seg(2),), [seg(1), seg(3)], out)
 
     result = {"luna": luna, "unet": unet_result}
     program = CPP_BUILD / "run_aoti"
     if program.exists():
         x = crop.unsqueeze(0)
-        cpp_out, seconds = run_cpp(program, luna["path"], [x], args.out)
+        cpp_out, seconds = run_cpp(program, luna["path"], [x], out)
         with torch.inference_mode():
             result["cpp_diff"] = max(max_diff(a, b) for a, b in zip(cpp_out, model(x)))
         print(f"C++ {program} on luna.pt2: max abs difference vs eager {result['cpp_diff']:.3g} "

@@ -31,11 +31,14 @@ import torch
 from ch01_intro.cyclegan import ResNetGenerator
 from ch01_intro.horse2zebra import prepare, to_image
 from ch01_intro.preprocess import read_image
-from ch01_intro.weights import HORSE2ZEBRA_PTH, load_weights
+from ch01_intro.weights import HORSE2ZEBRA_PTH
 from ch13_segment.model import UNetWrapper
+from ch15_deploy.flags import at_least
 from ch15_deploy.jit_intro import jit_warnings, save_and_reload, trace_model
+from ch15_deploy.model_files import load_weights
 from common.data import REPO_ROOT
-from common.errors import DataError, run_cli
+from common.errors import DataError, one_line, run_cli
+from common.files import atomic_open, atomic_path, output_dir, runs_dir
 
 GENERATOR_SIZE = 228            # the book traced at 227; the generator needs a multiple of 4
 SEG_KWARGS = dict(in_channels=7, n_classes=1, depth=3, wf=4, padding=True, batch_norm=True,
@@ -46,8 +49,7 @@ CPP_BUILD = REPO_ROOT / "build" / "cpp"                 # where cpp/build.sh put
 def write_tensors(path, tensors):
     """Float32 tensors to the C++ programs' file: per tensor int64 ndim, int64 sizes, values."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    with atomic_open(path, "wb", "tensor file") as f:
         for t in tensors:
             a = np.ascontiguousarray(t.detach().cpu().numpy(), dtype="<f4")
             np.array([a.ndim, *a.shape], dtype="<i8").tofile(f)
@@ -75,8 +77,14 @@ def run_cpp(program, model_path, inputs, folder):
     in_path = write_tensors(folder / f"{name}_input.bin", inputs)
     out_path = folder / f"{name}_cpp_output.bin"
     start = time.perf_counter()
-    subprocess.run([str(program), str(model_path), str(in_path), str(out_path)], check=True,
-                   capture_output=True, text=True, timeout=300)
+    try:
+        done = subprocess.run([str(program), str(model_path), str(in_path), str(out_path)],
+                              capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise DataError(f"{program}: did not run ({one_line(e, 120)})") from None
+    if done.returncode != 0:
+        said = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise DataError(f"{Path(program).name} on {model_path}: {one_line(said[0], 200)}")
     return read_tensors(out_path), time.perf_counter() - start
 
 
@@ -97,9 +105,10 @@ def save_weights_for_cpp(model, path):
             module = module._modules[part]
         module.register_buffer(leaf, tensor.detach().cpu().clone())
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with jit_warnings([]):
-        torch.jit.save(torch.jit.script(root), str(path))
+        scripted = torch.jit.script(root)
+        with atomic_path(path, "weights file", write_errors=(RuntimeError,)) as tmp:
+            torch.jit.save(scripted, str(tmp))
     return path
 
 
@@ -109,7 +118,7 @@ def load_generator(weights=None, seed=0, **kwargs):
         torch.manual_seed(seed)
         model = ResNetGenerator(**kwargs)
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, weights, "--weights")
     return model.eval().requires_grad_(False)
 
 
@@ -119,8 +128,9 @@ def generator_weights(path):
         return None
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"{path} not found; the book's generator weights: python -m common.data "
-                        "download horse2zebra (then data/p1ch2/horse2zebra_0.4.0.pth)")
+        what = "a folder, not a file" if path.is_dir() else "not found"
+        raise DataError(f"--weights {path}: {what}; the book's generator weights: python -m "
+                        "common.data download horse2zebra (then data/p1ch2/horse2zebra_0.4.0.pth)")
     return path
 
 
@@ -152,33 +162,37 @@ def export_generator(model, example, path):
     return reloaded, caught, time.perf_counter() - start
 
 
-def add_generator_arguments(parser):
-    """--weights, --ngf and --n-blocks: which CycleGAN generator an export script loads."""
+def generator_arguments():
+    """Parent parser: --weights, --ngf and --n-blocks: the CycleGAN generator an export loads."""
+    parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--weights", default=None,
                         help=f"CycleGAN state_dict (the book's {Path(HORSE2ZEBRA_PTH).name}; get "
                              "it with: python -m common.data download horse2zebra); default: "
                              "untrained")
-    parser.add_argument("--ngf", type=int, default=64, help="generator width (the book's 64)")
-    parser.add_argument("--n-blocks", type=int, default=9,
+    parser.add_argument("--ngf", type=at_least(int, 1), default=64,
+                        help="generator width (the book's 64)")
+    parser.add_argument("--n-blocks", type=at_least(int, 0), default=9,
                         help="residual blocks (the book's 9)")
+    return parser
 
 
-def generator_from_args(args):
-    """(weights path or None, generator in eval mode) from add_generator_arguments' flags."""
-    weights = generator_weights(args.weights)
-    return weights, load_generator(weights, ngf=args.ngf, n_blocks=args.n_blocks)
+def build_generator(weights=None, ngf=64, n_blocks=9):
+    """(weights path or None, generator in eval mode) from generator_arguments' values."""
+    weights = generator_weights(weights)
+    return weights, load_generator(weights, ngf=ngf, n_blocks=n_blocks)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_generator_arguments(p)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                parents=[generator_arguments()])
     p.add_argument("--image", default=None, help="an image to turn into a zebra with the traced "
                                                  "generator (written next to the .pt files)")
-    p.add_argument("--out", default="runs/ch15", help="folder for the .pt files "
-                                                      "(default: %(default)s)")
+    p.add_argument("--out", default=runs_dir("ch15"),
+                   help="folder for the .pt files (default: the repository's runs/ch15)")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    weights, generator = generator_from_args(args)
+    out = output_dir(args.out, "--out")                 # every input checked before any work
+    weights, generator = build_generator(args.weights, args.ngf, args.n_blocks)
+    picture = read_image(args.image, "--image") if args.image else None
     print(f"CycleGAN generator: {'weights ' + str(weights) if weights else 'untrained weights'}")
     x = torch.rand(1, 3, GENERATOR_SIZE, GENERATOR_SIZE, generator=torch.Generator().manual_seed(0))
     gen_path = out / "cyclegan_traced.pt"
@@ -196,11 +210,11 @@ def main(argv=None):
           f"{sorted(set(gen_warnings))}")
     print(f"max abs difference reloaded vs eager: {gen_diff:.3g} at 228 x 228, "
           f"{other_diff:.3g} at 160 x 200")
-    if args.image:
-        image = prepare(read_image(args.image), GENERATOR_SIZE)
+    if picture is not None:
         with torch.inference_mode():
-            image_out = gen_jit(image)
-        iio.imwrite(out / "zebra_traced.png", to_image(image_out))
+            image_out = gen_jit(prepare(picture, GENERATOR_SIZE))
+        with atomic_path(out / "zebra_traced.png", "image") as tmp:
+            iio.imwrite(tmp, to_image(image_out))
         print(f"{args.image} -> {out / 'zebra_traced.png'}")
 
     unet = load_unet()

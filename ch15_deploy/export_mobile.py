@@ -1,27 +1,39 @@
-"""Chapter 15: models for phones: a lite-interpreter .ptl file, dynamic quantization, ExecuTorch.
+"""Chapter 15: models for phones: ExecuTorch .pte files, the book's lite-interpreter .ptl, 8 bits.
 
     python ch15_deploy/export_mobile.py                   # untrained CycleGAN generator
-    python ch15_deploy/export_mobile.py --weights data/p1ch2/horse2zebra_0.4.0.pth
+    python ch15_deploy/export_mobile.py --weights data/p1ch2/horse2zebra_0.4.0.pth \
+        --cls-model data/part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state
 
-The book's Android app (android/ in this folder) loads a traced generator with PyTorch Mobile.
-PyTorch Mobile reads TorchScript saved for the "lite interpreter" (`_save_for_lite_interpreter`,
-a .ptl file, loaded in Python by torch.jit.mobile._load_for_lite_interpreter and on Android by
-org.pytorch.LiteModuleLoader). `torch.utils.mobile_optimizer.optimize_for_mobile` first folds
-batch norms, fuses conv + ReLU and prepacks weights for XNNPACK; it needs a torch built with
-XNNPACK, which the x86 CPU wheel of torch 2.13 is not ("XNNPACK is not enabled"): the script
-tries it, says so when it fails, and saves the unoptimized trace (which runs the same). The lite
-interpreter itself is deprecated in 2.13 (loading a .ptl warns "consider switching to
-ExecuTorch") but still works.
+ExecuTorch is PyTorch's current on-device runtime (PyTorch Mobile, the book's, is deprecated).
+A model goes through torch.export, then `to_edge_transform_and_lower` with the XNNPACK
+partitioner (XNNPACK, the CPU kernel library of Android and iOS, runs the subgraphs it supports;
+ExecuTorch's portable kernels run the rest) into a .pte file, which ExecuTorch's runtime loads
+in C++ on the phone, or here through its Python binding (`executorch.runtime.Runtime`). Both
+the CycleGAN generator and the LUNA classifier are exported, run and compared with eager.
+ExecuTorch 1.5.1 cannot run LunaModel as it is: its Conv3d fails to execute (error 0x12,
+in XNNPACK and in the portable kernels alike) and it has no MaxPool3d kernel, so
+`for_executorch` rewrites the model with the same weights into 2-D convolutions over the three
+depth offsets and a max over reshaped 2 x 2 x 2 blocks, equal to the original up to float32
+rounding.
+
+The book's path, kept beside it: the Android app (android/ in this folder) loads a traced
+generator with PyTorch Mobile, TorchScript saved for the "lite interpreter"
+(`_save_for_lite_interpreter`, a .ptl file, loaded in Python by
+torch.jit.mobile._load_for_lite_interpreter and on Android by org.pytorch.LiteModuleLoader).
+`torch.utils.mobile_optimizer.optimize_for_mobile` first folds batch norms, fuses conv + ReLU
+and prepacks weights for XNNPACK; it needs a torch built with XNNPACK, which the x86 CPU wheel of
+torch 2.13 is not ("XNNPACK is not enabled"): the script tries it, says so when it fails, and
+saves the unoptimized trace (which runs the same). The lite interpreter itself is deprecated in
+2.13 (loading a .ptl warns "consider switching to ExecuTorch") but still works.
 
 Size: `torch.ao.quantization.quantize_dynamic` stores nn.Linear weights as 8-bit integers and
 quantizes activations on the fly. Only Linear (and LSTM/GRU) layers are covered, so it shrinks
 the fully connected CIFAR model of chapter 7 about 4x, while LunaModel, whose weights are almost
 all convolutions, hardly changes; torch 2.13 still ships it, with a DeprecationWarning pointing
-to torchao, whose quantize_ API replaces it. ExecuTorch, PyTorch Mobile's successor, lowers a
-torch.export program to a .pte file (export_executorch); it runs only where the `executorch`
-package is installed.
+to torchao, whose quantize_ API replaces it.
 """
 import argparse
+import copy
 import io
 import time
 import warnings
@@ -29,17 +41,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ch07_cifar.train_fc import make_model
 from ch10_luna.model import LunaModel
-from ch15_deploy.export_jit import (
-    GENERATOR_SIZE,
-    add_generator_arguments,
-    generator_from_args,
-    max_diff,
-)
+from ch15_deploy.classifier import example_crop, load_classifier
+from ch15_deploy.export_jit import GENERATOR_SIZE, build_generator, generator_arguments, max_diff
 from ch15_deploy.jit_intro import jit_warnings, trace_model
+from common.data import add_data_dir_argument
 from common.errors import run_cli
+from common.files import atomic_path, output_dir, runs_dir, write_bytes
 
 
 def optimize(traced):
@@ -59,13 +70,12 @@ def save_lite(traced, path, optimize_first=True):
     from torch.jit.mobile import _load_for_lite_interpreter
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     module, note = optimize(traced) if optimize_first else (traced, "not asked for")
     with warnings.catch_warnings():     # "Lite Interpreter is deprecated": see the docstring
         warnings.filterwarnings("ignore", message="Lite Interpreter is deprecated",
                                 category=DeprecationWarning)
-        with jit_warnings([]):
-            module._save_for_lite_interpreter(str(path))
+        with jit_warnings([]), atomic_path(path, ".ptl file", write_errors=(RuntimeError,)) as tmp:
+            module._save_for_lite_interpreter(str(tmp))
         return _load_for_lite_interpreter(str(path), map_location="cpu"), note
 
 
@@ -105,36 +115,127 @@ def compare_quantized(name, model, x):
     return result
 
 
+class Conv3dAs2d(nn.Module):
+    """A 3 x 3 x 3 Conv3d (stride 1, padding 1) as three Conv2d over the depth offsets, summed.
+
+    Output depth slice d is the sum over k of conv2d(input slice d + k - 1, weight[:, :, k]):
+    the same arithmetic, in an order ExecuTorch can run. Holds the original module's weights.
+    """
+
+    def __init__(self, conv):
+        super().__init__()
+        if (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) != \
+                ((3, 3, 3), (1, 1, 1), (1, 1, 1), (1, 1, 1), 1):
+            raise ValueError(f"only 3x3x3 convolutions with padding 1 are rewritten, not {conv}")
+        self.conv = conv
+
+    def forward(self, x):                                # (N, C, D, H, W)
+        n, c, d, h, w = x.shape
+        padded = F.pad(x, (0, 0, 0, 0, 1, 1))            # one zero slice before and after
+        out = 0
+        for k in range(3):
+            slices = padded[:, :, k:k + d].transpose(1, 2).reshape(n * d, c, h, w)
+            out = out + F.conv2d(slices, self.conv.weight[:, :, k], padding=1)
+        out = out.reshape(n, d, -1, h, w).transpose(1, 2)   # (N, C_out, D, H, W)
+        return out + self.conv.bias.view(1, -1, 1, 1, 1)
+
+
+class MaxPool3dAsAmax(nn.Module):
+    """MaxPool3d(2, 2) on even sizes as maxima over reshaped pairs, one axis at a time (6-D)."""
+
+    def forward(self, x):                                # (N, C, D, H, W), D, H, W even
+        n, c, d, h, w = x.shape
+        x = x.reshape(n, c, d, h, w // 2, 2).amax(5)
+        x = x.reshape(n, c, d, h // 2, 2, w // 2).amax(4)
+        return x.reshape(n, c, d // 2, 2, h // 2, w // 2).amax(3)
+
+
+def for_executorch(model):
+    """A copy of a LunaModel with its Conv3d and MaxPool3d replaced by the equivalents above."""
+    model = copy.deepcopy(model).eval()
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv3d):
+                setattr(parent, name, Conv3dAs2d(child))
+            elif isinstance(child, nn.MaxPool3d):
+                if (child.kernel_size, child.stride, child.padding) not in ((2, 2, 0),):
+                    raise ValueError(f"only MaxPool3d(2, 2) is rewritten, not {child}")
+                setattr(parent, name, MaxPool3dAsAmax())
+    return model
+
+
 def export_executorch(model, example, path):
-    """torch.export -> ExecuTorch (XNNPACK delegate) -> a .pte file. Needs `executorch`."""
+    """torch.export -> ExecuTorch with the XNNPACK delegate -> a .pte file; (path, seconds)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    program = torch.export.export(model.eval(), tuple(example))
-    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(lowered.to_executorch().buffer)
-    return path
+    start = time.perf_counter()
+    with warnings.catch_warnings():                  # torch's own pytree notices, not ours
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        program = torch.export.export(model.eval(), tuple(example))
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        buffer = lowered.to_executorch().buffer
+    return write_bytes(path, buffer, ".pte file"), time.perf_counter() - start
 
 
 def run_executorch(path, example):
-    """Run a .pte file with ExecuTorch's Python runtime; its outputs as a list."""
+    """Run a .pte file with ExecuTorch's Python runtime; its outputs as a list of tensors."""
     from executorch.runtime import Runtime
 
     method = Runtime.get().load_program(str(path)).load_method("forward")
-    return method.execute(list(example))
+    return list(method.execute(list(example)))
+
+
+def executorch_installed():
+    try:
+        import executorch  # noqa: F401  (optional: pip install executorch)
+        return True
+    except ImportError:
+        return False
+
+
+def compare_executorch(name, model, example, path):
+    """Export, run and compare one model; its outputs' largest differences and the sizes."""
+    path, seconds = export_executorch(model, example, path)
+    outs = run_executorch(path, example)
+    with torch.inference_mode():
+        eager = model(*example)
+    eager = eager if isinstance(eager, tuple) else (eager,)
+    diffs = [max_diff(a, b) for a, b in zip(outs, eager, strict=True)]
+    scale = max(float(a.abs().max()) for a in eager)
+    print(f"ExecuTorch (XNNPACK) {name}: {path} ({path.stat().st_size / 2**20:.2f} MiB) in "
+          f"{seconds:.1f} s; max abs difference vs eager "
+          + ", ".join(f"{d:.3g}" for d in diffs) + f" (outputs up to {scale:.3g})")
+    return {"path": path, "diffs": diffs, "scale": scale, "export_s": seconds}
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_generator_arguments(p)
-    p.add_argument("--out", default="runs/ch15", help="folder for the .ptl file "
-                                                      "(default: %(default)s)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                parents=[generator_arguments()])
+    p.add_argument("--cls-model", default=None,
+                   help="classifier checkpoint in the book's format (default: seeded random "
+                        "weights)")
+    add_data_dir_argument(p)
+    p.add_argument("--out", default=runs_dir("ch15"),
+                   help="folder for the .pte and .ptl files (default: the repository's runs/ch15)")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    weights, generator = generator_from_args(args)
+    out = output_dir(args.out, "--out")                 # every input checked before any work
+    weights, generator = build_generator(args.weights, args.ngf, args.n_blocks)
+    classifier = load_classifier(args.cls_model, args.data_dir,
+                                 random_weights=args.cls_model is None, flag="--cls-model")
     x = torch.rand(1, 3, GENERATOR_SIZE, GENERATOR_SIZE, generator=torch.Generator().manual_seed(0))
+    result = {}
+    if executorch_installed():
+        crop, source = example_crop(args.data_dir)
+        print(f"LunaModel on {source}")
+        result["luna_pte"] = compare_executorch(
+            "LunaModel (2-D rewrite)", for_executorch(classifier), (crop.unsqueeze(0),),
+            out / "luna.pte")
+        result["cyclegan_pte"] = compare_executorch("CycleGAN generator", generator, (x,),
+                                                    out / "cyclegan.pte")
+    else:
+        print("ExecuTorch: not installed (pip install executorch==1.5.1), .pte export skipped")
+
     start = time.perf_counter()
     traced, _ = trace_model(generator, x)              # its TracerWarnings: see export_jit.py
     path = out / "cyclegan_mobile.ptl"
@@ -154,14 +255,8 @@ def main(argv=None):
     fc = compare_quantized("chapter 7 fully connected CIFAR model", fc_model, fc_x)
     luna_x = torch.randn(2, 1, 32, 48, 48, generator=torch.Generator().manual_seed(1))
     lu = compare_quantized("LunaModel (one small Linear layer)", luna, luna_x)
-    try:
-        import executorch  # noqa: F401  (optional)
-        pte = export_executorch(generator, (x,), out / "cyclegan.pte")
-        et_diff = max_diff(run_executorch(pte, (x,))[0], generator(x))
-        print(f"ExecuTorch: {pte}, max abs difference vs eager {et_diff:.3g}")
-    except ImportError:
-        print("ExecuTorch: not installed (pip install executorch), .pte export skipped")
-    return {"path": path, "lite_diff": lite_diff, "optimize_note": note, "fc": fc, "luna": lu}
+    return {**result, "path": path, "lite_diff": lite_diff, "optimize_note": note, "fc": fc,
+            "luna": lu, "weights": weights}
 
 
 if __name__ == "__main__":

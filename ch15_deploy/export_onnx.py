@@ -13,17 +13,17 @@ and the script prints the largest difference from the eager model on the book's 
 random HU-like crop when the book's is absent) and on a batch of 3.
 """
 import argparse
-import logging
+import io
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ch15_deploy.cls_client import hu_like_crop, load_example
-from ch15_deploy.flask_server import add_model_arguments, load_classifier
+from ch15_deploy.classifier import example_crop, hu_like_crop, load_classifier, model_arguments
+from ch15_deploy.model_files import quiet_torch_loggers
 from common.errors import DataError, run_cli
+from common.files import output_dir, runs_dir, write_bytes
 
 INPUT_NAMES, OUTPUT_NAMES = ["crop"], ["logits", "probs"]
 
@@ -36,32 +36,36 @@ def export_luna(model, path, example=None, announce=print):
 
 
 def export_model(model, path, example, input_names, output_names, announce=print):
-    """Any one-input model to .onnx, batch dimension dynamic; returns the exporter used."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Any one-input model to .onnx, batch dimension dynamic; returns the exporter used.
+
+    The program is serialized in memory and written whole or not at all (write_bytes).
+    """
     model.eval().requires_grad_(False)
     # An example batch of 1 would let torch.export specialize the batch size to 1: use >= 2.
     if example.shape[0] < 2:
         example = example.repeat(2, *[1] * (example.dim() - 1))
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)              # "torchvision is not installed": not used
     try:
-        with warnings.catch_warnings():
+        # "torchvision is not installed" from the registration logger: not used here
+        with warnings.catch_warnings(), \
+                quiet_torch_loggers("torch.onnx._internal.exporter._registration"):
             warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
-            torch.onnx.export(model, (example,), path, dynamo=True, external_data=False,
-                              input_names=input_names, output_names=output_names,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False)
+            program = torch.onnx.export(model, (example,), None, dynamo=True,
+                                        input_names=input_names, output_names=output_names,
+                                        dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                        verbose=False)
+        write_bytes(path, program.model_proto.SerializeToString(), "ONNX file")
         return "dynamo"
+    except DataError:                                 # the file could not be written: no retry
+        raise
     except Exception as e:                            # any failure of the new path: say which
         announce(f"torch.onnx.export(dynamo=True) failed ({type(e).__name__}: "
                  f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
                  "falling back to the TorchScript-based exporter (dynamo=False)")
-    finally:
-        registration.setLevel(level)
-    torch.onnx.export(model, (example,), path, dynamo=False, input_names=input_names,
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=input_names,
                       output_names=output_names,
                       dynamic_axes={name: {0: "batch"} for name in input_names + output_names})
+    write_bytes(path, buffer.getvalue(), "ONNX file")
     return "torchscript"
 
 
@@ -102,19 +106,16 @@ def describe(path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_arguments(p)
-    p.add_argument("--out", default="runs/ch15", help="folder for luna.onnx "
-                                                      "(default: %(default)s)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                parents=[model_arguments()])
+    p.add_argument("--out", default=runs_dir("ch15"),
+                   help="folder for luna.onnx (default: the repository's runs/ch15)")
     args = p.parse_args(argv)
+    out = output_dir(args.out, "--out")                 # checked before any work
     model = load_classifier(args.model, args.data_dir, args.random_weights)
-    try:
-        crop, label, *_ = load_example(args.data_dir)
-        source = f"the book's crop (label {label.tolist()})"
-    except DataError as e:
-        crop, source = hu_like_crop(), f"a random HU-like crop ({e})"
+    crop, source = example_crop(args.data_dir)
     x = crop.unsqueeze(0)                                             # (1, 1, 32, 48, 48)
-    path = Path(args.out) / "luna.onnx"
+    path = out / "luna.onnx"
     start = time.perf_counter()
     exporter = export_luna(model, path, torch.cat([x, x.flip(-1)]))
     seconds = time.perf_counter() - start

@@ -16,94 +16,42 @@ Departures from the book, for a server that faces a network: it binds 127.0.0.1 
 otherwise (the book used 0.0.0.0); the checkpoint is loaded with weights_only=True and nothing a
 client sends is unpickled, only read as float32 bytes; bodies over --max-bytes (1 MiB) are
 refused by Flask before they are read; and a bad request (wrong shape or dtype, a byte count
-that does not match the shape, NaN or Inf, broken JSON, a missing part) gets a 4xx answer with a
-JSON message while the server keeps serving.
+that does not match the shape, NaN or Inf, broken or deeply nested JSON, a missing part) gets a
+4xx answer with a JSON message while the server keeps serving. The model comes from
+classifier.py, the request format and its checks from wire.py (shared with batching_server.py).
 """
 import argparse
-import json
-import math
-from pathlib import Path
 
-import numpy as np
-import torch
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from ch10_luna.model import LunaModel, read_checkpoint
-from common.data import add_data_dir_argument, book_file
+from ch15_deploy.classifier import load_classifier, model_arguments, prob_nodule
+from ch15_deploy.flags import at_least, server_arguments
+from ch15_deploy.wire import (
+    CROP_SHAPE,
+    DTYPE,
+    LOOPBACK,
+    MAX_BYTES,
+    decode_crop,
+    parse_form_parts,
+    parse_shape_header,
+    quoted,
+)
 from common.device import add_device_argument, pick_device
 from common.errors import DataError, run_cli
-
-BOOK_CHECKPOINT = "part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state"
-CROP_SHAPE = (1, 32, 48, 48)       # channel, index, row, column: one crop in HU
-DTYPE = "float32"                  # sent little-endian ("<f4"), 4 bytes a voxel: 288 KiB a crop
-MAX_BYTES = 1 << 20                # bodies over 1 MiB get 413 before Flask reads them
-LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-def add_model_arguments(parser):
-    """--model PATH / --random-weights, shared with jit_intro.py and export_onnx.py."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--model", default=None,
-                       help="classifier checkpoint in the book's dict format (default: the "
-                            f"book's {Path(BOOK_CHECKPOINT).name} under the data root)")
-    group.add_argument("--random-weights", action="store_true",
-                       help="an untrained LunaModel, for a demo without the checkpoint")
-    add_data_dir_argument(parser)
-
-
-def load_classifier(path=None, data_dir=None, random_weights=False, device="cpu", seed=0):
-    """A LunaModel in eval mode: from a book-format checkpoint (strict), or randomly initialized."""
-    if random_weights:
-        with torch.random.fork_rng(devices=[]):     # seeded, without touching the caller's RNG
-            torch.manual_seed(seed)
-            return LunaModel().to(device).eval()
-    path = Path(path) if path else book_file(BOOK_CHECKPOINT, data_dir, name="luna-models")
-    state = read_checkpoint(path, "--model")                # tensors, no code
-    if state.get("model_name", "LunaModel") != "LunaModel":
-        raise DataError(f"{path}: holds a {state['model_name']!r}, not a LunaModel")
-    model = LunaModel()
-    try:
-        model.load_state_dict(state["model_state"])  # strict: every name and shape must match
-    except RuntimeError as e:
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:2])
-        raise DataError(f"{path}: does not fit LunaModel: {detail}") from None
-    return model.to(device).eval()
 
 
 def parse_multipart(req):
     """(shape, dtype, blob bytes) from the book's form: a JSON `meta` part and a `blob` part."""
     if "meta" in req.files:
-        meta_text = req.files["meta"].read()
+        meta = req.files["meta"].read()
     else:
-        meta_text = req.form.get("meta")
-    if meta_text is not None and "blob" not in req.files and "blob" in req.form:
+        meta = req.form.get("meta")
+    if meta is not None and "blob" not in req.files and "blob" in req.form:
         # a text field: its bytes were decoded
         raise ValueError("'blob' must be a file part (give it a filename), not a text field")
-    return parse_form_parts(meta_text, req.files["blob"].read() if "blob" in req.files else None)
-
-
-def parse_form_parts(meta_text, blob):
-    """(shape, dtype, blob) from the form's two parts, None where a part is missing."""
-    if meta_text is None:
-        raise ValueError("missing form part 'meta' (JSON with shape and dtype)")
-    if blob is None:
-        raise ValueError("missing form part 'blob' (the crop's raw float32 bytes)")
-    shape, dtype = parse_meta(meta_text)
-    return shape, dtype, blob
-
-
-def parse_meta(meta_text):
-    """(shape, dtype) from the `meta` part's JSON (str or bytes); the book sent no dtype."""
-    try:
-        meta = json.loads(meta_text)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"'meta' is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or "shape" not in meta:
-        raise ValueError('\'meta\' must be a JSON object like {"shape": [1, 32, 48, 48], '
-                         '"dtype": "float32"}')
-    return meta["shape"], meta.get("dtype", DTYPE)
+    return parse_form_parts(meta, req.files["blob"].read() if "blob" in req.files else None)
 
 
 def parse_raw(req):
@@ -112,39 +60,9 @@ def parse_raw(req):
     return shape, req.headers.get("X-Dtype", DTYPE), req.get_data(cache=False)
 
 
-def parse_shape_header(header):
-    """[1, 32, 48, 48] from an X-Shape header value such as "1,32,48,48"."""
-    if not header:
-        raise ValueError("missing header X-Shape (e.g. X-Shape: 1,32,48,48)")
-    try:
-        return [int(s) for s in header.split(",")]
-    except ValueError:
-        raise ValueError(f"X-Shape {header!r} is not a comma-separated list of integers") \
-            from None
-
-
-def decode_crop(shape, dtype, blob, expected_shape=CROP_SHAPE):
-    """Check what a client sent and turn it into a float32 tensor; ValueError says what is wrong."""
-    if (not isinstance(shape, list) or not all(type(s) is int for s in shape)
-            or tuple(shape) != tuple(expected_shape)):
-        raise ValueError(f"shape must be {list(expected_shape)}, got {shape!r}")
-    if dtype != DTYPE:
-        raise ValueError(f"dtype must be {DTYPE!r}, got {dtype!r}")
-    need = math.prod(shape) * 4
-    if len(blob) != need:
-        raise ValueError(f"blob has {len(blob)} bytes; shape {shape} in {DTYPE} needs {need}")
-    array = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(shape)  # own copy
-    if not np.isfinite(array).all():
-        raise ValueError("crop holds NaN or Inf values")
-    return torch.from_numpy(array)
-
-
 def run_inference(model, crop):
-    """P(nodule) for one (1, 32, 48, 48) crop: the softmax's second column, as the book."""
-    device = next(model.parameters()).device
-    with torch.inference_mode():
-        _logits, probs = model(crop.unsqueeze(0).to(device))    # add the batch dimension
-    return float(probs[0, 1])
+    """P(nodule) for one (1, 32, 48, 48) crop."""
+    return float(prob_nodule(model, crop.unsqueeze(0))[0])     # add the batch dimension
 
 
 def create_app(model, max_bytes=MAX_BYTES, crop_shape=CROP_SHAPE):
@@ -156,6 +74,11 @@ def create_app(model, max_bytes=MAX_BYTES, crop_shape=CROP_SHAPE):
     @app.errorhandler(HTTPException)
     def http_error(e):                              # 404, 405, 413, ...: JSON instead of HTML
         return jsonify(error=f"{e.name}: {e.description}"), e.code
+
+    @app.errorhandler(Exception)
+    def server_error(e):                            # our fault, not the client's: still JSON
+        app.logger.exception("error in %s", request.path)
+        return jsonify(error=f"internal error ({type(e).__name__})"), 500
 
     @app.get("/hello")
     def hello():
@@ -169,7 +92,7 @@ def create_app(model, max_bytes=MAX_BYTES, crop_shape=CROP_SHAPE):
             elif request.mimetype == "application/octet-stream":
                 shape, dtype, blob = parse_raw(request)
             else:
-                return jsonify(error=f"unsupported content type {request.mimetype!r}: send "
+                return jsonify(error=f"unsupported content type {quoted(request.mimetype)}: send "
                                      "multipart/form-data (meta + blob) or "
                                      "application/octet-stream with X-Shape"), 415
             crop = decode_crop(shape, dtype, blob, crop_shape)
@@ -192,13 +115,9 @@ def start_server(app, host="127.0.0.1", port=8000):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_arguments(p)
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default: %(default)s, this machine only; 0.0.0.0 "
-                        "opens it to the network)")
-    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
-    p.add_argument("--max-bytes", type=int, default=MAX_BYTES,
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                parents=[model_arguments(), server_arguments()])
+    p.add_argument("--max-bytes", type=at_least(int, 1), default=MAX_BYTES,
                    help="largest request body accepted (default: %(default)s)")
     add_device_argument(p, default="cpu")
     return p.parse_args(argv)

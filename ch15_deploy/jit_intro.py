@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from ch15_deploy.cls_client import hu_like_crop, load_example
-from ch15_deploy.flask_server import add_model_arguments, load_classifier
-from common.errors import DataError, run_cli
+from ch15_deploy.classifier import example_crop, hu_like_crop, load_classifier, model_arguments
+from common.errors import run_cli
+from common.files import atomic_path, output_dir, runs_dir
 
 
 def sum_rows(x):
@@ -115,11 +115,13 @@ def trace_model(model, example):
 
 
 def save_and_reload(traced, path):
-    """torch.jit.save, then torch.jit.load on the CPU: the round trip a deployment makes."""
+    """torch.jit.save, then torch.jit.load on the CPU: the round trip a deployment makes.
+
+    Written whole or not at all (torch.jit.save reports a full disk as a RuntimeError)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with jit_warnings([]):
-        torch.jit.save(traced, str(path))
+        with atomic_path(path, "TorchScript file", write_errors=(RuntimeError,)) as tmp:
+            torch.jit.save(traced, str(tmp))
         return torch.jit.load(str(path), map_location="cpu")
 
 
@@ -129,24 +131,21 @@ def max_abs_diff(a, b):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_model_arguments(p)
-    p.add_argument("--out", default="runs/ch15", help="folder for luna_traced.pt "
-                                                      "(default: %(default)s)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                parents=[model_arguments()])
+    p.add_argument("--out", default=runs_dir("ch15"),
+                   help="folder for luna_traced.pt (default: the repository's runs/ch15)")
     args = p.parse_args(argv)
+    out = output_dir(args.out, "--out")                 # checked before any work
+    model = load_classifier(args.model, args.data_dir, args.random_weights)
+    crop, source = example_crop(args.data_dir)
     intro = trace_vs_script()
 
-    model = load_classifier(args.model, args.data_dir, args.random_weights)
-    try:
-        crop, label, *_ = load_example(args.data_dir)
-        source = f"the book's crop (label {label.tolist()})"
-    except DataError as e:
-        crop, source = hu_like_crop(), f"a random HU-like crop ({e})"
     x = crop.unsqueeze(0)                                          # (1, 1, 32, 48, 48)
     traced, caught = trace_model(model, x)
     print(f"LunaModel traced with {len(caught)} TracerWarnings; its forward:")
     print(traced.code)
-    path = Path(args.out) / "luna_traced.pt"
+    path = out / "luna_traced.pt"
     reloaded = save_and_reload(traced, path)
     with torch.inference_mode():
         eager, from_trace, from_file = model(x), traced(x), reloaded(x)

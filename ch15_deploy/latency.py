@@ -20,7 +20,6 @@ these convolutions on a CPU, see chapters 11 and 13) and with bf16 autocast on t
 """
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -30,14 +29,15 @@ import torch
 
 from ch10_luna.benchmark import timed
 from ch13_segment.nodule_analysis import load_model
-from ch15_deploy.cls_client import hu_like_crop
+from ch15_deploy.classifier import hu_like_crop, load_classifier
 from ch15_deploy.export_aoti import as_tuple, compile_package, export_program, load_package
 from ch15_deploy.export_jit import load_unet
 from ch15_deploy.export_onnx import export_model, onnx_session
-from ch15_deploy.flask_server import load_classifier
+from ch15_deploy.flags import at_least
 from ch15_deploy.jit_intro import save_and_reload, trace_model
 from common.data import add_data_dir_argument
-from common.errors import run_cli
+from common.errors import DataError, run_cli
+from common.files import output_dir, write_json
 
 MODELS = ("cls", "unet")
 MODEL_TITLES = {"cls": "classifier", "unet": "U-Net"}
@@ -49,18 +49,25 @@ BACKEND_TITLES = {"eager": "eager (NCHW)", "eager-cl": "eager, channels-last",
 CPU = torch.device("cpu")
 
 
-def build_model(name, args):
-    """(eval-mode model, batch-1 input) for 'cls' or 'unet', from a checkpoint or seeded."""
-    if name == "cls":
-        model = load_classifier(args.cls_model, args.data_dir,
-                                random_weights=args.cls_model is None)
-        return model, hu_like_crop(0).unsqueeze(0)                    # (1, 1, 32, 48, 48) HU
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 7, args.unet_size, args.unet_size, generator=g)
-    if args.seg_model is None:            # unit scale: untrained batch norm expects (0, 1)
-        return load_unet(), x
-    model = load_model(args.seg_model, "UNetWrapper", "--seg-model").requires_grad_(False)
-    return model, (x * 150 - 700).clamp(-1000, 1000)                  # lung-like HU slices
+def build_models(models, cls_model=None, seg_model=None, data_dir=None, unet_size=512):
+    """{name: (eval-mode model, batch-1 input)} for 'cls' and 'unet', from checkpoints or seeded.
+
+    All are loaded before any is measured, so a bad checkpoint stops the run at once.
+    """
+    built = {}
+    if "cls" in models:
+        model = load_classifier(cls_model, data_dir, random_weights=cls_model is None,
+                                flag="--cls-model")
+        built["cls"] = model, hu_like_crop(0).unsqueeze(0)            # (1, 1, 32, 48, 48) HU
+    if "unet" in models:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1, 7, unet_size, unet_size, generator=g)
+        if seg_model is None:             # unit scale: untrained batch norm expects (0, 1)
+            built["unet"] = load_unet(), x
+        else:
+            model = load_model(seg_model, "UNetWrapper", "--seg-model").requires_grad_(False)
+            built["unet"] = model, (x * 150 - 700).clamp(-1000, 1000)  # lung-like HU slices
+    return built
 
 
 def memory_format(x):
@@ -116,16 +123,16 @@ def time_calls(run, x, warmup, repeats):
     return float(np.median(ms)), float(np.percentile(ms, 90))
 
 
-def measure(name, model, x, backends, out, args):
+def measure(name, model, x, backends, out, threads, warmup, repeats):
     """{backend: {median_ms, p90_ms, diff, rel_diff, export_s}} for one model, printed."""
     with torch.inference_mode():
         reference = as_tuple(model(x))
     results = {}
     for backend in backends:
-        run, xb, export_s = prepare(backend, name, model, x, out, args.threads)
+        run, xb, export_s = prepare(backend, name, model, x, out, threads)
         with torch.inference_mode():
             diff, rel = parity(reference, as_tuple(run(xb)))
-            median, p90 = time_calls(run, xb, args.warmup, args.repeats)
+            median, p90 = time_calls(run, xb, warmup, repeats)
         results[backend] = {"median_ms": median, "p90_ms": p90, "diff": diff, "rel_diff": rel,
                             "export_s": export_s}
         made = f"exported in {export_s:.1f} s, " if export_s else ""
@@ -169,11 +176,12 @@ def parse_args(argv):
     p.add_argument("--backends", default=",".join(BACKENDS),
                    type=lambda s: parse_list(s, BACKENDS, "--backends"),
                    help="comma-separated, from %(default)s (eager always runs: the reference)")
-    p.add_argument("--repeats", type=int, default=20, help="timed calls (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+    p.add_argument("--repeats", type=at_least(int, 1), default=20,
+                   help="timed calls (default: %(default)s)")
+    p.add_argument("--warmup", type=at_least(int, 0), default=3, help="untimed calls first")
+    p.add_argument("--threads", type=at_least(int, 1), default=torch.get_num_threads(),
                    help="intra-op threads for torch and onnxruntime alike (default: %(default)s)")
-    p.add_argument("--unet-size", type=int, default=512,
+    p.add_argument("--unet-size", type=at_least(int, 8), default=512,
                    help="U-Net input height and width (default: %(default)s, a CT slice)")
     p.add_argument("--cls-model", default=None,
                    help="classifier checkpoint in the book's format (default: seeded random)")
@@ -184,43 +192,47 @@ def parse_args(argv):
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     add_data_dir_argument(p)
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0 or args.threads < 1 or args.unet_size % 8:
-        p.error("--repeats and --threads must be >= 1, --warmup >= 0, --unet-size a multiple "
-                "of 8 (three 2x poolings)")
+    if args.unet_size % 8:
+        p.error(f"--unet-size {args.unet_size}: must be a multiple of 8 (three 2x poolings)")
     args.backends = ["eager"] + [b for b in args.backends if b != "eager"]
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    # every input and output place is checked before minutes of measuring
+    out = output_dir(args.out, "--out") if args.out else None
+    if args.json:
+        output_dir(Path(args.json).parent, "--json folder")
+        if Path(args.json).is_dir():
+            raise DataError(f"--json {args.json}: a folder, not a file")
+    models = build_models(args.models, args.cls_model, args.seg_model, args.data_dir,
+                          args.unet_size)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        results = run_all(args)
+        results = run_all(models, args.backends, out, args.threads, args.warmup, args.repeats)
     finally:
         torch.set_num_threads(threads_before)
     table = format_table(results, args.models, args.backends)
     print()
     print(table)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"threads": args.threads, "repeats": args.repeats,
-                                               "unet_size": args.unet_size,
-                                               "results": results}, indent=2))
+        write_json(args.json, {"threads": args.threads, "repeats": args.repeats,
+                               "unet_size": args.unet_size, "results": results}, "--json")
     return {"results": results, "table": table}
 
 
-def run_all(args):
-    """measure() for every model in --models, the exported files in --out or a temporary one."""
-    print(f"batch 1 on the CPU, {args.threads} intra-op threads for torch and onnxruntime; "
-          f"{args.warmup} warm-up calls, then {args.repeats} timed calls per figure")
+def run_all(models, backends, out, threads, warmup, repeats):
+    """measure() for every model, the exported files in `out` or a temporary folder."""
+    print(f"batch 1 on the CPU, {threads} intra-op threads for torch and onnxruntime; "
+          f"{warmup} warm-up calls, then {repeats} timed calls per figure")
     results = {}
     with tempfile.TemporaryDirectory(prefix="latency-") as tmp:
-        out = Path(args.out or tmp)
-        for name in args.models:
-            model, x = build_model(name, args)
+        for name, (model, x) in models.items():
             print(f"{MODEL_TITLES[name]} ({type(model).__name__}), input {list(x.shape)}:")
-            results[name] = measure(name, model, x, args.backends, out, args)
+            results[name] = measure(name, model, x, backends, out or Path(tmp), threads,
+                                    warmup, repeats)
     return results
 
 

@@ -7,8 +7,9 @@
 N clients (aiohttp, one connection each) send requests back to back until --requests have been
 sent or --seconds have passed, whichever comes first; then it prints requests/s, the p50/p95/p99
 latency of the answered (200) requests and the failures by kind (HTTP status or exception).
-A /predict URL gets a lung-like HU crop (cls_client.py's hu_like_crop, sent as the book's
-multipart form, or raw with --raw); an /image URL gets a synthetic 320 x 240 JPEG, or --image.
+A /predict URL gets a lung-like HU crop (classifier.hu_like_crop, sent as the book's
+multipart form by wire.encode_crop, or raw with --raw); an /image URL gets a synthetic
+320 x 240 JPEG, or --image.
 It refuses any host but 127.0.0.1, localhost or ::1: this is for measuring your own server,
 not for loading someone else's.
 """
@@ -25,8 +26,9 @@ import aiohttp
 import numpy as np
 from PIL import Image
 
-from ch15_deploy.cls_client import crop_request, hu_like_crop
-from ch15_deploy.flask_server import LOOPBACK
+from ch15_deploy.classifier import hu_like_crop
+from ch15_deploy.flags import at_least
+from ch15_deploy.wire import LOOPBACK, encode_crop, quoted
 from common.errors import DataError, run_cli
 
 DEFAULT_URL = "http://127.0.0.1:8000/predict"
@@ -36,8 +38,8 @@ def check_loopback(url):
     """The URL, if it names this machine; DataError otherwise."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or parts.hostname not in LOOPBACK:
-        raise DataError(f"{url}: load_test.py only targets http://127.0.0.1, localhost or "
-                        "[::1] (a server on this machine)")
+        raise DataError(f"--url {quoted(url)}: load_test.py only targets http://127.0.0.1, "
+                        "localhost or [::1] (a server on this machine)")
     return url
 
 
@@ -52,13 +54,23 @@ def synthetic_jpeg(width=320, height=240, seed=0):
     return buffer.getvalue()
 
 
+def read_image_file(path):
+    """The bytes of --image; DataError when it is not a readable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"--image {path}: {'a folder' if path.is_dir() else 'no such file'}")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(f"--image {path}: cannot read ({e.strerror or e})") from None
+
+
 def make_payload(url, raw=False, image_path=None, seed=0):
     """(body bytes, headers) for one request to `url`, chosen by its path."""
     if urlsplit(url).path.rstrip("/").endswith("/image"):
-        body = Path(image_path).read_bytes() if image_path else synthetic_jpeg(seed=seed)
+        body = read_image_file(image_path) if image_path else synthetic_jpeg(seed=seed)
         return body, {"Content-Type": "image/jpeg"}
-    request = crop_request(hu_like_crop(seed), url, raw=raw)       # the client's own encoding
-    return request.data, dict(request.header_items())
+    return encode_crop(hu_like_crop(seed), raw=raw)                # the client's own encoding
 
 
 async def run_load(url, body, headers, concurrency=10, requests=None, seconds=None,
@@ -118,21 +130,20 @@ def format_summary(s):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=DEFAULT_URL, help="(default: %(default)s)")
-    p.add_argument("--concurrency", type=int, default=10, help="clients (default: %(default)s)")
-    p.add_argument("--requests", type=int, default=None,
+    p.add_argument("--concurrency", type=at_least(int, 1), default=10,
+                   help="clients (default: %(default)s)")
+    p.add_argument("--requests", type=at_least(int, 1), default=None,
                    help="stop after this many requests (default: 200 unless --seconds)")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
-    p.add_argument("--timeout", type=float, default=30.0, help="per request, in seconds")
+    p.add_argument("--seconds", type=at_least(float, 0.001), default=None,
+                   help="stop after this long")
+    p.add_argument("--timeout", type=at_least(float, 0.001), default=30.0,
+                   help="per request, in seconds")
     p.add_argument("--raw", action="store_true", help="/predict: raw bytes with X-Shape")
     p.add_argument("--image", default=None, help="/image: a JPEG or PNG file to send")
     args = p.parse_args(argv)
-    if args.concurrency < 1:
-        p.error("--concurrency must be >= 1")
     if args.requests is None and args.seconds is None:
         args.requests = 200
     check_loopback(args.url)
-    if args.image and not Path(args.image).is_file():
-        raise DataError(f"--image {args.image}: no such file")
     body, headers = make_payload(args.url, args.raw, args.image)
     result = asyncio.run(run_load(args.url, body, headers, args.concurrency, args.requests,
                                   args.seconds, args.timeout))

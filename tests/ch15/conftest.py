@@ -5,8 +5,14 @@ import pytest
 import torch
 
 from ch10_luna.model import LunaModel
-from ch15_deploy.cls_client import EXAMPLE, hu_like_crop, load_example
-from ch15_deploy.flask_server import BOOK_CHECKPOINT, create_app, load_classifier, start_server
+from ch15_deploy.classifier import (
+    BOOK_CHECKPOINT,
+    EXAMPLE,
+    hu_like_crop,
+    load_classifier,
+    load_example,
+)
+from ch15_deploy.flask_server import create_app, start_server
 
 
 @pytest.fixture(scope="session")

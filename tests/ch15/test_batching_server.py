@@ -20,9 +20,9 @@ from torch import nn
 
 from ch01_intro.cyclegan import ResNetGenerator
 from ch15_deploy import batching_server as bs
-from ch15_deploy.cls_client import crop_request, hu_like_crop
-from ch15_deploy.flask_server import CROP_SHAPE
+from ch15_deploy.classifier import hu_like_crop
 from ch15_deploy.load_test import run_load, summarize
+from ch15_deploy.wire import CROP_SHAPE, encode_crop
 from common.errors import DataError
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.* is deprecated:DeprecationWarning")
@@ -59,8 +59,7 @@ def as_bytes(crop):
 
 def form(crop):
     """The book's multipart form, as cls_client.py builds it: (body, headers)."""
-    request = crop_request(crop, "http://127.0.0.1/predict")
-    return request.data, dict(request.header_items())
+    return encode_crop(crop)
 
 
 def jpeg(width=40, height=30, fmt="JPEG", seed=0):
@@ -220,9 +219,9 @@ BAD_REQUESTS = {      # name: (method, path, body, headers, status, words in the
     "text/plain": ("POST", "/predict", b"1,2,3", {"Content-Type": "text/plain"}, 415,
                    "unsupported content type"),
     "not an image": ("POST", "/image", b"GIF89a but not really", {}, 400, "not a JPEG or PNG"),
-    "gif": ("POST", "/image", None, {}, 400, "not GIF"),
+    "gif": ("POST", "/image", None, {}, 400, "not a JPEG or PNG"),
     "truncated jpeg": ("POST", "/image", jpeg(64, 48)[:-800], {}, 400, "cannot decode"),
-    "too many pixels": ("POST", "/image", jpeg(200, 150), {}, 400, "pixels accepted"),
+    "too many pixels": ("POST", "/image", jpeg(200, 150), {}, 413, "pixels accepted"),
     "image too large": ("PUT", "/image", b"\xff" * 70_000, {}, 413, "exceeded"),
     "unknown route": ("POST", "/nowhere", b"", {}, 404, "Not Found"),
     "wrong method": ("GET", "/predict", None, {}, 405, "Not Allowed"),
@@ -344,10 +343,9 @@ def test_jit_serving_with_a_traced_luna_model(hu_model, tmp_path):
     with torch.no_grad():
         traced = torch.jit.trace(hu_model, torch.zeros(1, *CROP_SHAPE))
     traced.save(str(path))
-    args = bs.parse_args(["--jit", str(path), "--no-image"])
-    cls_model, image_model = bs.load_models(args, "cpu")
-    assert isinstance(cls_model, torch.jit.ScriptModule) and image_model is None
-    app = bs.create_app(Counting(cls_model), max_batch_size=4, max_wait_ms=300)
+    cls_model, batch_size = bs.load_cls_model(jit=str(path), max_batch_size=4)
+    assert isinstance(cls_model, torch.jit.ScriptModule) and batch_size == 4
+    app = bs.create_app(Counting(cls_model), max_batch_size=batch_size, max_wait_ms=300)
     crops = [hu_like_crop(s) for s in range(2)]
 
     async def scenario(client):
@@ -358,12 +356,52 @@ def test_jit_serving_with_a_traced_luna_model(hu_model, tmp_path):
         assert body["prob_nodule"] == pytest.approx(expected_prob(hu_model, crop), abs=1e-6)
 
 
-def test_an_exported_model_with_a_fixed_batch_falls_back_to_one_at_a_time(tmp_path, capsys):
+class FailsOnce(nn.Module):
+    """MeanClassifier whose first batch of more than one sample raises (a passing failure)."""
+
+    def __init__(self):
+        super().__init__()
+        self.model, self.batch_sizes, self.failed = MeanClassifier(), [], False
+
+    def forward(self, x):
+        self.batch_sizes.append(x.shape[0])
+        if x.shape[0] > 1 and not self.failed:
+            self.failed = True
+            raise RuntimeError("pretend the device ran out of memory")
+        return self.model(x)
+
+
+def test_one_failed_batch_is_answered_one_by_one_and_batching_goes_on(capsys):
+    model = FailsOnce()
+    app = bs.create_app(model, max_batch_size=4, max_wait_ms=300)
+    first, second = ([hu_like_crop(s) for s in range(i, i + 3)] for i in (0, 3))
+
+    async def scenario(client):
+        answers = await asyncio.gather(*(post_crop(client, c) for c in first))
+        answers += await asyncio.gather(*(post_crop(client, c) for c in second))
+        return answers, await (await client.get("/stats")).json()
+
+    answers, stats = run_with_client(app, scenario)
+    for crop, (status, body) in zip(first + second, answers, strict=True):
+        assert status == 200
+        assert body["prob_nodule"] == pytest.approx(expected_prob(MeanClassifier(), crop))
+    # the failed batch of 3 went one by one; the next 3 were one batch again
+    assert model.batch_sizes == [3, 1, 1, 1, 3]
+    assert stats["predict"]["failed_batches"] == 1 and stats["predict"]["max_batch_size"] == 4
+    assert "answered one by one" in capsys.readouterr().err
+
+
+def test_an_exported_model_with_a_fixed_batch_is_served_one_at_a_time(tmp_path, capsys):
     path = tmp_path / "mean.pt2"
     torch.export.save(torch.export.export(MeanClassifier(), (torch.zeros(1, *CROP_SHAPE),)),
                       str(path))
-    model = Counting(bs.load_exported(path, jit=False))
-    app = bs.create_app(model, max_batch_size=4, max_wait_ms=300)
+    notes = []
+    program, batch_size = bs.load_cls_model(exported=str(path), max_batch_size=4,
+                                            announce=notes.append)
+    assert batch_size == 1 and "runs one sample but not two" in notes[0]
+    model = Counting(program)
+    app = bs.create_app(model, max_batch_size=4, max_wait_ms=300,
+                        batch_limits={"predict": batch_size})
     crops = [hu_like_crop(s) for s in range(3)]
 
     async def scenario(client):
@@ -372,17 +410,25 @@ def test_an_exported_model_with_a_fixed_batch_falls_back_to_one_at_a_time(tmp_pa
     for crop, (status, body) in zip(crops, run_with_client(app, scenario), strict=True):
         assert status == 200
         assert body["prob_nodule"] == pytest.approx(expected_prob(MeanClassifier(), crop))
-    assert model.batch_sizes[0] > 1 and model.batch_sizes[1:] == [1] * 3
-    assert "one request at a time" in capsys.readouterr().err
+    assert model.batch_sizes == [1, 1, 1]                 # never a batch it cannot run
+
+
+def test_a_dynamic_batch_program_is_served_in_batches(tmp_path):
+    path = tmp_path / "mean.pt2"
+    batch = torch.export.Dim("batch", min=1, max=64)
+    torch.export.save(torch.export.export(MeanClassifier(), (torch.zeros(2, *CROP_SHAPE),),
+                                          dynamic_shapes=({0: batch},)), str(path))
+    _, batch_size = bs.load_cls_model(exported=str(path), max_batch_size=8)
+    assert batch_size == 8
 
 
 def test_unreadable_model_files_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a model")
-    with pytest.raises(DataError, match="not a TorchScript file"):
-        bs.load_exported(bad, jit=True)
-    with pytest.raises(DataError, match="no such file"):
-        bs.load_exported(tmp_path / "missing.pt2", jit=False)
+    with pytest.raises(DataError, match="--jit .*bad.pt: not a TorchScript file"):
+        bs.load_cls_model(jit=str(bad))
+    with pytest.raises(DataError, match="--exported .*missing.pt2: no such file"):
+        bs.load_cls_model(exported=str(tmp_path / "missing.pt2"))
 
 
 def rss_bytes():

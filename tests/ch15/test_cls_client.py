@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from ch15_deploy import cls_client
-from ch15_deploy.cls_client import encode_multipart, hu_like_crop, load_example, send_crop
+from ch15_deploy.classifier import hu_like_crop, load_example
+from ch15_deploy.cls_client import send_crop
 from ch15_deploy.flask_server import create_app
+from ch15_deploy.wire import encode_multipart
 from common.errors import DataError
 
 

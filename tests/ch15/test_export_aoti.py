@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from ch15_deploy import export_aoti
+from ch15_deploy.classifier import load_classifier
 from ch15_deploy.export_jit import load_unet
-from ch15_deploy.flask_server import load_classifier
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),
               pytest.mark.filterwarnings(r"ignore:.*torch\.jit.* is deprecated:DeprecationWarning")]

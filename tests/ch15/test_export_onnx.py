@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from ch15_deploy import export_onnx
-from ch15_deploy.cls_client import hu_like_crop
-from ch15_deploy.flask_server import BOOK_CHECKPOINT
+from ch15_deploy.classifier import BOOK_CHECKPOINT, hu_like_crop
 
 
 @pytest.fixture(scope="module")

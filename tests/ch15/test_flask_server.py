@@ -8,16 +8,9 @@ import pytest
 import torch
 
 from ch15_deploy import flask_server
-from ch15_deploy.cls_client import hu_like_crop
-from ch15_deploy.flask_server import (
-    BOOK_CHECKPOINT,
-    CROP_SHAPE,
-    MAX_BYTES,
-    create_app,
-    load_classifier,
-    run_inference,
-    start_server,
-)
+from ch15_deploy.classifier import BOOK_CHECKPOINT, hu_like_crop, load_classifier
+from ch15_deploy.flask_server import create_app, run_inference, start_server
+from ch15_deploy.wire import CROP_SHAPE, MAX_BYTES
 from common.errors import DataError
 
 CROP_BYTES = math.prod(CROP_SHAPE) * 4

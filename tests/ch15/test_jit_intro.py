@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ch15_deploy import jit_intro
-from ch15_deploy.cls_client import hu_like_crop
+from ch15_deploy.classifier import hu_like_crop
 
 
 @pytest.fixture(scope="module")

@@ -103,4 +103,4 @@ def test_payloads_match_the_route():
     body, headers = load_test.make_payload("http://127.0.0.1/image")
     assert body[:2] == b"\xff\xd8" and headers["Content-Type"] == "image/jpeg"
     body, headers = load_test.make_payload("http://127.0.0.1/predict", raw=True)
-    assert len(body) == 32 * 48 * 48 * 4 and headers["X-shape"] == "1,32,48,48"
+    assert len(body) == 32 * 48 * 48 * 4 and headers["X-Shape"] == "1,32,48,48"

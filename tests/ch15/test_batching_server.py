@@ -24,6 +24,7 @@ from ch15_deploy.classifier import hu_like_crop
 from ch15_deploy.load_test import run_load, summarize
 from ch15_deploy.wire import CROP_SHAPE, encode_crop
 from common.errors import DataError
+from tests.ch15 import hostile
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:.*torch\.jit.* is deprecated:DeprecationWarning")
 
@@ -252,6 +253,52 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_goes_on(name, tiny
     assert got == status and words in message["error"], message
     assert after == 200 and 0 <= body_after["prob_nodule"] <= 1
     assert model.batch_sizes == [1]                     # no bad input reached the model
+
+
+@pytest.mark.parametrize("case", list(hostile.PREDICT))
+def test_hostile_form_bodies_get_a_4xx_json_answer_and_the_server_goes_on(case):
+    body, content_type = hostile.PREDICT[case]
+    model = Counting(MeanClassifier())
+
+    async def scenario(client):
+        r = await client.post("/predict", data=body, headers={"Content-Type": content_type})
+        answer = (r.status, r.content_type, await r.json())
+        return answer, await post_crop(client, hu_like_crop(1))
+
+    (status, content_type, message), (after, _) = run_with_client(bs.create_app(model), scenario)
+    assert status < 500 and content_type == "application/json", (status, message)
+    if status == 200:                               # an ignorable oddity in a part header
+        assert model.batch_sizes == [1, 1] and "prob_nodule" in message
+    else:
+        assert 400 <= status and len(message["error"]) < 300
+        assert model.batch_sizes == [1]             # only the good crop reached the model
+    assert after == 200
+
+
+@pytest.mark.parametrize("case", list(hostile.IMAGES))
+def test_hostile_images_are_refused_from_their_header_and_the_server_goes_on(case,
+                                                                            tiny_generator):
+    body, status, words = hostile.IMAGES[case]
+    model = Counting(tiny_generator)
+    app = bs.create_app(image_model=model, image_size=16)
+
+    async def scenario(client):
+        r = await client.post("/image", data=body)
+        answer = (r.status, await r.json())
+        good = await client.post("/image", data=jpeg(40, 30))
+        return answer, good.status
+
+    (got, message), after = run_with_client(app, scenario)
+    assert got == status and words in message["error"], message
+    assert after == 200 and model.batch_sizes == [1]       # only the good image reached it
+
+
+def test_the_header_reader_finds_the_size_of_real_files():
+    assert bs.image_header(jpeg(40, 30)) == ("JPEG", 40, 30)
+    assert bs.image_header(jpeg(33, 17, "PNG")) == ("PNG", 33, 17)
+    progressive = io.BytesIO()
+    Image.new("RGB", (50, 20)).save(progressive, format="JPEG", progressive=True)
+    assert bs.image_header(progressive.getvalue()) == ("JPEG", 50, 20)
 
 
 async def send_partial_and_close(port, n_bytes, total):

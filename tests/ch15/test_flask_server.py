@@ -12,6 +12,7 @@ from ch15_deploy.classifier import BOOK_CHECKPOINT, hu_like_crop, load_classifie
 from ch15_deploy.flask_server import create_app, run_inference, start_server
 from ch15_deploy.wire import CROP_SHAPE, MAX_BYTES
 from common.errors import DataError
+from tests.ch15 import hostile
 
 CROP_BYTES = math.prod(CROP_SHAPE) * 4
 
@@ -229,3 +230,27 @@ def test_book_checkpoint_loads_by_default(book_file):
     data_dir = book_file(BOOK_CHECKPOINT).parents[2]
     model = load_classifier(None, data_dir=data_dir)
     assert sum(p.numel() for p in model.parameters()) == 222_220
+
+
+@pytest.mark.parametrize("case", list(hostile.PREDICT))
+def test_hostile_bodies_get_a_4xx_json_answer_and_the_server_goes_on(app_client, hu_model,
+                                                                     crop, case):
+    body, content_type = hostile.PREDICT[case]
+    r = app_client.post("/predict", data=body, content_type=content_type)
+    assert r.status_code < 500 and r.is_json, (r.status_code, r.data[:200])
+    answer = r.get_json()
+    assert ("prob_nodule" in answer if r.status_code == 200
+            else 400 <= r.status_code and len(answer["error"]) < 300), answer
+    good = app_client.post("/predict", **raw(as_bytes(crop)))
+    assert good.status_code == 200
+    assert good.get_json()["prob_nodule"] == pytest.approx(expected_prob(hu_model, crop),
+                                                           abs=1e-7)
+
+
+def test_deep_json_is_refused_by_its_depth(app_client):
+    r = app_client.post("/predict", data=hostile.PREDICT["json nested 2000 deep in 4000 bytes"][0],
+                        content_type=hostile.FORM)
+    assert r.status_code == 400 and "nested 2000 deep; at most 4" in r.get_json()["error"]
+    r = app_client.post("/predict", data=hostile.PREDICT["json nested 100000 deep"][0],
+                        content_type=hostile.FORM)
+    assert r.status_code == 400 and "200000 bytes; at most 4096" in r.get_json()["error"]

@@ -303,7 +303,7 @@ def report(marks, uids, annotations, excluded, out, name, n_resamples=N_RESAMPLE
     b = r.get("bootstrap") or {}
     band = f" [{b['cpm_lower']:.3f}, {b['cpm_upper']:.3f}]" if b.get("resamples") else ""
     r["png"] = save_froc_png(r, Path(out) / f"froc_{name}.png",
-                             f"{name}: CPM {r['cpm']:.3f}{band}; {r['scans']} scans, "
+                             f"{name}\nCPM {r['cpm']:.3f}{band}; {r['scans']} scans, "
                              f"{r['nodules']} nodules, {r['found']} found, "
                              f"{r['false_positives']} false positives")
     print(f"FROC figure: {r['png']}")

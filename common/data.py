@@ -14,17 +14,20 @@ import hashlib
 import http.client
 import os
 import shutil
+import stat
 import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections import Counter, namedtuple
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from common.errors import DataError, run_cli
+from common.errors import DataError, one_line, run_cli
+from common.files import output_dir, write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BOOK_BASE_URL = "https://github.com/deep-learning-with-pytorch/dlwpt-code/raw/master/data/"
@@ -85,12 +88,17 @@ ABOUT = {
     "birds-vs-airplanes": "ch8: the book's trained birds-vs-airplanes Net",
     "cls-val-example": "ch15: a LUNA validation crop for the servers",
     "luna-csv": "ch10-14: the book's LUNA candidates/annotations CSVs",
-    "luna-models": "ch11-14: the book's trained classifier and U-Net checkpoints",
+    "luna-models": "ch11-14: the book's checkpoints; 3 of the 5 load (the cls_2019-06-23 and "
+                   "alternate_cls_2019-06-16 classifiers are an older model layout)",
     "luna-annotations": "ch10: LUNA16's own annotations.csv and candidates.csv",
     "luna-subset": "ch10: LUNA16 CT scans, subset {i} (unpacked)",
 }
 
-# The book repository's files: name -> (folder under the data root, ((file, size, sha256), ...)).
+# The CT's 99 slices are listed in a data file beside this one (name, size, sha256 per line).
+DICOM_TABLE = Path(__file__).with_name("dicom_ct_files.txt")
+
+# The book repository's files: name -> (folder under the data root, ((file, size, sha256), ...)
+# or a file holding those rows).
 # Sizes (bytes) and sha256 computed from a copy of the repository's data/ folder; None where the
 # file was not in that copy (candidates.csv, horse2zebra): no checksum is known for those.
 BOOK_FILES = {
@@ -115,107 +123,7 @@ BOOK_FILES = {
         ("cat2.png", 144059, "5fe15f80c49c9ecb7c72dcdc276d43a04c0559dc9bf62d5de17c72c5b777283f"),
         ("cat3.png", 106468, "903322dcc2bb2930013d58cd39c6ae6f55c5b1b640ef3129b30c0000c6858c93"),
     )),
-    "dicom-ct": ("p1ch4/volumetric-dicom/2-LUNG 3.0  B70f-04083", (
-        ("000000.dcm", 527874, "96df6b937d5341914d2f0ee9d03c5254040b02158a437e7967f40e0f71353c7c"),
-        ("000001.dcm", 527874, "95d669ebaeb2cc0046beda427b073df266ee67e6063d28e325f8ef5168ba7eed"),
-        ("000002.dcm", 527874, "c72e114ec7ea56c8bf3613a3b7da7cf7d2eff199892ad2f86b40f9afa6544044"),
-        ("000003.dcm", 527874, "a40f256e9d497433871d0bc30deebe89cb176d733dbc72e0ebf8a826106b4555"),
-        ("000004.dcm", 527874, "e503c0401675f487ce0884805ee31e560acf1a7db2c8fb3fc22f6b36ff8d915d"),
-        ("000005.dcm", 527874, "be27f8703e57d69e40b42ee8de2c79adc704223851a133518e17d8e6328e6c8f"),
-        ("000006.dcm", 527874, "5f2c9b86c6bf8bb0f82413cb6338c5afc4237e1f7236fd24ae7ef0ea20bfc052"),
-        ("000007.dcm", 527870, "6177705888d63bf7ba244572eb707a11e2b72e2a3a73a06dc1e047327da4d0ad"),
-        ("000008.dcm", 527874, "2d520b9df906a9748c446b186429995b13293b91ba8e24c80862403b05682b6a"),
-        ("000009.dcm", 527870, "49924e185c1d046e91b10f34797ab35ea8ed6551957f42491a684a1cf0643289"),
-        ("000010.dcm", 527870, "d97e2fc137ada408cd056cdb1237b81289e2761f25fe568cc3b8b53f324480da"),
-        ("000011.dcm", 527870, "2d0b4a7148f5822a28c54b062885b01e5129e1bd2e353cfc4348d462ca1252e4"),
-        ("000012.dcm", 527870, "e779b592fee845f8e1022880749dc567f15a81764a9a40e2977ef1eca0008f34"),
-        ("000013.dcm", 527874, "b4ff943717c2b68a43ed0d2398717c8e6ceaf49ed4c777e48a34379baf98456e"),
-        ("000014.dcm", 527874, "e11b57228f72ad437b1bc784abd1858b17c8d2b536b2d23730315ae6b9e1fc96"),
-        ("000015.dcm", 527874, "425b570a63874b371f2927abdbf05467047206fa140f01144a7c00c651997418"),
-        ("000016.dcm", 527874, "5997a21f356b50cd5ef2bcbcf5da28da1d75d59b1428a2501ae176029efe277b"),
-        ("000017.dcm", 527874, "08b73f34742945718dee0ab0a0d727e7f000b9f25aa68bf6eae442be6011f65e"),
-        ("000018.dcm", 527874, "5a46e73d2a7eda25eb2e0f5c8b397eeaabe154c4e128555ef088a43461c9b7a3"),
-        ("000019.dcm", 527870, "8e27145853abe006d7e9df61a0c336af80b58dc4dba142067adf9dc151775344"),
-        ("000020.dcm", 527874, "cef8678a1e5c14fba1f53a341e7b1e85d6da9452b9430bc52185de09c66dfd01"),
-        ("000021.dcm", 527874, "1a5a746b743df5964f8dd1c57f37a06adb08baa6c83c31aed01916c276b382ab"),
-        ("000022.dcm", 527874, "f367d68723f423e1b729d2bfaa8f9e2f74fb4f2f59e0e033899b3806c2b92adf"),
-        ("000023.dcm", 527874, "afd14feffcf9e319d239429f15c8fec2d588757fed3d7682be7f1e8fd4125cc6"),
-        ("000024.dcm", 527874, "463d88a977848e83332b921d6864eaeecb1f903eb91423f01bde5fbe7f1acb73"),
-        ("000025.dcm", 527874, "6377dc15ced01519ee3f876a0a21e92cf37723edb6303e68445455ee63dec56c"),
-        ("000026.dcm", 527874, "539cae7740add1c277e253db000db301d9c41cd798312ac4d9f737d13e5dc98a"),
-        ("000027.dcm", 527874, "539e4c491f716a6c607a214da0fd9233f1b56a875a03154f66aa2c6521994a95"),
-        ("000028.dcm", 527874, "3ee1c6eabdeaf10f026afda255ae155c5f562409799ec5664ce7e969abba0046"),
-        ("000029.dcm", 527874, "2721f3ba130dbaf0ca631b2ebe9811f884b301b7ecaebdb6be725c38b3644c42"),
-        ("000030.dcm", 527874, "11d22a0e3bbc4ede5a725f0d3ab51b5f794d10fdad530190983168dc03304043"),
-        ("000031.dcm", 527928, "e8d0e3f4608599e19076c459c2eef2588ba0f14d7aa786ce6bf005f4033b2967"),
-        ("000032.dcm", 527932, "b7a0b74fb88f93aa82e337e5bdcee188f0eb3a11546d80c644eecf1cba23743d"),
-        ("000033.dcm", 527874, "a06e8595345c071f4dd71a661dfa703c44de410db824c7043003fd2a5bdbdcfa"),
-        ("000034.dcm", 527874, "7fda5d35628bade89f1249334c8148beaf88464a1a1c4084f12c861cfa12e0f1"),
-        ("000035.dcm", 527874, "17e2287cb97e8759f913cbdc1e8bfe48c921f0f97d6c9252667776edfeda6b49"),
-        ("000036.dcm", 527870, "38437911617eeaa5283b8a8c31b750cb2464e0f2874d5b10f52d821d68c12ad6"),
-        ("000037.dcm", 527874, "ed2ca9397cf1643ee13f9f18f92b52c9339895c746d5eb2176031f0ab1b73b50"),
-        ("000038.dcm", 527874, "c6943c288cff4a207352157827d5a8c7d70d2dcb9e3d5874947beeba9c04ba58"),
-        ("000039.dcm", 527870, "74112315c9804a45ce09f0d382a9ed3712e892dedc9312dbd73284dbcb58600e"),
-        ("000040.dcm", 527874, "b25d95de359260aa5d219cf1e64be845d51d4c63fd8629220e4ac2dbee3a57aa"),
-        ("000041.dcm", 527874, "2410ea3e0579b6666a8cd887946966f93421763a33462236f6797d0ed05932a7"),
-        ("000042.dcm", 527874, "4edbec834b2b6ad857ce2e1501f50657e32b1868d29fc8cd72e21bf53032ea28"),
-        ("000043.dcm", 527874, "da6f00887cdb6725cae973ef91c7002e3806548f70f75d3b917a690607038b7c"),
-        ("000044.dcm", 527874, "645e6939162269039257c6cb8101997ffbea948590f3095bdb1df2d669a35973"),
-        ("000045.dcm", 527870, "9f26ad11aefb8776f1ea8b3f623ca459eb602c2a372d331921e66f4682719bbc"),
-        ("000046.dcm", 527874, "2839f7b2a24ec862caf8ead6984f0e95e487282070d428be4edb61c9fc504514"),
-        ("000047.dcm", 527870, "301706849187e6e72639aa938c0bcd4fbb16f4e2d13802a53df737f6a19596e2"),
-        ("000048.dcm", 527870, "2b0e8b773b75d73d959d3715e0306c2059bc0c39a9f9b8ecb2aa872b61efa490"),
-        ("000049.dcm", 527874, "b8caf681aa34131b7591dbd768b8d28f844b648e2ed450cbf300c8d04c5f86e4"),
-        ("000050.dcm", 527874, "789d4128498951955d03d4a930cf80be5f269a8913b6ab063f8deafbacc5205e"),
-        ("000051.dcm", 527874, "d9720a31daa572c0add62699d56b6fa9cf4dd7589ad2c046b6939170e5f5cfb3"),
-        ("000052.dcm", 527870, "095acb383920af19dedee28ed907bfbc1562d4b0b56f867b8bb5e574ea7d39d0"),
-        ("000053.dcm", 527874, "dbe18834f85fe751f4fc60fd88e7405a116bcb7dcd2e7be108e31cfb49840b77"),
-        ("000054.dcm", 527874, "4b36a011f08895af9aaac42283549f59f0d2eef8c3052fe0687c28ae8e28274d"),
-        ("000055.dcm", 527874, "675e9b656746319765a91a884ab303979eff3046011b6e8aa7657e240de6aa38"),
-        ("000056.dcm", 527874, "cae1f80e8fbbecc04f3fb84c3d66323f1234824d8b66ff73db4b8047e5261bc8"),
-        ("000057.dcm", 527874, "a993682dadac7506874ba155adbd1c4dc2ddc254f5e1b6628de31d1eb6a06199"),
-        ("000058.dcm", 527874, "0fcf0f032d7a36c2245d63a9f18d853fdb3e68d12338333d0225ba0cb9caa96c"),
-        ("000059.dcm", 527874, "557daff89ca7c959ca84180b5989fbbcac3c2949a8dc8c3a7ea11f90af9ecc9e"),
-        ("000060.dcm", 527874, "bf1df11312c99e36610d93c0ab364311f3d502a21526a7d2c0e3c276af5e6ff6"),
-        ("000061.dcm", 527874, "46012a6433b256db366f6c35415e1430d97ec5be055e5512dc49452661d9691c"),
-        ("000062.dcm", 527874, "988cc901cded15d1ea7221e45bffc4c0d42b0f8ef6cf8d48f5109c60b04dfa28"),
-        ("000063.dcm", 527874, "682591c2d39a7a2b876e79098bbbf16b07edbf6f4e066ceb6880f1e81f8ff92c"),
-        ("000064.dcm", 527874, "f929f192bccb0da6a61d1713afb0568da5ade7c181c0e30a4248b9c888f2b005"),
-        ("000065.dcm", 527874, "746b480bac99151477a27d430eff4552b7a253d6231774c2e75626a3f281d64e"),
-        ("000066.dcm", 527874, "f2018860140546e37b05c535cf66cfe90b6fa8cd3cea82db498d0bec91a6bfc5"),
-        ("000067.dcm", 527874, "3933440fcf21ffaccfd454010f459b9f0fa65352f877ca228aed2fff7759f8de"),
-        ("000068.dcm", 527874, "4a0313d959e6c483bac92b0821e1f92dfd6a9fdf5a98ca6113f6b9d62903a73f"),
-        ("000069.dcm", 527874, "bb2147ee9c3911a72fad6b60e647cc4591bcc7bd015dd9ff05dbfd826cb58c93"),
-        ("000070.dcm", 527874, "c0a793e21e5ec4e51dc1c49f3d327144e0f848d05392098ca3eb2141d1e842d7"),
-        ("000071.dcm", 527874, "08728f6fec35506547e49b29b4bc07fc9c4f301e03d778c9d99d1d28945c4536"),
-        ("000072.dcm", 527874, "5a3bf939e81165630375fb9d76449e2660a99b206ff9c5be12997755c2da6721"),
-        ("000073.dcm", 527874, "b1015c4228f29ee65bb3ad66ec2157d04c62c73b9606cbc9979b3e51020c6f7b"),
-        ("000074.dcm", 527874, "a357a019e76862d94bcd28c22a87883dfcc01e229fef851f5c69f5723a376115"),
-        ("000075.dcm", 527874, "872d080b6a6e5f09905a78a1b1d73e624f1933a199b8129a6ac19daaa3944e7d"),
-        ("000076.dcm", 527870, "0448089219939f43c25035e1b905ee330a13f14d5de0fc734587a6badc509f99"),
-        ("000077.dcm", 527874, "758b54359e13f5015f7091824c94886a334a53a7c4a7893b2aaaac05763b8007"),
-        ("000078.dcm", 527874, "4fff4a45f42c43cb274cad0b6c39d1a38df98548538518443d95da42eadf145c"),
-        ("000079.dcm", 527874, "192e35902ea9a712b28ccc0e73527bd521f0645f1773ca927dab91f9e6898991"),
-        ("000080.dcm", 527874, "bd22b076cc0816d180c6d9a037d78362c19fed8e865cbd1b3e97fd7a1704fb7e"),
-        ("000081.dcm", 527870, "27b544a56f8cfd19f3a4974f8dd16589a367d1e07b87d75431724227e73d78ba"),
-        ("000082.dcm", 527874, "408e52daff4dea90db8f7b4da3a22815afa7c0dacf5cac985b151ad1b912e16b"),
-        ("000083.dcm", 527870, "d490ace84bff39ab677fb0ca0c3312dbf676f3f8cad8a98c01f93d33b0734183"),
-        ("000084.dcm", 527874, "bf3a1ec98acdb73589b3f9459fcad0f4882aac671dfdef0b74465faab481ffa7"),
-        ("000085.dcm", 527874, "7bc8ce2043db2abbd128b38362a046128b4c8c8567abdf6025eb583b080f3f66"),
-        ("000086.dcm", 527874, "1c548794266fa26e19cdb002f2678543f9fad8827b6a9cf1ca309e438f8e6e36"),
-        ("000087.dcm", 527874, "83d96dfba5d04c8a5be3b68a6bf7712ad328691fc13f6ef91956fbf25a0b0df9"),
-        ("000088.dcm", 527932, "204a38ae99c8b4003a621da2481945c38353bd58350767867da157a12a493cca"),
-        ("000089.dcm", 527874, "74747d2b8ebcda9eb95290cc47b280d945a20cadc0035dbe1ef47a27ebdf7480"),
-        ("000090.dcm", 527874, "271fd4df5dee83e88808a3caa779445659ee09521fda7d2b51e5a80dd458ef59"),
-        ("000091.dcm", 527874, "375cb3cd21e90e8b8b914d3150fe6dea5ec00f84b727b250398f0da7601074a8"),
-        ("000092.dcm", 527874, "09a021e606eab0ee03e1de0a6491372fb0d444b3e90d2ddefb557d49518888e8"),
-        ("000093.dcm", 527874, "bb93076994c5bb4f4a2fb8c19f22244bfd49038f68f1c55eae6c445935d98947"),
-        ("000094.dcm", 527874, "92e188cf8b7b8579df2e65d3bbc0088190da44d3cc091f37fa713a92fe281fea"),
-        ("000095.dcm", 527932, "f2ab4dd411a362702e1b46c994a3ddd1208aac56fc1fa0f26cd53951e352d833"),
-        ("000096.dcm", 527874, "aa022de57173c3b786d62f57769433ae1426f114af1b82956d824b3ee4c304fb"),
-        ("000097.dcm", 527874, "254cb5a97f321ef91832e37c954650ae179c2f61b67fb9ee2049b075d5492d17"),
-        ("000098.dcm", 527874, "77a2ce0137b78368ea54b405b1a8feb90ffca64dd0b99017c88e05164cd10cbe"),
-    )),
+    "dicom-ct": ("p1ch4/volumetric-dicom/2-LUNG 3.0  B70f-04083", DICOM_TABLE),   # 99 files
     "wine": ("p1ch4/tabular-wine", (
         ("winequality-white.csv", 264426, "76c3f809815c17c07212622f776311faeb31e87610d52c26d87d6e361b169836"),  # noqa: E501
     )),
@@ -284,10 +192,24 @@ LUNA_CSVS = (
 )
 
 
+def read_file_table(path):
+    """((file, size, sha256), ...) from a table file: `name size sha256` lines, # comments."""
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, size, sha256 = line.rsplit(" ", 2)
+        if not (size.isdigit() and len(sha256) == 64):
+            raise DataError(f"{path}: line {number} is not `name size sha256`")
+        rows.append((name, int(size), sha256))
+    return tuple(rows)
+
+
 def registry():
     """Every downloadable name -> Entry: the book's files, then other sources (built on call)."""
     entries = {name: Entry(name, ABOUT[name], tuple(
-        FileSpec(f"{folder}/{file}", None, size, sha256, None) for file, size, sha256 in files),
+        FileSpec(f"{folder}/{file}", None, size, sha256, None)
+        for file, size, sha256 in (read_file_table(files) if isinstance(files, Path) else files)),
         None) for name, (folder, files) in BOOK_FILES.items()}
     entries["resnet101"] = Entry("resnet101", ABOUT["resnet101"], (RESNET101,), None)
     entries["cifar10"] = Entry("cifar10", ABOUT["cifar10"], (CIFAR10,), "cifar-10-batches-py")
@@ -360,8 +282,19 @@ def _progress(name, total, initial, disable=False):
                 unit_divisor=1024, leave=False, dynamic_ncols=True, disable=disable)
 
 
+def _cannot_write(part, e, kept=True):
+    """The DataError for a failed write of a download (full disk, read-only folder)."""
+    have = _size(part)
+    tail = (f"; {have:,} bytes kept in {part}: free space and run the same command again to "
+            "resume" if kept and have else "")
+    return DataError(f"{part}: cannot write ({getattr(e, 'strerror', None) or e}){tail}")
+
+
 def _fetch_once(url, part, size, timeout):
-    """Append the rest of `url` to `part`; None when complete, else why the transfer stopped."""
+    """Append the rest of `url` to `part`; None when complete, else why the transfer stopped.
+
+    With a known `size` no byte past it is stored: a server that offers or sends more is
+    refused and the partial file deleted (never a .part filled past the registry's size)."""
     have = _size(part)
     if size is not None and have > size:
         part.unlink()
@@ -390,18 +323,43 @@ def _fetch_once(url, part, size, timeout):
                 raise DataError(f"{url}: the server resumed at {content_range!r}, not byte {have};"
                                 f" delete {part} and run the command again")
         length = response.headers.get("Content-Length")
-        expected = have + int(length) if length is not None else size
+        expected = have + int(length) if length is not None and length.isdigit() else size
+        if size is not None and expected is not None and expected > size:
+            _remove_part(part)
+            raise DataError(f"{url}: the server offers {expected:,} bytes, the registry lists "
+                            f"{size:,}: not the file expected, nothing kept")
+        left = None if size is None else size - have       # bytes still to store
         try:
             with open(part, "ab" if have else "wb") as f, \
                     _progress(part.name, expected, have) as bar:
-                while chunk := response.read(CHUNK):
+                while True:
+                    try:
+                        chunk = response.read(CHUNK if left is None else min(CHUNK, left + 1))
+                    except (OSError, http.client.HTTPException) as e:  # reset, timeout, ...
+                        return f"{type(e).__name__}: {e}"
+                    if not chunk:
+                        break
+                    if left is not None and len(chunk) > left:     # past the registry's size
+                        f.close()
+                        _remove_part(part)
+                        raise DataError(f"{url}: the server sent more than the {size:,} bytes "
+                                        "the registry lists: not the file expected, nothing kept")
                     f.write(chunk)
                     bar.update(len(chunk))
-        except (OSError, http.client.HTTPException) as e:   # reset, timeout, IncompleteRead
-            return f"{type(e).__name__}: {e}"
+                    if left is not None:
+                        left -= len(chunk)
+        except OSError as e:                              # the disk: full, read-only
+            raise _cannot_write(part, e) from None
     if expected is not None and _size(part) < expected:
         return f"connection closed after {_size(part)} of {expected} bytes"
     return None
+
+
+def _remove_part(part):
+    try:
+        part.unlink()
+    except OSError:
+        pass
 
 
 def fetch(url, part, size=None, timeout=TIMEOUT_S):
@@ -418,44 +376,103 @@ def fetch(url, part, size=None, timeout=TIMEOUT_S):
         tqdm.write(f"{part.name}: {why}; resuming at byte {_size(part)}")
 
 
-def copy_local(src, part):
-    """Copy a file from a mirror folder into `part`, resuming what is there."""
+def copy_local(src, part, size=None):
+    """Copy a file from a mirror folder into `part`, resuming what is there. With a known
+    `size`, a source larger than it is refused before any byte is copied; a failed write
+    (a full disk) removes the partial file: a local copy is cheap to start again."""
     if not src.is_file():
         raise DataError(f"{src} not found in the mirror folder (${MIRROR_ENV})")
     total, have = src.stat().st_size, _size(part)
+    if size is not None and total > size:
+        raise DataError(f"{src}: {total:,} bytes in the mirror folder, the registry lists "
+                        f"{size:,}: not the file expected")
     if have > total:
         have = 0
-    with open(src, "rb") as fin, open(part, "ab" if have else "wb") as fout, \
-            _progress(part.name, total, have) as bar:
-        fin.seek(have)
-        while chunk := fin.read(CHUNK):
-            fout.write(chunk)
-            bar.update(len(chunk))
+    try:
+        with open(src, "rb") as fin, open(part, "ab" if have else "wb") as fout, \
+                _progress(part.name, total, have) as bar:
+            fin.seek(have)
+            while chunk := fin.read(CHUNK):
+                fout.write(chunk)
+                bar.update(len(chunk))
+    except OSError as e:
+        error = _cannot_write(part, e, kept=False)
+        _remove_part(part)
+        raise error from None
     return part
 
 
+# What the first bytes of a file of each suffix are (torch: a zip, or a legacy pickle).
+MAGIC = {".pth": (0, (b"PK\x03\x04", b"\x80")), ".pt": (0, (b"PK\x03\x04", b"\x80")),
+         ".t": (0, (b"PK\x03\x04", b"\x80")), ".state": (0, (b"PK\x03\x04", b"\x80")),
+         ".zip": (0, (b"PK\x03\x04", b"PK\x05\x06")), ".gz": (0, (b"\x1f\x8b",)),
+         ".jpg": (0, (b"\xff\xd8\xff",)), ".png": (0, (b"\x89PNG\r\n\x1a\n",)),
+         ".hdf5": (0, (b"\x89HDF\r\n\x1a\n",)), ".wav": (0, (b"RIFF",)),
+         ".dcm": (128, (b"DICM",)), ".mp4": (4, (b"ftyp",))}
+TEXT_SUFFIXES = (".csv", ".txt", ".py")
+
+
+def wrong_kind(path, name=None):
+    """Why `path` cannot be the file its name (or `name`, for a .part) says ('' when it can): an
+    HTML error page saved as a .pth, a .csv that is not text. The check for files with no
+    published checksum."""
+    with open(path, "rb") as f:
+        head = f.read(64 * 1024)
+    suffix = Path(name or path).suffix.lower()
+    if head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html", b"<head")):
+        return f"an HTML page, not a {suffix} file"
+    if not head:
+        return "empty"
+    if suffix in MAGIC:
+        offset, starts = MAGIC[suffix]
+        if not head[offset:].startswith(starts):
+            return f"does not start like a {suffix} file"
+    if suffix in TEXT_SUFFIXES:
+        try:
+            head.decode("utf-8")
+        except UnicodeDecodeError as e:
+            if e.start < len(head) - 4:                  # not just a character cut at the end
+                return f"not text (a {suffix} file), byte {e.start} is not UTF-8"
+    return ""
+
+
 def get_file(spec, root, mirror=None, timeout=TIMEOUT_S):
-    """Make root/relpath a verified copy of the file; returns what happened, in words."""
+    """Make root/relpath a verified copy of the file; returns what happened, in words.
+
+    A file with no published checksum is still checked for being the kind its name says
+    (wrong_kind): an HTML error page saved as a .pth is deleted, its sha256 printed."""
     dest = root / spec.relpath
     if dest.exists():
         ok, _, why = verify(spec, dest)
+        if ok is None and wrong_kind(dest):
+            ok, why = False, wrong_kind(dest)
         if ok:
             return "already present and verified"
         if ok is None:
             return "already present, no checksum to verify"
         tqdm.write(f"{spec.relpath}: present but {why}; downloading it again")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    output_dir(dest.parent, "data folder")
     part = dest.with_name(dest.name + ".part")
     src = source(spec, mirror)
     if isinstance(src, Path):
-        copy_local(src, part)
+        copy_local(src, part, spec.size)
     else:
         fetch(src, part, spec.size, timeout)
     ok, sha256, why = verify(spec, part)
     if ok is False:
         part.unlink()
         raise DataError(f"{spec.relpath}: checksum failed ({why}); deleted the partial file {part}")
-    os.replace(part, dest)
+    kind = wrong_kind(part, spec.relpath) if ok is None else ""
+    if kind:
+        got = _size(part)
+        part.unlink()
+        raise DataError(f"{spec.relpath}: the download is {kind} (no checksum is published; got "
+                        f"{got:,} bytes, sha256 {sha256}); deleted it")
+    try:
+        os.replace(part, dest)
+    except OSError as e:
+        raise DataError(f"{dest}: cannot rename the download into place ({e.strerror or e})"
+                        ) from None
     if ok is None:
         print(f"{spec.relpath}: could not be verified (no published checksum); "
               f"got {_size(dest)} bytes, sha256 {sha256}")
@@ -475,11 +492,19 @@ def _member_path(staging, name, archive):
 
 
 def _archive_members(archive, handle, staging):
-    """[(path, size, open_member or None for a folder)], every path checked before any write."""
+    """[(path, size, open_member or None for a folder)], every path checked before any write.
+    Links (a symlink in a zip is a member whose mode says S_IFLNK) and special files are
+    refused, in a zip as in a tar."""
     if isinstance(handle, zipfile.ZipFile):
-        return [(_member_path(staging, i.filename, archive), i.file_size,
-                 None if i.is_dir() else (lambda i=i: handle.open(i)))
-                for i in handle.infolist()]
+        members = []
+        for i in handle.infolist():
+            kind = stat.S_IFMT(i.external_attr >> 16)      # the Unix file type, when stored
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+                raise DataError(f"{archive.name}: refusing member {i.filename!r}: links and "
+                                "special files are not extracted")
+            members.append((_member_path(staging, i.filename, archive), i.file_size,
+                            None if i.is_dir() else (lambda i=i: handle.open(i))))
+        return members
     members = []
     for m in handle.getmembers():
         if not (m.isfile() or m.isdir()):
@@ -490,30 +515,58 @@ def _archive_members(archive, handle, staging):
     return members
 
 
+def _check_tar_end(archive, handle):
+    """A tar ends with two zero blocks; Python's tarfile reads one cut at a member boundary as
+    a shorter archive, so the end is checked here: a truncated tar is an error."""
+    handle.fileobj.seek(handle.offset)
+    end = handle.fileobj.read(2 * tarfile.BLOCKSIZE)
+    if len(end) < 2 * tarfile.BLOCKSIZE or end.strip(b"\0"):
+        raise DataError(f"{archive}: truncated (the tar ends without its end-of-archive "
+                        "blocks); download it again")
+
+
+def _unpack(archive, handle, staging):
+    """Every member of an open archive into `staging`; returns how many files were written."""
+    members = _archive_members(archive, handle, staging)
+    if isinstance(handle, tarfile.TarFile):
+        _check_tar_end(archive, handle)
+    files = [(path, opener) for path, _, opener in members if opener]
+    if not files:
+        raise DataError(f"{archive}: holds no files (an empty or truncated archive)")
+    total = sum(size for _, size, opener in members if opener)
+    with _progress(f"unpack {archive.name}", total, 0) as bar:
+        for path, _, opener in members:
+            if opener is None:
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with opener() as fin, open(path, "wb") as fout:
+                while chunk := fin.read(CHUNK):
+                    fout.write(chunk)
+                    bar.update(len(chunk))
+    return len(files)
+
+
 def extract_archive(archive, target):
-    """Unpack a .zip or .tar(.gz) into the folder `target`, refusing members outside it."""
+    """Unpack a .zip or .tar(.gz) into the folder `target`, refusing members outside it; a
+    damaged, truncated or empty archive, or a full disk, is one DataError and leaves nothing."""
     staging = target.with_name(f".{target.name}.extracting")
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
     try:
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
         is_zip = zipfile.is_zipfile(archive)
         with (zipfile.ZipFile(archive) if is_zip else tarfile.open(archive)) as handle:
-            members = _archive_members(archive, handle, staging)
-            total = sum(size for _, size, opener in members if opener)
-            with _progress(f"unpack {archive.name}", total, 0) as bar:
-                for path, _, opener in members:
-                    if opener is None:
-                        path.mkdir(parents=True, exist_ok=True)
-                        continue
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    with opener() as fin, open(path, "wb") as fout:
-                        while chunk := fin.read(CHUNK):
-                            fout.write(chunk)
-                            bar.update(len(chunk))
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as e:
-        shutil.rmtree(staging)
-        raise DataError(f"{archive}: cannot unpack ({e})") from None
+            _unpack(archive, handle, staging)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        kind = "zip" if zipfile.is_zipfile(archive) else "zip or tar"
+        raise DataError(f"{archive}: cannot unpack: a damaged or truncated {kind} archive "
+                        f"({one_line(e, 100)})") from None
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise DataError(f"{archive}: cannot unpack into {target.parent} "
+                        f"({e.strerror or e})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -548,7 +601,8 @@ def fetch_archive(entry, root, mirror=None, keep_archive=False, timeout=TIMEOUT_
     what = get_file(spec, root, mirror, timeout)
     archive = root / spec.relpath
     extract_archive(archive, target)
-    (target / VERIFIED_MARK).write_text(f"{_checksum(spec) or 'unverified'}  {archive.name}\n")
+    write_text(target / VERIFIED_MARK, f"{_checksum(spec) or 'unverified'}  {archive.name}\n",
+               "mark")
     if keep_archive:
         kept = f"kept the archive {archive}"
     else:
@@ -575,7 +629,7 @@ def download(names, data_dir=None, mirror=None, keep_archive=False, timeout=TIME
     if unknown:
         raise DataError(f"unknown data name {', '.join(unknown)}; the names are listed by:"
                         "  python -m common.data list")
-    root = data_root(data_dir)
+    root = output_dir(data_root(data_dir), "--data-dir" if data_dir else "data root")
     mirror = os.environ.get(MIRROR_ENV) if mirror is None else mirror
     print(f"data root: {root}" + (f"  (book files from ${MIRROR_ENV}={mirror})" if mirror else ""))
     paths = []
@@ -599,11 +653,15 @@ def entry_status(entry, root):
     found = Counter()
     for spec in entry.files:
         path = root / spec.relpath
-        ok = verify(spec, path)[0] if path.exists() else "missing"
+        ok = verify(spec, path)[0] if path.is_file() else "missing"
+        if ok is None and wrong_kind(path):
+            ok = "wrong kind"
         found[{True: "verified", False: "mismatch", None: "unverifiable"}.get(ok, ok)] += 1
     n = len(entry.files)
     if found["mismatch"]:
         return f"CHECKSUM MISMATCH ({found['mismatch']} of {n})"
+    if found["wrong kind"]:
+        return f"WRONG KIND OF FILE ({found['wrong kind']} of {n})"
     if found["missing"] == n:
         return "missing"
     if found["missing"]:
@@ -618,6 +676,8 @@ def entry_status(entry, root):
 def list_data(data_dir=None):
     """Print every name: files, total size, status under the data root; returns the rows."""
     root = data_root(data_dir)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{'--data-dir' if data_dir else 'data root'} {root}: a file, not a folder")
     rows = []
     for entry in registry().values():
         sizes = [spec.size for spec in entry.files]

@@ -1,18 +1,24 @@
 """common/data.py: data root, registry, and the real download path against a loopback server."""
+import gzip
 import hashlib
+import http.server
 import io
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
+import threading
 import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from common import data
 from common.data import REPO_ROOT, Entry, FileSpec, book_file, data_root, extract_archive
 from common.errors import DataError, run_cli
+from tests.common.cli import assert_one_error_line, files_under, run_in_subprocess, run_main
 
 WINE = "p1ch4/tabular-wine/winequality-white.csv"
 WINE_URL_PATH = "/" + WINE
@@ -280,14 +286,16 @@ def test_list_shows_size_presence_and_verification(book_data, tmp_path, capsys):
 
 def test_file_without_checksum_is_kept_and_its_sha256_printed(serve, tmp_path, capsys):
     (tmp_path / "srv").mkdir()
-    (tmp_path / "srv/model.pth").write_bytes(b"some weights")
+    weights = io.BytesIO()
+    torch.save({"w": torch.ones(2)}, weights)
+    (tmp_path / "srv/model.pth").write_bytes(weights.getvalue())
     srv = serve(tmp_path / "srv")
     entry = Entry("model", "test", (FileSpec("w/model.pth", srv.url + "model.pth", None, None,
                                              None),), None)
     [path] = data.download_entry(entry, tmp_path / "root")
-    assert path.read_bytes() == b"some weights"
+    assert path.read_bytes() == weights.getvalue()
     out = capsys.readouterr().out
-    assert "could not be verified" in out and hashlib.sha256(b"some weights").hexdigest() in out
+    assert "could not be verified" in out and hashlib.sha256(weights.getvalue()).hexdigest() in out
     assert data.entry_status(entry, tmp_path / "root") == "present, not verifiable"
 
 
@@ -360,3 +368,201 @@ def test_tar_links_are_refused(tmp_path):
     with pytest.raises(DataError, match="links and special files"):
         extract_archive(archive, tmp_path / "root/out")
     assert not (tmp_path / "root/out").exists()
+
+
+# --- bad input at the downloader's entry point (issue 10, class 5) -------------------------------
+
+class EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """Serves `srv.body` for any path, then keeps sending up to 64 MiB more; with
+    `srv.claim_length`, Content-Length says so up front. Records what it managed to send."""
+
+    def do_GET(self):
+        srv = self.server
+        self.send_response(200)
+        if srv.claim_length:
+            self.send_header("Content-Length", str(len(srv.body) + (64 << 20)))
+        self.end_headers()
+        srv.sent = 0
+        try:
+            self.wfile.write(srv.body)
+            srv.sent = len(srv.body)
+            block = b"x" * (64 << 10)
+            for _ in range(1024):
+                self.wfile.write(block)
+                srv.sent += len(block)
+        except OSError:                    # the client stopped reading and closed
+            pass
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def endless(monkeypatch):
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EndlessHandler)
+    srv.body, srv.claim_length, srv.sent = b"", False, 0
+    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/"
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02},
+                              daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("claim_length", [True, False], ids=["content-length", "no-length"])
+def test_a_server_that_keeps_sending_is_cut_at_the_registry_size(endless, tmp_path, capsys,
+                                                                  monkeypatch, claim_length):
+    endless.body, endless.claim_length = b"a;b\n1;2\n", claim_length
+    monkeypatch.setenv("DLWPT_MIRROR", endless.url)
+    code, err = run_main(data.main, ["download", "wine", "--data-dir", tmp_path], capsys)
+    assert_one_error_line(code, err, "winequality-white.csv", "264,426", "registry lists",
+                          "nothing kept")
+    assert files_under(tmp_path) == ["p1ch4", "p1ch4/tabular-wine"]      # no .part, no file
+    assert endless.sent < 48 << 20           # the client hung up long before the 64 MiB
+
+
+def html_mirror(tmp_path):
+    page = b"<!DOCTYPE html>\n<html><body>Rate limit exceeded</body></html>\n"
+    (tmp_path / "srv/p1ch2").mkdir(parents=True)
+    (tmp_path / "srv/p1ch2/horse2zebra_0.4.0.pth").write_bytes(page)
+    return page
+
+
+def test_an_html_page_instead_of_an_unchecksummed_pth_is_refused(serve, tmp_path, capsys,
+                                                                 monkeypatch):
+    page = html_mirror(tmp_path)
+    monkeypatch.setenv("DLWPT_MIRROR", serve(tmp_path / "srv").url)
+    root = tmp_path / "root"
+    code, err = run_main(data.main, ["download", "horse2zebra", "--data-dir", root], capsys)
+    assert_one_error_line(code, err, "p1ch2/horse2zebra_0.4.0.pth", "an HTML page, not a .pth",
+                          f"sha256 {hashlib.sha256(page).hexdigest()}", "deleted it")
+    assert files_under(root) == ["p1ch2"]
+    (root / "p1ch2/horse2zebra_0.4.0.pth").write_bytes(page)             # saved by hand
+    assert data.entry_status(data.registry()["horse2zebra"], root) == \
+        "WRONG KIND OF FILE (1 of 1)"
+
+
+@pytest.mark.parametrize("name, head, why", [
+    ("w.pth", b"<html><head>404</head>", "an HTML page, not a .pth file"),
+    ("w.pth", b"plain text", "does not start like a .pth file"),
+    ("c.csv", b"seriesuid,x\n\xff\xfe\x00junk" + b"x" * 10, "byte 12 is not UTF-8"),
+    ("c.csv", b"", "empty"),
+    ("ct.dcm", b"\0" * 200, "does not start like a .dcm file"),
+])
+def test_wrong_kind_names_what_is_wrong(tmp_path, name, head, why):
+    (tmp_path / name).write_bytes(head)
+    assert why in data.wrong_kind(tmp_path / name)
+
+
+def test_right_kinds_pass(tmp_path):
+    buffer = io.BytesIO()
+    torch.save({"w": torch.ones(1)}, buffer)
+    for name, content in (("w.pth", buffer.getvalue()), ("c.csv", "seriesuid,é\n1,2\n".encode()),
+                          ("d.dcm", b"\0" * 128 + b"DICM...")):
+        (tmp_path / name).write_bytes(content)
+        assert data.wrong_kind(tmp_path / name) == ""
+
+
+def test_data_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    for command in (["download", "wine"], ["list"]):
+        code, err = run_main(data.main, [*command, "--data-dir", tmp_path / "file"], capsys)
+        assert_one_error_line(code, err, f"--data-dir {tmp_path / 'file'}", "a file")
+    assert files_under(tmp_path) == ["file"]
+
+
+@pytest.mark.realdata
+def test_read_only_data_dir_is_one_line(book_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLWPT_MIRROR", str(book_data))
+    (tmp_path / "ro").mkdir()
+    [(code, err)] = run_in_subprocess(
+        [("common.data", ["download", "wine", "--data-dir", tmp_path / "ro"])],
+        read_only=tmp_path / "ro")
+    assert_one_error_line(code, err, f"--data-dir {tmp_path / 'ro'}", "not writable")
+    assert files_under(tmp_path / "ro") == []
+
+
+@pytest.mark.realdata
+def test_full_disk_while_copying_from_a_mirror_folder(book_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLWPT_MIRROR", str(book_data))
+    [(code, err)] = run_in_subprocess(
+        [("common.data", ["download", "wine", "--data-dir", tmp_path])], fsize=64 << 10)
+    assert_one_error_line(code, err, "winequality-white.csv.part: cannot write")
+    assert files_under(tmp_path) == ["p1ch4", "p1ch4/tabular-wine"]      # no .part left
+
+
+def tar_bytes(members):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tf:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+def truncated_archives():
+    full = tar_bytes({"cifar-10-batches-py/a": b"a" * 2000, "cifar-10-batches-py/b": b"b" * 9})
+    gz = io.BytesIO()
+    with gzip.GzipFile(fileobj=gz, mode="wb", mtime=0) as f:
+        f.write(full)
+    empty = io.BytesIO()
+    with zipfile.ZipFile(empty, "w"):
+        pass
+    whole_zip = io.BytesIO()
+    with zipfile.ZipFile(whole_zip, "w") as zf:
+        zf.writestr("cifar-10-batches-py/a", b"a" * 5000)
+    return {
+        "tar cut at a member": (full[:512 + 2048], "truncated (the tar ends without"),
+        "tar cut in a member": (full[:1000], "damaged or truncated"),
+        "tar.gz cut": (gz.getvalue()[:-30], "damaged or truncated"),
+        "empty zip": (empty.getvalue(), "holds no files"),
+        "zip cut": (whole_zip.getvalue()[:-40], "damaged or truncated"),
+    }
+
+
+@pytest.mark.parametrize("case", list(truncated_archives()))
+def test_a_truncated_archive_is_an_error_not_a_folder(serve, tmp_path, capsys, case):
+    payload, words = truncated_archives()[case]
+    (tmp_path / "srv").mkdir()
+    (tmp_path / "srv/a.tar.gz").write_bytes(payload)
+    srv = serve(tmp_path / "srv")
+    spec = FileSpec("a.tar.gz", srv.url + "a.tar.gz", len(payload), None,
+                    hashlib.md5(payload).hexdigest())       # verified: the damage is inside
+    entry = Entry("fake", "test", (spec,), "cifar-10-batches-py")
+    root = tmp_path / "root"
+    code, err = run_main(lambda argv: data.download_entry(entry, root), [], capsys)
+    assert_one_error_line(code, err, "a.tar.gz", words)
+    assert files_under(root) == ["a.tar.gz"]                # the archive; no folder, no staging
+
+
+def test_zip_symlinks_are_refused_as_tar_links_are(tmp_path):
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        link = zipfile.ZipInfo("out/passwd")
+        link.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(DataError, match="refusing member 'out/passwd': links and special"):
+        extract_archive(archive, tmp_path / "root/out")
+    assert files_under(tmp_path / "root") == []
+
+
+@pytest.mark.realdata
+def test_luna_models_note_which_checkpoints_load(book_data):
+    """What `list` says of luna-models: the classifier keys of ch10's LunaModel are in the 2020
+    checkpoint only; the two named older ones use another layout."""
+    from ch10_luna.model import LunaModel
+
+    keys = set(LunaModel().state_dict())
+    files = {f.relpath.split("/")[-1]: f for f in data.registry()["luna-models"].files}
+    loads = {name for name in files if name.startswith(("cls", "alternate_cls")) and
+             set(torch.load(book_data / files[name].relpath, weights_only=True,
+                            map_location="cpu")["model_state"]) == keys}
+    assert loads == {"cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state"}
+    about = data.registry()["luna-models"].about
+    assert "3 of the 5 load" in about and "cls_2019-06-23" in about and \
+        "alternate_cls_2019-06-16" in about

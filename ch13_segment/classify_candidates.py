@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from ch10_luna.dsets import find_luna
-from ch10_luna.synthetic import EXCLUDED_CSV
 from ch13_segment.dsets import split_series
 from ch13_segment.evaluate_luna import (
+    EXCLUDED_HINT,
+    EXCLUDED_PLACES,
     csv_rows,
     default_csv,
     finite,
@@ -127,9 +128,8 @@ def main(argv=None):
           f"{Path(cls_path).name} on {device}")
     marks = classify_scans(model, centres, luna.series, args.batch_size, device)
     annotations = args.annotations or luna.annotations_csv
-    excluded = args.excluded or default_csv(
-        folder, [EXCLUDED_CSV, "evaluationScript/annotations/" + EXCLUDED_CSV], "--excluded",
-        "LUNA16's irrelevant findings, in evaluationScript.zip of Zenodo record 3723295")
+    excluded = args.excluded or default_csv(folder, EXCLUDED_PLACES, "--excluded",
+                                            EXCLUDED_HINT)
     name = "fpr_" + Path(cls_path).name.removesuffix(".state")
     out = Path(args.out) if args.out else runs_dir("ch13")
     result = report(marks, uids, annotations, excluded, out, name, args.bootstrap, args.seed,

@@ -210,11 +210,19 @@ def luna_folder(data_dir=None, synthetic=False):
 
 
 def default_csv(folder, names, flag, hint):
-    """The first of `names` (relative to the LUNA folder) that exists; DataError otherwise."""
+    """The first of `names` (paths or glob patterns under the LUNA folder) that exists."""
     for name in names:
-        if (folder / name).is_file():
-            return folder / name
+        found = sorted(p for p in folder.glob(name) if p.is_file())
+        if found:
+            return found[0]
     raise DataError(f"{flag}: no {Path(names[0]).name} in {folder} ({hint}); give {flag} FILE")
+
+
+# annotations_excluded.csv as LUNA16 ships it: in evaluationScript.zip, under annotations/
+EXCLUDED_PLACES = (EXCLUDED_CSV, "evaluationScript*/annotations/" + EXCLUDED_CSV,
+                   "evaluationScript*/*/annotations/" + EXCLUDED_CSV)
+EXCLUDED_HINT = ("LUNA16's irrelevant findings: annotations/annotations_excluded.csv in "
+                 "evaluationScript.zip of Zenodo record 3723295")
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -359,9 +367,8 @@ def main(argv=None):
         args.annotations = args.annotations or default_csv(
             folder, ["annotations.csv", "../part2/luna/annotations.csv"], "--annotations",
             "LUNA16's annotations.csv: python -m common.data download luna-annotations")
-        args.excluded = args.excluded or default_csv(
-            folder, [EXCLUDED_CSV, "evaluationScript/annotations/" + EXCLUDED_CSV], "--excluded",
-            "LUNA16's irrelevant findings, in evaluationScript.zip of Zenodo record 3723295")
+        args.excluded = args.excluded or default_csv(folder, EXCLUDED_PLACES, "--excluded",
+                                                     EXCLUDED_HINT)
     name = Path(args.detections).stem
     out = Path(args.out) if args.out else runs_dir("ch13")
     submission = args.submission or (out / f"{name}_submission.csv" if kind == "analysis"

@@ -210,3 +210,21 @@ def test_reads_what_nodule_analysis_writes(tiny_models, seg_luna, tmp_path, one_
     for res in live["results"]:
         np.testing.assert_array_equal(marks[res["series_uid"]][0],
                                       [d.center_xyz for d in res["detections"]])
+
+
+def test_lunas_own_layout_the_book_csvs_and_the_unzipped_evaluation_script(case, tmp_path,
+                                                                             capsys):
+    root = tmp_path / "root"
+    (root / "part2" / "luna").mkdir(parents=True)                 # the book's CSV layout
+    (root / "part2" / "luna" / "annotations.csv").write_bytes(
+        (case / "annotations.csv").read_bytes())
+    (root / "luna").mkdir()
+    flags_ = ["--data-dir", str(root), "--out", str(tmp_path / "o"), "--bootstrap", "0"]
+    err = error_line(capsys, [str(case / "analysis.json"), *flags_])
+    assert "--excluded: no annotations_excluded.csv in" in err and "evaluationScript.zip" in err
+    scripts = root / "luna" / "evaluationScript" / "annotations"  # evaluationScript.zip unpacked
+    scripts.mkdir(parents=True)
+    (scripts / "annotations_excluded.csv").write_bytes((case / "excluded.csv").read_bytes())
+    r = main([str(case / "analysis.json"), *flags_])
+    assert r["cpm"] == pytest.approx(8 / 21) and r["ignored"] == 1
+    assert "synthetic" not in capsys.readouterr().out

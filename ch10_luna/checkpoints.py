@@ -146,6 +146,15 @@ def restore_state(model, optimizer, state, path, what):
         raise DataError(f"--resume {path}: does not fit {what} ({one_line(e, 160)})") from None
 
 
+def resume_training(model, optimizer, state, path, proc, best_key):
+    """Restore a --resume checkpoint's weights and optimizer (none: a fresh run) and return
+    where training starts (resume_point)."""
+    if state is not None:
+        restore_state(model, optimizer, state, path, f"{type(model).__name__}/"
+                      f"{type(optimizer).__name__}")
+    return resume_point(state, path, proc, best_key)
+
+
 def resume_point(state, path, proc, best_key):
     """Start of a resumed run. A checkpoint saved at the end of epoch e starts at e + 1; one
     saved mid-epoch (`batch` > 0) at that batch, with each rank's partial metrics. Those parts

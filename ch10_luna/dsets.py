@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ch10_luna.runtime import barrier, is_main_process
+from ch10_luna.runtime import barrier, is_main_process, rank_share
 from ch10_luna.synthetic import MARKER, generate_sample
 from common.ct import load_ct, read_mhd_header
 from common.data import add_data_dir_argument, data_root
@@ -309,6 +309,14 @@ def make_loader(dataset, order, batch_size, num_workers, device):
     return DataLoader(dataset, batch_size=batch_size, sampler=list(map(int, order)),
                       num_workers=num_workers, pin_memory=torch.device(device).type == "cuda",
                       persistent_workers=False)
+
+
+def rank_loader(dataset, order, proc, batch_size, num_workers, first_batch=0):
+    """This process's loader for an epoch's `order` (runtime.rank_share: whole batches in
+    turn), from batch `first_batch` on (a run resumed mid-epoch)."""
+    mine = rank_share(order, proc.rank, proc.world, batch_size)
+    return make_loader(dataset, mine[first_batch * batch_size:], batch_size, num_workers,
+                       proc.device)
 
 
 @functools.lru_cache(maxsize=128)

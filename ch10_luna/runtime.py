@@ -70,6 +70,16 @@ def process_group(device_name="auto"):
         dist.destroy_process_group()
 
 
+def describe(proc, amp):
+    """'device cpu x 2 processes; amp (bfloat16)' for a run's first line."""
+    text = f"device {proc.device}"
+    if proc.world > 1:
+        text += f" x {proc.world} processes"
+    if amp.dtype != torch.float32:
+        text += f"; amp ({str(amp.dtype).split('.')[-1]})"
+    return text
+
+
 def rank_share(order, rank, world, batch_size):
     """This process's part of an epoch's `order`: from each run of `world` batches, the
     `rank`-th (the last, short run split evenly), so step k of all processes together covers

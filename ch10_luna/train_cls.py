@@ -30,8 +30,7 @@ from ch10_luna.checkpoints import (
     mid_epoch_saver,
     open_run,
     restore_settings,
-    restore_state,
-    resume_point,
+    resume_training,
     run_directory,
     run_parser,
     save_epoch_end,
@@ -42,6 +41,7 @@ from ch10_luna.dsets import (
     locate_luna,
     luna_parser,
     make_loader,
+    rank_loader,
     read_candidates,
     split_by_series,
     validation_uids,
@@ -50,13 +50,13 @@ from ch10_luna.dsets import (
 from ch10_luna.model import LunaModel
 from ch10_luna.runtime import (
     barrier,
+    describe,
     distribute,
     gather_metrics,
     memory_format,
     mixed_precision,
     optimizer_step,
     process_group,
-    rank_share,
     runtime_parser,
     to_input,
     unwrap,
@@ -241,6 +241,24 @@ def log_metrics(run, epoch, phase, metrics, summary, samples_seen):
 
 
 # ----------------------------------------------------------------------------- main
+def do_training(model, loader, optimizer, proc, epoch, seed, **loop_kwargs):
+    """The book's doTraining: one epoch on this rank's share, every rank's metrics gathered;
+    (metrics, seconds)."""
+    started = time.perf_counter()
+    metrics = train_one_epoch(model, loader, optimizer, proc.device,
+                              generator_seed=(seed * 10_007 + epoch) * 64 + proc.rank,
+                              desc=f"E{epoch} trn", quiet=proc.rank > 0, **loop_kwargs)
+    return gather_metrics(metrics), time.perf_counter() - started
+
+
+def do_validation(model, loader, proc, epoch, **loop_kwargs):
+    """The book's doValidation, on the bare module (no DDP collectives); (metrics, seconds)."""
+    started = time.perf_counter()
+    metrics = evaluate(unwrap(model), loader, proc.device, desc=f"E{epoch} val",
+                       quiet=proc.rank > 0, **loop_kwargs)
+    return gather_metrics(metrics), time.perf_counter() - started
+
+
 def main(argv=None):
     args = parse_args(argv)
     saved = load_resumable(args.resume, "LunaModel") if args.resume else None
@@ -257,50 +275,37 @@ def main(argv=None):
             proc.device, args.amp)
         proc.say(f"{len(train_ds):,} training candidates ({sum(train_ds.labels()):,} nodules), "
                  f"{len(val_ds):,} validation; {epoch_size:,} training samples per epoch "
-                 f"{'balanced' if args.balanced else 'unbalanced'}; device {proc.device}"
-                 f"{f' x {proc.world} processes' if proc.world > 1 else ''}"
-                 f"{'; amp' if args.amp else ''}; {args.optimizer} lr {args.lr:g}")
-
+                 f"{'balanced' if args.balanced else 'unbalanced'}; {describe(proc, amp)}; "
+                 f"{args.optimizer} lr {args.lr:g}")
         model = LunaModel().to(proc.device, memory_format=memory_format(proc.device, amp))
         optimizer = make_optimizer(model, args.optimizer, args.lr)
-        if saved is not None:
-            restore_state(model, optimizer, saved, args.resume, f"LunaModel/{args.optimizer}")
-        start = resume_point(saved, args.resume, proc, "best_f1")
+        start = resume_training(model, optimizer, saved, args.resume, proc, "best_f1")
         model = distribute(model, proc)
         run = open_run(run_directory(args.run_dir, args.resume, args.tb_prefix, args.comment),
                        "cls", args.comment, proc)
         args.run_dir = str(run.dir)
-        val_loader = make_loader(val_ds, range(proc.rank, len(val_ds), proc.world),
-                                 args.batch_size, args.num_workers, proc.device)
+        val_dl = make_loader(val_ds, range(proc.rank, len(val_ds), proc.world), args.batch_size,
+                             args.num_workers, proc.device)
         best, samples, history = start.best, start.samples, []
         for epoch in range(start.epoch, args.epochs + 1):
+            first = start.batch if epoch == start.epoch else 0     # > 0: resumed mid-epoch
             order = epoch_order(train_ds.labels(), epoch_size, args.balanced, args.seed, epoch)
             order = order[:len(order) // proc.world * proc.world]  # equal batch counts (DDP)
-            first = start.batch if epoch == start.epoch else 0
-            mine = rank_share(order, proc.rank, proc.world, args.batch_size)
-            loader = make_loader(train_ds, mine[first * args.batch_size:], args.batch_size,
-                                 args.num_workers, proc.device)
+            train_dl = rank_loader(train_ds, order, proc, args.batch_size, args.num_workers,
+                                   first)
             saver = mid_epoch_saver(args.checkpoint_every, run.last, model, optimizer, vars(args),
                                     proc, epoch, samples, len(order), args.batch_size,
                                     best_f1=best)
-            started = time.perf_counter()
-            trn_metrics = gather_metrics(train_one_epoch(
-                model, loader, optimizer, proc.device, spec=spec, amp=amp,
-                generator_seed=(args.seed * 10_007 + epoch) * 64 + proc.rank,
-                metrics=start.partial if first else None, start_batch=first,
-                after_batch=saver, desc=f"E{epoch} trn", quiet=proc.rank > 0))
-            trn_rate = len(order) / (time.perf_counter() - started)
+            trn_metrics, trn_s = do_training(
+                model, train_dl, optimizer, proc, epoch, args.seed, spec=spec, amp=amp,
+                metrics=start.partial if first else None, start_batch=first, after_batch=saver)
             samples += len(order)
-            started = time.perf_counter()
-            val_metrics = gather_metrics(evaluate(unwrap(model), val_loader, proc.device,
-                                                  amp=amp, desc=f"E{epoch} val",
-                                                  quiet=proc.rank > 0))
-            val_rate = len(val_ds) / (time.perf_counter() - started)
+            val_metrics, val_s = do_validation(model, val_dl, proc, epoch, amp=amp)
             trn, val = summarize(trn_metrics), summarize(val_metrics)
-            history.append({"epoch": epoch, "trn": trn, "val": val,
-                            "trn_samples_per_s": trn_rate, "val_samples_per_s": val_rate})
-            proc.say(format_summary(epoch, "trn", trn) + f"  [{trn_rate:.1f}/s]")
-            proc.say(format_summary(epoch, "val", val) + f"  [{val_rate:.1f}/s]")
+            history.append({"epoch": epoch, "trn": trn, "val": val, "trn_samples_per_s":
+                            len(order) / trn_s, "val_samples_per_s": len(val_ds) / val_s})
+            proc.say(format_summary(epoch, "trn", trn) + f"  [{len(order) / trn_s:.1f}/s]")
+            proc.say(format_summary(epoch, "val", val) + f"  [{len(val_ds) / val_s:.1f}/s]")
             if proc.rank == 0:
                 log_metrics(run, epoch, "trn", trn_metrics, trn, samples)
                 log_metrics(run, epoch, "val", val_metrics, val, samples)

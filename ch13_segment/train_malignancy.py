@@ -35,7 +35,6 @@ The run, data and runtime flags (--epochs --seed --run-dir --tb-prefix --resume 
 train_cls.py's, from the same parent parsers.
 """
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -46,8 +45,7 @@ from ch10_luna.checkpoints import (
     load_resumable,
     open_run,
     restore_settings,
-    restore_state,
-    resume_point,
+    resume_training,
     run_directory,
     run_parser,
     save_checkpoint,
@@ -57,29 +55,29 @@ from ch10_luna.dsets import (
     locate_luna,
     luna_parser,
     make_loader,
+    rank_loader,
     split_by_series,
     validation_uids,
 )
 from ch10_luna.model import LunaModel, read_checkpoint
 from ch10_luna.runtime import (
     barrier,
+    describe,
     distribute,
-    gather_metrics,
     memory_format,
     mixed_precision,
     process_group,
-    rank_share,
     runtime_parser,
     unwrap,
 )
 from ch10_luna.train_cls import (
     LABEL,
     PRED,
-    evaluate,
+    do_training,
+    do_validation,
     format_summary,
     log_metrics,
     summarize,
-    train_one_epoch,
 )
 from ch13_segment.dsets_cls import (
     BOOK_MAL_EPOCH,
@@ -227,13 +225,12 @@ def main(argv=None):
                 augment_spec(BOOK_AUGMENTATION, args.augment) if args.augment
                 else BOOK_CH14_AUGMENTATION)
         amp = mixed_precision(proc.device, args.amp)
-        proc.say(describe(train_ds, val_ds, proc, args.optimizer, args.lr))
+        proc.say(f"{describe_data(train_ds, val_ds)}; {describe(proc, amp)}; {args.optimizer} "
+                 f"lr {args.lr:g}")
         model = load_model(proc.device, memory_format(proc.device, amp), finetune_state,
                            args.finetune_depth, args.finetune, announce=proc.say)
         optimizer = make_optimizer(model, args.optimizer, args.lr)
-        if saved is not None:
-            restore_state(model, optimizer, saved, args.resume, f"LunaModel/{args.optimizer}")
-        start = resume_point(saved, args.resume, proc, "best_auc")
+        start = resume_training(model, optimizer, saved, args.resume, proc, "best_auc")
         if start.epoch > args.epochs:
             proc.say(f"nothing to train: the run finished epoch {start.epoch - 1}; give a "
                      "larger --epochs to continue")
@@ -250,18 +247,12 @@ def main(argv=None):
         best, samples, history = start.best, start.samples, []
         for epoch in range(start.epoch, args.epochs + 1):
             order = epoch_indexes(train_ds, epoch, args.balanced, args.seed, proc.world)
-            loader = make_loader(train_ds, rank_share(order, proc.rank, proc.world,
-                                                      args.batch_size),
-                                 args.batch_size, args.num_workers, proc.device)
-            started = time.perf_counter()
-            trn_metrics = gather_metrics(train_one_epoch(
-                model, loader, optimizer, proc.device, spec=spec, amp=amp,
-                generator_seed=(args.seed * 10_007 + epoch) * proc.world + proc.rank,
-                desc=f"E{epoch} trn", quiet=proc.rank > 0))
+            loader = rank_loader(train_ds, order, proc, args.batch_size, args.num_workers)
+            trn_metrics, trn_s = do_training(model, loader, optimizer, proc, epoch, args.seed,
+                                             spec=spec, amp=amp)
             samples += len(order)
             trn = {**summarize(trn_metrics), "auc": auc_of(trn_metrics)}
-            row = {"epoch": epoch, "trn": trn,
-                   "trn_samples_per_s": len(order) / (time.perf_counter() - started)}
+            row = {"epoch": epoch, "trn": trn, "trn_samples_per_s": len(order) / trn_s}
             proc.say(format_summary(epoch, "trn", trn) + f"  auc {trn['auc']:.3f}")
             if proc.rank == 0:
                 log_metrics(run, epoch, "trn", trn_metrics, trn, samples)
@@ -309,21 +300,18 @@ def epoch_indexes(train_ds, epoch, balanced, seed, world):
     return order[:len(order) // world * world]
 
 
-def describe(train_ds, val_ds, proc, optimizer, lr):
+def describe_data(train_ds, val_ds):
     return (f"training: {len(train_ds.mal)} malignant, {len(train_ds.ben)} benign, "
             f"{len(train_ds.neg):,} non-nodules; {len(train_ds):,} samples per epoch "
             f"{'balanced' if train_ds.balanced else 'unbalanced (benign + malignant)'}; "
-            f"validation: {len(val_ds.mal)} malignant, {len(val_ds.ben)} benign; device "
-            f"{proc.device}{f' x {proc.world} processes' if proc.world > 1 else ''}; "
-            f"{optimizer} lr {lr:g}")
+            f"validation: {len(val_ds.mal)} malignant, {len(val_ds.ben)} benign")
 
 
 def validate(model, val_loader, run, epoch, samples, proc, amp, baseline):
     """AUC on every validation nodule (each rank its share, gathered), logged with the ROC
     beside the diameter baseline on rank 0; the summary."""
     base_auc, base_fpr, base_tpr = baseline
-    metrics = gather_metrics(evaluate(model, val_loader, proc.device, amp=amp,
-                                      desc=f"E{epoch} val", quiet=proc.rank > 0))
+    metrics, _seconds = do_validation(model, val_loader, proc, epoch, amp=amp)
     val = {**summarize(metrics), "auc": auc_of(metrics), "auc/diameter_baseline": base_auc}
     proc.say(format_summary(epoch, "val", val) + f"  auc {val['auc']:.3f} "
              f"(diameter baseline {base_auc:.3f})")

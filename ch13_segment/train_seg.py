@@ -16,7 +16,6 @@ atomically (last every epoch, best by validation recall) and `--resume` continue
 """
 import argparse
 import hashlib
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +28,7 @@ from ch10_luna.checkpoints import (
     log_epoch,
     open_run,
     restore_settings,
-    restore_state,
-    resume_point,
+    resume_training,
     run_directory,
     run_parser,
     save_checkpoint,
@@ -38,8 +36,8 @@ from ch10_luna.checkpoints import (
 from ch10_luna.dsets import locate_luna, luna_parser, make_loader
 from ch10_luna.runtime import (
     barrier,
+    describe,
     distribute,
-    gather_metrics,
     memory_format,
     mixed_precision,
     process_group,
@@ -47,7 +45,7 @@ from ch10_luna.runtime import (
     to_input,
     unwrap,
 )
-from ch10_luna.train_cls import evaluate, train_one_epoch
+from ch10_luna.train_cls import do_training, do_validation
 from ch13_segment.dsets import (
     BOOK_EPOCH,
     context_slices,
@@ -243,17 +241,13 @@ def main(argv=None):
             proc.device, args.amp)
         proc.say(f"{len(train_uids)} training series ({len(train_ds.nodules)} nodules), "
                  f"{epoch_size:,} training crops per epoch; {len(val_ds):,} validation slices "
-                 f"of {len(val_ds.series_uids)} series; device {proc.device}"
-                 f"{f' x {proc.world} processes' if proc.world > 1 else ''}"
-                 f"{'; amp' if args.amp else ''}; adam lr {args.lr:g}"
-                 f"{'; augmented' if spec.active else ''}")
+                 f"of {len(val_ds.series_uids)} series; {describe(proc, amp)}; adam lr "
+                 f"{args.lr:g}{'; augmented' if spec.active else ''}")
 
         model = UNetWrapper(**MODEL_KWARGS).to(proc.device,
                                                memory_format=memory_format(proc.device, amp, 2))
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-        if saved is not None:
-            restore_state(model, optimizer, saved, args.resume, "this UNetWrapper/Adam")
-        start = resume_point(saved, args.resume, proc, "best_recall")
+        start = resume_training(model, optimizer, saved, args.resume, proc, "best_recall")
         model = distribute(model, proc)
         run = open_run(run_directory(args.run_dir, args.resume, args.tb_prefix, args.comment),
                        "seg", args.comment, proc)
@@ -266,14 +260,12 @@ def main(argv=None):
             order = np.arange(epoch_size // proc.world * proc.world)   # equal batch counts
             loader = make_loader(train_ds, order[proc.rank::proc.world], args.batch_size,
                                  args.num_workers, proc.device)
-            started = time.perf_counter()
-            trn = summarize(gather_metrics(train_one_epoch(
-                model, loader, optimizer, proc.device, compute=compute_batch_loss, n_rows=5,
-                spec=spec, augment_labels=True, amp=amp,
-                generator_seed=(args.seed * 10_007 + epoch) * 64 + proc.rank,
-                desc=f"E{epoch} trn", quiet=proc.rank > 0)))
+            trn_metrics, trn_s = do_training(model, loader, optimizer, proc, epoch, args.seed,
+                                             compute=compute_batch_loss, n_rows=5, spec=spec,
+                                             augment_labels=True, amp=amp)
+            trn = summarize(trn_metrics)
             entry = {"epoch": epoch, "trn": trn, "val": None,
-                     "trn_samples_per_s": len(order) / (time.perf_counter() - started)}
+                     "trn_samples_per_s": len(order) / trn_s}
             samples += len(order)
             proc.say(format_summary(epoch, "trn", trn) + f"  [{entry['trn_samples_per_s']:.1f}/s]")
             if proc.rank == 0:
@@ -300,11 +292,9 @@ def validate(model, val_loader, train_ds, val_ds, train_uids, run, epoch, sample
              image_series, image_slices):
     """Whole validation slices (every rank its share, gathered), then on rank 0 the log line,
     metrics.jsonl and the book's overlays of both phases; (summary, seconds per slice)."""
-    started = time.perf_counter()
-    val = summarize(gather_metrics(evaluate(model, val_loader, proc.device,
-                                            compute=compute_batch_loss, n_rows=5, amp=amp,
-                                            desc=f"E{epoch} val", quiet=proc.rank > 0)))
-    seconds = time.perf_counter() - started
+    metrics, seconds = do_validation(model, val_loader, proc, epoch,
+                                     compute=compute_batch_loss, n_rows=5, amp=amp)
+    val = summarize(metrics)
     proc.say(format_summary(epoch, "val", val) + f"  [{len(val_ds) / seconds:.1f}/s]")
     if proc.rank == 0:
         log_epoch(run, epoch, "val", val, samples)

@@ -222,5 +222,5 @@ def test_resume_from_a_different_unet_is_one_clear_error(seg_luna, tmp_path):
     args = vars(parse_args(tiny_args(seg_luna, tmp_path / "r")))
     path = save_checkpoint(tmp_path / "seg.state", model, torch.optim.Adam(model.parameters()),
                            args, 1, 16)
-    with pytest.raises(DataError, match="does not fit this UNetWrapper"):
+    with pytest.raises(DataError, match="does not fit UNetWrapper/Adam"):
         main(["--resume", str(path), "--epochs", "2"])

@@ -88,19 +88,23 @@ def send_crop(crop, url=DEFAULT_URL, raw=False, timeout=30.0):
         with urllib.request.urlopen(crop_request(crop, url, raw), timeout=timeout) as response:
             body = response.read(MAX_ANSWER + 1)
             content_type = response.headers.get_content_type()
+            if response.length and len(body) <= MAX_ANSWER:     # fewer bytes than announced
+                raise http.client.IncompleteRead(body, response.length)
     except urllib.error.HTTPError as e:               # the server answered, with an error
         raise DataError(f"{url}: server answered {e.code}: {error_message(e)}") from None
-    except urllib.error.URLError as e:                # nobody answered
+    except urllib.error.URLError as e:                # nobody answered, or hung up at once
         if isinstance(e.reason, TimeoutError):
             raise DataError(f"{url}: no connection within {timeout:g} s") from None
+        if isinstance(e.reason, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)):
+            raise DataError(f"{url}: the connection broke before a whole answer came "
+                            f"({type(e.reason).__name__})") from None
         raise DataError(f"cannot reach {url} ({e.reason}); start the server first: "
                         "python ch15_deploy/flask_server.py") from None
     except TimeoutError:                              # connected, then silence
         raise DataError(f"{url}: no answer within {timeout:g} s (--timeout)") from None
     except (http.client.HTTPException, OSError) as e:  # reset, closed early, garbled status
         raise DataError(f"{url}: the connection broke before a whole answer came "
-                        f"({type(e).__name__}{': ' + one_line(e, 80) if str(e) else ''})") \
-            from None
+                        f"({type(e).__name__})") from None
     return read_answer(body, content_type, url)
 
 

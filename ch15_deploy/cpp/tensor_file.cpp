@@ -2,8 +2,10 @@
 #include "tensor_file.h"
 
 #include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <stdexcept>
+#include <unistd.h>
 
 std::vector<at::Tensor> read_tensors(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -25,14 +27,28 @@ std::vector<at::Tensor> read_tensors(const std::string& path) {
   return tensors;
 }
 
+// Written to a temporary file beside `path` and renamed onto it once complete, so a full disk
+// never leaves half a file under the real name (the temporary is removed on any failure).
 void write_tensors(const std::string& path, const std::vector<at::Tensor>& tensors) {
-  std::ofstream out(path, std::ios::binary);
-  if (!out) throw std::runtime_error(path + ": cannot write");
-  for (const auto& tensor : tensors) {
-    auto t = tensor.detach().to(at::kCPU, at::kFloat).contiguous();
-    int64_t ndim = t.dim();
-    out.write(reinterpret_cast<const char*>(&ndim), sizeof ndim);
-    out.write(reinterpret_cast<const char*>(t.sizes().data()), ndim * sizeof(int64_t));
-    out.write(reinterpret_cast<const char*>(t.data_ptr<float>()), t.numel() * sizeof(float));
+  const std::string tmp = path + ".tmp-" + std::to_string(getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary);
+    if (!out) throw std::runtime_error(path + ": cannot write");
+    for (const auto& tensor : tensors) {
+      auto t = tensor.detach().to(at::kCPU, at::kFloat).contiguous();
+      int64_t ndim = t.dim();
+      out.write(reinterpret_cast<const char*>(&ndim), sizeof ndim);
+      out.write(reinterpret_cast<const char*>(t.sizes().data()), ndim * sizeof(int64_t));
+      out.write(reinterpret_cast<const char*>(t.data_ptr<float>()), t.numel() * sizeof(float));
+    }
+    out.close();
+    if (!out) {
+      std::remove(tmp.c_str());
+      throw std::runtime_error(path + ": cannot write (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw std::runtime_error(path + ": cannot write (rename failed)");
   }
 }

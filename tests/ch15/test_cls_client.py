@@ -1,6 +1,11 @@
 """The client: its hand-built multipart form, and real round trips over loopback."""
+import argparse
 import json
+import re
 import socket
+import struct
+import threading
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +17,7 @@ from ch15_deploy.classifier import hu_like_crop, load_example
 from ch15_deploy.cls_client import send_crop
 from ch15_deploy.flask_server import create_app
 from ch15_deploy.wire import encode_multipart
-from common.errors import DataError
+from common.errors import DataError, run_cli
 
 
 def forward_prob(model, crop):
@@ -109,3 +114,112 @@ def test_client_main_against_the_book_model(serve, book_model, book_example, cap
     out = capsys.readouterr().out
     assert "label: not a nodule (one-hot [1, 0])" in out or "label: a nodule" in out
     assert json.dumps(result["answer"]) in out
+
+
+def fake_server(reply):
+    """A one-thread TCP server on 127.0.0.1 that answers every connection with reply(conn)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                try:
+                    conn.recv(1 << 20)                   # the request's start
+                    reply(conn)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, f"http://127.0.0.1:{server.getsockname()[1]}/predict"
+
+
+def http_reply(status, content_type, body):
+    def reply(conn):
+        conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: "
+                     f"{len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    return reply
+
+
+def reset(conn):
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+
+
+def silence(conn):
+    time.sleep(3)
+
+
+BAD_SERVERS = {   # name: (reply, words in the one-line error)
+    "HTML page with 200": (http_reply("200 OK", "text/html", b"<html><body>hi</body></html>"),
+                           "answered an HTML page, not JSON"),
+    "HTML error page": (http_reply("502 Bad Gateway", "text/html", b"<html>oops</html>"),
+                        "server answered 502: Bad Gateway (an HTML page, no JSON message)"),
+    "JSON error that is a list": (http_reply("500 Oops", "application/json", b"[1, 2]"),
+                                  "server answered 500: Oops (application/json"),
+    "JSON without the field": (http_reply("200 OK", "application/json", b'{"p": 0.5}'),
+                               "no probability in [0, 1] under prob_nodule or prob_malignant"),
+    "probability out of range": (http_reply("200 OK", "application/json",
+                                            b'{"prob_nodule": 7}'), "no probability in [0, 1]"),
+    "probability as text": (http_reply("200 OK", "application/json",
+                                       b'{"prob_malignant": "high"}'), "no probability"),
+    "JSON array": (http_reply("200 OK", "application/json", b"[0.5]"), "not an object"),
+    "deeply nested JSON": (http_reply("200 OK", "application/json", b"[" * 100_000),
+                           "not JSON"),
+    "connection reset": (reset, "the connection broke before a whole answer came"),
+    "closed without a word": (lambda conn: None, "the connection broke"),
+    "garbled status line": (lambda conn: conn.sendall(b"NOT HTTP\r\n\r\n"),
+                            "the connection broke"),
+    "body cut short": (lambda conn: conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"
+                                                 b'{"prob'), "the connection broke"),
+    "no answer in time": (silence, "no answer within 1 s"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SERVERS))
+def test_a_bad_server_answer_is_one_line(case):
+    reply, words = BAD_SERVERS[case]
+    server, url = fake_server(reply)
+    try:
+        with pytest.raises(DataError) as e:
+            send_crop(hu_like_crop(0), url, timeout=1)
+    finally:
+        server.close()
+    message = str(e.value)
+    assert words in message and url in message, message
+    assert "\n" not in message and len(message) < 300
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--url", "ftp://127.0.0.1/predict"], "--url 'ftp://127.0.0.1/predict': not an http://"),
+    (["--url", "not a url"], "not an http:// URL"),
+    (["--timeout", "0"], "--timeout 0.0: must be > 0"),
+])
+def test_bad_flags_are_one_line(argv, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli(cls_client.main, argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err          # argparse: its usage line(s), then the one error line
+    assert words in err.splitlines()[-1] and "Traceback" not in err
+
+
+def test_a_broken_example_file_is_refused(tmp_path):
+    path = tmp_path / "p3ch15" / "cls_val_example.pt"
+    path.parent.mkdir()
+    for content, words in [(b"not a torch file", "not a readable torch file"),
+                           ((torch.zeros(1, 32, 48, 48), torch.tensor([1, 0])),
+                            "not the book's (crop"),
+                           ((torch.full((1, 32, 48, 48), float("nan")), torch.tensor([1, 0]),
+                             "1.2.3", torch.zeros(3)), "NaN or Inf"),
+                           ({"x": argparse.Namespace()}, "holds Python objects")]:
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+        with pytest.raises(DataError, match=re.escape(words)):
+            load_example(tmp_path)

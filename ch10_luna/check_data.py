@@ -10,16 +10,20 @@ header next to its `.raw` voxels) and two CSVs: `candidates.csv` (551,065 candid
 series). Any number of subsets can be used; the candidates of absent series are skipped. The
 `seg-lungs-LUNA16` lung masks are not used by the book and are ignored.
 
-The check is cheap: it reads the CSVs and each `.mhd` header and compares each `.raw` file's
-size with the header (no voxel is read). It prints one line per item, then a verdict, and exits
-0 when the folder is usable for training, 1 when it is not.
+The check is cheap: it reads the CSVs and validates each `.mhd` header as common/ct.py does
+(3-D, sizes, spacing, direction, element type) and compares each `.raw` file's size with it (no
+voxel is read). It prints one line per item, then a verdict, and exits 0 when the folder is
+usable for training, 1 when it is not. Broken series and empty subset folders are listed; the
+training skips them, as it does, with a warning each, so they alone do not make a folder
+unusable.
 """
 import argparse
 import json
 from pathlib import Path
 
-from ch10_luna.dsets import check_series_files, luna_dir, read_csv_rows
+from ch10_luna.dsets import luna_dir, read_csv_rows
 from ch10_luna.synthetic import MARKER, generate_sample
+from common.ct import check_mhd
 from common.data import add_data_dir_argument, data_root, human_size
 from common.errors import DataError, run_cli
 
@@ -104,7 +108,7 @@ def check_subset(folder, i):
     good, bad = {}, []
     for mhd in mhds:
         try:
-            check_series_files(mhd)
+            check_mhd(mhd)
         except DataError as e:
             bad.append({"file": str(mhd), "subset": i, "error": str(e)})
         else:
@@ -153,7 +157,7 @@ def check_luna(folder, train_command="python ch10_luna/train_cls.py"):
 
 
 def find_problems(report, trainable):
-    """What stops train_cls.py (dsets.find_luna refuses empty subsets and broken series)."""
+    """What stops train_cls.py (broken series and empty subsets are only skipped)."""
     problems = []
     if not report["exists"]:
         return [f"{report['folder']} does not exist"]
@@ -163,11 +167,6 @@ def find_problems(report, trainable):
     subsets = report["subsets"]
     if not any(e["status"] == "present" for e in subsets.values()):
         problems.append("no subset folder with CT scans")
-    empty = [name for name, e in subsets.items() if e["status"] == "empty"]
-    if empty:
-        problems.append(f"empty {', '.join(empty)} (finish unpacking or remove)")
-    if report["bad_files"]:
-        problems.append(f"{len(report['bad_files'])} broken series")
     if not problems and len(trainable) < 2:
         problems.append(f"{len(trainable)} series on disk have candidates: training needs two "
                         "(one for validation)")
@@ -196,12 +195,24 @@ def download_command(report):
     return "python -m common.data download " + " ".join(names)
 
 
+def skipped(report):
+    """'2 broken series, empty subset5' (what the training will skip), or ''."""
+    empty = [name for name, e in report["subsets"].items() if e["status"] == "empty"]
+    parts = ([f"{len(report['bad_files'])} broken series"] if report["bad_files"] else []) + (
+        [f"empty {', '.join(empty)}"] if empty else [])
+    return ", ".join(parts)
+
+
 def verdict(report, train_command):
     if report["usable"]:
         kind = "the synthetic sample" if report["synthetic"] else "LUNA16"
-        return (f"USABLE: {kind}, {report['series_trainable']} series on disk with candidates; "
-                f"train with: {train_command}")
-    text = "NOT USABLE: " + "; ".join(report["problems"])
+        skip = skipped(report)
+        return (f"USABLE: {kind}, {report['series_trainable']} series on disk with candidates"
+                + (f" ({skip} skipped: see above; " + (f"fix with: {report['download']}" if
+                   report["download"] else "remove them") + ")" if skip else "")
+                + f"; train with: {train_command}")
+    text = "NOT USABLE: " + "; ".join(report["problems"] + ([f"also {skipped(report)}"]
+                                                            if skipped(report) else []))
     if report["download"]:
         text += (f". Get the data with: {report['download']}  (or use the built-in sample: "
                  "--synthetic)")

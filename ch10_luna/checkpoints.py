@@ -12,6 +12,7 @@ import sys
 from collections import namedtuple
 from pathlib import Path
 
+from ch01_intro.weights import state_mismatch
 from ch10_luna.model import read_checkpoint
 from ch10_luna.runtime import gather_objects, unwrap
 from common.errors import DataError, one_line
@@ -139,11 +140,15 @@ def restore_state(model, optimizer, state, path, what):
 
     `what` names the model and optimizer in the message, e.g. 'LunaModel/sgd'.
     """
+    why = state_mismatch(model, state["model_state"])
+    if why:
+        raise DataError(one_line(f"--resume {path}: does not fit {what}: {why}"))
+    model.load_state_dict(state["model_state"])
     try:
-        model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
     except (RuntimeError, ValueError, KeyError) as e:
-        raise DataError(f"--resume {path}: does not fit {what} ({one_line(e, 160)})") from None
+        raise DataError(one_line(f"--resume {path}: its optimizer state does not fit {what} "
+                                 f"({e})")) from None
 
 
 def resume_training(model, optimizer, state, path, proc, best_key):

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ch10_luna.runtime import barrier, is_main_process, rank_share
 from ch10_luna.synthetic import MARKER, generate_sample
-from common.ct import load_ct, read_mhd_header
+from common.ct import check_mhd, load_ct
 from common.data import add_data_dir_argument, data_root
 from common.errors import DataError
 
@@ -135,7 +135,7 @@ def find_luna(folder, synthetic=False):
                                     "remove it")
         for mhd in mhds:
             try:
-                check_series_files(mhd)
+                check_mhd(mhd)
                 series[mhd.stem] = mhd
             except DataError as e:                       # one broken series: skip it, go on
                 skipped[mhd.stem] = str(e)
@@ -144,26 +144,6 @@ def find_luna(folder, synthetic=False):
                         f"{next(iter(skipped.values()))})")
     synthetic = synthetic or (folder / MARKER).exists()       # ch10_luna/synthetic.py made it
     return LunaFiles(folder, candidates, annotations, malignancy, series, synthetic, skipped)
-
-
-def check_series_files(mhd_path):
-    """Cheap check of one series (header parses, .raw present and long enough): no voxel read."""
-    header = read_mhd_header(mhd_path)
-    raw = Path(mhd_path).parent / header["ElementDataFile"]
-    if header.get("CompressedData", "False").lower() == "true" or not raw.suffix == ".raw":
-        return                                      # SimpleITK reads these whole; nothing to size
-    if not raw.is_file():
-        raise DataError(f"{mhd_path}: its voxel file {raw.name} is missing")
-    try:
-        dims = [int(v) for v in header["DimSize"].split()]
-    except ValueError:
-        raise DataError(f"{mhd_path}: malformed DimSize {header['DimSize']!r}") from None
-    itemsize = {"MET_SHORT": 2, "MET_USHORT": 2, "MET_FLOAT": 4, "MET_UCHAR": 1,
-                "MET_CHAR": 1, "MET_INT": 4, "MET_UINT": 4, "MET_DOUBLE": 8}
-    expected = int(np.prod(dims)) * itemsize.get(header.get("ElementType", ""), 0)
-    if raw.stat().st_size < expected:
-        raise DataError(f"{raw}: truncated ({raw.stat().st_size:,} bytes, the header says "
-                        f"{expected:,}): download that subset again")
 
 
 def read_csv_rows(path, columns):

@@ -8,12 +8,11 @@ Parameter names follow the book, so its published checkpoint loads strictly:
     model.load_state_dict(state["model_state"])
 """
 import math
-from pathlib import Path
 
-import torch
 from torch import nn
 
 from common.errors import DataError
+from common.files import read_torch
 
 
 class LunaBlock(nn.Module):
@@ -55,36 +54,34 @@ class LunaModel(nn.Module):
         return logits, self.head_activation(logits)
 
 
-def init_weights(model):
-    """Kaiming-normal weights and small biases on every conv and linear layer.
+def init_weights(model, linear_mode="fan_in"):
+    """Kaiming-normal weights and small biases on every conv (2-D, 3-D, transposed) and linear
+    layer; chapter 13's U-Net uses it too.
 
     Two departures from the book, both about the start of training: the book drew biases with
     normal_(bias, -bound, bound), i.e. mean -bound and std bound, where a symmetric
-    uniform(-bound, bound) is meant; and it used fan_out for the head too, where fan_out is 2,
-    so the initial logits had a std of about 30 and the first hundred steps went into undoing
-    that. The convolutions keep fan_out; the head uses fan_in.
+    uniform(-bound, bound) is meant; and it used fan_out for the linear head too, where fan_out
+    is 2, so the initial logits had a std of about 30 and the first hundred steps went into
+    undoing that. The convolutions keep fan_out; linear layers use `linear_mode` (the book's
+    "fan_out" to reproduce it).
     """
+    kinds = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
     for m in model.modules():
-        if isinstance(m, (nn.Conv3d, nn.Linear)):
-            mode = "fan_in" if isinstance(m, nn.Linear) else "fan_out"
+        if isinstance(m, kinds):
+            mode = linear_mode if isinstance(m, nn.Linear) else "fan_out"
             nn.init.kaiming_normal_(m.weight, a=0, mode=mode, nonlinearity="relu")
             if m.bias is not None:
+                # fan_out as torch computes it: dim 0 of the weight times the kernel size
                 fan_out = m.weight.shape[0] * math.prod(m.weight.shape[2:])
                 bound = 1 / math.sqrt(fan_out)
                 nn.init.uniform_(m.bias, -bound, bound)
 
 
 def read_checkpoint(path, flag="checkpoint"):
-    """The book's checkpoint dict (`model_state`, `model_name`, ...) from `path`, loaded with
-    weights_only (tensors, never code); a DataError naming `flag` for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{flag} {path}: no such file")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:                           # pickle, zip and torch errors alike
-        raise DataError(f"{flag} {path}: not a readable checkpoint ({type(e).__name__})") \
-            from None
+    """The book's checkpoint dict (`model_state`, `model_name`, ...) from `path`, read by
+    common.files.read_torch (tensors, never code); a DataError naming `flag` for anything
+    else."""
+    state = read_torch(path, flag)
     if not isinstance(state, dict) or not isinstance(state.get("model_state"), dict):
         raise DataError(f"{flag} {path}: not a checkpoint dict with a model_state")
     return state

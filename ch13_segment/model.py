@@ -13,11 +13,12 @@ Sigmoid. Parameter names follow the book, so its published checkpoint loads stri
     python -c "from ch13_segment.model import UNet; import torch; \
 print(UNet()(torch.randn(1, 1, 572, 572)).shape)"                     # (1, 2, 388, 388)
 """
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ch10_luna.model import init_weights  # the same initialisation as the classifier
 
 UP_MODES = ("upconv", "upsample")
 
@@ -129,20 +130,3 @@ class UNetWrapper(nn.Module):
 
     def forward(self, input_batch):
         return self.final(self.unet(self.input_batchnorm(input_batch)))
-
-
-def init_weights(model):
-    """Kaiming-normal (fan_out, ReLU) weights and small biases on conv and linear layers.
-
-    One departure from the book: it drew biases with normal_(bias, -bound, bound), i.e. mean
-    -bound and std bound, where a symmetric uniform(-bound, bound) is meant; this draws that.
-    """
-    kinds = (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
-    for m in model.modules():
-        if isinstance(m, kinds):
-            nn.init.kaiming_normal_(m.weight, a=0, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                # fan_out as torch computes it: dim 0 of the weight times the kernel size
-                fan_out = m.weight.shape[0] * math.prod(m.weight.shape[2:])
-                bound = 1 / math.sqrt(fan_out)
-                nn.init.uniform_(m.bias, -bound, bound)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ch01_intro.weights import load_state
 from ch10_luna.dsets import CROP_IRC, locate_luna, luna_parser, read_annotations
 from ch10_luna.model import LunaModel, read_checkpoint
 from ch10_luna.runtime import memory_format, mixed_precision, to_input
@@ -33,7 +34,7 @@ from ch13_segment.model import UNetWrapper
 from common.ct import HU_MIN, Ct, load_ct
 from common.data import book_file
 from common.device import add_device_argument, pick_device
-from common.errors import DataError, run_cli
+from common.errors import DataError, one_line, run_cli
 from common.files import output_dir, write_json
 
 BOOK_SEG_MODEL = ("part2/models/seg_2020-01-26_19.45.12_w4d3c1-bal_1_nodupe-label_pos-d1_"
@@ -90,11 +91,10 @@ def load_model(path, model_name, flag):
     cls, kwargs_of = MODEL_KINDS[model_name]
     try:
         model = cls(**kwargs_of(state["model_state"]))
-        model.load_state_dict(state["model_state"])
-    except (KeyError, RuntimeError, ValueError) as e:
-        detail = str(e).strip().splitlines()[0][:200]
-        raise DataError(f"{flag} {path}: its state does not fit a {model_name} ({detail})") \
-            from None
+    except (KeyError, RuntimeError, ValueError, IndexError) as e:
+        raise DataError(one_line(f"{flag} {path}: its state does not describe a {model_name} "
+                                 f"({type(e).__name__}: {e})")) from None
+    load_state(model, state["model_state"], f"{flag} {path}")
     return model.eval()
 
 

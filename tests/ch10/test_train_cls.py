@@ -170,7 +170,7 @@ def test_resume_from_a_checkpoint_of_another_model(tmp_path):
 
 def test_resume_from_garbage_and_from_a_missing_file(tmp_path):
     (tmp_path / "junk.state").write_bytes(b"not a checkpoint")
-    with pytest.raises(DataError, match="not a readable checkpoint"):
+    with pytest.raises(DataError, match="not a readable torch file"):
         main(["--resume", str(tmp_path / "junk.state")])
     with pytest.raises(DataError, match="no such file"):
         main(["--resume", str(tmp_path / "none.state")])

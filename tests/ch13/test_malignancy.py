@@ -191,7 +191,7 @@ def test_main_end_to_end(mal_folder, nodule_checkpoint, tmp_path):
 def test_main_rejects_garbage_finetune(mal_folder, tmp_path):
     bad = tmp_path / "bad.state"
     bad.write_text("garbage")
-    with pytest.raises(DataError, match="not a readable checkpoint"):
+    with pytest.raises(DataError, match="not a readable torch file"):
         main(["--data-dir", str(mal_folder), "--val-stride", "2", "--finetune", str(bad),
               "--run-dir", str(tmp_path / "run")])
 

@@ -19,7 +19,8 @@ def pick_device(name="auto"):
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise DataError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+        raise DataError(f"--device {name}: unknown device; use auto, cpu, cuda, cuda:N or mps"
+                        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise DataError(f"--device {name}: CUDA is not available on this machine")
@@ -29,7 +30,7 @@ def pick_device(name="auto"):
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise DataError(f"--device {name}: MPS is not available on this machine")
     elif device.type != "cpu":
-        raise DataError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise DataError(f"--device {name}: unsupported device; use auto, cpu, cuda, cuda:N or mps")
     return device
 
 

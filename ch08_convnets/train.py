@@ -27,7 +27,7 @@ from ch07_cifar.train_fc import (
     train_epoch,
 )
 from ch08_convnets.models import BOOK_NET_FILE, MODELS, load_book_net, make_model
-from common.device import map_location, pick_device, seed_everything
+from common.device import map_location
 from common.errors import DataError, run_cli
 from common.files import output_dir, read_torch, runs_dir, save_torch
 
@@ -102,19 +102,22 @@ def main(argv=None):
     if args.epochs > 0:
         output_dir(save.parent, "--save folder")          # checked before the training
 
-    device = pick_device(args.device)
-    seed_everything(args.seed)                          # the model's initial weights
-    if args.load == "book":
-        model = load_book_net(args.data_dir, device)
-        print(f"loaded the book's {BOOK_NET_FILE}")
-    else:
-        model = make_model(args.model, n_chans1=args.n_chans1, n_blocks=args.n_blocks).to(device)
-        if args.load:
-            load_model(model, args.load, device)
-            print(f"loaded {args.load}")
+    model = None                 # a --load is read and fitted first, before data and training
+    if args.load:
+        with torch.random.fork_rng(devices=[]):         # the seed's numbers stay for the run
+            if args.load == "book":
+                model = load_book_net(args.data_dir)
+                print(f"loaded the book's {BOOK_NET_FILE}")
+            else:
+                model = load_model(make_model(args.model, n_chans1=args.n_chans1,
+                                              n_blocks=args.n_blocks), args.load)
+                print(f"loaded {args.load}")
     device, train_loader, val_loader, data = prepare(
         args.device, args.seed, args.data_dir, args.synthetic, args.batch_size,
         args.num_workers, args.epoch_size)
+    if model is None:
+        model = make_model(args.model, n_chans1=args.n_chans1, n_blocks=args.n_blocks)
+    model.to(device)
     print(f"model {args.model} ({type(model).__name__}): {count_parameters(model):,} parameters")
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
     losses = training_loop(args.epochs, optimizer, model, nn.CrossEntropyLoss(), train_loader,

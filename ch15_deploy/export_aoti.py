@@ -24,8 +24,9 @@ import torch
 
 from ch15_deploy.classifier import example_crop, hu_like_crop, load_classifier, model_arguments
 from ch15_deploy.export_jit import CPP_BUILD, load_unet, max_diff, run_cpp
+from ch15_deploy.model_files import save_through_memory
 from common.errors import run_cli
-from common.files import atomic_path, output_dir, runs_dir
+from common.files import output_dir, runs_dir
 
 
 def export_program(model, example, dynamic_batch=True, max_batch=64):
@@ -51,9 +52,8 @@ def compile_package(program, path):
     start = time.perf_counter()
     with warnings.catch_warnings():                # torch's own pytree notice, not ours
         warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
-        # the package is written whole or not at all: its zip writer raises RuntimeError
-        with atomic_path(path, ".pt2 package", write_errors=(RuntimeError,)) as tmp:
-            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+        save_through_memory(path, lambda buffer: torch._inductor.aoti_compile_and_package(
+            program, package_path=buffer), ".pt2 package")
     return path, time.perf_counter() - start
 
 

@@ -22,6 +22,7 @@ torch::nn modules by name.
 import argparse
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -35,7 +36,7 @@ from ch01_intro.weights import HORSE2ZEBRA_PTH
 from ch13_segment.model import UNetWrapper
 from ch15_deploy.flags import at_least
 from ch15_deploy.jit_intro import jit_warnings, save_and_reload, trace_model
-from ch15_deploy.model_files import load_weights
+from ch15_deploy.model_files import load_weights, save_through_memory
 from common.data import REPO_ROOT
 from common.errors import DataError, one_line, run_cli
 from common.files import atomic_open, atomic_path, output_dir, runs_dir
@@ -106,9 +107,8 @@ def save_weights_for_cpp(model, path):
         module.register_buffer(leaf, tensor.detach().cpu().clone())
     path = Path(path)
     with jit_warnings([]):
-        scripted = torch.jit.script(root)
-        with atomic_path(path, "weights file", write_errors=(RuntimeError,)) as tmp:
-            torch.jit.save(scripted, str(tmp))
+        save_through_memory(path, partial(torch.jit.save, torch.jit.script(root)),
+                            "weights file")
     return path
 
 

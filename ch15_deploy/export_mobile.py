@@ -50,7 +50,7 @@ from ch15_deploy.export_jit import GENERATOR_SIZE, build_generator, generator_ar
 from ch15_deploy.jit_intro import jit_warnings, trace_model
 from common.data import add_data_dir_argument
 from common.errors import run_cli
-from common.files import atomic_path, output_dir, runs_dir, write_bytes
+from common.files import output_dir, runs_dir, write_bytes
 
 
 def optimize(traced):
@@ -74,8 +74,8 @@ def save_lite(traced, path, optimize_first=True):
     with warnings.catch_warnings():     # "Lite Interpreter is deprecated": see the docstring
         warnings.filterwarnings("ignore", message="Lite Interpreter is deprecated",
                                 category=DeprecationWarning)
-        with jit_warnings([]), atomic_path(path, ".ptl file", write_errors=(RuntimeError,)) as tmp:
-            module._save_for_lite_interpreter(str(tmp))
+        with jit_warnings([]):
+            write_bytes(path, module._save_to_buffer_for_lite_interpreter(), ".ptl file")
         return _load_for_lite_interpreter(str(path), map_location="cpu"), note
 
 

@@ -20,13 +20,15 @@ what LibTorch's torch::jit::load reads.
 import argparse
 import contextlib
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ch15_deploy.classifier import example_crop, hu_like_crop, load_classifier, model_arguments
+from ch15_deploy.model_files import save_through_memory
 from common.errors import run_cli
-from common.files import atomic_path, output_dir, runs_dir
+from common.files import output_dir, runs_dir
 
 
 def sum_rows(x):
@@ -117,11 +119,10 @@ def trace_model(model, example):
 def save_and_reload(traced, path):
     """torch.jit.save, then torch.jit.load on the CPU: the round trip a deployment makes.
 
-    Written whole or not at all (torch.jit.save reports a full disk as a RuntimeError)."""
+    Written whole or not at all (model_files.save_through_memory)."""
     path = Path(path)
     with jit_warnings([]):
-        with atomic_path(path, "TorchScript file", write_errors=(RuntimeError,)) as tmp:
-            torch.jit.save(traced, str(tmp))
+        save_through_memory(path, partial(torch.jit.save, traced), "TorchScript file")
         return torch.jit.load(str(path), map_location="cpu")
 
 

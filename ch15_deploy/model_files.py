@@ -7,6 +7,7 @@ CycleGAN generator). A TorchScript or torch.export file is loaded with torch's l
 it will be served is refused at start-up rather than with a 500 at the first request.
 """
 import contextlib
+import io
 import logging
 import warnings
 from pathlib import Path
@@ -14,9 +15,9 @@ from pathlib import Path
 import torch
 
 from common.errors import DataError, one_line
-from common.files import read_torch
+from common.files import read_torch, write_bytes
 
-SHOWN_KEYS = 3                  # keys named in a mismatch message; the rest are counted
+SHOWN_KEYS = 2                  # keys named in a mismatch message; the rest are counted
 
 
 def some_keys(keys, shown=SHOWN_KEYS):
@@ -33,6 +34,9 @@ def state_mismatch(model, state):
         return "not a state_dict (a dict of named tensors)"
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
+    if own and len(missing) == len(own):             # nothing in common: another model's file
+        return (f"none of its {len(own)} tensors is in the file, which holds {len(state)} "
+                f"others ({some_keys(state)})")
     wrong = [k for k in own if k in state and (not isinstance(state[k], torch.Tensor)
                                                or state[k].shape != own[k].shape)]
     problems = []
@@ -70,6 +74,17 @@ def load_weights(model, path, flag="--weights"):
                 state = state[key]
                 break
     return load_state(model, state, f"{flag} {path}")
+
+
+def save_through_memory(path, save, what):
+    """save(buffer) into memory, then the bytes to `path` atomically; the path.
+
+    torch's C++ zip writer (torch.jit.save, AOTInductor packages) aborts the whole process when
+    the disk fills mid-file; in memory it cannot, and write_bytes turns a full disk into one line.
+    """
+    buffer = io.BytesIO()
+    save(buffer)
+    return write_bytes(path, buffer.getvalue(), what)
 
 
 @contextlib.contextmanager

@@ -94,9 +94,9 @@ def main(argv=None):
     p.add_argument("--out", default=runs_dir("ch15"),
                    help="folder for the .pt2 packages (default: the repository's runs/ch15)")
     args = p.parse_args(argv)
-    out = output_dir(args.out, "--out")                 # checked before minutes of compiling
     model = load_classifier(args.model, args.data_dir, args.random_weights)
     crop, source = example_crop(args.data_dir)
+    out = output_dir(args.out, "--out")        # all checked before minutes of compiling
     print(f"LunaModel on {source} and HU-like crops")
     luna = export_and_compile("luna", model, (torch.stack([crop, hu_like_crop(1)]),),
                               [crop.unsqueeze(0), torch.stack([hu_like_crop(i) for i in range(3)])],

@@ -190,9 +190,9 @@ def main(argv=None):
     p.add_argument("--out", default=runs_dir("ch15"),
                    help="folder for the .pt files (default: the repository's runs/ch15)")
     args = p.parse_args(argv)
-    out = output_dir(args.out, "--out")                 # every input checked before any work
     weights, generator = build_generator(args.weights, args.ngf, args.n_blocks)
     picture = read_image(args.image, "--image") if args.image else None
+    out = output_dir(args.out, "--out")        # every input and the output checked before work
     print(f"CycleGAN generator: {'weights ' + str(weights) if weights else 'untrained weights'}")
     x = torch.rand(1, 3, GENERATOR_SIZE, GENERATOR_SIZE, generator=torch.Generator().manual_seed(0))
     gen_path = out / "cyclegan_traced.pt"

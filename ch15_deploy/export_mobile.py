@@ -39,11 +39,13 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ch07_cifar.train_fc import make_model
+from ch10_luna.benchmark import timed
 from ch10_luna.model import LunaModel
 from ch15_deploy.classifier import example_crop, load_classifier
 from ch15_deploy.export_jit import GENERATOR_SIZE, build_generator, generator_arguments, max_diff
@@ -51,6 +53,9 @@ from ch15_deploy.jit_intro import jit_warnings, trace_model
 from common.data import add_data_dir_argument
 from common.errors import run_cli
 from common.files import output_dir, runs_dir, write_bytes
+
+CPU = torch.device("cpu")
+REPEATS = 5                     # timed forwards per model, after one untimed
 
 
 def optimize(traced):
@@ -178,12 +183,22 @@ def export_executorch(model, example, path):
     return write_bytes(path, buffer, ".pte file"), time.perf_counter() - start
 
 
-def run_executorch(path, example):
-    """Run a .pte file with ExecuTorch's Python runtime; its outputs as a list of tensors."""
+def load_executorch(path):
+    """The `forward` method of a .pte file, loaded by ExecuTorch's Python runtime."""
     from executorch.runtime import Runtime
 
-    method = Runtime.get().load_program(str(path)).load_method("forward")
-    return list(method.execute(list(example)))
+    return Runtime.get().load_program(str(path)).load_method("forward")
+
+
+def run_executorch(path, example):
+    """Run a .pte file with ExecuTorch's Python runtime; its outputs as a list of tensors."""
+    return list(load_executorch(path).execute(list(example)))
+
+
+def median_ms(work, repeats=REPEATS):
+    """Median wall time of `repeats` calls of work(), in ms, after one untimed call."""
+    work()
+    return 1e3 * float(np.median([timed(CPU, work) for _ in range(repeats)]))
 
 
 def executorch_installed():
@@ -195,18 +210,23 @@ def executorch_installed():
 
 
 def compare_executorch(name, model, example, path):
-    """Export, run and compare one model; its outputs' largest differences and the sizes."""
+    """Export, run and compare one model; its outputs' largest differences, sizes and speed."""
     path, seconds = export_executorch(model, example, path)
-    outs = run_executorch(path, example)
+    method = load_executorch(path)
+    outs = list(method.execute(list(example)))
     with torch.inference_mode():
         eager = model(*example)
+        eager_ms = median_ms(lambda: model(*example))
+    pte_ms = median_ms(lambda: method.execute(list(example)))
     eager = eager if isinstance(eager, tuple) else (eager,)
     diffs = [max_diff(a, b) for a, b in zip(outs, eager, strict=True)]
     scale = max(float(a.abs().max()) for a in eager)
     print(f"ExecuTorch (XNNPACK) {name}: {path} ({path.stat().st_size / 2**20:.2f} MiB) in "
           f"{seconds:.1f} s; max abs difference vs eager "
-          + ", ".join(f"{d:.3g}" for d in diffs) + f" (outputs up to {scale:.3g})")
-    return {"path": path, "diffs": diffs, "scale": scale, "export_s": seconds}
+          + ", ".join(f"{d:.3g}" for d in diffs) + f" (outputs up to {scale:.3g}); one "
+          f"forward {pte_ms:.0f} ms, eager {eager_ms:.0f} ms ({eager_ms / pte_ms:.2f}x)")
+    return {"path": path, "diffs": diffs, "scale": scale, "export_s": seconds,
+            "pte_ms": pte_ms, "eager_ms": eager_ms}
 
 
 def main(argv=None):
@@ -219,10 +239,10 @@ def main(argv=None):
     p.add_argument("--out", default=runs_dir("ch15"),
                    help="folder for the .pte and .ptl files (default: the repository's runs/ch15)")
     args = p.parse_args(argv)
-    out = output_dir(args.out, "--out")                 # every input checked before any work
     weights, generator = build_generator(args.weights, args.ngf, args.n_blocks)
     classifier = load_classifier(args.cls_model, args.data_dir,
                                  random_weights=args.cls_model is None, flag="--cls-model")
+    out = output_dir(args.out, "--out")        # every input and the output checked before work
     x = torch.rand(1, 3, GENERATOR_SIZE, GENERATOR_SIZE, generator=torch.Generator().manual_seed(0))
     result = {}
     if executorch_installed():
@@ -248,9 +268,9 @@ def main(argv=None):
           f"({path.stat().st_size / 2**20:.1f} MiB); reloaded as {type(lite).__name__}, max abs "
           f"difference vs eager {lite_diff:.3g}")
 
-    fc_model, _ = make_model("deep")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
+        torch.manual_seed(0)                            # the same figures on every run
+        fc_model, _ = make_model("deep")
         fc_x, luna = torch.randn(8, 3 * 32 * 32), LunaModel()
     fc = compare_quantized("chapter 7 fully connected CIFAR model", fc_model, fc_x)
     luna_x = torch.randn(2, 1, 32, 48, 48, generator=torch.Generator().manual_seed(1))

@@ -137,9 +137,9 @@ def main(argv=None):
     p.add_argument("--out", default=runs_dir("ch15"),
                    help="folder for luna_traced.pt (default: the repository's runs/ch15)")
     args = p.parse_args(argv)
-    out = output_dir(args.out, "--out")                 # checked before any work
     model = load_classifier(args.model, args.data_dir, args.random_weights)
     crop, source = example_crop(args.data_dir)
+    out = output_dir(args.out, "--out")        # every input and the output checked before work
     intro = trace_vs_script()
 
     x = crop.unsqueeze(0)                                          # (1, 1, 32, 48, 48)

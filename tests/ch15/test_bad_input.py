@@ -112,22 +112,23 @@ FILE_CASES = {   # name: (main, argv from the files fixture, words in the one li
     "batching --cyclegan-exported a folder": (
         batching_server.main, lambda f: ["--random-weights", "--cyclegan-exported", f["out"]],
         ["--cyclegan-exported", "a folder"]),
-    "jit_intro --model evil": (jit_intro.main, lambda f: ["--model", f["evil"], "--out", f["out"]],
+    "jit_intro --model evil": (jit_intro.main,
+                               lambda f: ["--model", f["evil"], "--out", f["out"] / "sub"],
                                ["--model", "evil.pt"]),
     "export_onnx --model text": (export_onnx.main,
-                                 lambda f: ["--model", f["text"], "--out", f["out"]],
+                                 lambda f: ["--model", f["text"], "--out", f["out"] / "sub"],
                                  ["--model", "text.pt", "not a readable"]),
     "export_aoti --model narrower": (export_aoti.main,
-                                     lambda f: ["--model", f["narrow"], "--out", f["out"]],
+                                     lambda f: ["--model", f["narrow"], "--out", f["out"] / "sub"],
                                      ["does not fit LunaModel"]),
     "export_jit --weights evil": (export_jit.main,
-                                  lambda f: ["--weights", f["evil"], "--out", f["out"]],
+                                  lambda f: ["--weights", f["evil"], "--out", f["out"] / "sub"],
                                   ["--weights", "evil.pt", "not a readable"]),
     "export_jit --weights a LunaModel checkpoint": (
-        export_jit.main, lambda f: ["--weights", f["luna"], "--out", f["out"]],
+        export_jit.main, lambda f: ["--weights", f["luna"], "--out", f["out"] / "sub"],
         ["does not fit ResNetGenerator", "none of its 48 tensors"]),
     "export_mobile --cls-model evil": (
-        export_mobile.main, lambda f: ["--cls-model", f["evil"], "--out", f["out"]],
+        export_mobile.main, lambda f: ["--cls-model", f["evil"], "--out", f["out"] / "sub"],
         ["--cls-model", "evil.pt"]),
     "latency --cls-model evil": (latency.main, lambda f: ["--cls-model", f["evil"]],
                                  ["--cls-model", "evil.pt"]),
@@ -137,7 +138,7 @@ FILE_CASES = {   # name: (main, argv from the files fixture, words in the one li
                                     ["cls_val_example.pt", "not a readable"]),
     "jit_intro, an evil example": (jit_intro.main,
                                    lambda f: ["--random-weights", "--data-dir", f["data"],
-                                              "--out", f["out"]],
+                                              "--out", f["out"] / "sub"],
                                    ["cls_val_example.pt", "not a readable"]),
 }
 
@@ -149,6 +150,7 @@ def test_bad_model_files_are_one_line_and_run_no_code(case, files, capsys):
     assert_one_line(status, err, *words)
     assert not files["marker"].exists()                 # the pickle's code never ran
     assert files_under(files["out"]) == []              # and nothing was written
+    assert not (files["out"] / "sub").exists()
 
 
 # class 4: the output folder is a file
@@ -168,9 +170,10 @@ OUT_CASES = {   # name: (main, argv given the path of a file)
 def test_an_output_folder_that_is_a_file_is_one_line_before_any_work(case, files, capsys,
                                                                      monkeypatch):
     main, argv = OUT_CASES[case]
-    for module, name in ((export_aoti, "export_and_compile"), (latency, "build_models"),
+    for module, name in ((export_aoti, "export_and_compile"), (latency, "run_all"),
                          (jit_intro, "trace_vs_script"), (export_onnx, "export_luna"),
-                         (export_jit, "build_generator"), (export_mobile, "build_generator")):
+                         (export_jit, "export_generator"), (export_mobile, "compare_executorch"),
+                         (export_mobile, "save_lite")):
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("work before the check"))
     before = files_under(files["tmp"])
     status, err = run_entry(main, argv(files["a_file"]), capsys)

@@ -12,6 +12,7 @@ to prepare: the book's prepcache step and its ~165 GB of cache are not needed.
 import argparse
 import csv
 import functools
+import math
 import sys
 import warnings
 from collections import namedtuple
@@ -67,11 +68,12 @@ def warn(message):
         print(f"warning: {message}", file=sys.stderr)
 
 
-def locate_luna(data_dir=None, synthetic=False, announce=print):
+def locate_luna(data_dir=None, synthetic=False, announce=print, warn_skipped=True):
     """LunaFiles for a run: LUNA16 when present, else the synthetic sample (generated once).
 
     A LUNA folder that is there must be usable (a DataError says what is missing); series that
-    are not (a missing or truncated .raw, a broken header) are skipped with a warning each.
+    are not (a missing or truncated .raw, a broken header) are skipped, with a warning each
+    unless `warn_skipped` is False (a script that uses one named series says it itself).
     """
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise DataError(f"--data-dir {data_dir} does not exist")
@@ -89,7 +91,7 @@ def locate_luna(data_dir=None, synthetic=False, announce=print):
                  " (generated CTs in LUNA16's format).\n For the real data: python -m "
                  "common.data download luna-csv luna-subset0  (then more subsets)\n" + "=" * 78)
         luna = find_luna(sample, synthetic=True)
-    for _name, why in sorted(luna.skipped.items()):
+    for _name, why in sorted(luna.skipped.items()) if warn_skipped else ():
         warn(f"skipped: {why}")
     return luna
 
@@ -147,41 +149,56 @@ def find_luna(folder, synthetic=False):
 
 
 def read_csv_rows(path, columns):
-    """(line number, dict) per data row, with the named columns required; DataError on bad rows."""
+    """(line number, dict) per data row, with the named columns required; DataError on bad rows.
+
+    A folder, an empty file, bytes that are not UTF-8 and short rows are errors naming the
+    file (and line); extra columns are fine.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a CSV file")
     try:
-        f = open(path, newline="")
+        f = open(path, newline="", encoding="utf-8")
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
     with f:
         reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or any(c not in header for c in columns):
-            raise DataError(f"{path}: expected columns {', '.join(columns)}; header is {header}")
-        index = [header.index(c) for c in columns]
-        for row in reader:
-            if not row:
-                continue
-            if len(row) < len(header):
-                raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields, "
-                                f"expected {len(header)}")
-            yield reader.line_num, {c: row[i] for c, i in zip(columns, index)}
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise DataError(f"{path}: empty file (expected a header with "
+                                f"{', '.join(columns)})")
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise DataError(f"{path}: no column {', '.join(missing)} (expected "
+                                f"{', '.join(columns)}; the header is {','.join(header)[:120]})")
+            index = [header.index(c) for c in columns]
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) < len(header):
+                    raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields, "
+                                    f"expected {len(header)}")
+                yield reader.line_num, {c: row[i] for c, i in zip(columns, index)}
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                            f"offset {e.start} of a read block)") from None
+        except csv.Error as e:
+            raise DataError(f"{path}, line {reader.line_num}: not CSV ({e})") from None
 
 
 def _floats(path, line, row, names):
-    try:
-        return tuple(float(row[n]) for n in names)
-    except ValueError:
-        bad = next(n for n in names if not _is_float(row[n]))
-        raise DataError(f"{path}, line {line}: {bad} is {row[bad]!r}, not a number") from None
-
-
-def _is_float(text):
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+    """The named fields as finite floats; NaN, infinity or text is a DataError naming them."""
+    values = []
+    for n in names:
+        try:
+            v = float(row[n])
+        except ValueError:
+            raise DataError(f"{path}, line {line}: {n} is {row[n]!r}, not a number") from None
+        if not math.isfinite(v):
+            raise DataError(f"{path}, line {line}: {n} is {row[n]!r}, not a finite number")
+        values.append(v)
+    return tuple(values)
 
 
 def read_annotations(path):
@@ -213,7 +230,8 @@ def read_candidates(luna, require_on_disk=True):
     for line, row in read_csv_rows(path, ["seriesuid", "coordX", "coordY", "coordZ", "class"]):
         uid = row["seriesuid"]
         if require_on_disk and uid not in luna.series:
-            skipped.add(uid)
+            if uid not in luna.skipped:             # a broken series was warned about already
+                skipped.add(uid)
             continue
         center_xyz = _floats(path, line, row, ["coordX", "coordY", "coordZ"])
         if row["class"] not in ("0", "1"):

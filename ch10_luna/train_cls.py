@@ -63,6 +63,7 @@ from ch10_luna.runtime import (
 )
 from common.device import seed_everything
 from common.errors import DataError, run_cli
+from common.files import check_writable
 
 NO_AUGMENTATION = AugmentSpec()
 LABEL, PRED, LOSS = range(3)            # rows of the per-sample metrics tensor (book ch11)
@@ -264,6 +265,8 @@ def main(argv=None):
     saved = load_resumable(args.resume, "LunaModel") if args.resume else None
     if saved is not None:
         args = restore_settings(args, saved, vars(parse_args([])), RESUME_KEEPS, args.resume)
+    run_dir = check_writable(run_directory(args.run_dir, args.resume, args.tb_prefix,
+                                           args.comment), "--run-dir")
     with process_group(args.device) as proc:
         seed_everything(args.seed)
         luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)
@@ -281,8 +284,7 @@ def main(argv=None):
         optimizer = make_optimizer(model, args.optimizer, args.lr)
         start = resume_training(model, optimizer, saved, args.resume, proc, "best_f1")
         model = distribute(model, proc)
-        run = open_run(run_directory(args.run_dir, args.resume, args.tb_prefix, args.comment),
-                       "cls", args.comment, proc)
+        run = open_run(run_dir, "cls", args.comment, proc)
         args.run_dir = str(run.dir)
         val_dl = make_loader(val_ds, range(proc.rank, len(val_ds), proc.world), args.batch_size,
                              args.num_workers, proc.device)

@@ -37,7 +37,7 @@ from ch13_segment.nodule_analysis import (
 from ch13_segment.nodule_analysis import main as analysis_main
 from common.errors import DataError, run_cli
 from common.figures import new_figure, save_figure
-from common.files import runs_dir
+from common.files import check_writable, runs_dir
 
 SWEEP = tuple(round(0.1 * k, 1) for k in range(1, 10))      # 0.1 .. 0.9 (0.5 among them)
 
@@ -75,6 +75,14 @@ def read_analysis(path):
                         f"--json ({what})") from None
     if not series:
         raise DataError(f"--analysis {path}: holds no series")
+    for uid, detections, annotations in series:        # json reads NaN: refuse it here
+        values = [v for d in detections for v in (*d.center_xyz, d.prob_nodule)] + [
+            v for a in annotations for v in (*a.center_xyz, a.diameter_mm)]
+        if not np.isfinite(np.asarray(values, dtype=np.float64)).all():
+            raise DataError(f"--analysis {path}: series {uid} holds a coordinate, diameter or "
+                            "probability that is not a finite number")
+        if any(not 0 <= d.prob_nodule <= 1 for d in detections):
+            raise DataError(f"--analysis {path}: series {uid} holds a P(nodule) outside [0, 1]")
     return series, ratio, operating
 
 
@@ -199,6 +207,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args, rest = parse_args(argv)
+    check_writable(args.out, "--out")                      # before the analysis runs
     if args.analysis is not None:
         series, ratio, operating = read_analysis(args.analysis)
         source = Path(args.analysis).name

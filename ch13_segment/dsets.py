@@ -21,7 +21,6 @@ mask of the centre slice.
 """
 import argparse
 import json
-import os
 import zipfile
 from collections import namedtuple
 from pathlib import Path
@@ -41,6 +40,7 @@ from ch10_luna.dsets import (
 from common.ct import HU_MIN, crop_bounds, to_hu
 from common.data import data_root
 from common.errors import DataError, run_cli
+from common.files import atomic_open
 
 MASK_VERSION = 1               # bump when build_annotation_mask changes: cached masks rebuild
 THRESHOLD_HU = -700.0          # the book's: denser than this counts as nodule
@@ -172,18 +172,14 @@ def read_cached_mask(path, key):
 
 
 def write_cached_mask(path, key, series_mask):
-    """Compressed .npz, written to a temporary file then renamed (never half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:                            # a file object: no ".npz" appended
+    """Compressed .npz through the atomic writer (never half a file)."""
+    with atomic_open(path, "wb", "mask cache") as f:      # a file object: no ".npz" appended
         np.savez_compressed(
             f, key=np.array(key), shape=np.array(series_mask.shape, dtype=np.int64),
             positive_indexes=np.array(series_mask.positive_indexes, dtype=np.int64),
             voxels_irc=series_mask.voxels_irc,
             centers_irc=np.array(series_mask.centers_irc, dtype=np.int64).reshape(-1, 3))
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def series_mask(series_uid, ct_path, annotations_xyz, cache_dir, threshold_hu=THRESHOLD_HU,

@@ -35,7 +35,7 @@ from common.ct import HU_MIN, Ct, load_ct
 from common.data import book_file
 from common.device import add_device_argument, pick_device
 from common.errors import DataError, one_line, run_cli
-from common.files import output_dir, write_json
+from common.files import check_writable, write_json
 
 BOOK_SEG_MODEL = ("part2/models/seg_2020-01-26_19.45.12_w4d3c1-bal_1_nodupe-label_pos-d1_"
                   "fn8-adam.best.state")
@@ -250,6 +250,8 @@ def read_nodules(luna):
 def pick_series(luna, series_uid=None, include_train=False, val_stride=10, fold=None):
     """The series to analyse: the one named, or the validation series (and training ones)."""
     if series_uid is not None:
+        if series_uid in luna.skipped:
+            raise DataError(f"series {series_uid} is unusable: {luna.skipped[series_uid]}")
         if series_uid not in luna.series:
             some = ", ".join(sorted(luna.series)[:3])
             raise DataError(f"series {series_uid} is not on disk under {luna.root} "
@@ -431,8 +433,8 @@ def main(argv=None):
     models = load_models(*paths.values())
     device = pick_device(args.device)
     if args.json:
-        output_dir(Path(args.json).parent, "--json folder")
-    luna = locate_luna(args.data_dir, args.synthetic)
+        check_writable(Path(args.json).parent, "--json folder")
+    luna = locate_luna(args.data_dir, args.synthetic, warn_skipped=args.series_uid is None)
     uids = pick_series(luna, args.series_uid, args.include_train, args.val_stride, args.fold)
     nodules = read_nodules(luna)
     results = []

@@ -22,7 +22,7 @@ from ch10_luna.dsets import split_by_series
 from common.data import add_data_dir_argument, book_file
 from common.errors import run_cli
 from common.figures import new_figure, save_figure
-from common.files import runs_dir
+from common.files import check_writable, runs_dir
 
 N_THRESHOLDS = 100              # torch.linspace's old default, which the book relied on
 
@@ -148,6 +148,7 @@ def main(argv=None):
     p.add_argument("--val-stride", type=int, default=10)
     p.add_argument("--out", default=str(runs_dir("ch14")), help="default: runs/ch14/")
     args = p.parse_args(argv)
+    check_writable(args.out, "--out")
     if args.synthetic:
         from ch10_luna.dsets import locate_luna
 

@@ -87,6 +87,7 @@ from ch13_segment.dsets_cls import (
 from ch13_segment.roc import diameter_roc, log_roc, roc_curve, trapezoid_auc
 from common.device import seed_everything
 from common.errors import DataError, run_cli
+from common.files import check_writable
 
 # The book's chapter 14 augmentation (flip, offset, rotate; its offset never reached the matrix).
 BOOK_CH14_AUGMENTATION = AugmentSpec(flip=True, offset=0.1, rotate=True)
@@ -213,6 +214,8 @@ def main(argv=None):
     # Resuming a fine-tuning run freezes the same blocks; the weights come from the checkpoint.
     finetune_state = (saved["model_state"] if saved else
                       load_finetune_state(args.finetune) if args.finetune else None)
+    run_dir = check_writable(run_directory(args.run_dir, args.resume, args.tb_prefix,
+                                           args.comment), "--run-dir")
     with process_group(args.device) as proc:
         seed_everything(args.seed)
         luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)
@@ -237,8 +240,7 @@ def main(argv=None):
         # Frozen parameters (--finetune) get no gradient hooks and every trainable one is used
         # in each forward pass: no find_unused_parameters needed.
         model = distribute(model, proc)
-        run = open_run(run_directory(args.run_dir, args.resume, args.tb_prefix, args.comment),
-                       "mal", args.comment, proc)
+        run = open_run(run_dir, "mal", args.comment, proc)
         args.run_dir = str(run.dir)
         baseline = diameter_auc(val_ds.ben + val_ds.mal)
         proc.say(f"diameter baseline on the validation nodules: AUC {baseline[0]:.3f}")

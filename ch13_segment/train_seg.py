@@ -56,7 +56,7 @@ from ch13_segment.dsets import (
 from ch13_segment.model import UNetWrapper
 from common.device import seed_everything
 from common.errors import run_cli
-from common.files import atomic_path
+from common.files import atomic_path, check_writable
 
 # The book's chapter 13 magnitudes (offset 0.03 of the half-width, where chapter 12 used 0.1).
 SEG_AUGMENTATION = AugmentSpec(flip=True, offset=0.03, scale=0.2, rotate=True, noise=25.0)
@@ -229,6 +229,8 @@ def main(argv=None):
     saved = load_resumable(args.resume, "UNetWrapper") if args.resume else None
     if saved is not None:
         args = restore_settings(args, saved, vars(parse_args([])), RESUME_KEEPS, args.resume)
+    run_dir = check_writable(run_directory(args.run_dir, args.resume, args.tb_prefix,
+                                           args.comment), "--run-dir")
     with process_group(args.device) as proc:
         seed_everything(args.seed)
         luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)
@@ -249,8 +251,7 @@ def main(argv=None):
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         start = resume_training(model, optimizer, saved, args.resume, proc, "best_recall")
         model = distribute(model, proc)
-        run = open_run(run_directory(args.run_dir, args.resume, args.tb_prefix, args.comment),
-                       "seg", args.comment, proc)
+        run = open_run(run_dir, "seg", args.comment, proc)
         args.run_dir = str(run.dir)
         val_loader = make_loader(val_ds, range(proc.rank, len(val_ds), proc.world),
                                  args.batch_size, args.num_workers, proc.device)

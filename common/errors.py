@@ -3,6 +3,7 @@
     if __name__ == "__main__":
         run_cli(main)
 """
+import re
 import sys
 
 MAX_MESSAGE = 300                   # characters: one readable line, however long the cause
@@ -13,8 +14,9 @@ class DataError(Exception):
 
 
 def one_line(text, limit=MAX_MESSAGE):
-    """`text` as a single line of at most `limit` characters (newlines folded, the end cut)."""
-    text = " ".join(str(text).split())
+    """`text` as a single line of at most `limit` characters: line breaks and tabs folded into
+    one space (other spaces kept: file names may hold two in a row), the end cut."""
+    text = re.sub(r"\s*[\r\n\t]+\s*", " ", str(text)).strip()
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

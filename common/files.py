@@ -41,6 +41,24 @@ def output_dir(path, what="output folder"):
     return path
 
 
+def check_writable(path, what="output folder"):
+    """Check, creating nothing, that folder `path` can be made or written: its nearest existing
+    ancestor must be a writable folder. For scripts that check their outputs before the long
+    work (a folder made then left empty by a refused run is litter)."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise DataError(f"{what} {path}: " + ("a file is in the way, not a folder" if
+                                              probe == path else
+                                              "part of the path is a file, not a folder"))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise DataError(f"{what} {path}: " + ("the folder is not writable" if probe == path
+                                              else f"{probe} is not writable"))
+    return path
+
+
 def _remove(path):
     with contextlib.suppress(OSError):
         if path.is_dir() and not path.is_symlink():

@@ -13,6 +13,7 @@ from common.files import (
     append_jsonl,
     atomic_open,
     atomic_path,
+    check_writable,
     output_dir,
     read_torch,
     save_torch,
@@ -96,6 +97,7 @@ def test_plain_pickle_would_have_run_the_code(tmp_path):
 
 def test_one_line_folds_and_cuts():
     assert one_line("a\n  b\tc") == "a b c"
+    assert one_line("2-LUNG 3.0  B70f-04083") == "2-LUNG 3.0  B70f-04083"   # a book folder
     assert len(one_line("x" * 1000)) == 300 and one_line("x" * 1000).endswith("...")
 
 
@@ -125,3 +127,13 @@ def test_a_full_disk_leaves_no_file_and_one_line(tmp_path):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not list(tmp_path.iterdir())
 
+
+
+def test_check_writable_creates_nothing_and_names_the_obstacle(tmp_path):
+    assert check_writable(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "f").write_text("")
+    with pytest.raises(DataError, match="a file is in the way"):
+        check_writable(tmp_path / "f", "--run-dir")
+    with pytest.raises(DataError, match=r"^--out .*: part of the path is a file"):
+        check_writable(tmp_path / "f" / "x", "--out")

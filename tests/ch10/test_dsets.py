@@ -115,7 +115,7 @@ def test_short_csv_row(luna_copy):
 
 def test_csv_without_the_columns(luna_copy):
     (luna_copy / "candidates.csv").write_text("a,b\n1,2\n")
-    with pytest.raises(DataError, match="expected columns seriesuid"):
+    with pytest.raises(DataError, match="no column seriesuid, coordX, coordY, coordZ, class"):
         read_candidates(find_luna(luna_copy))
 
 

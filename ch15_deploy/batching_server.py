@@ -5,21 +5,25 @@
     curl -X POST --data-binary @horse.jpg http://127.0.0.1:8000/image -o zebra.jpg
 
 Two routes, each with its own queue and model runner:
-- POST /predict: the classifier, exactly as flask_server.py takes it (the book's multipart form
-  with `meta` and `blob`, or raw float32 bytes with an X-Shape header) -> {"prob_malignant": p,
-  "prob_nodule": p}; p is P(nodule) (see flask_server.py for the book's misleading name).
+- POST /predict: the classifier, exactly as flask_server.py takes it (wire.py: the book's
+  multipart form with `meta` and `blob`, or raw float32 bytes with an X-Shape header) ->
+  {"prob_malignant": p, "prob_nodule": p}; p is P(nodule) (see flask_server.py for the
+  book's misleading name).
 - POST or PUT /image: a JPEG or PNG (at most --max-image-bytes, 4 MiB as the book's 2**22, and
-  12.6 megapixels) -> the CycleGAN's answer as a JPEG. Every image is resized to a fixed
+  12.6 megapixels, read from the file's header before anything is decoded: more is a 413)
+  -> the CycleGAN's answer as a JPEG. Every image is resized to a fixed
   --image-size x --image-size square (228, the book's size; the aspect ratio is not kept, unlike
   horse2zebra.py, which keeps it) so that images from different clients stack into one batch.
-- GET /stats: per route, requests and batches run so far and the queue length.
+- GET /stats: per route, requests and batches run so far, batches that failed as a batch,
+  and the queue length.
 
 How a request travels: the handler reads and checks the body (4xx with a JSON message if
 anything is wrong), then puts the tensor and a future into its route's bounded asyncio.Queue (a
 full queue answers 503 with Retry-After). The route's runner task takes the first waiting
 request, then whatever else arrives within --max-wait-ms of it, up to --max-batch-size, and
 runs one batched forward in a single-thread executor, off the event loop, so the server keeps
-reading requests meanwhile. Each future then gets its own answer. A request not answered within
+reading requests meanwhile. Each future then gets its own answer; a batch whose forward fails
+is answered one request at a time, and the next one is batched again. A request not answered within
 --timeout-s gets 504 (and is skipped if it was still queued). On Ctrl-C the server stops
 accepting connections, answers 503 to requests that arrive on open connections, and answers
 everything already queued before it exits.
@@ -34,8 +38,10 @@ the book's file under the data root) or --random-weights; the generator from --c
 (default the book's horse2zebra_0.4.0.pth) or random with --random-weights; --no-image serves
 the classifier only. `--jit FILE` / `--exported FILE` serve a TorchScript file (torch.jit.load)
 or a torch.export .pt2 (torch.export.load(...).module()) in place of the eager classifier,
-`--cyclegan-jit` / `--cyclegan-exported` in place of the generator (book 15.8). Nothing a client
-sends is unpickled: crops are read as float32 bytes, images decoded by Pillow.
+`--cyclegan-jit` / `--cyclegan-exported` in place of the generator (book 15.8); such a program
+is run once on one sample and once on two at start-up: one that cannot take the route's input
+is refused in one line, one with a fixed batch of 1 is served one request at a time. Nothing a
+client sends is unpickled: crops are read as float32 bytes, images decoded by Pillow.
 """
 import argparse
 import asyncio

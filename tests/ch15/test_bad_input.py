@@ -4,6 +4,7 @@ servers' and the client's answers to bad requests, class 6, are in their own tes
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,17 @@ def test_a_full_disk_leaves_nothing_behind(case, tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(tmp_path / name) in last and "cannot write" in last
     assert files_under(tmp_path) == []                  # no half file, no temporary
+
+
+def test_a_bad_exported_file_gets_no_library_traceback_in_a_real_process(tmp_path):
+    """torch.export.load logs a traceback through torch's own logging handler (which in-process
+    capture would not see) before it raises: the server keeps that logger quiet."""
+    fake = tmp_path / "fake.pt2"
+    with zipfile.ZipFile(fake, "w") as z:                   # a zip, but not a torch archive
+        z.writestr("archive/x", "y")
+    done = subprocess.run([sys.executable, "-m", "ch15_deploy.batching_server", "--exported",
+                           str(fake), "--no-image"], capture_output=True, text=True,
+                          timeout=120, cwd=REPO_ROOT)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"error: --exported {fake}: not a torch.export .pt2 file " \
+                          "(RuntimeError)\n"

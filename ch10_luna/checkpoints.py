@@ -16,7 +16,7 @@ from ch01_intro.weights import state_mismatch
 from ch10_luna.model import read_checkpoint
 from ch10_luna.runtime import gather_objects, unwrap
 from common.errors import DataError, one_line
-from common.files import append_jsonl, output_dir, runs_dir, save_torch
+from common.files import append_jsonl, check_writable, output_dir, runs_dir, save_torch
 
 # A run's folder, its TensorBoard writers by phase ({} off rank 0) and its checkpoint paths.
 Run = namedtuple("Run", ["dir", "writers", "last", "best"])
@@ -37,6 +37,20 @@ def run_parser(tb_prefix):
     p.add_argument("--tb-prefix", default=tb_prefix, help="the book's TensorBoard folder name")
     p.add_argument("--resume", default=None, help="checkpoint (.state) to continue from")
     return p
+
+
+def parse_run_args(parse_args, argv, model_name, keeps, load=None):
+    """A trainer's settings, its --resume checkpoint (or None) and its run folder, checked
+    before any work: (args, saved, run_dir). A resumed run takes its saved settings but the
+    `keeps` flags given again (restore_settings); `load` reads the checkpoint (default:
+    load_resumable for `model_name`)."""
+    args = parse_args(argv)
+    saved = None
+    if args.resume:
+        saved = (load or (lambda path: load_resumable(path, model_name)))(args.resume)
+        args = restore_settings(args, saved, vars(parse_args([])), keeps, args.resume)
+    run_dir = run_directory(args.run_dir, args.resume, args.tb_prefix, args.comment)
+    return args, saved, check_writable(run_dir, "--run-dir")
 
 
 # ----------------------------------------------------------------------------- the folder

@@ -25,13 +25,11 @@ from ch10_luna.augment import (
 )
 from ch10_luna.checkpoints import (
     close_run,
-    load_resumable,
     log_epoch,
     mid_epoch_saver,
     open_run,
-    restore_settings,
+    parse_run_args,
     resume_training,
-    run_directory,
     run_parser,
     save_epoch_end,
 )
@@ -63,7 +61,6 @@ from ch10_luna.runtime import (
 )
 from common.device import seed_everything
 from common.errors import DataError, run_cli
-from common.files import check_writable
 
 NO_AUGMENTATION = AugmentSpec()
 LABEL, PRED, LOSS = range(3)            # rows of the per-sample metrics tensor (book ch11)
@@ -261,12 +258,7 @@ def do_validation(model, loader, proc, epoch, **loop_kwargs):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    saved = load_resumable(args.resume, "LunaModel") if args.resume else None
-    if saved is not None:
-        args = restore_settings(args, saved, vars(parse_args([])), RESUME_KEEPS, args.resume)
-    run_dir = check_writable(run_directory(args.run_dir, args.resume, args.tb_prefix,
-                                           args.comment), "--run-dir")
+    args, saved, run_dir = parse_run_args(parse_args, argv, "LunaModel", RESUME_KEEPS)
     with process_group(args.device) as proc:
         seed_everything(args.seed)
         luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)

@@ -44,9 +44,8 @@ from ch10_luna.checkpoints import (
     close_run,
     load_resumable,
     open_run,
-    restore_settings,
+    parse_run_args,
     resume_training,
-    run_directory,
     run_parser,
     save_checkpoint,
 )
@@ -87,7 +86,6 @@ from ch13_segment.dsets_cls import (
 from ch13_segment.roc import diameter_roc, log_roc, roc_curve, trapezoid_auc
 from common.device import seed_everything
 from common.errors import DataError, run_cli
-from common.files import check_writable
 
 # The book's chapter 14 augmentation (flip, offset, rotate; its offset never reached the matrix).
 BOOK_CH14_AUGMENTATION = AugmentSpec(flip=True, offset=0.1, rotate=True)
@@ -207,15 +205,11 @@ def diameter_auc(candidates):
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    args = parse_args(argv)
-    saved = load_resume_state(args.resume) if args.resume else None
-    if saved is not None:
-        args = restore_settings(args, saved, vars(parse_args([])), RESUME_KEEPS, args.resume)
+    args, saved, run_dir = parse_run_args(parse_args, argv, "LunaModel", RESUME_KEEPS,
+                                          load=load_resume_state)
     # Resuming a fine-tuning run freezes the same blocks; the weights come from the checkpoint.
     finetune_state = (saved["model_state"] if saved else
                       load_finetune_state(args.finetune) if args.finetune else None)
-    run_dir = check_writable(run_directory(args.run_dir, args.resume, args.tb_prefix,
-                                           args.comment), "--run-dir")
     with process_group(args.device) as proc:
         seed_everything(args.seed)
         luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)

@@ -24,12 +24,10 @@ import torch
 from ch10_luna.augment import AugmentSpec, augment_parser, augment_spec
 from ch10_luna.checkpoints import (
     close_run,
-    load_resumable,
     log_epoch,
     open_run,
-    restore_settings,
+    parse_run_args,
     resume_training,
-    run_directory,
     run_parser,
     save_checkpoint,
 )
@@ -56,7 +54,7 @@ from ch13_segment.dsets import (
 from ch13_segment.model import UNetWrapper
 from common.device import seed_everything
 from common.errors import run_cli
-from common.files import atomic_path, check_writable
+from common.files import atomic_path
 
 # The book's chapter 13 magnitudes (offset 0.03 of the half-width, where chapter 12 used 0.1).
 SEG_AUGMENTATION = AugmentSpec(flip=True, offset=0.03, scale=0.2, rotate=True, noise=25.0)
@@ -225,12 +223,7 @@ def sha1(path):
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    args = parse_args(argv)
-    saved = load_resumable(args.resume, "UNetWrapper") if args.resume else None
-    if saved is not None:
-        args = restore_settings(args, saved, vars(parse_args([])), RESUME_KEEPS, args.resume)
-    run_dir = check_writable(run_directory(args.run_dir, args.resume, args.tb_prefix,
-                                           args.comment), "--run-dir")
+    args, saved, run_dir = parse_run_args(parse_args, argv, "UNetWrapper", RESUME_KEEPS)
     with process_group(args.device) as proc:
         seed_everything(args.seed)
         luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)

@@ -14,6 +14,7 @@ from ch10_luna.dsets import (
     match_diameter,
     read_candidates,
     split_by_series,
+    validation_uids,
 )
 from common.errors import DataError
 
@@ -160,3 +161,25 @@ def test_missing_csv(luna_copy):
     (luna_copy / "annotations.csv").unlink()
     with pytest.raises(DataError, match="missing annotations.csv"):
         find_luna(luna_copy)
+
+
+# ----------------------------------------------------------------------------- LUNA16's folds
+def test_fold_k_validates_on_subset_k_and_trains_on_the_rest(luna_copy):
+    luna = find_luna(luna_copy)
+    by_subset = {}
+    for uid, path in luna.series.items():
+        by_subset.setdefault(path.parent.name, set()).add(uid)
+    for k in range(len(by_subset)):
+        val = validation_uids(luna.series, fold=k)
+        assert set(val) == by_subset[f"subset{k}"]
+        train, held = split_by_series(read_candidates(luna), val_uids=val)
+        assert {c.series_uid for c in held} == set(val)
+        assert {c.series_uid for c in train} == set(luna.series) - set(val)
+    folds = [set(validation_uids(luna.series, fold=k)) for k in range(len(by_subset))]
+    assert set().union(*folds) == set(luna.series) and sum(map(len, folds)) == len(luna.series)
+
+
+def test_a_fold_with_no_series_on_disk_is_one_error(luna_copy):
+    luna = find_luna(luna_copy)
+    with pytest.raises(DataError, match="--fold 9: no series of subset9 is on disk"):
+        validation_uids(luna.series, fold=9)

@@ -207,20 +207,27 @@ def test_run_all_dry_run_lists_the_books_runs(capsys):
     assert {a.comment for a in parsed.values()} == set(names)
 
 
-def test_run_all_runs_each_in_process_and_tabulates(monkeypatch, capsys):
+def test_run_all_tabulates_each_runs_last_epoch_even_when_interrupted(monkeypatch, capsys):
     seen = []
 
     def fake_main(argv):
         seen.append(argv)
-        val = {"loss/all": 0.5, "correct/neg": 90.0, "correct/pos": 80.0,
-               "pr/precision": 0.25, "pr/recall": 0.8, "pr/f1_score": 0.381}
-        return None, [{"epoch": e, "val": val} for e in range(1, int(argv[3]) + 1)]
+        if len(seen) == 3:
+            raise KeyboardInterrupt                         # the reader stops the third run
+        history = [{"epoch": e, "val": {"loss/all": 1 / e, "correct/neg": 90.0 + e,
+                                         "correct/pos": 80.0, "pr/precision": 0.25,
+                                         "pr/recall": 0.8, "pr/f1_score": e / 10}}
+                   for e in range(1, int(argv[argv.index("--epochs") + 1]) + 1)]
+        return None, history
 
     monkeypatch.setattr(train_cls, "main", fake_main)
-    rows = run_all.main(["--epochs", "2"])
-    assert len(seen) == 8 and [r["epochs"] for r in rows] == [1, 2, 2, 2, 2, 2, 2, 2]
-    assert rows[-1]["run"] == "fully-augmented" and rows[-1]["f1"] == 0.381
+    with pytest.raises(KeyboardInterrupt):
+        run_all.main(["--epochs", "3"])
     out = capsys.readouterr().out
-    assert "validation, last epoch of each run (8 of 8)" in out
-    assert out.splitlines()[-1].split() == ["fully-augmented", "2", "0.5000", "90.0%", "80.0%",
-                                            "0.2500", "0.8000", "0.3810"]
+    assert "validation, last epoch of each run (2 of 8)" in out
+    table = out.splitlines()[-2:]                          # unbalanced (1 epoch), balanced (3)
+    assert table[0].split() == ["unbalanced", "1", "1.0000", "91.0%", "80.0%", "0.2500",
+                                "0.8000", "0.1000"]
+    assert table[1].split() == ["balanced", "3", "0.3333", "93.0%", "80.0%", "0.2500",
+                                "0.8000", "0.3000"]
+    assert [argv[-1] for argv in seen] == ["unbalanced", "balanced", "flip"]

@@ -39,6 +39,21 @@ def test_summarize_counts_on_a_hand_made_tensor():
     assert s["loss/pos"] == pytest.approx(0.85) and s["loss/neg"] == pytest.approx(1.7 / 3)
 
 
+def test_summarize_agrees_with_sklearn_on_random_predictions():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    generator = torch.Generator().manual_seed(0)
+    label = (torch.rand(1000, generator=generator) < 0.1).float()
+    pred = torch.rand(1000, generator=generator)
+    s = summarize(torch.stack([label, pred, torch.zeros(1000)]), threshold=0.3)
+    truth, guess = label.numpy() > 0.5, pred.numpy() > 0.3
+    assert s["pr/precision"] == pytest.approx(sklearn_metrics.precision_score(truth, guess))
+    assert s["pr/recall"] == pytest.approx(sklearn_metrics.recall_score(truth, guess))
+    assert s["pr/f1_score"] == pytest.approx(sklearn_metrics.f1_score(truth, guess))
+    assert s["correct/all"] == pytest.approx(100 * sklearn_metrics.accuracy_score(truth, guess))
+    (tn, fp), (fn, tp) = sklearn_metrics.confusion_matrix(truth, guess)
+    assert (s["count/tn"], s["count/fp"], s["count/fn"], s["count/tp"]) == (tn, fp, fn, tp)
+
+
 def test_summarize_without_positives_gives_no_nan_and_no_warning(recwarn):
     s = summarize(torch.tensor([[0.0, 0.0], [0.2, 0.7], [0.1, 1.2]]))
     assert s["count/pos"] == 0 and s["pr/recall"] == 0.0 and s["loss/pos"] == 0.0
@@ -194,3 +209,16 @@ def test_ddp_ranks_get_whole_batches_of_the_balanced_mix():
     for share in shares:
         for batch in np.split(share, len(share) // 8):
             assert sum(int(labels[i]) for i in batch) == 4                     # half positive
+
+
+def test_fold_validates_on_one_subset(tiny_luna, tmp_path):
+    from ch10_luna.dsets import find_luna, read_candidates
+
+    luna = find_luna(tiny_luna)
+    held_out = {uid for uid, path in luna.series.items() if path.parent.name == "subset1"}
+    expected = sum(c.series_uid in held_out for c in read_candidates(luna))
+    _, history = main(tiny_args(tiny_luna, tmp_path / "run", "--fold", "1"))
+    val = history[0]["val"]
+    assert val["count/pos"] + val["count/neg"] == expected
+    state = torch.load(tmp_path / "run" / "cls_dlwpt.last.state", weights_only=True)
+    assert state["args"]["fold"] == 1                            # a resumed run keeps its fold

@@ -174,11 +174,11 @@ def test_checkpoint_round_trip(tmp_path, hu_model, crop):
 
 @pytest.mark.parametrize("content, message", [
     (None, "no such file"),
-    (b"not a checkpoint", "not a readable checkpoint"),
+    (b"not a checkpoint", "not a readable"),
     ({"weights": {}}, "model_state"),
     ({"model_state": {}, "model_name": "UNetWrapper"}, "UNetWrapper"),
     ({"model_state": {"head_linear.weight": torch.zeros(2, 1152)}}, "does not fit"),
-    ({"model_state": {}, "code": __import__("os").getcwd}, "not a readable checkpoint"),
+    ({"model_state": {}, "code": __import__("os").getcwd}, "not a readable"),
 ])
 def test_bad_checkpoints_are_one_line_errors(tmp_path, content, message):
     path = tmp_path / "model.state"

@@ -49,6 +49,7 @@ from ch10_luna.benchmark import timed
 from ch10_luna.model import LunaModel
 from ch15_deploy.classifier import example_crop, load_classifier
 from ch15_deploy.export_jit import GENERATOR_SIZE, build_generator, generator_arguments, max_diff
+from ch15_deploy.flags import at_least
 from ch15_deploy.jit_intro import jit_warnings, trace_model
 from common.data import add_data_dir_argument
 from common.errors import run_cli
@@ -209,15 +210,15 @@ def executorch_installed():
         return False
 
 
-def compare_executorch(name, model, example, path):
+def compare_executorch(name, model, example, path, repeats=REPEATS):
     """Export, run and compare one model; its outputs' largest differences, sizes and speed."""
     path, seconds = export_executorch(model, example, path)
     method = load_executorch(path)
     outs = list(method.execute(list(example)))
     with torch.inference_mode():
         eager = model(*example)
-        eager_ms = median_ms(lambda: model(*example))
-    pte_ms = median_ms(lambda: method.execute(list(example)))
+        eager_ms = median_ms(lambda: model(*example), repeats)
+    pte_ms = median_ms(lambda: method.execute(list(example)), repeats)
     eager = eager if isinstance(eager, tuple) else (eager,)
     diffs = [max_diff(a, b) for a, b in zip(outs, eager, strict=True)]
     scale = max(float(a.abs().max()) for a in eager)
@@ -238,6 +239,8 @@ def main(argv=None):
     add_data_dir_argument(p)
     p.add_argument("--out", default=runs_dir("ch15"),
                    help="folder for the .pte and .ptl files (default: the repository's runs/ch15)")
+    p.add_argument("--repeats", type=at_least(int, 1), default=REPEATS,
+                   help="timed forwards per .pte and eager model (default: %(default)s)")
     args = p.parse_args(argv)
     weights, generator = build_generator(args.weights, args.ngf, args.n_blocks)
     classifier = load_classifier(args.cls_model, args.data_dir,
@@ -250,9 +253,9 @@ def main(argv=None):
         print(f"LunaModel on {source}")
         result["luna_pte"] = compare_executorch(
             "LunaModel (2-D rewrite)", for_executorch(classifier), (crop.unsqueeze(0),),
-            out / "luna.pte")
+            out / "luna.pte", args.repeats)
         result["cyclegan_pte"] = compare_executorch("CycleGAN generator", generator, (x,),
-                                                    out / "cyclegan.pte")
+                                                    out / "cyclegan.pte", args.repeats)
     else:
         print("ExecuTorch: not installed (pip install executorch==1.5.1), .pte export skipped")
 

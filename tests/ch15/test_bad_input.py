@@ -238,8 +238,6 @@ def test_inputs_are_checked_before_the_long_work(case, files, capsys, monkeypatc
 FULL_DISK = {   # name: (argv, the file it would write)
     "jit_intro": (["-m", "ch15_deploy.jit_intro", "--random-weights"], "luna_traced.pt"),
     "export_onnx": (["-m", "ch15_deploy.export_onnx", "--random-weights"], "luna.onnx"),
-    "export_mobile": (["-m", "ch15_deploy.export_mobile", "--ngf", "8", "--n-blocks", "1"],
-                      "luna.pte"),
 }
 
 
@@ -247,8 +245,6 @@ FULL_DISK = {   # name: (argv, the file it would write)
 def test_a_full_disk_leaves_nothing_behind(case, tmp_path):
     """A file-size limit of 64 KiB stands in for a full disk (SIGXFSZ ignored: EFBIG)."""
     argv, name = FULL_DISK[case]
-    if case == "export_mobile" and not export_mobile.executorch_installed():
-        pytest.skip("executorch is not installed: export_mobile writes no .pte")
     limit = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, "
              "signal.SIG_IGN); resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
              "sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__')")

@@ -110,9 +110,10 @@ def test_executorch_runs_lunamodel_like_eager(tmp_path, hu_model):
     torch.testing.assert_close(probs, expected[1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow          # two ExecuTorch exports (LunaModel's takes ~20 s on 2 busy cores)
 def test_main_runs(tmp_path, capsys):
     result = export_mobile.main(["--ngf", "8", "--n-blocks", "1", "--out", str(tmp_path),
-                                 "--data-dir", str(tmp_path / "no-data")])
+                                 "--data-dir", str(tmp_path / "no-data"), "--repeats", "1"])
     assert result["path"].exists() and result["lite_diff"] == 0
     assert result["fc"]["quantized_size"] < 0.3 * result["fc"]["size"]
     out = capsys.readouterr().out

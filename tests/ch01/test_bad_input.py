@@ -112,15 +112,14 @@ def test_a_bad_torch_file_is_one_line(place, tmp_path, capsys, entry, kind):
 
 # A state_dict of another model: (entry, model whose weights are given, words in the line).
 MISMATCHES = [
-    ("classify --weights", ResNetGenerator, "do not fit ResNet: 626 missing (conv1.weight, "
-     "bn1.weight, bn1.bias and 623 more); 48 unexpected (model.1.weight, model.1.bias, "
-     "model.4.weight and 45 more)"),
-    ("horse2zebra --weights", MnistNet, "do not fit ResNetGenerator: 48 missing (model.1.weight"
-     ", model.1.bias, model.4.weight and 45 more); 8 unexpected (conv1.weight, conv1.bias, "
-     "conv2.weight and 5 more)"),
-    ("mnist --init book", Net, "do not fit MnistNet: 8 of another shape (conv1.weight: "
+    ("classify --weights", ResNetGenerator, "does not fit ResNet: none of its 626 tensors is in "
+     "the file, which holds 48 others (model.1.weight, model.1.bias, model.4.weight and 45 "
+     "more)"),
+    ("horse2zebra --weights", MnistNet, "does not fit ResNetGenerator: none of its 48 tensors is "
+     "in the file, which holds 8 others (conv1.weight, conv1.bias, conv2.weight and 5 more)"),
+    ("mnist --init book", Net, "does not fit MnistNet: 8 of another shape (conv1.weight: "
      "(16, 3, 3, 3) in the file, (10, 1, 5, 5) in the model; and 7 more)"),
-    ("ch08 --load", NetWidth, "do not fit Net: 5 of another shape (conv1.weight: (32, 3, 3, 3) "
+    ("ch08 --load", NetWidth, "does not fit Net: 5 of another shape (conv1.weight: (32, 3, 3, 3) "
      "in the file, (16, 3, 3, 3) in the model; and 4 more)"),
 ]
 

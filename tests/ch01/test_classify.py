@@ -5,7 +5,7 @@ import torch
 
 from ch01_intro import classify_resnet, horse2zebra
 from ch01_intro.cyclegan import ResNetGenerator
-from ch01_intro.weights import load_weights, resolve_weights
+from ch01_intro.weights import load_state, load_weights, resolve_weights, state_mismatch
 from common.errors import DataError, run_cli
 from tests.ch01.conftest import write_image, write_labels
 
@@ -79,11 +79,50 @@ def test_load_weights_is_strict(tmp_path):
     torch.save(small.state_dict(), tmp_path / "small.pth")
     other = load_weights(ResNetGenerator(ngf=4, n_blocks=1), tmp_path / "small.pth")
     torch.testing.assert_close(other.state_dict(), small.state_dict())
-    with pytest.raises(DataError, match="do not fit ResNetGenerator"):
+    with pytest.raises(DataError, match=r"--weights .*small.pth: does not fit ResNetGenerator: "
+                       r"10 of its 20 tensors missing \(model.11.conv_block.1.weight, "
+                       r"model.11.conv_block.1.bias, model.11.conv_block.5.weight and 7 more\); "
+                       r"6 unexpected \(model.11.weight, model.11.bias, model.14.weight and 3 "
+                       r"more\)$"):
         load_weights(ResNetGenerator(ngf=4, n_blocks=2), tmp_path / "small.pth")
     (tmp_path / "junk.pth").write_text("junk")
     with pytest.raises(DataError, match="junk.pth: not a readable torch file"):
         load_weights(ResNetGenerator(ngf=4, n_blocks=1), tmp_path / "junk.pth")
+
+
+@pytest.mark.parametrize("wrapper", ["model_state", "state_dict"])
+def test_a_checkpoint_dict_is_unwrapped(tmp_path, wrapper):
+    small = ResNetGenerator(ngf=4, n_blocks=1)
+    torch.save({wrapper: small.state_dict(), "epoch": 3}, tmp_path / "ckpt.state")
+    loaded = load_weights(ResNetGenerator(ngf=4, n_blocks=1), tmp_path / "ckpt.state", "--init")
+    torch.testing.assert_close(loaded.state_dict(), small.state_dict())
+
+
+def test_state_mismatch_in_few_words():
+    model = torch.nn.Linear(3, 2)
+    assert state_mismatch(model, model.state_dict()) == ""
+    assert state_mismatch(model, torch.zeros(3)) == ("not a state_dict (a dict of named "
+                                                     "tensors), found a Tensor")
+    assert state_mismatch(model, {1: torch.zeros(3)}).startswith("not a state_dict")
+    assert state_mismatch(model, {}) == "none of its 2 tensors is in the file, which is empty"
+    assert state_mismatch(model, {"weight": torch.zeros(2, 3), "bias": 0}) == (
+        "1 not tensors (bias is an int)")
+    assert state_mismatch(model, {"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}) == (
+        "1 of another shape (weight: (2, 4) in the file, (2, 3) in the model)")
+    long = {f"{'layer' * 20}.{i}": torch.zeros(1) for i in range(500)}   # 100-character keys
+    why = state_mismatch(model, long)
+    assert why.startswith("none of its 2 tensors is in the file, which holds 500 others (")
+    assert why.endswith(" and 497 more)") and len(why) < 240
+    why = state_mismatch(model, {"weight": torch.zeros(2, 3), **long})
+    assert why.startswith("1 of its 2 tensors missing (bias); 500 unexpected (") and len(why) <= 240
+
+
+def test_load_state_is_one_line_also_for_what_torch_refuses():
+    model = torch.nn.Linear(3, 2)
+    state = {"weight": torch.zeros(2, 3).to_sparse(), "bias": torch.zeros(2)}  # cannot be copied
+    with pytest.raises(DataError, match=r"^--init x.pt: does not fit Linear \(Error") as e:
+        load_state(model, state, "--init x.pt")
+    assert "\n" not in str(e.value) and len(str(e.value)) < 160
 
 
 def test_horse2zebra_with_a_weights_file_keeps_the_image_size(tmp_path):

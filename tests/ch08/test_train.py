@@ -103,7 +103,7 @@ def test_save_and_load_round_trip(tmp_path):
     loaded = load_model(NetWidth(), path)
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    with pytest.raises(DataError, match="do not fit Net: 5 of another shape"):
+    with pytest.raises(DataError, match="does not fit Net: 5 of another shape"):
         load_model(Net(), path)
     with pytest.raises(DataError, match="absent.pt: no such file"):
         load_model(Net(), tmp_path / "absent.pt")

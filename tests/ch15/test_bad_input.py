@@ -104,7 +104,8 @@ FILE_CASES = {   # name: (main, argv from the files fixture, words in the one li
     "batching --cyclegan-weights a LunaModel checkpoint": (
         batching_server.main, lambda f: ["--random-weights", "--cyclegan-weights", f["luna"]],
         ["--cyclegan-weights", "does not fit ResNetGenerator", "none of its 48 tensors",
-         "holds 23 others ('tail_batchnorm.weight', 'tail_batchnorm.bias' and 21 more)"]),
+         "holds 23 others (tail_batchnorm.weight, tail_batchnorm.bias, "
+         "tail_batchnorm.running_mean and 20 more)"]),
     "batching --exported text": (batching_server.main,
                                  lambda f: ["--exported", f["text"], "--no-image"],
                                  ["--exported", "text.pt", "not a torch.export .pt2 file"]),

@@ -209,9 +209,20 @@ def quantize_int8(model, example_inputs, calibration_batches):
     """
     quantize_pt2e, _, _ = import_pt2e()
     prepared = calibrate(prepare_int8(model, example_inputs), calibration_batches)
-    converted = quantize_pt2e.convert_pt2e(prepared)
+    converted = drop_unused_attributes(quantize_pt2e.convert_pt2e(prepared))
     converted.meta["spatial_multiple"] = prepared.meta["spatial_multiple"]
     return converted
+
+
+def drop_unused_attributes(gm):
+    """Delete the parameters and buffers no get_attr node reads (in place): convert_pt2e
+    leaves the fp32 weights beside their int8 copies, and a saved program would keep both."""
+    used = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    for name, _ in list(gm.named_parameters()) + list(gm.named_buffers()):
+        if name not in used:
+            owner, _, attr_name = name.rpartition(".")
+            delattr(gm.get_submodule(owner) if owner else gm, attr_name)
+    return gm
 
 
 def observer_ranges(prepared):
@@ -425,22 +436,37 @@ def prepare_model(model, precision, example_inputs, calibration_batches=None, co
     return run
 
 
-def save_int8(program, example_inputs, path):
-    """Write a quantize_int8 program (int8 weights and its quantization parameters) with
-    torch.export.save, so that a later run skips the calibration; `path` may be a file object.
-    Returns the bytes written."""
-    example = tuple(x.contiguous() for x in example_inputs)
-    multiple = program.meta.get("spatial_multiple")
-    exported = torch.export.export(program, example, dynamic_shapes=dynamic_shapes(example,
-                                                                                   multiple))
+def small_example(example_inputs, multiple=None):
+    """The example inputs cut to 2 rows (and, with `multiple`, 4 * multiple rows and columns):
+    torch.export.save keeps the example in the file, so this keeps it small. Two, not one: a
+    dynamic dimension seen at size 1 is specialised. Cloned: a view would save all its storage."""
+    first = example_inputs[0][:2]
+    if multiple is not None and first.dim() == 4:
+        first = first[:, :, :4 * multiple, :4 * multiple]
+    return tuple(x.clone() for x in (first,) + tuple(x[:2] for x in example_inputs[1:]))
+
+
+def save_exported(module, example_inputs, path, multiple=None):
+    """torch.export.save of `module` (batch dynamic, H and W too with `multiple`) to a path or
+    a file object, with `multiple` stored beside it; the bytes written."""
+    example = small_example(example_inputs, multiple)
+    exported = torch.export.export(module, example,
+                                   dynamic_shapes=dynamic_shapes(example, multiple))
     extra = {"spatial_multiple": str(multiple)}
     if hasattr(path, "write"):
         start = path.tell()
         torch.export.save(exported, path, extra_files=extra)
-        path.seek(0, io.SEEK_END)
+        path.seek(0, io.SEEK_END)                     # save leaves the position at its start
         return path.tell() - start
     torch.export.save(exported, path, extra_files=extra)
     return os.path.getsize(path)
+
+
+def save_int8(program, example_inputs, path):
+    """Write a quantize_int8 program (int8 weights and its quantization parameters) with
+    torch.export.save, so that a later run skips the calibration; `path` may be a file object.
+    Returns the bytes written."""
+    return save_exported(program, example_inputs, path, program.meta.get("spatial_multiple"))
 
 
 def load_int8(path):
@@ -494,11 +520,15 @@ def pad_slices(x, multiple):
 
 
 # ----------------------------------------------------------------------------- measuring
-def serialized_bytes(module, example_inputs):
-    """Bytes of torch.export.save of `module` exported at the example inputs."""
-    buffer = io.BytesIO()
-    torch.export.save(torch.export.export(module, tuple(example_inputs)), buffer)
-    return buffer.tell()
+def tensor_bytes(module):
+    """Bytes of a module's parameters and buffers (the int8 weights of a program, as stored)."""
+    return sum(t.numel() * t.element_size() for t in list(module.parameters())
+               + list(module.buffers()))
+
+
+def serialized_bytes(model, example_inputs):
+    """Bytes of the fp32 model saved as save_int8 saves an int8 program."""
+    return save_exported(model.eval(), example_inputs, io.BytesIO(), spatial_multiple(model))
 
 
 def agreement(reference, outputs, kind):
@@ -532,27 +562,31 @@ VARIANTS = (("fp32", "fp32", False), ("bf16", "bf16", False), ("fp32 compiled", 
 
 def measure_precisions(model, kind, eval_inputs, calibration_batches, batch_size, repeats=5,
                        variants=VARIANTS, announce=print):
-    """{label: prepare_s, bytes, ms, median_ms, agreement} for each (label, precision, compiled).
+    """{label: prepare_s, bytes, weight_bytes, ms, median_ms, agreement} per (label, precision,
+    compiled).
 
     Latency: one batch of `batch_size` eval_inputs, timed in rounds that call every variant
     once each (so a busy machine slows them alike); agreement with the first variant (fp32
-    eager) over all eval_inputs; bytes of the serialised program (fp32 model, int8 program).
+    eager) over all eval_inputs; bytes of the fp32 model and the int8 program saved (with a
+    2-row example input inside), and of their weights.
     """
     example = eval_inputs[:batch_size].contiguous()
     results, runs = {}, {}
     for label, precision, compiled in variants:
         start = time.perf_counter()
-        size = None
+        size = weights = None
         if precision == "int8":
             program = quantize_int8(model, (example,), calibration_batches)
-            size = save_int8(program, (example,), io.BytesIO())
+            size, weights = save_int8(program, (example,), io.BytesIO()), tensor_bytes(program)
             runs[label] = int8_runner(program, (example,), compiled)
         else:
             runs[label] = prepare_model(model, precision, (example,), compiled=compiled)
-            size = serialized_bytes(model.eval(), (example,)) if precision == "fp32" else None
+            if precision == "fp32":
+                size, weights = serialized_bytes(model, (example,)), tensor_bytes(model)
         runs[label](example)                                # compiles, packs, warms up
         results[label] = {"precision": precision, "compiled": compiled, "bytes": size,
-                          "prepare_s": time.perf_counter() - start, "ms": []}
+                          "weight_bytes": weights, "prepare_s": time.perf_counter() - start,
+                          "ms": []}
         announce(f"  {kind} {label}: ready in {results[label]['prepare_s']:.1f} s")
     labels = list(runs)
     reference = run_batches(runs[labels[0]], eval_inputs, batch_size)
@@ -580,10 +614,11 @@ def format_results(results, kind, batch_size):
                  f"{a['n']:,} decisions differ" if a else "(the reference)")
         if a and kind == "unet":
             agree += f" ({a['mask_voxels_differ']:.2%} of the mask union)"
-        size = f"{r['bytes'] / 1e6:.2f} MB" if r["bytes"] else "-"
+        size = (f"{r['weight_bytes'] / 1e3:.0f} kB ({r['bytes'] / 1e3:.0f} kB file)"
+                if r["bytes"] else "-")
         lines.append(f"{kind:4s} batch {batch_size:<3d} {label:14s} {r['median_ms']:8.1f} ms "
                      + " ".join(f"{v:5.2f}x {q}" for q, v in ratio.items())
-                     + f" {size:>9s}  {agree}")
+                     + f" {size:>22s}  {agree}")
     return "\n".join(lines)
 
 
@@ -600,7 +635,7 @@ def cpu_name():
 def real_ct_inputs(ct, seg_run, batch_size, n_crops, seed=0):
     """((I, 7, R', C') HU slices of the CT, (K, 1, 32, 48, 48) HU crops): the crops around up
     to n_crops candidates that the fp32 U-Net (seg_run) finds, as nodule_analysis groups them
-    (the book's erosion along every axis)."""
+    (the book's erosion along every axis), in a random order."""
     from ch13_segment.nodule_analysis import group_candidates  # it imports this module
 
     slices = torch.stack([pad_slices(torch.from_numpy(context_slices(ct.hu, i)), 4)
@@ -628,6 +663,10 @@ def parse_args(argv):
                    help="data root of the LUNA16 series to calibrate on (default: --data-dir; "
                         "the synthetic sample when LUNA16 is absent)")
     p.add_argument("--synthetic", action="store_true", help="calibrate on the synthetic sample")
+    p.add_argument("--calibration", choices=("luna", "ct"), default="luna",
+                   help="luna (default): the training series; ct: the measured CT itself, the "
+                        "classifier on candidate crops it is not scored on, the U-Net on every "
+                        "6th slice (scored too): tells calibration data from quantization error")
     p.add_argument("--ct", default=REAL_CT,
                    help="the CT to measure on, under the data root (default: %(default)s, the "
                         "book's chapter 4 chest CT: 99 slices of 512 x 512)")
@@ -652,17 +691,22 @@ def main(argv=None):
                      "--cls-model")
     seg_fp32 = prepare_model(seg, "fp32", (torch.zeros(1, 7, 8, 8),), compiled=False)
     slices, crops, n_candidates = real_ct_inputs(ct, seg_fp32, args.unet_batch,
-                                                 args.eval_crops)
+                                                 args.eval_crops + args.calibration_crops)
+    crops, ct_crops = crops[:args.eval_crops], crops[args.eval_crops:]
+    where = (f"the training series of {luna.root}" if args.calibration == "luna" else
+             f"{len(ct_crops)} other candidate crops and every 6th slice of the CT")
     print(f"{args.ct}: {ct.shape} voxels, {n_candidates} candidates, {len(crops)} of them "
-          f"cropped; calibration on the training series of {luna.root}")
+          f"scored; calibration on {where}")
     out = {}
     if "unet" in args.models:
-        calibration = calibration_slices(luna, args.calibration_slices)
+        calibration = (calibration_slices(luna, args.calibration_slices)
+                       if args.calibration == "luna" else list(slices[::6].split(args.unet_batch)))
         out["unet"] = measure_precisions(seg, "unet", slices, calibration, args.unet_batch,
                                          args.repeats)
         print(format_results(out["unet"], "unet", args.unet_batch), flush=True)
     if "cls" in args.models:
-        calibration = calibration_crops(luna, args.calibration_crops)
+        calibration = (calibration_crops(luna, args.calibration_crops)
+                       if args.calibration == "luna" else list(ct_crops.split(args.cls_batch)))
         out["cls"] = measure_precisions(cls, "cls", crops, calibration, args.cls_batch,
                                         args.repeats)
         print(format_results(out["cls"], "cls", args.cls_batch), flush=True)

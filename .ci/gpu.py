@@ -138,7 +138,7 @@ def shown_command(s):
 def clean_tail(text, lines=TAIL_LINES, chars=TAIL_CHARS):
     """The last `lines` lines of a program's output, progress bars folded (the text after each
     line's last carriage return), blank lines dropped, at most `chars` characters."""
-    kept = [line.rsplit("\r", 1)[-1].rstrip() for line in text.splitlines()]
+    kept = [line.rstrip().rsplit("\r", 1)[-1] for line in text.split("\n")]  # not splitlines(): \r
     tail = "\n".join([line for line in kept if line.strip()][-lines:])
     return tail[-chars:]
 
@@ -176,6 +176,13 @@ def stop_group(process, grace_s=10):
             continue
 
 
+def blank_record(s):
+    """Step `s`'s record in the summary before it runs (every record has these keys)."""
+    return {"name": s["name"], "what": s["what"], "command": shown_command(s),
+            "timeout_s": None, "status": None, "returncode": None, "seconds": None,
+            "figures": None, "output_tail": "", "error": None}
+
+
 def run_step(s, python, env, timeout_s, workdir):
     """Run step `s` for at most `timeout_s`; its record for the summary."""
     workdir = Path(workdir)
@@ -186,9 +193,7 @@ def run_step(s, python, env, timeout_s, workdir):
     else:
         module = s["script"].removesuffix(".py").replace("/", ".")
         argv = [python, str(STEP_RUNNER), module, str(result), *s["args"]]
-    record = {"name": s["name"], "what": s["what"], "command": shown_command(s),
-              "timeout_s": round(timeout_s), "status": None, "returncode": None, "seconds": None,
-              "figures": None, "output_tail": "", "error": None}
+    record = {**blank_record(s), "timeout_s": round(timeout_s)}
     started = time.monotonic()
     with open(log, "wb") as out:
         process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=out,
@@ -230,9 +235,8 @@ def run_plan(steps, python, envs, budget_s, workdir, after_step=None, say=say_no
         if s.get("skip") or left < MIN_STEP_S:
             why = s.get("skip") or (f"not started: {max(left, 0):.0f} s of the {budget_s:.0f} s "
                                     "budget left")
-            records.append({"name": s["name"], "what": s["what"],
-                            "command": shown_command(s), "status":
-                            "skipped" if s.get("skip") else "not run", "error": why})
+            records.append({**blank_record(s), "status": "skipped" if s.get("skip") else
+                            "not run", "error": why})
             say(f"[{i}/{len(steps)}] {s['name']}: {records[-1]['status']}: {why}")
         else:
             timeout_s = min(s["timeout_s"], left)
@@ -392,8 +396,7 @@ def main(argv=None):
         f"{n} {status}" for status, n in counts.items()))
     for r in records:
         print(f"  {r['status']:8s} {r['name']:17s} " + (f"{r['seconds']:6.0f} s"
-                                                        if r.get("seconds") is not None
-                                                        else "       "))
+                                                        if r["seconds"] is not None else ""))
     print(f"summary: {out}")
     return summary
 

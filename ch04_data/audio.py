@@ -18,7 +18,7 @@ import torch
 from common.data import add_data_dir_argument, book_file
 from common.errors import DataError, one_line, run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir, runs_dir
+from common.files import check_writable, runs_dir
 
 CHIRP_WAV = "p1ch4/audio-chirp/1-100038-A-14.wav"
 
@@ -89,7 +89,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     path = book_file(CHIRP_WAV, args.data_dir, name="audio-chirp")
-    out = output_dir(args.out, "--out")                # inputs first, then the output folder
+    out = check_writable(args.out, "--out")             # made by the first write, not before
     rate, waveform = read_wav(path)
     print(f"{rate} Hz, {len(waveform)} samples ({len(waveform) / rate:.2f} s), {waveform.dtype}")
     freqs, times, power = spectrogram(waveform, rate)

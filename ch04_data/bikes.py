@@ -15,7 +15,7 @@ from ch04_data.tables import check_codes, read_table
 from common.data import add_data_dir_argument, book_file
 from common.errors import DataError, run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir, runs_dir
+from common.files import check_writable, runs_dir
 
 HOUR_CSV = "p1ch4/bike-sharing-dataset/hour-fixed.csv"
 N_COLUMNS = 17
@@ -98,7 +98,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     path = book_file(HOUR_CSV, args.data_dir, name="bikes")
-    out = output_dir(args.out, "--out")                # inputs first, then the output folder
+    out = check_writable(args.out, "--out")             # made by the first write, not before
     bikes = load_hours(path)
     print(f"hours {tuple(bikes.shape)}, strides {bikes.stride()}")
     days = bikes.view(-1, 24, bikes.shape[1])

@@ -15,7 +15,7 @@ import torch
 from common.data import add_data_dir_argument, book_file
 from common.errors import DataError, one_line, run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir, runs_dir
+from common.files import check_writable, runs_dir
 
 DOG_JPG = "p1ch4/image-dog/bobby.jpg"
 CATS_DIR = "p1ch4/image-cats"
@@ -83,7 +83,7 @@ def main(argv=None):
 
     dog_path = book_file(DOG_JPG, args.data_dir, name="image-dog")
     cats_dir = book_file(CATS_DIR, args.data_dir, name="image-cats")
-    out = output_dir(args.out, "--out")                # inputs first, then the output folder
+    out = check_writable(args.out, "--out")             # made by the first write, not before
     img = read_image(dog_path)
     dog = img.permute(2, 0, 1)                   # a view: (720, 1280, 3) -> (3, 720, 1280)
     print(f"dog {tuple(img.shape)} {img.dtype} -> permute(2, 0, 1) {tuple(dog.shape)}")

@@ -16,7 +16,7 @@ import torch
 from common.data import add_data_dir_argument, book_file
 from common.errors import DataError, one_line, run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir, runs_dir
+from common.files import check_writable, runs_dir
 
 COCKATOO_MP4 = "p1ch4/video-cockatoo/cockatoo.mp4"
 INSTALL_HINT = "pip install imageio-ffmpeg"
@@ -85,7 +85,7 @@ def main(argv=None):
     path = book_file(COCKATOO_MP4, args.data_dir, name="video-cockatoo")
     if not path.is_file():
         raise DataError(f"{path}: a folder, not a video file")
-    out = output_dir(args.out, "--out")                # inputs first, then the output folder
+    out = check_writable(args.out, "--out")             # made by the first write, not before
     plugin = video_plugin()
     if plugin is None:
         raise DataError(f"reading {path.name} needs a video plugin for imageio "

@@ -23,7 +23,7 @@ from common.ct import load_ct
 from common.data import add_data_dir_argument, book_file
 from common.errors import DataError, run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir, runs_dir
+from common.files import check_writable, runs_dir
 
 DICOM_DIR = "p1ch4/volumetric-dicom/2-LUNG 3.0  B70f-04083"   # two spaces before B70f
 SLICE = 50
@@ -79,7 +79,7 @@ def main(argv=None):
     folder = book_file(DICOM_DIR, args.data_dir, name="dicom-ct")
     if not folder.is_dir():
         raise DataError(f"{folder}: a file, not the folder of the DICOM series")
-    out = output_dir(args.out, "--out")                # inputs first, then the output folder
+    out = check_writable(args.out, "--out")             # made by the first write, not before
     ct = load_ct(folder)                                 # SimpleITK, slices by position
     if ct.shape[0] <= SLICE:
         raise DataError(f"{folder}: a series of {ct.shape[0]} slices, the book shows slice "

@@ -14,7 +14,7 @@ from ch04_data.tables import check_codes, read_table
 from common.data import add_data_dir_argument, book_file
 from common.errors import DataError, run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir, runs_dir
+from common.files import check_writable, runs_dir
 
 WINE_CSV = "p1ch4/tabular-wine/winequality-white.csv"
 TOTAL_SULFUR = 6            # column of "total sulfur dioxide"
@@ -95,7 +95,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     path = book_file(WINE_CSV, args.data_dir, name="wine")
-    out = output_dir(args.out, "--out")                # inputs first, then the output folder
+    out = check_writable(args.out, "--out")             # made by the first write, not before
     wineq, columns = load_wine(path)
     data, target = wineq[:, :-1], wineq[:, -1].long()   # 11 chemical columns, quality score
     print(f"table {tuple(wineq.shape)}, quality scores {target.min()}..{target.max()}")

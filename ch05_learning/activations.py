@@ -15,7 +15,7 @@ from torch import nn
 from ch05_learning.thermometer import DEFAULT_OUT
 from common.errors import run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir
+from common.files import check_writable
 
 FLAT_SLOPE = 0.05
 
@@ -78,7 +78,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
-    out = output_dir(args.out, "--out")
+    out = check_writable(args.out, "--out")      # made by the first write, not before
 
     x = torch.linspace(-3.0, 3.0, 601)
     ranges = output_ranges()

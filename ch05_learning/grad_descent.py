@@ -22,7 +22,7 @@ from ch05_learning.thermometer import (
 )
 from common.errors import run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir
+from common.files import check_writable
 
 
 def finite_difference_grad(t_u, t_c, w, b, delta=0.1):
@@ -121,7 +121,7 @@ def main(argv=None):
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
     require_epochs(epochs=args.epochs)
-    out = output_dir(args.out, "--out")                  # before the 5,000 epochs
+    out = check_writable(args.out, "--out")               # before the 5,000 epochs
 
     t_c, t_u = thermometer_data()
     w, b = torch.tensor(1.0), torch.tensor(0.0)

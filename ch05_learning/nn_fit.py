@@ -19,7 +19,7 @@ from ch05_learning.optimizers import split_indices, train_val_loop
 from ch05_learning.thermometer import DEFAULT_OUT, plot_fits, require_epochs
 from common.device import seed_everything
 from common.errors import run_cli
-from common.files import output_dir
+from common.files import check_writable
 
 N_HIDDEN = 13
 
@@ -59,7 +59,7 @@ def main(argv=None):
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
     require_epochs(epochs=args.epochs)
-    out = output_dir(args.out, "--out")
+    out = check_writable(args.out, "--out")      # made by the first write, not before
 
     print("nn.Sequential parameters:")
     print_parameter_table(seq_model())

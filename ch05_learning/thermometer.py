@@ -10,7 +10,7 @@ import torch
 
 from common.errors import DataError, run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir, runs_dir
+from common.files import check_writable, runs_dir
 
 # The book's eleven readings: Celsius from a good thermometer, and the same moments on a
 # thermometer of unknown unit (book ch5.2.2).
@@ -80,7 +80,7 @@ def main(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
-    out = output_dir(args.out, "--out")
+    out = check_writable(args.out, "--out")      # made by the first write, not before
 
     t_c, t_u = thermometer_data()
     print(f"t_c {tuple(t_c.shape)}: {T_C}")

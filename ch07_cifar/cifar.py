@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from common.data import add_data_dir_argument
 from common.errors import DataError, one_line, run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir, runs_dir
+from common.files import check_writable, runs_dir
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
@@ -278,7 +278,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(runs_dir("ch07")),
                    help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
-    out = output_dir(args.out, "--out")
+    out = check_writable(args.out, "--out")      # made by the first write, not before
 
     cifar_dir, synthetic = choose_cifar_dir(args.data_dir, args.synthetic)
     train10 = load_cifar10(cifar_dir, train=True)

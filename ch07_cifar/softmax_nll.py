@@ -15,7 +15,7 @@ from torch import nn
 
 from common.errors import run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir, runs_dir
+from common.files import check_writable, runs_dir
 
 
 def softmax_naive(x, dim=-1):
@@ -72,7 +72,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(runs_dir("ch07")),
                    help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
-    out = output_dir(args.out, "--out")
+    out = check_writable(args.out, "--out")      # made by the first write, not before
 
     x = torch.tensor([1.0, 2.0, 3.0])
     probs = softmax(x)

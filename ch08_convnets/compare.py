@@ -24,7 +24,7 @@ from ch08_convnets.train import training_loop
 from common.device import seed_everything
 from common.errors import DataError, run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir, runs_dir, write_text
+from common.files import check_writable, runs_dir, write_text
 
 # name: (model, l2 lambda, learning rate or None for --lr, book (train, val) accuracy)
 VARIANTS = {
@@ -108,7 +108,7 @@ def main(argv=None):
     for flag, value in (("--n-blocks", args.n_blocks), ("--log-every", args.log_every)):
         if value < 1:
             raise DataError(f"{flag} {value}: must be at least 1")
-    out = output_dir(args.out, "--out")                # before hours of training
+    out = check_writable(args.out, "--out")             # before hours of training
     device, train_loader, val_loader, data = prepare(
         args.device, args.seed, args.data_dir, args.synthetic, args.batch_size,
         args.num_workers, args.epoch_size)

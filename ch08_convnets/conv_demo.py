@@ -18,7 +18,7 @@ from ch07_cifar.synthetic import choose_cifar_dir
 from common.data import add_data_dir_argument
 from common.errors import DataError, run_cli
 from common.figures import new_figure, save_figure
-from common.files import output_dir, runs_dir
+from common.files import check_writable, runs_dir
 
 
 def blur_conv():
@@ -80,7 +80,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(runs_dir("ch08")),
                    help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
-    out = output_dir(args.out, "--out")
+    out = check_writable(args.out, "--out")      # made by the first write, not before
     torch.manual_seed(0)
 
     cifar_dir, _ = choose_cifar_dir(args.data_dir, args.synthetic)

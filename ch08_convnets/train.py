@@ -29,7 +29,7 @@ from ch07_cifar.train_fc import (
 from ch08_convnets.models import BOOK_NET_FILE, MODELS, load_book_net, make_model
 from common.device import map_location
 from common.errors import DataError, run_cli
-from common.files import output_dir, read_torch, runs_dir, save_torch
+from common.files import check_writable, read_torch, runs_dir, save_torch
 
 
 def training_loop(n_epochs, optimizer, model, loss_fn, train_loader, device="cpu",
@@ -100,7 +100,7 @@ def main(argv=None):
         raise DataError("--load book holds the book's Net: use it with --model net")
     save = Path(args.save) if args.save else runs_dir("ch08") / f"{args.model}.pt"
     if args.epochs > 0:
-        output_dir(save.parent, "--save folder")          # checked before the training
+        check_writable(save.parent, "--save folder")      # checked before the training
 
     model = None                 # a --load is read and fitted first, before data and training
     if args.load:

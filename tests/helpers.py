@@ -38,3 +38,55 @@ def save_model_state(model, path):
     torch.save({"model_state": model.state_dict(), "model_name": type(model).__name__,
                 "epoch": 1}, path)
     return str(path)
+
+
+def free_port():
+    """A TCP port free on 127.0.0.1 at this moment (for a rendezvous to bind next)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_nodes(script, args_by_node, timeout=300):
+    """One `torchrun --nnodes N --nproc_per_node 1 --rdzv-backend c10d` launcher per entry of
+    `args_by_node` (that node's script arguments), started together on loopback as N machines
+    would be, one thread each (gloo on CPU); their CompletedProcess, all checked to succeed.
+
+    Output goes to files, not pipes: a node blocked on a full pipe would stall the others'
+    collectives."""
+    import tempfile
+    import time
+    import uuid
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    rdzv_id = f"test-{uuid.uuid4().hex[:8]}"                  # a fresh rendezvous every call
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launched = []
+    for args in args_by_node:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(args_by_node)),
+               "--nproc_per_node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint,
+               "--rdzv-id", rdzv_id, str(script), *map(str, args)]
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        launched.append((cmd, subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=env),
+                         out, err))
+    processes, deadline, results = [p for _, p, _, _ in launched], time.monotonic() + timeout, []
+    try:                     # until all are done, one fails (the rest would wait) or time is up
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline \
+                and not any(p.poll() for p in processes):
+            time.sleep(0.2)
+    finally:
+        for cmd, process, out, err in launched:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            out.seek(0)
+            err.seek(0)
+            results.append(subprocess.CompletedProcess(cmd, process.returncode, out.read(),
+                                                       err.read()))
+            out.close()
+            err.close()
+    for r in results:
+        assert r.returncode == 0, r.stderr[-2000:]
+    return results

@@ -14,7 +14,7 @@ import imageio.v3 as iio
 import torch
 
 from common.data import add_data_dir_argument, book_file
-from common.errors import DataError, one_line, run_cli
+from common.errors import DataError, one_line, require_at_least, run_cli
 from common.figures import new_figure, save_figure
 from common.files import check_writable, runs_dir
 
@@ -79,8 +79,7 @@ def main(argv=None):
     p.add_argument("--out", default=str(runs_dir("ch04")),
                    help="folder for video.png (default: %(default)s)")
     args = p.parse_args(argv)
-    if args.max_frames is not None and args.max_frames < 1:
-        raise DataError(f"--max-frames {args.max_frames}: must be at least 1")
+    require_at_least("--max-frames", args.max_frames, 1)   # None: every frame
 
     path = book_file(COCKATOO_MP4, args.data_dir, name="video-cockatoo")
     if not path.is_file():

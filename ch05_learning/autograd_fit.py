@@ -10,8 +10,8 @@ import argparse
 
 import torch
 
-from ch05_learning.thermometer import loss_fn, model, require_epochs, thermometer_data
-from common.errors import run_cli
+from ch05_learning.thermometer import loss_fn, model, thermometer_data
+from common.errors import require_at_least, run_cli
 
 
 def autograd_grad(t_u, t_c, w=1.0, b=0.0):
@@ -52,7 +52,7 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=5000, help="default: %(default)s")
     p.add_argument("--lr", type=float, default=1e-2, help="default: %(default)s")
     args = p.parse_args(argv)
-    require_epochs(epochs=args.epochs)
+    require_at_least("--epochs", args.epochs, 1)
 
     t_c, t_u = thermometer_data()
     once, twice, zeroed = accumulation_demo(t_u, t_c)

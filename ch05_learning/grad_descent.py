@@ -17,10 +17,9 @@ from ch05_learning.thermometer import (
     DEFAULT_OUT,
     loss_fn,
     model,
-    require_epochs,
     thermometer_data,
 )
-from common.errors import run_cli
+from common.errors import require_at_least, run_cli
 from common.figures import new_figure, save_figure
 from common.files import check_writable
 
@@ -120,7 +119,7 @@ def main(argv=None):
                    help="learning rate of the normalized run (default: %(default)s)")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
-    require_epochs(epochs=args.epochs)
+    require_at_least("--epochs", args.epochs, 1)
     out = check_writable(args.out, "--out")               # before the 5,000 epochs
 
     t_c, t_u = thermometer_data()

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from ch05_learning.optimizers import split_indices, train_val_loop
-from ch05_learning.thermometer import require_epochs, thermometer_data
+from ch05_learning.thermometer import thermometer_data
 from common.device import seed_everything
-from common.errors import run_cli
+from common.errors import require_at_least, run_cli
 
 
 def batched_data():
@@ -58,7 +58,8 @@ def main(argv=None):
                    help="epochs of the train/validation run (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     args = p.parse_args(argv)
-    require_epochs(epochs=args.epochs, val_epochs=args.val_epochs)
+    for flag, value in (("--epochs", args.epochs), ("--val-epochs", args.val_epochs)):
+        require_at_least(flag, value, 1)
 
     t_c, t_u = batched_data()
     t_un = 0.1 * t_u

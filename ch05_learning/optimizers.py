@@ -12,9 +12,9 @@ import argparse
 
 import torch
 
-from ch05_learning.thermometer import loss_fn, model, require_epochs, thermometer_data
+from ch05_learning.thermometer import loss_fn, model, thermometer_data
 from common.device import seed_everything
-from common.errors import run_cli
+from common.errors import require_at_least, run_cli
 
 
 def fit(n_epochs, optimizer, params, t_u, t_c, log_every=500):
@@ -74,7 +74,9 @@ def main(argv=None):
                    help="epochs of the train/validation run (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed for the split (default: %(default)s)")
     args = p.parse_args(argv)
-    require_epochs(epochs=args.epochs, adam_epochs=args.adam_epochs, val_epochs=args.val_epochs)
+    for flag, value in (("--epochs", args.epochs), ("--adam-epochs", args.adam_epochs),
+                        ("--val-epochs", args.val_epochs)):
+        require_at_least(flag, value, 1)
 
     t_c, t_u = thermometer_data()
     t_un = 0.1 * t_u

@@ -21,9 +21,9 @@ from ch01_intro.resnet import count_parameters
 from ch05_learning.nn_fit import N_HIDDEN, print_parameter_table
 from ch05_learning.nn_linear import batched_data
 from ch05_learning.optimizers import split_indices, train_val_loop
-from ch05_learning.thermometer import DEFAULT_OUT, plot_fits, require_epochs
+from ch05_learning.thermometer import DEFAULT_OUT, plot_fits
 from common.device import seed_everything
-from common.errors import run_cli
+from common.errors import require_at_least, run_cli
 from common.files import check_writable
 
 
@@ -109,7 +109,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="split and init (default: %(default)s)")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the PNG (default: %(default)s)")
     args = p.parse_args(argv)
-    require_epochs(epochs=args.epochs)
+    require_at_least("--epochs", args.epochs, 1)
     out = check_writable(args.out, "--out")      # made by the first write, not before
 
     counts = {}

@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from common.errors import DataError, run_cli
+from common.errors import run_cli
 from common.figures import new_figure, save_figure
 from common.files import check_writable, runs_dir
 
@@ -22,15 +22,6 @@ DEFAULT_OUT = str(runs_dir("ch05"))         # the repository's runs/ch05, from a
 def thermometer_data():
     """(t_c, t_u) as float32 tensors of shape (11,)."""
     return torch.tensor(T_C), torch.tensor(T_U)
-
-
-def require_epochs(**flags):
-    """A DataError unless every epoch count is at least 1: require_epochs(epochs=args.epochs)
-    names the flag, `--epochs 0: must be at least 1` (a loop of no epochs has nothing to
-    show)."""
-    for name, value in flags.items():
-        if value < 1:
-            raise DataError(f"--{name.replace('_', '-')} {value}: must be at least 1")
 
 
 def model(t_u, w, b):

@@ -20,7 +20,7 @@ from ch07_cifar.cifar import load_cifar2
 from ch07_cifar.synthetic import choose_cifar_dir
 from common.data import add_data_dir_argument
 from common.device import add_device_argument, pick_device, seed_everything
-from common.errors import DataError, run_cli
+from common.errors import DataError, require_at_least, run_cli
 
 N_INPUTS = 3 * 32 * 32
 
@@ -112,10 +112,8 @@ def add_cifar_arguments(p, epochs=100, lr=1e-2):
 def check_cifar_flags(epochs, lr, batch_size, epoch_size, num_workers, least_epochs=1):
     """One line naming the first shared flag with a value training cannot use."""
     for flag, value, least in (("--epochs", epochs, least_epochs), ("--batch-size", batch_size, 1),
-                               ("--epoch-size", 1 if epoch_size is None else epoch_size, 1),
-                               ("--num-workers", num_workers, 0)):
-        if value < least:
-            raise DataError(f"{flag} {value}: must be at least {least}")
+                               ("--epoch-size", epoch_size, 1), ("--num-workers", num_workers, 0)):
+        require_at_least(flag, value, least)             # epoch_size None: the whole set
     if not lr > 0:
         raise DataError(f"--lr {lr}: must be a positive number")
 

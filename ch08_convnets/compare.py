@@ -22,7 +22,7 @@ from ch07_cifar.train_fc import accuracy, add_cifar_arguments, check_cifar_flags
 from ch08_convnets.models import make_model
 from ch08_convnets.train import training_loop
 from common.device import seed_everything
-from common.errors import DataError, run_cli
+from common.errors import DataError, require_at_least, run_cli
 from common.figures import new_figure, save_figure
 from common.files import check_writable, runs_dir, write_text
 
@@ -106,8 +106,7 @@ def main(argv=None):
     check_cifar_flags(args.epochs, args.lr, args.batch_size, args.epoch_size, args.num_workers,
                       least_epochs=0)
     for flag, value in (("--n-blocks", args.n_blocks), ("--log-every", args.log_every)):
-        if value < 1:
-            raise DataError(f"{flag} {value}: must be at least 1")
+        require_at_least(flag, value, 1)
     out = check_writable(args.out, "--out")             # before hours of training
     device, train_loader, val_loader, data = prepare(
         args.device, args.seed, args.data_dir, args.synthetic, args.batch_size,

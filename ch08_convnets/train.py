@@ -28,7 +28,7 @@ from ch07_cifar.train_fc import (
 )
 from ch08_convnets.models import BOOK_NET_FILE, MODELS, load_book_net, make_model
 from common.device import map_location
-from common.errors import DataError, run_cli
+from common.errors import DataError, require_at_least, run_cli
 from common.files import check_writable, read_torch, runs_dir, save_torch
 
 
@@ -92,8 +92,7 @@ def main(argv=None):
                       least_epochs=0)                   # --epochs 0: evaluate a --load only
     for flag, value in (("--n-chans1", args.n_chans1), ("--n-blocks", args.n_blocks),
                         ("--log-every", args.log_every)):
-        if value < 1:
-            raise DataError(f"{flag} {value}: must be at least 1")
+        require_at_least(flag, value, 1)
     if not args.l2 >= 0:
         raise DataError(f"--l2 {args.l2}: must be 0 or more")
     if args.load == "book" and args.model != "net":

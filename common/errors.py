@@ -20,6 +20,14 @@ def one_line(text, limit=MAX_MESSAGE):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def require_at_least(flag, value, least):
+    """`value` unless it is below `least` (NaN too): then a DataError naming the flag,
+    `--epochs 0: must be at least 1`. None (an optional flag left unset) passes."""
+    if value is not None and not value >= least:
+        raise DataError(f"{flag} {value}: must be at least {least}")
+    return value
+
+
 def run_cli(main, argv=None):
     """DataError -> `error: ...` on stderr and exit 2; Ctrl-C -> `interrupted`, exit 130."""
     try:

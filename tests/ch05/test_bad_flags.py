@@ -22,6 +22,8 @@ CASES = [   # (module, argv, the one line)
     ("ch05_learning.subclassing", ["--epochs", "0"], "--epochs 0: must be at least 1"),
     ("ch05_learning.nn_linear", ["--val-epochs", "0"], "--val-epochs 0: must be at least 1"),
     ("ch05_learning.optimizers", ["--adam-epochs", "0"], "--adam-epochs 0: must be at least 1"),
+    ("ch05_learning.optimizers", ["--val-epochs", "-2"], "--val-epochs -2: must be at least 1"),
+    ("ch05_learning.nn_linear", ["--epochs", "0"], "--epochs 0: must be at least 1"),
     ("ch08_convnets.train", ["--epochs", "-1"], "--epochs -1: must be at least 0"),
     ("ch08_convnets.train", ["--n-blocks", "0"], "--n-blocks 0: must be at least 1"),
     ("ch08_convnets.train", ["--n-chans1", "0"], "--n-chans1 0: must be at least 1"),
@@ -29,6 +31,9 @@ CASES = [   # (module, argv, the one line)
     ("ch08_convnets.train", ["--model", "width", "--load", "book"], "use it with --model net"),
     ("ch08_convnets.compare", ["--n-blocks", "0"], "--n-blocks 0: must be at least 1"),
     ("ch08_convnets.compare", ["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+    ("ch08_convnets.compare", ["--log-every", "0"], "--log-every 0: must be at least 1"),
+    ("ch08_convnets.compare", ["--epoch-size", "0"], "--epoch-size 0: must be at least 1"),
+    ("ch08_convnets.train", ["--num-workers", "-1"], "--num-workers -1: must be at least 0"),
     ("ch03_tensors.devices", ["--device", "tpu"], "--device tpu: unknown device; use auto"),
     ("ch03_tensors.devices", ["--device", "meta"], "--device meta: unsupported device"),
 ]
@@ -50,3 +55,14 @@ def _flags(main, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     return capsys.readouterr().out
+
+
+def test_require_at_least_names_the_flag_and_refuses_nan():
+    from common.errors import DataError, require_at_least
+
+    assert require_at_least("--epochs", 3, 1) == 3 and require_at_least("--steps", 0, 0) == 0
+    assert require_at_least("--max-frames", None, 1) is None          # an unset optional flag
+    with pytest.raises(DataError, match=r"^--epochs 0: must be at least 1$"):
+        require_at_least("--epochs", 0, 1)
+    with pytest.raises(DataError, match=r"^--rate nan: must be at least 0.5$"):
+        require_at_least("--rate", float("nan"), 0.5)

@@ -1,7 +1,8 @@
 """Chapters 13-15: the classifier and the U-Net for inference in fp32, bf16 and static int8.
 
-    python ch13_segment/precision.py                     # the side-by-side table: minutes
+    python ch13_segment/precision.py                     # the side-by-side table: ~15 minutes
     python ch13_segment/precision.py --models cls --repeats 5
+    python ch13_segment/precision.py --calibration ct    # calibrated on the measured CT
 
     run = prepare_model(model, "int8", (x,), calibration_batches=calibration_crops(luna))
     logits, probs = run(x)             # fp32 in, the model's own outputs in fp32 out
@@ -20,7 +21,8 @@ slices of the training series, convert_pt2e. Two gaps in that recipe are filled 
   Conv3d in the converted graph by the oneDNN int8 convolution that inductor uses for 2-D
   (onednn.qconv_prepack / qconv_pointwise, which take 5-D tensors), with a uint8 output whose
   zero point 0 is the ReLU; the max-pools then run on the uint8 tensors (max commutes with the
-  monotone quantization). The result runs eagerly.
+  monotone quantization). The result runs through torch.compile (without freezing), which
+  fuses the rest (input batch norm and quantization, the uint8 pools, the head).
 - In the book's U-Net each convolution's ReLU feeds a BatchNorm, which the recipe leaves in
   fp32, so every int8 convolution wrote an fp32 map (four times the bytes) and was slower than
   bf16. Here those ReLU outputs are quantized as well, so inductor fuses the quantized
@@ -32,7 +34,14 @@ The prepared callables map fp32 inputs to fp32 outputs of the model's own struct
 (logits, probs), UNetWrapper: an (N, 1, H, W) probability map), so nodule_analysis and
 latency.py can swap them for the model. The int8 ones are shape-specialised: batches smaller
 than the example's are padded to it, larger ones are split, and the compiled U-Net recompiles
-once per new slice size.
+once per new slice size. Quantizing takes a while (the calibration's histograms, and a fixed
+~10 s in convert_pt2e, whose QAT conv-bn pass exports 96 patterns whenever a graph holds a
+batch norm): save_int8 / load_int8 keep a quantized program for later runs.
+
+The table (main) times every variant on one batch in interleaved rounds and scores agreement
+with fp32 on a real CT: the U-Net on all its slices, the classifier on crops around the
+candidates the fp32 U-Net finds there; calibration comes from LUNA's training series (the
+synthetic sample's when LUNA16 is absent, a different distribution from the real CT).
 """
 import argparse
 import contextlib

@@ -1,8 +1,9 @@
 """fp32 / bf16 / int8 inference versions of LunaModel and the U-Net (ch13_segment/precision.py).
 
 Small models on fixed inputs; the int8 ones calibrated on batches drawn like the inputs. The
-tolerances are stated relative to each output's own range, with a margin of about 3x over
-what these seeds give, so that another CPU's rounding does not trip them.
+tolerances are stated relative to each output's own range where it has one, with a margin of
+3-5x over what these seeds give (noted beside each), so that another CPU's rounding does not
+trip them.
 """
 import copy
 import io
@@ -72,10 +73,12 @@ def test_fp32_and_bf16_keep_the_outputs_and_agree():
         out_seg = precision.prepare_model(unet, p, (s,), compiled=False)(s)
         assert out_logits.shape == out_probs.shape == (4, 2) and out_seg.shape == (2, 1, 32, 32)
         assert out_logits.dtype == out_seg.dtype == torch.float32
-        tol = 1e-5 if p == "fp32" else 0.03       # bf16 keeps 8 bits of mantissa: 2**-8 steps
-        torch.testing.assert_close(out_probs.sum(dim=1), torch.ones(4), rtol=0, atol=tol / 4)
-        assert (out_logits - logits).abs().max() <= tol * spread(logits)
-        assert (out_seg - seg).abs().max() <= tol
+        # bf16 keeps 8 bits of mantissa; these seeds give 0.3% of the logits' spread, 0.015 in
+        # probability and 0.002 in the sums
+        logit_tol, seg_tol, sum_tol = (1e-5, 1e-5, 1e-5) if p == "fp32" else (0.01, 0.05, 0.006)
+        torch.testing.assert_close(out_probs.sum(dim=1), torch.ones(4), rtol=0, atol=sum_tol)
+        assert (out_logits - logits).abs().max() <= logit_tol * spread(logits)
+        assert (out_seg - seg).abs().max() <= seg_tol
 
 
 def test_prepare_model_leaves_the_model_alone():
@@ -100,9 +103,11 @@ def test_int8_agrees_with_fp32(programs):
     out_seg = run_unet(s)
     assert out_logits.shape == out_probs.shape == (16, 2) and out_seg.shape == seg.shape
     torch.testing.assert_close(out_probs.sum(dim=1), torch.ones(16))
-    assert (out_logits - logits).abs().max() <= 0.15 * spread(logits)     # 9 quantized layers
-    assert (out_seg - seg).abs().max() <= 0.1
-    assert ((out_seg > 0.5) != (seg > 0.5)).float().mean() <= 0.05
+    # these seeds: 0.6% of the logits' spread; at most 0.09 in probability and 1.0% of the
+    # pixels flipped at 0.5 for the (random, so borderline-heavy) U-Net
+    assert (out_logits - logits).abs().max() <= 0.03 * spread(logits)
+    assert (out_seg - seg).abs().max() <= 0.25
+    assert ((out_seg > 0.5) != (seg > 0.5)).float().mean() <= 0.03
 
 
 def test_calibration_sets_the_quantization_ranges(int8):

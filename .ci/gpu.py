@@ -77,10 +77,11 @@ def plan(dry_run, book_models=None, latency_takes_device=False):
     t = (lambda gpu_s: DRY_TIMEOUT_S) if dry_run else (lambda gpu_s: gpu_s)
     # GPU sizes: enough batches for the loaders' startup (inside the timed loop) to fade,
     # 4 loader workers of the 16 cores so that reading crops does not cap the GPU.
-    ch10 = ([*dev, "--steps", 1, "--batch-size", 2, "--num-workers", 0, "--skip-layout"]
-            if dry_run else [*dev, "--steps", 200, "--batch-size", 32, "--num-workers", 4])
-    ch13 = ([*dev, "--steps", 1, "--batch-size", 2, "--num-workers", 0] if dry_run else
-            [*dev, "--steps", 100, "--batch-size", 16, "--num-workers", 4])
+    ch10 = ([*dev, "--steps", 1, "--batch-size", 2, "--num-workers", 0, "--skip-layout",
+             "--crop-reads", 5] if dry_run else
+            [*dev, "--steps", 200, "--batch-size", 32, "--num-workers", 4])
+    ch13 = ([*dev, "--steps", 1, "--batch-size", 2, "--num-workers", 0, "--val-slices", 2]
+            if dry_run else [*dev, "--steps", 100, "--batch-size", 16, "--num-workers", 4])
     models = ["--seg-model", book_models[0], "--cls-model", book_models[1]] if book_models \
         else []
     analysis = ([*dev, "--analysis", "--slices", 7, "--batch-size", 16, *models] if dry_run

@@ -28,7 +28,8 @@ from ch10_luna.train_cls import evaluate, make_datasets, train_one_epoch
 from common.ct import to_hu
 from common.data import add_data_dir_argument
 from common.device import add_device_argument, pick_device, seed_everything
-from common.errors import run_cli
+from common.errors import DataError, require_at_least, run_cli
+from common.files import runs_dir
 
 
 def time_crop_reads(dataset, n=200):
@@ -89,24 +90,40 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def batch_clock(device):
+    """(after_batch hook, seconds) for a loop: the clock runs from the end of its first batch
+    to the end of its last, so DataLoader workers starting and the first batch's warm-up are
+    not counted; seconds() is that time, and the hook's samples come from the loop's total."""
+    marks = {}
+
+    def after_batch(done, total, _metrics):
+        if done in (1, total):
+            sync(device)
+            marks[done] = time.perf_counter()
+            marks["total"] = total
+    return after_batch, lambda: marks[marks["total"]] - marks[1]
+
+
 def loop_rates(train_ds, val_ds, device, batch_size, steps, amp, spec, num_workers):
-    """samples/s of train_one_epoch and evaluate on real crops (one warm-up batch each)."""
+    """samples/s of train_one_epoch and evaluate on real crops, from the second batch on."""
     seed_everything(0)
     amp = mixed_precision(device, amp)
     model = LunaModel().to(device, memory_format=memory_format(device, amp))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99)
     order = epoch_order(train_ds.labels(), (steps + 1) * batch_size, balanced=True, seed=0)
-    warm = make_loader(train_ds, order[:batch_size], batch_size, num_workers, device)
-    train_one_epoch(model, warm, optimizer, device, spec=spec, amp=amp, quiet=True)
-    loader = make_loader(train_ds, order[batch_size:], batch_size, num_workers, device)
-    trn = steps * batch_size / timed(device, lambda: train_one_epoch(
-        model, loader, optimizer, device, spec=spec, amp=amp, quiet=True))
-    n_val = min(len(val_ds), steps * batch_size)
-    val_loader = make_loader(val_ds, range(n_val), batch_size, num_workers, device)
-    evaluate(model, make_loader(val_ds, range(batch_size), batch_size, 0, device), device,
-             amp=amp, quiet=True)
-    return trn, n_val / timed(device, lambda: evaluate(model, val_loader, device, amp=amp,
-                                                       quiet=True))
+    loader = make_loader(train_ds, order, batch_size, num_workers, device)
+    hook, seconds = batch_clock(device)
+    train_one_epoch(model, loader, optimizer, device, spec=spec, amp=amp, after_batch=hook,
+                    quiet=True)
+    trn = steps * batch_size / seconds()
+    n_val = min(len(val_ds), (steps + 1) * batch_size)
+    if n_val <= batch_size:
+        raise DataError(f"{len(val_ds)} validation crops: timing needs more than one batch "
+                        f"of {batch_size}")
+    hook, seconds = batch_clock(device)
+    evaluate(model, make_loader(val_ds, range(n_val), batch_size, num_workers, device), device,
+             amp=amp, after_batch=hook, quiet=True)
+    return trn, (n_val - batch_size) / seconds()
 
 
 def main(argv=None):
@@ -121,6 +138,8 @@ def main(argv=None):
     p.add_argument("--no-augment", action="store_true", help="time training without augmentation")
     p.add_argument("--skip-layout", action="store_true",
                    help="skip timing the book's NCDHW layout on CPU (about a minute)")
+    p.add_argument("--crop-reads", type=int, default=200,
+                   help="memmap crop reads timed (default: %(default)s; 1/20 of them whole-CT)")
     p.add_argument("--compare-f1", action="store_true",
                    help="also train one default epoch in fp32 and with --amp; print both F1")
     args = p.parse_args(argv)
@@ -134,32 +153,37 @@ def main(argv=None):
           f"{args.steps} timed batches, training {setting}, "
           f"{'synthetic' if luna.synthetic else 'LUNA16'} crops")
 
-    ours_ms, full_ms = time_crop_reads(train_ds)
+    require_at_least("--crop-reads", args.crop_reads, 1)
+    require_at_least("--steps", args.steps, 1)
+    ours_ms, full_ms = time_crop_reads(train_ds, min(args.crop_reads, len(train_ds)))
     print(f"crop read: memmap {ours_ms:.2f} ms, whole-CT read then crop {full_ms:.1f} ms "
           f"({full_ms / ours_ms:.0f}x): no crop cache needed")
-    results = {}
+    results = {"device": str(device), "batch_size": args.batch_size, "steps": args.steps,
+               "augmented": spec.active, "crop_read_ms": {"memmap": ours_ms, "whole_ct": full_ms}}
     for amp in (False, True):
-        name = "amp (bf16)" if amp else "fp32"
-        if amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            name = "amp (fp16)"
+        name = f"amp ({str(mixed_precision(device, True).dtype).split('.')[-1]})" if amp \
+            else "fp32"
         ceiling_trn = model_ceiling(device, args.batch_size, args.steps, amp, train=True)
         ceiling_val = model_ceiling(device, args.batch_size, args.steps, amp, train=False)
         trn, val = loop_rates(train_ds, val_ds, device, args.batch_size, args.steps, amp, spec,
                               args.num_workers)
-        results[amp] = (ceiling_trn, ceiling_val, trn, val)
-        print(f"{name:10s} training   {trn:7.1f} samples/s = {trn / ceiling_trn:6.1%} of the "
+        results["amp" if amp else "fp32"] = {"ceiling_train": ceiling_trn,
+                                             "ceiling_val": ceiling_val, "train": trn, "val": val}
+        print(f"{name:14s} training   {trn:7.1f} samples/s = {trn / ceiling_trn:6.1%} of the "
               f"model-only ceiling {ceiling_trn:7.1f}")
-        print(f"{name:10s} validation {val:7.1f} samples/s = {val / ceiling_val:6.1%} of the "
+        print(f"{name:14s} validation {val:7.1f} samples/s = {val / ceiling_val:6.1%} of the "
               f"forward-only ceiling {ceiling_val:7.1f}")
     if device.type == "cpu" and not args.skip_layout:
         book_layout = model_ceiling(device, args.batch_size, 1, False,
                                     fmt=torch.contiguous_format, warmup=1)
+        results["fp32"]["ceiling_train_ncdhw"] = book_layout
+        ours = results["fp32"]["ceiling_train"]
         print(f"fp32 model-only ceiling in the book's NCDHW layout: {book_layout:.1f} samples/s; "
-              f"channels-last: {results[False][0]:.1f} ({results[False][0] / book_layout:.0f}x)")
-    fp32_ceiling = results[False][0]
-    print(f"amp training {results[True][2]:.1f} samples/s = {results[True][2] / fp32_ceiling:.2f}x"
-          f" the fp32 model-only ceiling ({fp32_ceiling:.1f}); validation "
-          f"{results[True][3] / results[False][1]:.2f}x the fp32 forward-only ceiling")
+              f"channels-last: {ours:.1f} ({ours / book_layout:.0f}x)")
+    fp32, amp = results["fp32"], results["amp"]
+    print(f"amp training {amp['train']:.1f} samples/s = {amp['train'] / fp32['ceiling_train']:.2f}x"
+          f" the fp32 model-only ceiling ({fp32['ceiling_train']:.1f}); validation "
+          f"{amp['val'] / fp32['ceiling_val']:.2f}x the fp32 forward-only ceiling")
     if args.compare_f1:
         base = ["--epochs", "1", "--device", args.device, "--run-dir"]
         if args.data_dir:
@@ -168,12 +192,14 @@ def main(argv=None):
             base = ["--synthetic", *base]
         f1 = {}
         for amp in (False, True):
-            run_dir = f"runs/ch10/benchmark-{'amp' if amp else 'fp32'}-{int(time.time())}"
+            run_dir = str(runs_dir("ch10") / f"benchmark-{'amp' if amp else 'fp32'}-"
+                          f"{int(time.time())}")
             started = time.perf_counter()
             _, history = train_cls.main([*base, run_dir, *(["--amp"] if amp else [])])
             f1[amp] = (history[-1]["val"]["pr/f1_score"], time.perf_counter() - started)
         print(f"default epoch, same data and seed: val F1 fp32 {f1[False][0]:.3f} "
               f"({f1[False][1]:.0f} s), amp {f1[True][0]:.3f} ({f1[True][1]:.0f} s)")
+        results["default_epoch_f1"] = {"fp32": f1[False][0], "amp": f1[True][0]}
     return results
 
 

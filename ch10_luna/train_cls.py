@@ -174,7 +174,7 @@ def train_one_epoch(model, loader, optimizer, device, *, compute=compute_batch_l
 
 
 def evaluate(model, loader, device, *, compute=compute_batch_loss, n_rows=3, amp=None,
-             desc="val", quiet=False):
+             after_batch=None, desc="val", quiet=False):
     """The same loop without gradients or augmentation; the weights are not touched."""
     model.eval()
     device = torch.device(device)
@@ -187,6 +187,8 @@ def evaluate(model, loader, device, *, compute=compute_batch_loss, n_rows=3, amp
             x = to_input(x, device, memory_format(device, amp, x.dim() - 2))
             _loss, rows = compute(model, x, label.to(device, non_blocking=True), amp.context)
             metrics[:, i * loader.batch_size:][:, :len(x)] = rows
+            if after_batch is not None:
+                after_batch(i + 1, len(loader), metrics)
     return metrics.cpu()
 
 

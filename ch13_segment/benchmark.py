@@ -29,7 +29,7 @@ import torch
 from scipy import ndimage
 
 from ch10_luna.augment import AugmentSpec
-from ch10_luna.benchmark import timed
+from ch10_luna.benchmark import batch_clock, timed
 from ch10_luna.dsets import locate_luna, make_loader
 from ch10_luna.runtime import memory_format, mixed_precision, optimizer_step, to_input
 from ch10_luna.train_cls import evaluate, train_one_epoch
@@ -79,26 +79,28 @@ def model_ceiling(device, batch_size, steps, amp, fmt, warmup=2):
 
 
 def loop_rate(train_ds, device, batch_size, steps, amp, spec, num_workers):
-    """samples/s of chapter 13's training loop on real crops (after one warm-up batch)."""
+    """samples/s of chapter 13's training loop on real crops, from the second batch on."""
     amp = mixed_precision(device, amp)
     model, optimizer = new_model(device, memory_format(device, amp, 2))
     kwargs = dict(compute=compute_batch_loss, n_rows=5, spec=spec, augment_labels=True, amp=amp,
                   quiet=True)
-    warm = make_loader(train_ds, range(batch_size), batch_size, num_workers, device)
-    train_one_epoch(model, warm, optimizer, device, **kwargs)
-    loader = make_loader(train_ds, range(batch_size, (steps + 1) * batch_size), batch_size,
-                         num_workers, device)
-    seconds = timed(device, lambda: train_one_epoch(model, loader, optimizer, device, **kwargs))
-    return steps * batch_size / seconds, model
+    loader = make_loader(train_ds, range((steps + 1) * batch_size), batch_size, num_workers,
+                         device)
+    hook, seconds = batch_clock(device)               # from the end of the first batch
+    train_one_epoch(model, loader, optimizer, device, after_batch=hook, **kwargs)
+    return steps * batch_size / seconds(), model
 
 
-def validation_seconds_per_slice(model, val_ds, device, batch_size, amp, num_workers):
+def validation_seconds_per_slice(model, val_ds, device, batch_size, amp, num_workers,
+                                 max_slices=None):
+    """Seconds per whole validation slice (at most `max_slices` of them), after a warm-up."""
+    n = min(len(val_ds), max_slices or len(val_ds))
     kwargs = dict(compute=compute_batch_loss, n_rows=5, amp=mixed_precision(device, amp),
                   quiet=True)
-    evaluate(model, make_loader(val_ds, range(min(batch_size, len(val_ds))), batch_size, 0,
-                                device), device, **kwargs)
-    loader = make_loader(val_ds, np.arange(len(val_ds)), batch_size, num_workers, device)
-    return timed(device, lambda: evaluate(model, loader, device, **kwargs)) / len(val_ds)
+    evaluate(model, make_loader(val_ds, range(min(batch_size, n)), batch_size, 0, device),
+             device, **kwargs)
+    loader = make_loader(val_ds, np.arange(n), batch_size, num_workers, device)
+    return timed(device, lambda: evaluate(model, loader, device, **kwargs)) / n
 
 
 # ----------------------------------------------------------------------------- the analysis
@@ -224,6 +226,8 @@ def main(argv=None):
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--augmented", action="store_true",
                    help="time the training loop with chapter 13's full augmentation")
+    p.add_argument("--val-slices", type=int, default=None,
+                   help="validation slices timed (default: every one)")
     p.add_argument("--analysis", action="store_true",
                    help="time nodule_analysis per CT instead of training")
     p.add_argument("--slices", type=int, nargs="+", default=[117],
@@ -255,9 +259,9 @@ def main(argv=None):
           f"validation: {len(val_ds)} whole slices")
     results = {}
     for amp in (False, True):
-        name = "amp (bf16)" if amp else "fp32"
-        if amp and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            name = "amp (fp16)"
+        key = "amp" if amp else "fp32"
+        name = f"amp ({str(mixed_precision(device, True).dtype).split('.')[-1]})" if amp \
+            else "fp32"
         ceilings = {last: model_ceiling(device, args.batch_size, args.steps, amp,
                                         torch.channels_last if last else torch.contiguous_format)
                     for last in (False, True)}
@@ -265,17 +269,17 @@ def main(argv=None):
         trn, model = loop_rate(train_ds, device, args.batch_size, args.steps, amp, spec,
                                args.num_workers)
         val = validation_seconds_per_slice(model, val_ds, device, args.batch_size, amp,
-                                           args.num_workers)
-        results[amp] = {"ceiling_nchw": ceilings[False], "ceiling_channels_last": ceilings[True],
+                                           args.num_workers, args.val_slices)
+        results[key] = {"ceiling_nchw": ceilings[False], "ceiling_channels_last": ceilings[True],
                         "train": trn, "layout": "channels_last" if used else "nchw",
                         "val_s_per_slice": val}
-        print(f"{name:10s} model-only ceiling: NCHW {ceilings[False]:6.1f}, channels-last "
-              f"{ceilings[True]:6.1f} samples/s; training loop ({results[amp]['layout']}) "
+        print(f"{name:14s} model-only ceiling: NCHW {ceilings[False]:6.1f}, channels-last "
+              f"{ceilings[True]:6.1f} samples/s; training loop ({results[key]['layout']}) "
               f"{trn:6.1f} samples/s = {trn / ceilings[used]:6.1%} of its ceiling; validation "
               f"{val * 1e3:.0f} ms per slice")
-    print(f"amp training {results[True]['train']:.1f} samples/s = "
-          f"{results[True]['train'] / results[False]['train']:.2f}x fp32 "
-          f"({results[False]['train']:.1f})")
+    print(f"amp training {results['amp']['train']:.1f} samples/s = "
+          f"{results['amp']['train'] / results['fp32']['train']:.2f}x fp32 "
+          f"({results['fp32']['train']:.1f})")
     return results
 
 

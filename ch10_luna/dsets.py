@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ch10_luna.runtime import barrier, is_main_process, rank_share
-from ch10_luna.synthetic import MARKER, generate_sample
+from ch10_luna.runtime import barrier, is_main_process, is_node_leader, rank_share
+from ch10_luna.synthetic import MARKER, generate_sample, sample_is_current
 from common.ct import check_mhd, load_ct
 from common.data import add_data_dir_argument, data_root
 from common.errors import DataError
@@ -82,7 +82,8 @@ def locate_luna(data_dir=None, synthetic=False, announce=print, warn_skipped=Tru
         luna = find_luna(real)
     else:
         sample = data_root(data_dir) / "synthetic" / "luna"
-        if is_main_process() and not (sample / MARKER).exists():
+        # One process per node makes it (a node may not share the others' disk), then all wait.
+        if is_node_leader() and not sample_is_current(sample):
             announce(f"generating the synthetic LUNA sample in {sample} (once) ...")
             generate_sample(sample)
         barrier()

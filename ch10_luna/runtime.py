@@ -42,6 +42,11 @@ def is_main_process():
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
+def is_node_leader():
+    """Local rank 0: the one process of each node (machine) that prepares node-local files."""
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()

@@ -19,6 +19,7 @@ import csv
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -303,7 +304,8 @@ def generate_sample(out_dir, n_series=30, seed=0, n_subsets=10, negatives=(550, 
     out_dir = Path(out_dir)
     if sample_is_current(out_dir):
         return out_dir
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    # The host in the name too: nodes of one torchrun job may write into one shared folder.
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -354,9 +356,17 @@ def generate_sample(out_dir, n_series=30, seed=0, n_subsets=10, negatives=(550, 
             "excluded_findings": len(excluded_rows), "version": SAMPLE_VERSION}
     (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if sample_is_current(out_dir):                         # another node finished first
+        shutil.rmtree(tmp)
+        return out_dir
     if out_dir.exists():                                   # an incomplete earlier attempt
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+        shutil.rmtree(out_dir, ignore_errors=True)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:                                        # lost a race to another node
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not sample_is_current(out_dir):
+            raise
     return out_dir
 
 

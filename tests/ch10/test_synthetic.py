@@ -5,13 +5,7 @@ import json
 import numpy as np
 
 from ch10_luna.dsets import find_luna, read_annotations, read_candidates
-from ch10_luna.synthetic import (
-    EXCLUDED_CSV,
-    EXCLUDED_DIAMETER_MM,
-    MARKER,
-    SAMPLE_VERSION,
-    generate_sample,
-)
+from ch10_luna.synthetic import EXCLUDED_CSV, MARKER, SAMPLE_VERSION, generate_sample
 from common.ct import load_ct
 
 
@@ -96,54 +90,47 @@ def _xyz(row):
     return np.array([float(row[k]) for k in ("coordX", "coordY", "coordZ")])
 
 
-def test_excluded_findings_are_dense_blobs_on_negative_candidates_away_from_nodules(tmp_path):
-    out = generate_sample(tmp_path / "s", n_series=3, seed=2, negatives=(60, 80),
+def test_excluded_findings_are_the_specks_listed_as_lunas_irrelevant_findings(tmp_path):
+    out = generate_sample(tmp_path / "s", n_series=3, seed=2, negatives=(20, 30),
                           progress=False)
     header = next(csv.reader(open(out / EXCLUDED_CSV)))
     assert header == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]   # LUNA16's
     excluded = _rows(out / EXCLUDED_CSV)
     info = json.loads((out / MARKER).read_text())
-    assert info["excluded_findings"] == len(excluded) >= 3 and info["version"] == SAMPLE_VERSION
+    assert info["excluded_findings"] == len(excluded) >= 9 and info["version"] == SAMPLE_VERSION
+    assert {r["seriesuid"] for r in excluded} == set(find_luna(out).series)     # every CT
     diameters = [float(r["diameter_mm"]) for r in excluded]
     assert -1.0 in diameters and any(d > 0 for d in diameters)          # both kinds listed
-    assert all(d == -1 or EXCLUDED_DIAMETER_MM[0] <= d <= EXCLUDED_DIAMETER_MM[1]
-               for d in diameters)
+    assert all(d == -1 or 1.5 < d < 3 for d in diameters)              # under LUNA's 3 mm
     nodules = _rows(out / "annotations.csv")
     negatives = {(r["seriesuid"], r["coordX"], r["coordY"], r["coordZ"])
                  for r in _rows(out / "candidates.csv") if r["class"] == "0"}
     luna = find_luna(out)
     for r in excluded:
-        # On a non-nodule candidate, so the false-positive-reduction track meets it too.
+        # A non-nodule candidate too, so both of LUNA16's tracks meet it.
         assert (r["seriesuid"], r["coordX"], r["coordY"], r["coordZ"]) in negatives
         for n in nodules:
             if n["seriesuid"] == r["seriesuid"]:
-                gap = np.linalg.norm(_xyz(n) - _xyz(r)) - float(n["diameter_mm"]) / 2
-                assert gap > EXCLUDED_DIAMETER_MM[1] / 2 + 15
+                assert np.linalg.norm(_xyz(n) - _xyz(r)) > float(n["diameter_mm"]) / 2 + 3
         ct = load_ct(luna.series[r["seriesuid"]])
         near = ct.crop_irc(ct.xyz_to_irc(tuple(_xyz(r))), (3, 3, 3))
-        assert near.max() > 250                     # calcified, in lung of about -850 HU
+        assert near.max() > -500                    # denser than the lung (about -850 HU)
 
 
-def test_the_blobs_change_nothing_else_and_come_from_their_own_stream(tmp_path):
-    a = generate_sample(tmp_path / "a", n_series=2, seed=5, negatives=(60, 80), progress=False)
-    b = generate_sample(tmp_path / "b", n_series=2, seed=5, negatives=(60, 80), progress=False,
-                        excluded_per_ct=(0, 0))
+def test_listing_the_excluded_findings_draws_nothing_from_the_ct_stream(tmp_path, monkeypatch):
+    import ch10_luna.synthetic as synthetic
+
+    a = generate_sample(tmp_path / "a", n_series=2, seed=5, negatives=(20, 30), progress=False)
+    monkeypatch.setattr(synthetic, "EXCLUDED_STREAM", 99)        # another listing stream
+    b = generate_sample(tmp_path / "b", n_series=2, seed=5, negatives=(20, 30), progress=False)
     for name in ("candidates.csv", "annotations.csv", "annotations_with_malignancy.csv"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
-    assert _rows(b / EXCLUDED_CSV) == [] and _rows(a / EXCLUDED_CSV)
-    excluded = _rows(a / EXCLUDED_CSV)
-    changed = 0
-    for mhd in sorted(a.glob("subset*/*.mhd")):
-        assert mhd.read_bytes() == (b / mhd.relative_to(a)).read_bytes()
-        with_blobs, without = load_ct(mhd), load_ct(b / mhd.relative_to(a))
-        spacing_irc = np.array(with_blobs.spacing_xyz[::-1])
-        centres = [np.array(with_blobs.xyz_to_irc(tuple(_xyz(r)), round_to_voxel=False))
-                   for r in excluded if r["seriesuid"] == mhd.stem]
-        differ = np.argwhere(np.asarray(with_blobs.voxels) != np.asarray(without.voxels))
-        changed += len(differ)
-        for v in differ:                              # only voxels a blob covers changed
-            assert min(np.linalg.norm((v - c) * spacing_irc) for c in centres) < 4.5
-    assert changed > 0
+    for raw in sorted(a.glob("subset*/*.raw")):
+        assert raw.read_bytes() == (b / raw.relative_to(a)).read_bytes()
+    assert [r["coordX"] for r in _rows(a / EXCLUDED_CSV)] == \
+        [r["coordX"] for r in _rows(b / EXCLUDED_CSV)]          # the same findings
+    assert [r["diameter_mm"] for r in _rows(a / EXCLUDED_CSV)] != \
+        [r["diameter_mm"] for r in _rows(b / EXCLUDED_CSV)]     # listed otherwise
 
 
 def test_an_older_sample_is_regenerated(tmp_path):

@@ -22,6 +22,8 @@ threshold.
 """
 import argparse
 import tempfile
+import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from ch10_luna.train_cls import evaluate, train_one_epoch
 from ch13_segment import nodule_analysis as na
 from ch13_segment.dsets import make_seg_datasets, mask_cache_dir, split_series
 from ch13_segment.model import UNetWrapper
+from ch13_segment.precision import REAL_CT, cpu_name
 from ch13_segment.train_seg import (
     MODEL_KWARGS,
     SEG_AUGMENTATION,
@@ -43,12 +46,11 @@ from ch13_segment.train_seg import (
     fn_weighted_loss,
 )
 from common.ct import Ct, load_ct, write_mhd
-from common.data import add_data_dir_argument, book_file
+from common.data import add_data_dir_argument, book_file, data_root
 from common.device import add_device_argument, pick_device, seed_everything
 from common.errors import run_cli
 
-BOOK_ANALYSIS_S = {117: 49.6, 205: 88.0}     # the book's nodule_analysis.py, seconds per CT
-BOOK_S_PER_SLICE = sum(BOOK_ANALYSIS_S.values()) / sum(BOOK_ANALYSIS_S)     # ~0.43
+BOOK_BATCH = 4                 # the book's nodule_analysis.py --batch-size default
 
 
 def new_model(device, fmt):
@@ -145,18 +147,24 @@ def compare_detections(ref, other, margin=0.01, threshold=na.NODULE_THRESHOLD):
     mask_a, mask_b = ref["probs"] > na.SEG_THRESHOLD, other["probs"] > na.SEG_THRESHOLD
     voxel_flips = ref["probs"][mask_a != mask_b]
     voxels_near = int((np.abs(voxel_flips - na.SEG_THRESHOLD) <= margin).sum())
+    passing_pairs = sum(a[i].prob_nodule > threshold and b[j].prob_nodule > threshold
+                        for i, j in paired)
+    passing = (sum(d.prob_nodule > threshold for d in a),
+               sum(d.prob_nodule > threshold for d in b))
     return {"candidates": (len(a), len(b)), "paired": len(paired),
+            "passing_common": passing_pairs, "passing_union": sum(passing) - passing_pairs,
             "unpaired": (len(unpaired_a), len(unpaired_b)), "unpaired_passing": unpaired_passing,
             "classifier_flips": len(flips), "classifier_flips_near": int(sum(near)),
-            "flips": flips,
-            "passing": (sum(d.prob_nodule > threshold for d in a),
-                        sum(d.prob_nodule > threshold for d in b)),
+            "flips": flips, "passing": passing,
             "voxel_flips": int(voxel_flips.size), "voxel_flips_near": voxels_near,
             "same": all(near) and unpaired_passing == 0}
 
 
-def analysis_cts(luna, slice_counts, series_uid, workdir):
-    """(uid, .mhd path, n_slices) to time: LUNA16 CTs as they are, the sample's resampled."""
+def analysis_cts(luna, slice_counts, series_uid, workdir, real_ct=None):
+    """(name, path, n_slices) to time: `real_ct` (a DICOM folder or .mhd) as it is, LUNA16's
+    CT as it is, or the sample's validation CT resampled to each of `slice_counts` slices."""
+    if real_ct is not None:
+        return [(Path(real_ct).name, Path(real_ct), None)]
     uid = series_uid or split_series(luna.series, 10)[1][0]
     if not getattr(luna, "synthetic", False):
         return [(uid, luna.series[uid], None)]
@@ -170,49 +178,91 @@ def analysis_cts(luna, slice_counts, series_uid, workdir):
     return out
 
 
+def analysis_variants(precisions, erosions):
+    """(label, analyze_series keywords) per row: the book's way first (its NCHW layouts, batch
+    of 4, erosion along every axis, centres over the whole volume, fp32), then each precision
+    at each erosion (inf: the book's; 1.0: the default)."""
+    rows = [("book's way", dict(precision="fp32", book_way=True, batch_size=BOOK_BATCH,
+                                erosion_max_spacing=float("inf")))]
+    for erosion in erosions:
+        for precision in precisions:
+            rows.append((f"{precision}, erosion {erosion:g}",
+                         dict(precision=precision, erosion_max_spacing=erosion)))
+    return rows
+
+
 def analysis_benchmark(luna, device, seg, cls, slice_counts, series_uid=None, batch_size=16,
-                       repeats=1):
-    """nodule_analysis per CT in fp32 and with a bf16 U-Net, side by side, with the book's
-    seconds and the detections compared; `seg` and `cls` are checkpoint paths."""
+                       repeats=1, precisions=na.PRECISIONS, erosions=(float("inf"), 1.0),
+                       real_ct=None, cache_dir=None):
+    """nodule_analysis per CT for every analysis_variants row, side by side: seconds by stage
+    (best of `repeats`, after one untimed run that compiles and warms up), the ratio to the
+    book's way timed here, and each precision's detections against fp32's at the same erosion
+    (compare_detections); `seg` and `cls` are checkpoint paths."""
     models = na.load_models(seg, cls)
     annotations = na.read_nodules(luna)
-    print(f"nodule_analysis on {device}, {torch.get_num_threads()} threads; seg {seg}, cls {cls}")
+    print(f"nodule_analysis on {device} ({cpu_name() if device.type == 'cpu' else device}), "
+          f"{torch.get_num_threads()} threads; seg {seg}, cls {cls}")
+    started = time.perf_counter()
+    runners = {p: na.prepare_runners(models, p, luna, batch_size, cache_dir, announce=print)
+               for p in precisions}
+    prepare_s = time.perf_counter() - started
     results = []
     with tempfile.TemporaryDirectory() as workdir:
-        for uid, path, n in analysis_cts(luna, slice_counts, series_uid, workdir):
+        for uid, path, n in analysis_cts(luna, slice_counts, series_uid, workdir, real_ct):
             runs = {}
-            for amp in (False, True):
-                best = None
-                for _ in range(repeats):
-                    r = na.analyze_series(uid, path, models, annotations.get(uid, []), device,
-                                          batch_size=batch_size, amp=amp, keep_probs=True)
-                    if best is None or sum(r["timing"].values()) < sum(best["timing"].values()):
-                        best = r
-                runs[amp] = best
-            shape = runs[False]["shape"]
-            book = BOOK_ANALYSIS_S.get(shape[0], BOOK_S_PER_SLICE * shape[0])
-            diff = compare_detections(runs[False], runs[True])
-            row = {"shape": shape, "book_s": book, "compare": diff,
-                   **{("amp" if amp else "fp32"): r["timing"] for amp, r in runs.items()}}
-            print(f"\nCT {'x'.join(map(str, shape))} ({'resampled sample CT ' if n else ''}"
-                  f"{uid}); the book's code: {book:.1f} s")
-            for amp, r in runs.items():
-                t = r["timing"]
-                total = sum(t.values())
-                print(f"  {'amp (bf16)' if amp else 'fp32':10s} " + " ".join(
-                    f"{k} {v:6.2f}" for k, v in t.items()) + f"  total {total:6.2f} s = "
-                    f"{book / total:4.1f}x the book; {len(r['detections'])} candidates, "
-                    f"{sum(d.prob_nodule > na.NODULE_THRESHOLD for d in r['detections'])} pass")
-            print(f"  bf16 vs fp32: {diff['paired']} candidates paired, unpaired "
-                  f"{diff['unpaired'][0]} / {diff['unpaired'][1]} ({diff['unpaired_passing']} "
-                  f"passing the classifier), classifier flips {diff['classifier_flips']} "
-                  f"({diff['classifier_flips_near']} within 0.01 of 0.5 or on a voxel boundary"
-                  + "".join(f"; P {pa:.3f} -> {pb:.3f}, centres {d:.2f} voxels apart"
-                            for pa, pb, d in diff["flips"]) + "), mask voxels flipped "
-                  f"{diff['voxel_flips']:,} ({diff['voxel_flips_near']:,} within 0.01 of 0.5): "
-                  f"{'the same detections' if diff['same'] else 'DIFFERENT detections'}")
-            results.append(row)
-    return results
+            for label, kwargs in analysis_variants(precisions, erosions):
+                kwargs = {"batch_size": batch_size, **kwargs}
+                run = partial(na.analyze_series, uid, path, models, annotations.get(uid, []),
+                              device, runners=runners.get(kwargs["precision"]) if not
+                              kwargs.get("book_way") else (None, None, None), keep_probs=True,
+                              **kwargs)
+                run()                                  # compiles (int8), warms the caches
+                runs[label] = min((run() for _ in range(repeats)),
+                                  key=lambda r: sum(r["timing"].values()))
+            results.append(report_ct(uid, n, runs, precisions, erosions))
+    return {"prepare_s": prepare_s, "cts": results}
+
+
+def report_ct(uid, n, runs, precisions, erosions):
+    """Print one CT's rows and return them as data: timings, ratios to the book's way, and the
+    detections of each precision against fp32 at the same erosion."""
+    book = sum(runs["book's way"]["timing"].values())
+    shape = runs["book's way"]["shape"]
+    print(f"\nCT {'x'.join(map(str, shape))} ({'resampled sample CT ' if n else ''}{uid})")
+    rows = {}
+    for label, r in runs.items():
+        t = r["timing"]
+        total = sum(t.values())
+        passing = sum(d.prob_nodule > na.NODULE_THRESHOLD for d in r["detections"])
+        rows[label] = {"timing": t, "total_s": total, "vs_book": book / total,
+                       "candidates": len(r["detections"]), "passing": passing,
+                       "rechecked": r["rechecked"]}
+        print(f"  {label:22s} " + " ".join(f"{k} {v:6.2f}" for k, v in t.items())
+              + f"  total {total:6.2f} s = {book / total:4.1f}x the book's way; "
+              f"{len(r['detections'])} candidates, {passing} pass"
+              + (f" ({r['rechecked']} re-scored in fp32)" if r["rechecked"] else ""))
+    for erosion in erosions:
+        ref = runs[f"fp32, erosion {erosion:g}"]
+        for precision in precisions[1:] if precisions[0] == "fp32" else ():
+            diff = compare_detections(ref, runs[f"{precision}, erosion {erosion:g}"])
+            rows[f"{precision}, erosion {erosion:g}"]["compare"] = diff
+            print(f"  {precision} vs fp32 (erosion {erosion:g}): {describe_diff(diff)}")
+    book_vs = compare_detections(runs["fp32, erosion inf"], runs["book's way"]) \
+        if "fp32, erosion inf" in runs else None
+    if book_vs is not None:
+        print(f"  the book's way vs fp32 (erosion inf): {describe_diff(book_vs)}")
+    return {"series_uid": uid, "shape": shape, "rows": rows, "book_vs_fp32": book_vs}
+
+
+def describe_diff(diff):
+    common, union = diff["passing_common"], diff["passing_union"]
+    return (f"{diff['paired']} candidates paired, unpaired {diff['unpaired'][0]} / "
+            f"{diff['unpaired'][1]} ({diff['unpaired_passing']} passing); passing "
+            f"{diff['passing'][0]} / {diff['passing'][1]}, {common} of their union of {union} "
+            f"in common ({common / union if union else 1:.1%}); classifier flips "
+            f"{diff['classifier_flips']} ({diff['classifier_flips_near']} within 0.01 of 0.5 or "
+            f"across a voxel boundary); mask voxels flipped {diff['voxel_flips']:,}: "
+            f"{'the same detections' if diff['same'] else 'DIFFERENT detections'}")
 
 
 def main(argv=None):
@@ -240,6 +290,14 @@ def main(argv=None):
     p.add_argument("--cls-model", default=None, help="--analysis: classifier checkpoint "
                    "(default: the book's)")
     p.add_argument("--repeats", type=int, default=1, help="--analysis: best of this many")
+    p.add_argument("--precisions", nargs="+", choices=na.PRECISIONS, default=list(na.PRECISIONS),
+                   help="--analysis: the precisions to time (fp32 first: the reference)")
+    p.add_argument("--erosions", nargs="+", type=float, default=[float("inf"), 1.0],
+                   metavar="MM", help="--analysis: erosion settings (--erosion-max-spacing) "
+                   "to time (default: inf, the book's, and 1, the default)")
+    p.add_argument("--real-ct", action="store_true",
+                   help="--analysis on chapter 4's real 99-slice DICOM chest CT (the book's "
+                        "file, python -m common.data download dicom-ct)")
     args = p.parse_args(argv)
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -249,7 +307,9 @@ def main(argv=None):
             luna, device, args.seg_model or book_file(na.BOOK_SEG_MODEL, args.data_dir,
                                                       "luna-models"),
             args.cls_model or book_file(na.BOOK_CLS_MODEL, args.data_dir, "luna-models"),
-            args.slices, args.series_uid, args.batch_size, args.repeats)
+            args.slices, args.series_uid, args.batch_size, args.repeats, args.precisions,
+            args.erosions, book_file(REAL_CT, args.data_dir, "dicom-ct") if args.real_ct
+            else None, data_root(args.data_dir) / "cache" / "int8")
     train_ds, val_ds, _ = make_seg_datasets(luna, mask_cache_dir(args.data_dir), 10,
                                             epoch_size=(args.steps + 1) * args.batch_size)
     spec = SEG_AUGMENTATION if args.augmented else AugmentSpec()

@@ -16,6 +16,8 @@ detected nodule. The default models are the book's published checkpoints
 (`python -m common.data download luna-models`); checkpoints trained here load as well.
 """
 import argparse
+import hashlib
+import io
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -32,10 +34,10 @@ from ch13_segment.dsets import check_context, context_indexes, split_series
 from ch13_segment.dsets_cls import read_malignancy_annotations
 from ch13_segment.model import UNetWrapper
 from common.ct import HU_MIN, Ct, load_ct
-from common.data import book_file
+from common.data import book_file, data_root
 from common.device import add_device_argument, pick_device
 from common.errors import DataError, one_line, run_cli
-from common.files import check_writable, write_json
+from common.files import check_writable, write_bytes, write_json
 
 BOOK_SEG_MODEL = ("part2/models/seg_2020-01-26_19.45.12_w4d3c1-bal_1_nodupe-label_pos-d1_"
                   "fn8-adam.best.state")
@@ -45,6 +47,11 @@ NODULE_THRESHOLD = 0.5         # P(nodule) above it passes the classifier
 MALIGNANT_THRESHOLD = 0.5      # P(malignant) above it: 'Pred. malignant'
 MATCH_RATIO = 0.7              # a detection matches a nodule when distance / diameter < 0.7
 EROSION_MAX_SPACING_MM = 1.0   # erode only along axes whose voxel step is at most this
+PRECISIONS = ("fp32", "bf16", "int8")
+# Decisions re-taken in fp32 when the fast model's P lies this close to the threshold: bf16
+# moved the book classifier's P by at most 0.025 on a real CT, int8 by up to 0.69 when
+# calibrated on the synthetic sample (precision.py's table).
+RECHECK_MARGIN = {"bf16": 0.1, "int8": 0.45}
 HU_WEIGHT_OFFSET = 1001.0      # centre-of-mass weights HU + 1001: air (-1000 HU) weighs 1
 ROWS = ("Non-nodule", "Benign", "Malignant")
 COLUMNS = ("Complete miss", "Filtered out", "Pred. benign", "Pred. malignant")
@@ -99,12 +106,15 @@ def load_model(path, model_name, flag):
 
 
 # ----------------------------------------------------------------------------- the pipeline
-def segment_ct(model, ct, batch_size=16, device="cpu", amp=False):
+def segment_ct(model, ct, batch_size=16, device="cpu", amp=False, run=None, fmt=None):
     """(I, R, C) float32 nodule probabilities: every slice with its context slices.
 
     The whole CT is read once and moved to the device once; each batch gathers its
     (N, 7, R, C) inputs there, with the edge slices repeated as the dataset does. Rows and
     columns are padded with air up to the U-Net's multiple and cropped off the output.
+    `run` replaces the model's forward (precision.prepare_model's int8 callable: fp32 in and
+    out); the model still gives the context and the padding multiple. `fmt`: the memory
+    format (default: runtime.memory_format's, channels-last on CPU; the book's is NCHW).
     """
     device = torch.device(device)
     context = (model.input_batchnorm.num_features - 1) // 2
@@ -116,7 +126,7 @@ def segment_ct(model, ct, batch_size=16, device="cpu", amp=False):
     if pad_r or pad_c:
         hu = torch.nn.functional.pad(hu, (0, pad_c, 0, pad_r), value=HU_MIN)
     amp = mixed_precision(device, amp)
-    fmt = memory_format(device, amp, 2)                   # as for ch10's 3-D convs, 2-D here
+    fmt = fmt or memory_format(device, amp, 2)            # as for ch10's 3-D convs, 2-D here
     model = model.to(device, memory_format=fmt)
     probs = torch.empty((n_slices, rows, cols), dtype=torch.float32)
     with torch.inference_mode():
@@ -124,8 +134,11 @@ def segment_ct(model, ct, batch_size=16, device="cpu", amp=False):
             index = np.stack([context_indexes(i, n_slices, context)
                               for i in range(start, min(start + batch_size, n_slices))])
             x = hu[torch.from_numpy(index).to(device)]                    # (N, 7, R', C')
-            with amp.context:
-                out = model(x.contiguous(memory_format=fmt))              # (N, 1, R', C')
+            if run is not None:
+                out = run(x)
+            else:
+                with amp.context:
+                    out = model(x.contiguous(memory_format=fmt))          # (N, 1, R', C')
             probs[start:start + len(index)] = out[:, 0, :rows, :cols].float().cpu()
     return probs.numpy()
 
@@ -151,16 +164,20 @@ def erosion_structure(spacing_irc, max_spacing_mm=EROSION_MAX_SPACING_MM):
     return structure
 
 
-def group_candidates(mask, hu, erosion_iterations=1, structure=None):
+def group_candidates(mask, hu, erosion_iterations=1, structure=None, per_box=True):
     """Centres (irc, fractional) of the 3-D connected components of the eroded mask.
 
     Book chapter 14: binary erosion removes specks and thin bridges (`structure`: the face
     neighbours of `erosion_structure`; None is the book's full cross), `ndimage.label` finds
     face-connected components, and each centre is the centre of mass weighted by HU + 1001.
+    `per_box=False` computes the centres as the book did, over the whole volume at once.
     """
     if erosion_iterations:
         mask = ndimage.binary_erosion(mask, structure=structure, iterations=erosion_iterations)
-    labels, _count = ndimage.label(mask)
+    labels, count = ndimage.label(mask)
+    if not per_box:
+        return [tuple(map(float, c)) for c in ndimage.center_of_mass(
+            hu + HU_WEIGHT_OFFSET, labels, np.arange(1, count + 1))]
     centers = []            # per component, within its bounding box: 30x faster on a LUNA CT
     for k, box in enumerate(ndimage.find_objects(labels), start=1):
         center = ndimage.center_of_mass(hu[box] + HU_WEIGHT_OFFSET, labels[box], k)
@@ -169,17 +186,19 @@ def group_candidates(mask, hu, erosion_iterations=1, structure=None):
 
 
 def classify(model, ct, centers_irc, batch_size=16, device="cpu", amp=False,
-             crop_irc=CROP_IRC):
+             crop_irc=CROP_IRC, run=None, fmt=None):
     """P(class 1) of a LunaModel for the crop around each centre: (N,) float32 numpy.
 
     Crops come from the CT's HU volume already in memory (`ct.hu`), not from the file again.
+    `run` replaces the model's forward (a prepared int8 callable returning (logits, probs));
+    `fmt` the memory format (default: runtime.memory_format's).
     """
     device = torch.device(device)
     if not len(centers_irc):
         return np.zeros(0, dtype=np.float32)
     in_memory = Ct(ct.hu, ct.origin_xyz, ct.spacing_xyz, ct.direction, ct.path)
     amp = mixed_precision(device, amp)
-    fmt = memory_format(device, amp)
+    fmt = fmt or memory_format(device, amp)
     model = model.to(device, memory_format=fmt)
     probs = []
     with torch.inference_mode():
@@ -187,8 +206,11 @@ def classify(model, ct, centers_irc, batch_size=16, device="cpu", amp=False,
             crops = np.stack([in_memory.crop_irc(c, crop_irc)
                               for c in centers_irc[start:start + batch_size]])
             x = to_input(torch.from_numpy(crops).unsqueeze(1), device, fmt)
-            with amp.context:
-                _logits, p = model(x)
+            if run is not None:
+                _logits, p = run(x)
+            else:
+                with amp.context:
+                    _logits, p = model(x)
             probs.append(p[:, 1].float().cpu())
     return torch.cat(probs).numpy()
 
@@ -263,14 +285,41 @@ def pick_series(luna, series_uid=None, include_train=False, val_stride=10, fold=
     return sorted(val_uids + train_uids) if include_train else val_uids
 
 
-def analyze_series(uid, mhd_path, models, annotations, device, *, batch_size=16, amp=False,
-                   erosion_max_spacing=EROSION_MAX_SPACING_MM, keep_probs=False):
+def decide(model, ct, centers_irc, threshold, batch_size, device, precision="fp32", run=None,
+           fmt=None):
+    """(P(class 1) per centre, how many were re-scored): the classifier at `precision`, then,
+    for bf16 and int8, the candidates whose P lies within RECHECK_MARGIN of `threshold`
+    scored again by the fp32 model, so that every decision is the fp32 model's as long as the
+    fast model errs by less than the margin (measured: bf16 0.025, int8 up to 0.69 with the
+    synthetic sample's calibration; precision.py)."""
+    p = classify(model, ct, centers_irc, batch_size, device, amp=precision == "bf16", run=run,
+                 fmt=fmt)
+    if precision == "fp32":
+        return p, 0
+    near = np.flatnonzero(np.abs(p - threshold) < RECHECK_MARGIN[precision])
+    if len(near):
+        p[near] = classify(model, ct, [centers_irc[i] for i in near], batch_size, device)
+    return p, len(near)
+
+
+def analyze_series(uid, mhd_path, models, annotations, device, *, batch_size=16,
+                   precision="fp32", runners=(None, None, None),
+                   erosion_max_spacing=EROSION_MAX_SPACING_MM, keep_probs=False,
+                   book_way=False):
     """Load one CT, run the pipeline, score it: a dict with detections, table and timings.
 
-    `models` is (U-Net, classifier, malignancy model or None); `amp` makes the U-Net bf16.
-    With `keep_probs` the dict holds the (I, R, C) segmentation probabilities too ("probs").
+    `models` is (U-Net, classifier, malignancy model or None), `runners` their prepared
+    replacements for int8 (prepare_runners; None: the model itself). `precision`: fp32; bf16
+    (the U-Net and the classifiers under bf16 autocast); int8 (the int8 runners). The
+    classifiers' decisions near their thresholds are re-taken in fp32 (decide). With
+    `keep_probs` the dict holds the (I, R, C) segmentation probabilities too ("probs").
+    `book_way` runs the book's choices on this code, for benchmark.py's baseline: the default
+    NCHW / NCDHW layouts and the centres over the whole volume (the erosion and batch size
+    are the caller's).
     """
+    fmt = torch.contiguous_format if book_way else None
     seg_model, cls_model, mal_model = models
+    seg_run, cls_run, mal_run = runners
     timing = {}
     started = time.perf_counter()
     ct = load_ct(mhd_path)
@@ -278,23 +327,24 @@ def analyze_series(uid, mhd_path, models, annotations, device, *, batch_size=16,
     timing["load"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    probs = segment_ct(seg_model, ct, batch_size, device, amp)
+    probs = segment_ct(seg_model, ct, batch_size, device, precision == "bf16", seg_run, fmt)
     timing["segmentation"] = time.perf_counter() - started
 
     started = time.perf_counter()
     mask = probs > SEG_THRESHOLD
     structure = erosion_structure(ct.spacing_xyz[::-1], erosion_max_spacing)
     centers_irc = group_candidates(mask, hu, erosion_iterations=int(structure is not None),
-                                   structure=structure)
+                                   structure=structure, per_box=not book_way)
     timing["grouping"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    # The classifiers stay fp32 under --amp: in bf16 the book's LunaModel moved P(nodule) by up
-    # to 0.025 on a LUNA-sized CT's 1,123 candidates, enough to flip one near 0.5, for 2 of the
-    # ~20 s per CT. The U-Net costs the most, so it is what --amp makes bf16.
-    p_nodule = classify(cls_model, ct, centers_irc, batch_size, device)
-    p_mal = (classify(mal_model, ct, centers_irc, batch_size, device)
-             if mal_model is not None else [None] * len(centers_irc))
+    p_nodule, rechecked = decide(cls_model, ct, centers_irc, NODULE_THRESHOLD, batch_size,
+                                 device, precision, cls_run, fmt)
+    p_mal = [None] * len(centers_irc)
+    if mal_model is not None:
+        p_mal, more = decide(mal_model, ct, centers_irc, MALIGNANT_THRESHOLD, batch_size,
+                             device, precision, mal_run, fmt)
+        rechecked += more
     timing["classification"] = time.perf_counter() - started
     for flag, model, p in (("--cls-model", cls_model, p_nodule),
                            ("--malignancy-model", mal_model, p_mal)):
@@ -309,7 +359,51 @@ def analyze_series(uid, mhd_path, models, annotations, device, *, batch_size=16,
             "segmented_voxels": int(mask.sum()), "detections": detections,
             "annotations": annotations, "table": match_and_score(detections, annotations),
             "matches": match_detections(detections, annotations), "timing": timing,
-            **({"probs": probs} if keep_probs else {})}
+            "rechecked": rechecked, **({"probs": probs} if keep_probs else {})}
+
+
+def prepare_runners(models, precision, luna, batch_size, cache_dir=None, announce=print):
+    """(U-Net, classifier, malignancy) callables for `precision`: None for fp32 and bf16 (the
+    models run themselves); for int8 the models quantized by precision.py (PyTorch 2's
+    export-based static quantization, calibrated on slices and crops of `luna`'s training
+    series), kept in `cache_dir` (by checkpoint, calibration data and batch size) so a later
+    run skips the quantization."""
+    if precision != "int8":
+        return (None, None, None)
+    from ch13_segment import precision as quant
+
+    why = quant.int8_unavailable()
+    if why:
+        raise DataError(f"--precision int8: {why}")
+    started = time.perf_counter()
+    slices = quant.calibration_slices(luna, batch_size=batch_size)
+    crops = quant.calibration_crops(luna, batch_size=batch_size)
+    runners = []
+    for model, batches in zip(models, (slices, crops, crops)):
+        if model is None:
+            runners.append(None)
+            continue
+        example = (batches[0][:1].expand(batch_size, *batches[0].shape[1:]).contiguous(),)
+        path = None
+        if cache_dir is not None:
+            key = hashlib.sha1(repr((str(luna.root), batch_size)).encode())
+            for name, tensor in model.state_dict().items():
+                key.update(name.encode())
+                key.update(tensor.detach().cpu().numpy().tobytes())
+            path = Path(cache_dir) / f"{type(model).__name__}-{key.hexdigest()[:16]}.pt2"
+        if path is not None and path.is_file():
+            program = quant.load_int8(path)
+        else:
+            program = quant.quantize_int8(model, example, batches)
+            if path is not None:
+                buffer = io.BytesIO()
+                quant.save_int8(program, example, buffer)
+                write_bytes(path, buffer.getvalue(), "int8 model cache")
+        runners.append(quant.int8_runner(program, example))
+    announce(f"int8 models ready in {time.perf_counter() - started:.1f} s "
+             f"(calibrated on {sum(len(b) for b in slices)} slices and "
+             f"{sum(len(b) for b in crops)} crops of the training series)")
+    return tuple(runners)
 
 
 # ----------------------------------------------------------------------------- reports
@@ -327,9 +421,11 @@ def series_line(result):
     t, table = result["timing"], result["table"]
     passed = sum(d.prob_nodule > NODULE_THRESHOLD for d in result["detections"])
     found = int(table[1:, BENIGN:].sum())
+    rechecked = (f" ({result['rechecked']} near the threshold re-scored in fp32)"
+                 if result.get("rechecked") else "")
     return (f"{result['series_uid']}: {result['voxels']:,} voxels, "
             f"{result['segmented_voxels'] / result['voxels']:.2%} segmented, "
-            f"{len(result['detections'])} candidates, {passed} pass the classifier; "
+            f"{len(result['detections'])} candidates, {passed} pass the classifier{rechecked}; "
             f"{found} of {len(result['annotations'])} annotated nodules detected | "
             f"s: load {t['load']:.2f} segmentation {t['segmentation']:.2f} "
             f"grouping {t['grouping']:.2f} classification {t['classification']:.2f}")
@@ -343,11 +439,11 @@ def candidate_record(i, d, result):
             "matched_annotation": None if match is None else match._asdict()}
 
 
-def analysis_document(results, table, models, erosion_max_spacing):
+def analysis_document(results, table, models, erosion_max_spacing, precision="fp32"):
     """Every candidate of every series (centres, probabilities, matched annotation), totals and
     settings, as JSON-ready data; `models` maps seg_model / cls_model / malignancy_model to
     their paths (None when absent)."""
-    return {**{k: v and str(v) for k, v in models.items()},
+    return {**{k: v and str(v) for k, v in models.items()}, "precision": precision,
             "thresholds": {"segmentation": SEG_THRESHOLD, "nodule": NODULE_THRESHOLD,
                            "malignant": MALIGNANT_THRESHOLD, "match_ratio": MATCH_RATIO,
                            "erosion_max_spacing_mm": (erosion_max_spacing if
@@ -380,8 +476,11 @@ def analysis_parser():
     p.add_argument("--malignancy-model", "--malignancy-path", default=None,
                    help="optional second LunaModel grading benign / malignant")
     p.add_argument("--batch-size", type=int, default=16, help="slices or crops per batch")
-    p.add_argument("--amp", action="store_true",
-                   help="bf16 autocast for the U-Net (the classifiers stay fp32)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fp32 (default); bf16: the networks under bf16 autocast; int8: "
+                        "statically quantized (CPU), calibrated on the training series. "
+                        "Classifier decisions near the threshold are re-taken in fp32")
+    p.add_argument("--amp", action="store_true", help="the same as --precision bf16")
     p.add_argument("--erosion-max-spacing", type=float, default=EROSION_MAX_SPACING_MM,
                    metavar="MM", help="erode along the axes whose voxel step is at most this "
                    "(default: %(default)s; inf: every axis, as the book; 0: no erosion)")
@@ -400,6 +499,9 @@ def check_analysis_args(p, args):
         p.error("--batch-size must be at least 1")
     if np.isnan(args.erosion_max_spacing) or args.erosion_max_spacing < 0:
         p.error("--erosion-max-spacing must be 0 or more (inf: every axis)")
+    if args.amp and args.precision not in (None, "bf16"):
+        p.error(f"--amp is --precision bf16; it does not go with --precision {args.precision}")
+    args.precision = "bf16" if args.amp else args.precision or "fp32"
     return args
 
 
@@ -432,20 +534,26 @@ def main(argv=None):
              "malignancy_model": args.malignancy_model}
     models = load_models(*paths.values())
     device = pick_device(args.device)
+    if args.precision == "int8" and device.type != "cpu":
+        raise DataError(f"--precision int8 runs on the CPU (oneDNN's int8 kernels), not "
+                        f"{device.type}; use --precision bf16 there")
     if args.json:
         check_writable(Path(args.json).parent, "--json folder")
     luna = locate_luna(args.data_dir, args.synthetic, warn_skipped=args.series_uid is None)
     uids = pick_series(luna, args.series_uid, args.include_train, args.val_stride, args.fold)
     nodules = read_nodules(luna)
+    runners = prepare_runners(models, args.precision, luna, args.batch_size,
+                              data_root(args.data_dir) / "cache" / "int8")
     results = []
     for uid in uids:
         results.append(analyze_series(uid, luna.series[uid], models, nodules.get(uid, []),
-                                      device, batch_size=args.batch_size, amp=args.amp,
+                                      device, batch_size=args.batch_size,
+                                      precision=args.precision, runners=runners,
                                       erosion_max_spacing=args.erosion_max_spacing))
         print(series_line(results[-1]), flush=True)
     table = sum(r["table"] for r in results)
     mean = {k: float(np.mean([r["timing"][k] for r in results])) for k in results[0]["timing"]}
-    print(f"\n{len(results)} CT(s) on {device}{' with a bf16 U-Net' if args.amp else ''}; "
+    print(f"\n{len(results)} CT(s) on {device} in {args.precision}; "
           f"seconds per CT: " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items())
           + f" (total {sum(mean.values()):.2f})\n")
     print(format_table(table))
@@ -454,7 +562,8 @@ def main(argv=None):
     if luna.malignancy_csv is None:
         print("(no annotations_with_malignancy.csv: every annotated nodule is in the Benign row)")
     if args.json:
-        doc = analysis_document(results, table, paths, args.erosion_max_spacing)
+        doc = analysis_document(results, table, paths, args.erosion_max_spacing,
+                                args.precision)
         print(f"candidates written to {write_json(args.json, doc, '--json')}")
     return {"table": table, "results": results, "timing": mean}
 

@@ -1,6 +1,7 @@
 """The analysis benchmark's pieces: LUNA-sized resampling, the fp32/bf16 comparison, a tiny run."""
 
 import numpy as np
+import pytest
 import torch
 
 from ch13_segment.benchmark import analysis_benchmark, compare_detections, luna_sized_ct
@@ -57,11 +58,17 @@ def test_analysis_benchmark_on_a_resampled_tiny_ct(tiny_models, seg_luna, monkey
     monkeypatch.setattr(seg_luna, "synthetic", True, raising=False)
     seg, cls, _mal = tiny_models
     uid = sorted(seg_luna.series)[0]
-    (row,) = analysis_benchmark(seg_luna, torch.device("cpu"), seg, cls, [9], uid,
-                                batch_size=4)
-    assert row["shape"] == (9, 512, 512)
-    assert set(row["fp32"]) == set(row["amp"]) == {"load", "segmentation", "grouping",
-                                                   "classification"}
-    assert row["compare"]["same"]
+    result = analysis_benchmark(seg_luna, torch.device("cpu"), seg, cls, [9], uid,
+                                batch_size=4, precisions=("fp32", "bf16"),
+                                erosions=(float("inf"),))
+    (ct,) = result["cts"]
+    assert ct["shape"] == (9, 512, 512)
+    assert list(ct["rows"]) == ["book's way", "fp32, erosion inf", "bf16, erosion inf"]
+    for row in ct["rows"].values():
+        assert set(row["timing"]) == {"load", "segmentation", "grouping", "classification"}
+        assert row["total_s"] == pytest.approx(sum(row["timing"].values()))
+    assert ct["rows"]["bf16, erosion inf"]["compare"]["same"]
+    # the book's way is the same computation in another layout: the same candidates
+    assert ct["book_vs_fp32"]["candidates"][0] == ct["book_vs_fp32"]["candidates"][1]
     out = capsys.readouterr().out
     assert "CT 9x512x512" in out and "the same detections" in out

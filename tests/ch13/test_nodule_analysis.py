@@ -16,10 +16,13 @@ from ch13_segment.nodule_analysis import (
     FILTERED,
     MALIGNANT,
     MISS,
+    NODULE_THRESHOLD,
+    RECHECK_MARGIN,
     Annotation,
     Detection,
     analysis_document,
     classify,
+    decide,
     erosion_structure,
     group_candidates,
     load_model,
@@ -264,3 +267,62 @@ def test_book_checkpoints_on_a_synthetic_ct(book_file, seg_luna, capsys):
     printed = capsys.readouterr().out
     assert "(no --malignancy-model: 'Pred. benign' holds every detected nodule)" in printed
     assert "seconds per CT: load" in printed
+
+
+# --------------------------------------------------------------------------- --precision
+def json_keys(doc):
+    """The schema of an analysis file: its keys at every level (values left out)."""
+    if isinstance(doc, dict):
+        return {k: json_keys(v) for k, v in doc.items()}
+    if isinstance(doc, list) and doc and isinstance(doc[0], (dict, list)):
+        return [json_keys(doc[0])]
+    return type(doc).__name__ if doc is not None else "null"
+
+
+@pytest.mark.parametrize("precision", ["bf16", pytest.param("int8", marks=pytest.mark.slow)])
+def test_every_precision_writes_the_same_schema_and_the_fp32_decisions(
+        precision, tiny_models, seg_luna, tmp_path, one_torch_thread):
+    if precision == "int8":
+        from ch13_segment.precision import int8_unavailable
+        if int8_unavailable():
+            pytest.skip(int8_unavailable())
+    seg, cls, _ = tiny_models
+    docs, results = {}, {}
+    for p in ("fp32", precision):
+        out = tmp_path / f"{p}.json"
+        results[p] = main([sorted(seg_luna.series)[0], "--data-dir", str(seg_luna.root),
+                           "--seg-model", seg, "--cls-model", cls, "--batch-size", "4",
+                           "--precision", p, "--json", str(out)])
+        docs[p] = json.loads(out.read_text())
+    assert docs[precision]["precision"] == precision and docs["fp32"]["precision"] == "fp32"
+    assert json_keys(docs[precision]) == json_keys(docs["fp32"])
+    decisions = {p: [d.prob_nodule > NODULE_THRESHOLD for d in r["results"][0]["detections"]]
+                 for p, r in results.items()}
+    assert decisions[precision] == decisions["fp32"]
+
+
+def test_decide_rescores_in_fp32_only_near_the_threshold(tiny_models, seg_luna):
+    from ch10_luna.model import LunaModel
+    from common.ct import load_ct
+
+    ct = load_ct(next(iter(seg_luna.series.values())))
+    torch.manual_seed(0)
+    model = LunaModel(conv_channels=2).eval()
+    centers = [tuple(s / 2 + k for s in ct.shape) for k in range(-8, 8)]
+    fp32, none = decide(model, ct, centers, 0.5, 4, "cpu")
+    assert none == 0
+    # a threshold placed among the probabilities: the ones within the margin are re-scored
+    threshold = float(np.median(fp32))
+    bf16, rechecked = decide(model, ct, centers, threshold, 4, "cpu", precision="bf16")
+    near = np.abs(bf16 - threshold) < RECHECK_MARGIN["bf16"]
+    assert rechecked == near.sum() > 0
+    np.testing.assert_array_equal(bf16[near], fp32[near])             # fp32's own values
+    assert ((bf16 > threshold) == (fp32 > threshold)).all()
+
+
+def test_amp_is_bf16_and_does_not_mix_with_another_precision(tiny_models, seg_luna, capsys):
+    seg, cls, _ = tiny_models
+    with pytest.raises(SystemExit) as caught:
+        main(["--run-validation", "--amp", "--precision", "int8", "--seg-model", seg])
+    assert caught.value.code == 2
+    assert "--amp is --precision bf16" in capsys.readouterr().err

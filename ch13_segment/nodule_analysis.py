@@ -303,14 +303,15 @@ def decide(model, ct, centers_irc, threshold, batch_size, device, precision="fp3
 
 
 def analyze_series(uid, mhd_path, models, annotations, device, *, batch_size=16,
-                   precision="fp32", runners=(None, None, None),
+                   precision="fp32", seg_precision=None, runners=(None, None, None),
                    erosion_max_spacing=EROSION_MAX_SPACING_MM, keep_probs=False,
                    book_way=False):
     """Load one CT, run the pipeline, score it: a dict with detections, table and timings.
 
     `models` is (U-Net, classifier, malignancy model or None), `runners` their prepared
     replacements for int8 (prepare_runners; None: the model itself). `precision`: fp32; bf16
-    (the U-Net and the classifiers under bf16 autocast); int8 (the int8 runners). The
+    (the networks under bf16 autocast); int8 (the int8 runners); `seg_precision` overrides it
+    for the U-Net (default: the same). The
     classifiers' decisions near their thresholds are re-taken in fp32 (decide). With
     `keep_probs` the dict holds the (I, R, C) segmentation probabilities too ("probs").
     `book_way` runs the book's choices on this code, for benchmark.py's baseline: the default
@@ -327,7 +328,9 @@ def analyze_series(uid, mhd_path, models, annotations, device, *, batch_size=16,
     timing["load"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    probs = segment_ct(seg_model, ct, batch_size, device, precision == "bf16", seg_run, fmt)
+    seg_precision = seg_precision or precision
+    probs = segment_ct(seg_model, ct, batch_size, device, seg_precision == "bf16",
+                       seg_run if seg_precision == "int8" else None, fmt)
     timing["segmentation"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -362,13 +365,16 @@ def analyze_series(uid, mhd_path, models, annotations, device, *, batch_size=16,
             "rechecked": rechecked, **({"probs": probs} if keep_probs else {})}
 
 
-def prepare_runners(models, precision, luna, batch_size, cache_dir=None, announce=print):
-    """(U-Net, classifier, malignancy) callables for `precision`: None for fp32 and bf16 (the
-    models run themselves); for int8 the models quantized by precision.py (PyTorch 2's
+def prepare_runners(models, precision, luna, batch_size, cache_dir=None, announce=print,
+                    seg_precision=None):
+    """(U-Net, classifier, malignancy) callables: None for a network in fp32 or bf16 (the model
+    runs itself); for one in int8 (the classifiers at `precision`, the U-Net at
+    `seg_precision`, default the same) the model quantized by precision.py (PyTorch 2's
     export-based static quantization, calibrated on slices and crops of `luna`'s training
     series), kept in `cache_dir` (by checkpoint, calibration data and batch size) so a later
     run skips the quantization."""
-    if precision != "int8":
+    wanted = ((seg_precision or precision) == "int8", precision == "int8", precision == "int8")
+    if not any(wanted):
         return (None, None, None)
     from ch13_segment import precision as quant
 
@@ -376,11 +382,11 @@ def prepare_runners(models, precision, luna, batch_size, cache_dir=None, announc
     if why:
         raise DataError(f"--precision int8: {why}")
     started = time.perf_counter()
-    slices = quant.calibration_slices(luna, batch_size=batch_size)
+    slices = quant.calibration_slices(luna, batch_size=batch_size) if wanted[0] else []
     crops = quant.calibration_crops(luna, batch_size=batch_size)
     runners = []
-    for model, batches in zip(models, (slices, crops, crops)):
-        if model is None:
+    for model, batches, want in zip(models, (slices, crops, crops), wanted):
+        if model is None or not want:
             runners.append(None)
             continue
         example = (batches[0][:1].expand(batch_size, *batches[0].shape[1:]).contiguous(),)
@@ -400,9 +406,9 @@ def prepare_runners(models, precision, luna, batch_size, cache_dir=None, announc
                 quant.save_int8(program, example, buffer)
                 write_bytes(path, buffer.getvalue(), "int8 model cache")
         runners.append(quant.int8_runner(program, example))
-    announce(f"int8 models ready in {time.perf_counter() - started:.1f} s "
-             f"(calibrated on {sum(len(b) for b in slices)} slices and "
-             f"{sum(len(b) for b in crops)} crops of the training series)")
+    announce(f"int8 models ready in {time.perf_counter() - started:.1f} s (calibrated on "
+             + (f"{sum(len(b) for b in slices)} slices and " if slices else "")
+             + f"{sum(len(b) for b in crops)} crops of the training series)")
     return tuple(runners)
 
 
@@ -439,11 +445,13 @@ def candidate_record(i, d, result):
             "matched_annotation": None if match is None else match._asdict()}
 
 
-def analysis_document(results, table, models, erosion_max_spacing, precision="fp32"):
+def analysis_document(results, table, models, erosion_max_spacing, precision="fp32",
+                      seg_precision=None):
     """Every candidate of every series (centres, probabilities, matched annotation), totals and
     settings, as JSON-ready data; `models` maps seg_model / cls_model / malignancy_model to
     their paths (None when absent)."""
     return {**{k: v and str(v) for k, v in models.items()}, "precision": precision,
+            "seg_precision": seg_precision or precision,
             "thresholds": {"segmentation": SEG_THRESHOLD, "nodule": NODULE_THRESHOLD,
                            "malignant": MALIGNANT_THRESHOLD, "match_ratio": MATCH_RATIO,
                            "erosion_max_spacing_mm": (erosion_max_spacing if
@@ -480,6 +488,10 @@ def analysis_parser():
                    help="fp32 (default); bf16: the networks under bf16 autocast; int8: "
                         "statically quantized (CPU), calibrated on the training series. "
                         "Classifier decisions near the threshold are re-taken in fp32")
+    p.add_argument("--seg-precision", choices=PRECISIONS, default=None,
+                   help="the U-Net's precision, when it should differ from --precision's (on "
+                        "this project's CPU the fastest path that keeps fp32's detections is "
+                        "--precision int8 --seg-precision bf16: see the README)")
     p.add_argument("--amp", action="store_true", help="the same as --precision bf16")
     p.add_argument("--erosion-max-spacing", type=float, default=EROSION_MAX_SPACING_MM,
                    metavar="MM", help="erode along the axes whose voxel step is at most this "
@@ -534,7 +546,7 @@ def main(argv=None):
              "malignancy_model": args.malignancy_model}
     models = load_models(*paths.values())
     device = pick_device(args.device)
-    if args.precision == "int8" and device.type != "cpu":
+    if "int8" in (args.precision, args.seg_precision) and device.type != "cpu":
         raise DataError(f"--precision int8 runs on the CPU (oneDNN's int8 kernels), not "
                         f"{device.type}; use --precision bf16 there")
     if args.json:
@@ -543,17 +555,21 @@ def main(argv=None):
     uids = pick_series(luna, args.series_uid, args.include_train, args.val_stride, args.fold)
     nodules = read_nodules(luna)
     runners = prepare_runners(models, args.precision, luna, args.batch_size,
-                              data_root(args.data_dir) / "cache" / "int8")
+                              data_root(args.data_dir) / "cache" / "int8",
+                              seg_precision=args.seg_precision)
     results = []
     for uid in uids:
         results.append(analyze_series(uid, luna.series[uid], models, nodules.get(uid, []),
                                       device, batch_size=args.batch_size,
-                                      precision=args.precision, runners=runners,
+                                      precision=args.precision,
+                                      seg_precision=args.seg_precision, runners=runners,
                                       erosion_max_spacing=args.erosion_max_spacing))
         print(series_line(results[-1]), flush=True)
     table = sum(r["table"] for r in results)
     mean = {k: float(np.mean([r["timing"][k] for r in results])) for k in results[0]["timing"]}
-    print(f"\n{len(results)} CT(s) on {device} in {args.precision}; "
+    seg_in = f" (U-Net {args.seg_precision})" if args.seg_precision not in (None,
+                                                                           args.precision) else ""
+    print(f"\n{len(results)} CT(s) on {device} in {args.precision}{seg_in}; "
           f"seconds per CT: " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items())
           + f" (total {sum(mean.values()):.2f})\n")
     print(format_table(table))
@@ -563,7 +579,7 @@ def main(argv=None):
         print("(no annotations_with_malignancy.csv: every annotated nodule is in the Benign row)")
     if args.json:
         doc = analysis_document(results, table, paths, args.erosion_max_spacing,
-                                args.precision)
+                                args.precision, args.seg_precision)
         print(f"candidates written to {write_json(args.json, doc, '--json')}")
     return {"table": table, "results": results, "timing": mean}
 

@@ -92,6 +92,9 @@ ABOUT = {
                    "alternate_cls_2019-06-16 classifiers are an older model layout)",
     "luna-annotations": "ch10: LUNA16's own annotations.csv and candidates.csv",
     "luna-subset": "ch10: LUNA16 CT scans, subset {i} (unpacked)",
+    "luna-evaluation": "ch13: LUNA16's evaluation script: annotations_excluded.csv, "
+                       "seriesuids.csv (unpacked)",
+    "luna-candidates-v2": "ch13: LUNA16's candidates_V2.csv, the FP-reduction track (unpacked)",
 }
 
 # The CT's 99 slices are listed in a data file beside this one (name, size, sha256 per line).
@@ -216,6 +219,14 @@ def registry():
     entries["luna-annotations"] = Entry("luna-annotations", ABOUT["luna-annotations"], tuple(
         FileSpec(f"luna/{file}", ZENODO_URL.format(record=3723295, name=file), size, None, md5)
         for file, size, md5 in LUNA_CSVS), None)
+    # The challenge's evaluation files, unpacked where find_luna and evaluate_luna look. Zenodo
+    # lists their sizes and md5s, but no copy was at hand to confirm them: unverified, their
+    # sha256 printed, and each still checked for being a zip.
+    for name, file, folder in (("luna-evaluation", "evaluationScript.zip", "evaluationScript"),
+                               ("luna-candidates-v2", "candidates_V2.zip", "candidates_V2")):
+        entries[name] = Entry(name, ABOUT[name], (FileSpec(
+            f"luna/{file}", ZENODO_URL.format(record=3723295, name=file), None, None, None),),
+            f"luna/{folder}")
     for i, (record, size, md5) in LUNA_SUBSETS.items():
         url = ZENODO_URL.format(record=record, name=f"subset{i}.zip")
         entries[f"luna-subset{i}"] = Entry(f"luna-subset{i}", ABOUT["luna-subset"].format(i=i), (

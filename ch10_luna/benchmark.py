@@ -23,7 +23,13 @@ from ch10_luna import train_cls
 from ch10_luna.augment import BOOK_AUGMENTATION, AugmentSpec
 from ch10_luna.dsets import epoch_order, locate_luna, make_loader
 from ch10_luna.model import LunaModel
-from ch10_luna.runtime import memory_format, mixed_precision, optimizer_step, to_input
+from ch10_luna.runtime import (
+    keep_freed_memory,
+    memory_format,
+    mixed_precision,
+    optimizer_step,
+    to_input,
+)
 from ch10_luna.train_cls import evaluate, make_datasets, train_one_epoch
 from common.ct import to_hu
 from common.data import add_data_dir_argument
@@ -144,6 +150,8 @@ def main(argv=None):
                    help="also train one default epoch in fp32 and with --amp; print both F1")
     args = p.parse_args(argv)
     device = pick_device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()                              # as the trainers run
     torch.backends.cudnn.benchmark = True
     luna = locate_luna(args.data_dir, args.synthetic)
     train_ds, val_ds = make_datasets(luna, val_stride=10)

@@ -33,7 +33,13 @@ from scipy import ndimage
 from ch10_luna.augment import AugmentSpec
 from ch10_luna.benchmark import batch_clock, timed
 from ch10_luna.dsets import locate_luna, make_loader
-from ch10_luna.runtime import memory_format, mixed_precision, optimizer_step, to_input
+from ch10_luna.runtime import (
+    keep_freed_memory,
+    memory_format,
+    mixed_precision,
+    optimizer_step,
+    to_input,
+)
 from ch10_luna.train_cls import evaluate, train_one_epoch
 from ch13_segment import nodule_analysis as na
 from ch13_segment.dsets import make_seg_datasets, mask_cache_dir, split_series
@@ -214,25 +220,38 @@ def analysis_benchmark(luna, device, seg, cls, slice_counts, series_uid=None, ba
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for uid, path, n in analysis_cts(luna, slice_counts, series_uid, workdir, real_ct):
-            calls, runs = {}, {}
+            calls = {}
             for label, kwargs in analysis_variants(precisions, erosions):
                 kwargs = {"batch_size": batch_size, **kwargs}
                 calls[label] = partial(
                     na.analyze_series, uid, path, models, annotations.get(uid, []), device,
                     runners=runners.get(kwargs["precision"]) if not kwargs.get("book_way")
                     else (None, None, None), keep_probs=True, **kwargs)
-                runs[label] = calls[label]()           # compiles (int8), warms the caches
-                runs[label]["timing"] = None
-            # Rounds that run every variant once each, so that a busy or throttled machine
-            # slows them alike; each variant's fastest round counts.
-            for _ in range(repeats):
-                for label, call in calls.items():
-                    timing = call()["timing"]
-                    best = runs[label]["timing"]
-                    if best is None or sum(timing.values()) < sum(best.values()):
-                        runs[label]["timing"] = timing
+            # The book's way runs as the book's code would, with glibc's default allocator;
+            # the rest after keep_freed_memory, as nodule_analysis.py runs.
+            book = {"book's way": calls.pop("book's way")}
+            runs = timed_rounds(book, repeats)
+            keep_freed_memory()
+            runs.update(timed_rounds(calls, repeats))
             results.append(report_ct(uid, n, runs, precisions, erosions))
     return {"prepare_s": prepare_s, "cts": results}
+
+
+def timed_rounds(calls, repeats):
+    """label -> the analysis of calls[label](), with the fastest of `repeats` rounds' timing:
+    one untimed run of each first (it compiles int8, warms the caches and gives the detections
+    compared), then rounds that run every call once each, so that a busy or throttled machine
+    slows them alike."""
+    runs = {label: call() for label, call in calls.items()}
+    for r in runs.values():
+        r["timing"] = None
+    for _ in range(repeats):
+        for label, call in calls.items():
+            timing = call()["timing"]
+            best = runs[label]["timing"]
+            if best is None or sum(timing.values()) < sum(best.values()):
+                runs[label]["timing"] = timing
+    return runs
 
 
 def report_ct(uid, n, runs, precisions, erosions):
@@ -285,7 +304,9 @@ def main(argv=None):
     add_data_dir_argument(p)
     add_device_argument(p)
     p.add_argument("--synthetic", action="store_true", help="use the built-in sample")
-    p.add_argument("--batch-size", type=int, default=16, help="the book's 16")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="training: crops per batch (default 16, the book's); --analysis: slices "
+                        "or crops per batch (default 4, nodule_analysis.py's and the book's)")
     p.add_argument("--steps", type=int, default=8, help="timed batches per figure")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--augmented", action="store_true",
@@ -322,9 +343,11 @@ def main(argv=None):
             luna, device, args.seg_model or book_file(na.BOOK_SEG_MODEL, args.data_dir,
                                                       "luna-models"),
             args.cls_model or book_file(na.BOOK_CLS_MODEL, args.data_dir, "luna-models"),
-            args.slices, args.series_uid, args.batch_size, args.repeats, args.precisions,
+            args.slices, args.series_uid, args.batch_size or 4, args.repeats, args.precisions,
             args.erosions, book_file(REAL_CT, args.data_dir, "dicom-ct") if args.real_ct
             else None, data_root(args.data_dir) / "cache" / "int8")
+    args.batch_size = args.batch_size or 16
+    keep_freed_memory()                                   # as the trainers run
     train_ds, val_ds, _ = make_seg_datasets(luna, mask_cache_dir(args.data_dir), 10,
                                             epoch_size=(args.steps + 1) * args.batch_size)
     spec = SEG_AUGMENTATION if args.augmented else AugmentSpec()

@@ -7,12 +7,14 @@
 The two models of the book's deployment story, at batch 1 (one request, no batching): the LUNA
 classifier (ch10_luna.model.LunaModel, a 1 x 1 x 32 x 48 x 48 crop) and the chapter 13 U-Net
 (UNetWrapper with the book's settings, a 1 x 7 x 512 x 512 input: one CT slice with its
-context slices). Each is built with seeded random weights (the weights do not change the
-speed; --cls-model / --seg-model load a checkpoint instead) and exported with this folder's
-own functions into --out (a temporary folder by default): TorchScript (jit_intro.trace_model,
-saved and reloaded), ONNX (export_onnx.export_model, run by onnxruntime) and AOTInductor
-(export_aoti.export_program + compile_package, a .pt2 loaded back). Every backend's output is
-compared with eager first (the largest absolute difference is printed, and that relative to
+context slices). Each is built with seeded random weights (the weights do not change the speed;
+--cls-model / --seg-model load a checkpoint instead) and exported with this folder's own
+functions into --out (a temporary folder by default): TorchScript (jit_intro.trace_model, saved
+and reloaded), ONNX (export_onnx.export_model, run by onnxruntime), AOTInductor
+(export_aoti.export_program + compile_package, a .pt2 loaded back) and int8 (chapter 13's
+precision.py: PyTorch 2's export-based static quantization through torchao, calibrated on crops
+and slices of the training series, compiled to oneDNN's int8 kernels). Every backend's output
+is compared with eager first (the largest absolute difference is printed, and that relative to
 the largest output), then timed: --warmup calls, then --repeats calls, each timed alone; the
 median and 90th percentile in ms. Eager also runs in the channels-last layout (much faster for
 these convolutions on a CPU, see chapters 11 and 13) and with bf16 autocast on top of it.
@@ -41,11 +43,12 @@ from common.files import output_dir, write_json
 
 MODELS = ("cls", "unet")
 MODEL_TITLES = {"cls": "classifier", "unet": "U-Net"}
-BACKENDS = ("eager", "eager-cl", "eager-cl-bf16", "torchscript", "onnxruntime", "aoti")
+BACKENDS = ("eager", "eager-cl", "eager-cl-bf16", "torchscript", "onnxruntime", "aoti", "int8")
 BACKEND_TITLES = {"eager": "eager (NCHW)", "eager-cl": "eager, channels-last",
                   "eager-cl-bf16": "eager, channels-last, bf16 autocast",
                   "torchscript": "TorchScript (traced)", "onnxruntime": "ONNX Runtime",
-                  "aoti": "AOTInductor (.pt2)"}
+                  "aoti": "AOTInductor (.pt2)",
+                  "int8": "int8 static (torchao PT2E, compiled)"}
 CPU = torch.device("cpu")
 
 
@@ -74,8 +77,9 @@ def memory_format(x):
     return torch.channels_last_3d if x.dim() == 5 else torch.channels_last
 
 
-def prepare(backend, name, model, x, out, threads):
-    """(callable, its input, export seconds) for one backend; files go to `out`."""
+def prepare(backend, name, model, x, out, threads, calibration=None):
+    """(callable, its input, export seconds) for one backend; files go to `out`; int8
+    quantizes with chapter 13's precision.py, calibrated on `calibration` (input batches)."""
     start = time.perf_counter()
     if backend == "eager":
         return model, x, 0.0
@@ -103,6 +107,10 @@ def prepare(backend, name, model, x, out, threads):
     elif backend == "aoti":
         program, _ = export_program(model, (example,))
         run = load_package(compile_package(program, Path(out) / f"{name}.pt2")[0])
+    elif backend == "int8":
+        from ch13_segment.precision import prepare_model
+
+        run = prepare_model(model, "int8", (x,), calibration)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     return run, x, time.perf_counter() - start
@@ -123,13 +131,13 @@ def time_calls(run, x, warmup, repeats):
     return float(np.median(ms)), float(np.percentile(ms, 90))
 
 
-def measure(name, model, x, backends, out, threads, warmup, repeats):
+def measure(name, model, x, backends, out, threads, warmup, repeats, calibration=None):
     """{backend: {median_ms, p90_ms, diff, rel_diff, export_s}} for one model, printed."""
     with torch.inference_mode():
         reference = as_tuple(model(x))
     results = {}
     for backend in backends:
-        run, xb, export_s = prepare(backend, name, model, x, out, threads)
+        run, xb, export_s = prepare(backend, name, model, x, out, threads, calibration)
         with torch.inference_mode():
             diff, rel = parity(reference, as_tuple(run(xb)))
             median, p90 = time_calls(run, xb, warmup, repeats)
@@ -208,10 +216,12 @@ def main(argv=None):
             raise DataError(f"--json {args.json}: a folder, not a file")
     models = build_models(args.models, args.cls_model, args.seg_model, args.data_dir,
                           args.unet_size)
+    calibration = calibration_data(args.backends, args.models, args.data_dir)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        results = run_all(models, args.backends, out, args.threads, args.warmup, args.repeats)
+        results = run_all(models, args.backends, out, args.threads, args.warmup, args.repeats,
+                          calibration)
     finally:
         torch.set_num_threads(threads_before)
     table = format_table(results, args.models, args.backends)
@@ -223,7 +233,23 @@ def main(argv=None):
     return {"results": results, "table": table}
 
 
-def run_all(models, backends, out, threads, warmup, repeats):
+def calibration_data(backends, models, data_dir):
+    """{name: calibration batches} for the int8 backend: crops and slices of the training
+    series of the LUNA data (the synthetic sample without LUNA16), as nodule_analysis uses."""
+    if "int8" not in backends:
+        return {}
+    from ch10_luna.dsets import locate_luna
+    from ch13_segment.precision import calibration_crops, calibration_slices, int8_unavailable
+
+    why = int8_unavailable()
+    if why:
+        raise DataError(f"--backends int8: {why}")
+    luna = locate_luna(data_dir)
+    return {"cls": calibration_crops(luna, batch_size=1) if "cls" in models else None,
+            "unet": calibration_slices(luna, batch_size=1) if "unet" in models else None}
+
+
+def run_all(models, backends, out, threads, warmup, repeats, calibration=None):
     """measure() for every model, the exported files in `out` or a temporary folder."""
     print(f"batch 1 on the CPU, {threads} intra-op threads for torch and onnxruntime; "
           f"{warmup} warm-up calls, then {repeats} timed calls per figure")
@@ -232,7 +258,7 @@ def run_all(models, backends, out, threads, warmup, repeats):
         for name, (model, x) in models.items():
             print(f"{MODEL_TITLES[name]} ({type(model).__name__}), input {list(x.shape)}:")
             results[name] = measure(name, model, x, backends, out or Path(tmp), threads,
-                                    warmup, repeats)
+                                    warmup, repeats, (calibration or {}).get(name))
     return results
 
 

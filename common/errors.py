@@ -3,6 +3,7 @@
     if __name__ == "__main__":
         run_cli(main)
 """
+import os
 import re
 import sys
 
@@ -29,7 +30,8 @@ def require_at_least(flag, value, least):
 
 
 def run_cli(main, argv=None):
-    """DataError -> `error: ...` on stderr and exit 2; Ctrl-C -> `interrupted`, exit 130."""
+    """DataError -> `error: ...` on stderr and exit 2; Ctrl-C -> `interrupted`, exit 130; a
+    reader that stops reading (`script | head`) ends the run quietly, exit 1."""
     try:
         return main(argv)
     except DataError as e:
@@ -38,3 +40,7 @@ def run_cli(main, argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:
+        # Whatever is still buffered for stdout would raise again at exit: send it nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None

@@ -28,7 +28,7 @@ def check_results(result, models, backends):
 
 
 def test_every_backend_but_aoti_matches_eager_on_both_models(tmp_path, capsys):
-    backends = [b for b in latency.BACKENDS if b != "aoti"]
+    backends = [b for b in latency.BACKENDS if b not in ("aoti", "int8")]
     threads = torch.get_num_threads()
     result = latency.main(["--repeats", "2", "--warmup", "1", "--unet-size", "32",
                            "--threads", "1", "--backends", ",".join(backends),
@@ -76,3 +76,20 @@ def test_the_books_checkpoints_load_through_the_flags(book_file):
     result = latency.main(["--cls-model", str(cls), "--seg-model", str(seg), "--repeats", "1",
                            "--warmup", "0", "--unet-size", "64", "--backends", "onnxruntime"])
     check_results(result, ["cls", "unet"], ["eager", "onnxruntime"])
+
+
+@pytest.mark.slow
+def test_the_int8_row_is_calibrated_on_the_training_series_and_close_to_eager(tmp_path):
+    from ch10_luna.synthetic import generate_sample
+    from ch13_segment.precision import int8_unavailable
+
+    if int8_unavailable():
+        pytest.skip(int8_unavailable())
+    generate_sample(tmp_path / "synthetic" / "luna", n_series=3, seed=0, negatives=(20, 30),
+                    progress=False)
+    result = latency.main(["--models", "cls", "--backends", "eager,int8", "--repeats", "2",
+                           "--warmup", "1", "--threads", "1", "--data-dir", str(tmp_path)])
+    int8 = result["results"]["cls"]["int8"]
+    assert 0 < int8["median_ms"] <= int8["p90_ms"]
+    assert int8["rel_diff"] < 0.5                # uint8 activations: coarse, never garbage
+    assert "int8 static" in result["table"]

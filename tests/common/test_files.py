@@ -137,3 +137,15 @@ def test_check_writable_creates_nothing_and_names_the_obstacle(tmp_path):
         check_writable(tmp_path / "f", "--run-dir")
     with pytest.raises(DataError, match=r"^--out .*: part of the path is a file"):
         check_writable(tmp_path / "f" / "x", "--out")
+
+
+def test_a_reader_that_stops_reading_gets_no_traceback():
+    script = ("from common.errors import run_cli\n"
+              "def main(argv):\n"
+              "    for i in range(200_000):\n"
+              "        print('line', i)\n"
+              "run_cli(main)\n")
+    result = subprocess.run(f"{sys.executable} -c \"{script}\" | head -1", shell=True,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout == "line 0\n"
+    assert result.stderr == ""

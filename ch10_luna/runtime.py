@@ -51,8 +51,9 @@ def keep_freed_memory():
     tensors page-fault in afresh: measured here, that kernel work was two thirds of the U-Net's
     time on a real CT (fp32 18.3 s -> 5.0 s, bf16 8.3 s -> 2.6 s per 99 slices) and a third of
     LunaModel's training step. With mmap off and no trimming the process keeps its peak heap
-    (a few GB) and reuses it. Only a script's main calls this (it changes the whole process);
-    a no-op where the C library is not glibc. Returns whether it applied."""
+    (a few GB) and reuses it. Only the scripts' `__main__` guards call this (it changes the
+    whole process: not for a notebook or a test run that imports the functions); a no-op where
+    the C library is not glibc. Returns whether it applied."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
@@ -80,11 +81,8 @@ def _quiet(*_args, **_kwargs):
 @contextlib.contextmanager
 def process_group(device_name="auto"):
     """Yield this process's Proc; under torchrun join its process group (gloo on CPU, nccl on
-    CUDA, one GPU per local rank) and leave it on the way out, whatever happens. On the CPU
-    the process keeps the memory it frees (keep_freed_memory)."""
+    CUDA, one GPU per local rank) and leave it on the way out, whatever happens."""
     device = pick_device(device_name)
-    if device.type == "cpu":
-        keep_freed_memory()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield Proc(device, 0, 1, print)
         return

@@ -51,6 +51,7 @@ from ch10_luna.runtime import (
     describe,
     distribute,
     gather_metrics,
+    keep_freed_memory,
     memory_format,
     mixed_precision,
     optimizer_step,
@@ -313,4 +314,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    keep_freed_memory()                 # glibc keeps freed blocks: see runtime.py
     run_cli(main)

@@ -203,12 +203,14 @@ def analysis_variants(precisions, erosions):
 
 def analysis_benchmark(luna, device, seg, cls, slice_counts, series_uid=None, batch_size=16,
                        repeats=1, precisions=na.PRECISIONS, erosions=(float("inf"), 1.0),
-                       real_ct=None, cache_dir=None):
+                       real_ct=None, cache_dir=None, keep_memory=None):
     """nodule_analysis per CT for every analysis_variants row, side by side: seconds by stage
     (the best of `repeats` rounds that each run every variant once, after one untimed run of
     each that compiles, warms up and gives the detections compared), the ratio to the
     book's way timed here, and each precision's detections against fp32's at the same erosion
-    (compare_detections); `seg` and `cls` are checkpoint paths."""
+    (compare_detections); `seg` and `cls` are checkpoint paths. `keep_memory` (the script
+    passes runtime.keep_freed_memory) runs after the book's way, which keeps glibc's
+    defaults."""
     models = na.load_models(seg, cls)
     annotations = na.read_nodules(luna)
     print(f"nodule_analysis on {device} ({cpu_name() if device.type == 'cpu' else device}), "
@@ -231,7 +233,8 @@ def analysis_benchmark(luna, device, seg, cls, slice_counts, series_uid=None, ba
             # the rest after keep_freed_memory, as nodule_analysis.py runs.
             book = {"book's way": calls.pop("book's way")}
             runs = timed_rounds(book, repeats)
-            keep_freed_memory()
+            if keep_memory is not None:
+                keep_memory()
             runs.update(timed_rounds(calls, repeats))
             results.append(report_ct(uid, n, runs, precisions, erosions))
     return {"prepare_s": prepare_s, "cts": results}
@@ -345,7 +348,7 @@ def main(argv=None):
             args.cls_model or book_file(na.BOOK_CLS_MODEL, args.data_dir, "luna-models"),
             args.slices, args.series_uid, args.batch_size or 4, args.repeats, args.precisions,
             args.erosions, book_file(REAL_CT, args.data_dir, "dicom-ct") if args.real_ct
-            else None, data_root(args.data_dir) / "cache" / "int8")
+            else None, data_root(args.data_dir) / "cache" / "int8", keep_freed_memory)
     args.batch_size = args.batch_size or 16
     keep_freed_memory()                                   # as the trainers run
     train_ds, val_ds, _ = make_seg_datasets(luna, mask_cache_dir(args.data_dir), 10,

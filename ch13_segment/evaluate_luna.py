@@ -221,8 +221,8 @@ def default_csv(folder, names, flag, hint):
 # annotations_excluded.csv as LUNA16 ships it: in evaluationScript.zip, under annotations/
 EXCLUDED_PLACES = (EXCLUDED_CSV, "evaluationScript*/annotations/" + EXCLUDED_CSV,
                    "evaluationScript*/*/annotations/" + EXCLUDED_CSV)
-EXCLUDED_HINT = ("LUNA16's irrelevant findings, annotations_excluded.csv; get it with:  "
-                 "python -m common.data download luna-evaluation")
+EXCLUDED_HINT = ("LUNA16's irrelevant findings, annotations_excluded.csv in evaluationScript.zip; "
+                 "get it with:  python -m common.data download luna-evaluation")
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -548,8 +548,6 @@ def main(argv=None):
              "malignancy_model": args.malignancy_model}
     models = load_models(*paths.values())
     device = pick_device(args.device)
-    if device.type == "cpu":
-        keep_freed_memory()                     # 3x faster segmentation: see runtime.py
     if "int8" in (args.precision, args.seg_precision) and device.type != "cpu":
         raise DataError(f"--precision int8 runs on the CPU (oneDNN's int8 kernels), not "
                         f"{device.type}; use --precision bf16 there")
@@ -589,4 +587,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    keep_freed_memory()                 # glibc keeps freed blocks: see runtime.py
     run_cli(main)

@@ -176,10 +176,10 @@ def spatial_multiple(model):
 
 
 def dynamic_shapes(example, multiple=None):
-    """torch.export's dynamic_shapes: the batch dimension dynamic, and with `multiple` also H
-    and W of a 4-D first input (as multiples of it: the U-Net's poolings need that)."""
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    first = {0: batch}
+    """torch.export's dynamic_shapes: the batch dimension dynamic (static for an example of
+    one: export would specialise it anyway), and with `multiple` also H and W of a 4-D first
+    input (as multiples of it: the U-Net's poolings need that)."""
+    first = {0: torch.export.Dim("batch", min=1, max=4096)} if example[0].shape[0] > 1 else {}
     if multiple is not None and example[0].dim() == 4:
         first.update({2: multiple * torch.export.Dim("h", min=1, max=4096),
                       3: multiple * torch.export.Dim("w", min=1, max=4096)})

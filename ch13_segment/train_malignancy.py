@@ -63,6 +63,7 @@ from ch10_luna.runtime import (
     barrier,
     describe,
     distribute,
+    keep_freed_memory,
     memory_format,
     mixed_precision,
     process_group,
@@ -320,4 +321,5 @@ def validate(model, val_loader, run, epoch, samples, proc, amp, baseline):
 
 
 if __name__ == "__main__":
+    keep_freed_memory()                 # glibc keeps freed blocks: see runtime.py
     run_cli(main)

@@ -36,6 +36,7 @@ from ch10_luna.runtime import (
     barrier,
     describe,
     distribute,
+    keep_freed_memory,
     memory_format,
     mixed_precision,
     process_group,
@@ -303,4 +304,5 @@ def validate(model, val_loader, train_ds, val_ds, train_uids, run, epoch, sample
 
 
 if __name__ == "__main__":
+    keep_freed_memory()                 # glibc keeps freed blocks: see runtime.py
     run_cli(main)

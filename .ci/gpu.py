@@ -84,8 +84,12 @@ def plan(dry_run, book_models=None, latency_takes_device=False):
             if dry_run else [*dev, "--steps", 100, "--batch-size", 16, "--num-workers", 4])
     models = ["--seg-model", book_models[0], "--cls-model", book_models[1]] if book_models \
         else []
-    analysis = ([*dev, "--analysis", "--slices", 7, "--batch-size", 16, *models] if dry_run
-                else [*dev, "--analysis", "--slices", 117, 205, "--batch-size", 16, *models])
+    # int8 is CPU-only (oneDNN): the GPU compares fp32 with bf16; the dry run keeps to one
+    # erosion and one round so the wiring is tested in seconds
+    analysis = ([*dev, "--analysis", "--slices", 7, "--batch-size", 4, "--precisions", "fp32",
+                 "bf16", "--erosions", "inf", "--repeats", 1, *models] if dry_run
+                else [*dev, "--analysis", "--slices", 117, 205, "--batch-size", 16,
+                      "--precisions", "fp32", "bf16", *models])
     serving = ([*dev, "--seconds", 0.1, "--clients", 1] if dry_run else
                [*dev, "--seconds", 5, "--clients", "1,10,50"])
     latency = ["--models", "cls,unet", "--backends", "eager", "--repeats", 1, "--warmup", 0,

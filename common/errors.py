@@ -3,6 +3,8 @@
     if __name__ == "__main__":
         run_cli(main)
 """
+import argparse
+import contextlib
 import os
 import re
 import sys
@@ -29,11 +31,28 @@ def require_at_least(flag, value, least):
     return value
 
 
-def run_cli(main, argv=None):
-    """DataError -> `error: ...` on stderr and exit 2; Ctrl-C -> `interrupted`, exit 130; a
-    reader that stops reading (`script | head`) ends the run quietly, exit 1."""
+@contextlib.contextmanager
+def one_line_flag_errors():
+    """argparse's own refusals (an unknown flag, a value of the wrong type) as DataErrors: one
+    line naming the script and the flag, instead of its usage block and then the error."""
+    def error(parser, message):
+        raise DataError(f"{parser.prog}: {message} (see --help)")
+
+    original = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = error
     try:
-        return main(argv)
+        yield
+    finally:
+        argparse.ArgumentParser.error = original
+
+
+def run_cli(main, argv=None):
+    """DataError -> `error: ...` on stderr and exit 2 (argparse's refusals too); Ctrl-C ->
+    `interrupted`, exit 130; a reader that stops reading (`script | head`) ends the run
+    quietly, exit 1."""
+    try:
+        with one_line_flag_errors():
+            return main(argv)
     except DataError as e:
         print(f"error: {one_line(e, 2 * MAX_MESSAGE)}", file=sys.stderr)
         raise SystemExit(2) from None

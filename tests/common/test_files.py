@@ -149,3 +149,21 @@ def test_a_reader_that_stops_reading_gets_no_traceback():
                             capture_output=True, text=True, timeout=60)
     assert result.stdout == "line 0\n"
     assert result.stderr == ""
+
+
+def test_a_bad_flag_is_one_line_naming_the_script_and_the_flag(capsys):
+    import argparse
+
+    def main(argv):
+        p = argparse.ArgumentParser(prog="demo.py")
+        p.add_argument("--epochs", type=int, default=1)
+        return p.parse_args(argv)
+
+    with pytest.raises(SystemExit) as caught:
+        run_cli(main, ["--epochs", "x"])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == ("error: demo.py: argument --epochs: invalid int value: "
+                                       "'x' (see --help)\n")
+    assert main(["--epochs", "3"]).epochs == 3                   # argparse itself is restored
+    with pytest.raises(SystemExit):
+        main(["--epochs", "x"])                                  # outside run_cli: its usage

@@ -188,7 +188,7 @@ def read_csv_rows(path, columns):
             raise DataError(f"{path}, line {reader.line_num}: not CSV ({e})") from None
 
 
-def _floats(path, line, row, names):
+def finite_fields(path, line, row, names):
     """The named fields as finite floats; NaN, infinity or text is a DataError naming them."""
     values = []
     for n in names:
@@ -207,7 +207,7 @@ def read_annotations(path):
     by_series = {}
     for line, row in read_csv_rows(path, ["seriesuid", "coordX", "coordY", "coordZ",
                                           "diameter_mm"]):
-        x, y, z, d = _floats(path, line, row, ["coordX", "coordY", "coordZ", "diameter_mm"])
+        x, y, z, d = finite_fields(path, line, row, ["coordX", "coordY", "coordZ", "diameter_mm"])
         by_series.setdefault(row["seriesuid"], []).append(((x, y, z), d))
     return by_series
 
@@ -234,7 +234,7 @@ def read_candidates(luna, require_on_disk=True):
             if uid not in luna.skipped:             # a broken series was warned about already
                 skipped.add(uid)
             continue
-        center_xyz = _floats(path, line, row, ["coordX", "coordY", "coordZ"])
+        center_xyz = finite_fields(path, line, row, ["coordX", "coordY", "coordZ"])
         if row["class"] not in ("0", "1"):
             raise DataError(f"{path}, line {line}: class is {row['class']!r}, expected 0 or 1")
         diameter = match_diameter(center_xyz, annotations.get(uid, ()))

@@ -24,8 +24,8 @@ import torch
 from ch10_luna.dsets import (
     CROP_IRC,
     LunaDataset,
-    _floats,
     cached_ct,
+    finite_fields,
     locate_luna,
     luna_parser,
     read_csv_rows,
@@ -48,7 +48,7 @@ def read_malignancy_annotations(path):
     nodules = []
     for line, row in read_csv_rows(path, ["seriesuid", "coordX", "coordY", "coordZ",
                                           "diameter_mm", "mal_bool"]):
-        x, y, z, diameter = _floats(path, line, row, ["coordX", "coordY", "coordZ",
+        x, y, z, diameter = finite_fields(path, line, row, ["coordX", "coordY", "coordZ",
                                                       "diameter_mm"])
         if row["mal_bool"] not in ("True", "False"):
             raise DataError(f"{path}, line {line}: mal_bool is {row['mal_bool']!r}, "
@@ -73,7 +73,7 @@ def read_candidates_ch14(luna, require_on_disk=True):
     path = luna.candidates_csv
     for line, row in read_csv_rows(path, ["seriesuid", "coordX", "coordY", "coordZ", "class"]):
         if row["class"] == "0" and on_disk(row["seriesuid"]):
-            center_xyz = _floats(path, line, row, ["coordX", "coordY", "coordZ"])
+            center_xyz = finite_fields(path, line, row, ["coordX", "coordY", "coordZ"])
             candidates.append(MalCandidate(False, False, False, 0.0, row["seriesuid"],
                                            center_xyz))
     if not candidates:

@@ -1,6 +1,6 @@
 """Chapters 13-15: the classifier and the U-Net for inference in fp32, bf16 and static int8.
 
-    python ch13_segment/precision.py                     # the side-by-side table: ~15 minutes
+    python ch13_segment/precision.py                     # the side-by-side table: ~6 minutes
     python ch13_segment/precision.py --models cls --repeats 5
     python ch13_segment/precision.py --calibration ct    # calibrated on the measured CT
 
@@ -65,6 +65,7 @@ from ch10_luna.dsets import (
     read_candidates,
     split_by_series,
 )
+from ch10_luna.runtime import keep_freed_memory
 from ch13_segment.dsets import context_slices, split_series
 from ch13_segment.model import UNetWrapper
 from common.ct import HU_MIN, load_ct
@@ -723,4 +724,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    keep_freed_memory()                 # as nodule_analysis.py runs: see runtime.py
     run_cli(main)

@@ -149,55 +149,61 @@ def find_luna(folder, synthetic=False):
     return LunaFiles(folder, candidates, annotations, malignancy, series, synthetic, skipped)
 
 
-def read_csv_rows(path, columns):
+def read_csv_rows(path, columns, what=None):
     """(line number, dict) per data row, with the named columns required; DataError on bad rows.
 
-    A folder, an empty file, bytes that are not UTF-8 and short rows are errors naming the
-    file (and line); extra columns are fine.
+    A folder, a missing or empty file, bytes that are not UTF-8 and short rows are errors naming
+    the file (after `what`, the flag that gave it, when there is one) and the line; extra
+    columns are fine, a byte-order mark, spaces around fields and blank rows are passed over.
     """
     path = Path(path)
+    name = f"{what} {path}" if what else str(path)
     if path.is_dir():
-        raise DataError(f"{path}: a folder, not a CSV file")
+        raise DataError(f"{name}: a folder, not a CSV file")
+    if not path.exists():
+        raise DataError(f"{name}: no such file")
     try:
-        f = open(path, newline="", encoding="utf-8")
+        f = open(path, newline="", encoding="utf-8-sig")
     except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+        raise DataError(f"{name}: cannot read ({e.strerror})") from None
     with f:
         reader = csv.reader(f)
         try:
             header = next(reader, None)
             if header is None:
-                raise DataError(f"{path}: empty file (expected a header with "
+                raise DataError(f"{name}: empty file (expected a header with "
                                 f"{', '.join(columns)})")
+            header = [h.strip() for h in header]
             missing = [c for c in columns if c not in header]
             if missing:
-                raise DataError(f"{path}: no column {', '.join(missing)} (expected "
+                raise DataError(f"{name}: no column {', '.join(missing)} (expected "
                                 f"{', '.join(columns)}; the header is {','.join(header)[:120]})")
             index = [header.index(c) for c in columns]
             for row in reader:
-                if not row:
+                if not any(cell.strip() for cell in row):
                     continue
                 if len(row) < len(header):
-                    raise DataError(f"{path}, line {reader.line_num}: {len(row)} fields, "
+                    raise DataError(f"{name}, line {reader.line_num}: {len(row)} fields, "
                                     f"expected {len(header)}")
-                yield reader.line_num, {c: row[i] for c, i in zip(columns, index)}
+                yield reader.line_num, {c: row[i].strip() for c, i in zip(columns, index)}
         except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+            raise DataError(f"{name}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
                             f"offset {e.start} of a read block)") from None
         except csv.Error as e:
-            raise DataError(f"{path}, line {reader.line_num}: not CSV ({e})") from None
+            raise DataError(f"{name}, line {reader.line_num}: not CSV ({e})") from None
 
 
-def finite_fields(path, line, row, names):
+def finite_fields(path, line, row, names, what=None):
     """The named fields as finite floats; NaN, infinity or text is a DataError naming them."""
+    name = f"{what} {path}" if what else str(path)
     values = []
     for n in names:
         try:
             v = float(row[n])
         except ValueError:
-            raise DataError(f"{path}, line {line}: {n} is {row[n]!r}, not a number") from None
+            raise DataError(f"{name}, line {line}: {n} is {row[n]!r}, not a number") from None
         if not math.isfinite(v):
-            raise DataError(f"{path}, line {line}: {n} is {row[n]!r}, not a finite number")
+            raise DataError(f"{name}, line {line}: {n} is {row[n]!r}, not a finite number")
         values.append(v)
     return tuple(values)
 

@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ch10_luna.dsets import find_luna
+from ch10_luna.dsets import find_luna, finite_fields
 from ch13_segment.dsets import split_series
 from ch13_segment.evaluate_luna import (
     EXCLUDED_HINT,
     EXCLUDED_PLACES,
     csv_rows,
     default_csv,
-    finite,
     luna_folder,
     read_series,
     report,
@@ -51,7 +50,7 @@ def read_candidate_centres(path, uids):
     wanted, centres = set(uids), {}
     for line, row in csv_rows(path, "--candidates", CANDIDATE_COLUMNS):
         if row["seriesuid"] in wanted:
-            xyz = [finite(row[c], "--candidates", path, line, c) for c in CANDIDATE_COLUMNS[1:]]
+            xyz = finite_fields(path, line, row, CANDIDATE_COLUMNS[1:], "--candidates")
             centres.setdefault(row["seriesuid"], []).append(xyz)
     return {uid: np.array(xyz, dtype=np.float64) for uid, xyz in centres.items()}
 

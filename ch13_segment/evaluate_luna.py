@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ch10_luna.dsets import luna_dir
+from ch10_luna.dsets import finite_fields, luna_dir, read_csv_rows
 from ch10_luna.synthetic import EXCLUDED_CSV, generate_sample, sample_is_current
 from ch13_segment.froc import FP_RATES, FROC_MAX, FROC_MIN, N_RESAMPLES, evaluate, score_scan
 from common.data import add_data_dir_argument, data_root
@@ -58,36 +58,12 @@ def read_text(path, what):
         raise DataError(f"{what} {path}: cannot read ({e.strerror})") from None
 
 
-def finite(text, what, path, line, column):
-    """float(text), refusing anything but a finite number (NaN and inf parse as floats)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise DataError(f"{what} {path}, line {line}: {column} is {text!r}, not a finite number")
-    return value
-
-
 def csv_rows(path, what, columns):
-    """(line, {column: text}) for every data row; DataError on a missing column or short row."""
-    reader = csv.reader(io.StringIO(read_text(path, what), newline=""))
-    header = [h.strip() for h in next(reader, [])]
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise DataError(f"{what} {path}: no column {', '.join(missing)} (header: "
-                        f"{','.join(header) or 'none'}; expected {','.join(columns)})")
-    index = [header.index(c) for c in columns]
-    for row in reader:
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) < len(header):
-            raise DataError(f"{what} {path}, line {reader.line_num}: {len(row)} fields, the "
-                            f"header has {len(header)}")
-        uid = row[index[0]].strip()
-        if not uid:
-            raise DataError(f"{what} {path}, line {reader.line_num}: empty {columns[0]}")
-        yield reader.line_num, {c: row[i].strip() for c, i in zip(columns, index)}
+    """read_csv_rows, refusing a row whose first column (the series uid) is empty."""
+    for line, row in read_csv_rows(path, columns, what):
+        if not row[columns[0]]:
+            raise DataError(f"{what} {path}, line {line}: empty {columns[0]}")
+        yield line, row
 
 
 def by_series(pairs):
@@ -105,8 +81,8 @@ def read_submission(path, what="DETECTIONS"):
     """uid -> (marks (M, 3) mm, probabilities (M,)) from a LUNA16 submission CSV."""
     def rows():
         for line, row in csv_rows(path, what, SUBMISSION_COLUMNS):
-            xyz = [finite(row[c], what, path, line, c) for c in SUBMISSION_COLUMNS[1:4]]
-            yield row["seriesuid"], xyz, finite(row["probability"], what, path, line, "probability")
+            *xyz, probability = finite_fields(path, line, row, SUBMISSION_COLUMNS[1:], what)
+            yield row["seriesuid"], xyz, probability
     return by_series(rows())
 
 
@@ -118,8 +94,7 @@ def read_findings(path, what, unsized_allowed):
     """
     def rows():
         for line, row in csv_rows(path, what, FINDING_COLUMNS):
-            xyz = [finite(row[c], what, path, line, c) for c in FINDING_COLUMNS[1:4]]
-            d = finite(row["diameter_mm"], what, path, line, "diameter_mm")
+            *xyz, d = finite_fields(path, line, row, FINDING_COLUMNS[1:], what)
             if d == 0 or (d < 0 and not unsized_allowed):
                 raise DataError(f"{what} {path}, line {line}: diameter_mm is {row['diameter_mm']}"
                                 + (", expected > 0 or -1 (unsized)" if unsized_allowed

@@ -176,8 +176,8 @@ def read_csv_rows(path, columns, what=None):
             header = [h.strip() for h in header]
             missing = [c for c in columns if c not in header]
             if missing:
-                raise DataError(f"{name}: no column {', '.join(missing)} (expected "
-                                f"{', '.join(columns)}; the header is {','.join(header)[:120]})")
+                raise DataError(f"{name}: no column {', '.join(missing)} (its header is "
+                                f"{','.join(header)[:120]!r})")
             index = [header.index(c) for c in columns]
             for row in reader:
                 if not any(cell.strip() for cell in row):

@@ -48,7 +48,8 @@ def parse_run_args(parse_args, argv, model_name, keeps, load=None):
     saved = None
     if args.resume:
         saved = (load or (lambda path: load_resumable(path, model_name)))(args.resume)
-        args = restore_settings(args, saved, vars(parse_args([])), keeps, args.resume)
+        args = argparse.Namespace(**restore_settings(vars(args), saved, vars(parse_args([])),
+                                                     keeps, args.resume))
     run_dir = run_directory(args.run_dir, args.resume, args.tb_prefix, args.comment)
     return args, saved, check_writable(run_dir, "--run-dir")
 
@@ -132,11 +133,12 @@ def load_resumable(path, model_name):
     return state
 
 
-def restore_settings(args, state, defaults, keeps, path):
-    """The resumed run keeps its saved settings, except the `keeps` flags given again now
-    (how to run it: --epochs, --device, ...). `defaults` (this script's parse_args([]) as a
-    dict) tells which were given; a saved settings dict that lacks one of this script's flags
-    comes from another script or version, and is refused."""
+def restore_settings(given, state, defaults, keeps, path):
+    """The settings dict of a resumed run: its saved settings, except the `keeps` flags given
+    again now (how to run it: --epochs, --device, ...). `given` and `defaults` are this
+    script's settings now and its parse_args([]), as dicts; comparing them tells which were
+    given. A saved settings dict that lacks one of this script's flags comes from another
+    script or version, and is refused."""
     saved = dict(state["args"])
     lacking = sorted(set(defaults) - set(saved))
     if lacking:
@@ -144,9 +146,8 @@ def restore_settings(args, state, defaults, keeps, path):
         more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
         raise DataError(f"--resume {path}: its saved settings lack {shown}{more} (saved by "
                         "another script or version); start a new run instead")
-    saved.update({k: getattr(args, k) for k in keeps
-                  if k == "resume" or getattr(args, k) != defaults[k]})
-    return argparse.Namespace(**saved)
+    saved.update({k: given[k] for k in keeps if k == "resume" or given[k] != defaults[k]})
+    return saved
 
 
 def restore_state(model, optimizer, state, path, what):

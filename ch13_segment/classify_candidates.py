@@ -26,18 +26,16 @@ import numpy as np
 from ch10_luna.dsets import find_luna, finite_fields
 from ch13_segment.dsets import split_series
 from ch13_segment.evaluate_luna import (
-    EXCLUDED_HINT,
-    EXCLUDED_PLACES,
     csv_rows,
-    default_csv,
     luna_folder,
     read_series,
+    reference_csvs,
     report,
+    scoring_parser,
 )
-from ch13_segment.froc import N_RESAMPLES
 from ch13_segment.nodule_analysis import BOOK_CLS_MODEL, classify, load_model
 from common.ct import load_ct
-from common.data import add_data_dir_argument, book_file
+from common.data import book_file
 from common.device import add_device_argument, pick_device
 from common.errors import DataError, run_cli
 from common.files import runs_dir
@@ -70,7 +68,7 @@ def classify_scans(model, centres, series_paths, batch_size=64, device="cpu"):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__, parents=[scoring_parser()],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--candidates", default=None, metavar="C.csv",
                    help="the candidate list (default: the LUNA folder's candidates.csv)")
@@ -81,21 +79,9 @@ def parse_args(argv=None):
                         "series on disk)")
     p.add_argument("--val-stride", type=int, default=10,
                    help="without --series: every N-th series validates (default: %(default)s)")
-    p.add_argument("--annotations", default=None, metavar="A.csv",
-                   help="LUNA16's annotations.csv (default: the LUNA folder's)")
-    p.add_argument("--excluded", default=None, metavar="E.csv",
-                   help="LUNA16's annotations_excluded.csv (default: the LUNA folder's)")
     p.add_argument("--submission", default=None, metavar="OUT.csv",
                    help="where the submission CSV goes (default: <out>/fpr_<model>_submission.csv)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="folder for the figure and the CSV (default: runs/ch13/)")
-    p.add_argument("--bootstrap", type=int, default=N_RESAMPLES, metavar="N",
-                   help="bootstrap resamples for the intervals (default: %(default)s; 0: none)")
-    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
     p.add_argument("--batch-size", type=int, default=64, help="crops per batch")
-    p.add_argument("--synthetic", action="store_true",
-                   help="use the built-in synthetic sample even if LUNA16 is present")
-    add_data_dir_argument(p)
     add_device_argument(p)
     args = p.parse_args(argv)
     if args.bootstrap < 0:
@@ -126,9 +112,7 @@ def main(argv=None):
     print(f"{n:,} candidates of {candidates.name} on {len(uids)} scans; classifier "
           f"{Path(cls_path).name} on {device}")
     marks = classify_scans(model, centres, luna.series, args.batch_size, device)
-    annotations = args.annotations or luna.annotations_csv
-    excluded = args.excluded or default_csv(folder, EXCLUDED_PLACES, "--excluded",
-                                            EXCLUDED_HINT)
+    annotations, excluded = reference_csvs(folder, args.annotations, args.excluded)
     name = "fpr_" + Path(cls_path).name.removesuffix(".state")
     out = Path(args.out) if args.out else runs_dir("ch13")
     result = report(marks, uids, annotations, excluded, out, name, args.bootstrap, args.seed,

@@ -193,6 +193,15 @@ def default_csv(folder, names, flag, hint):
     raise DataError(f"{flag}: no {Path(names[0]).name} in {folder} ({hint}); give {flag} FILE")
 
 
+def reference_csvs(folder, annotations=None, excluded=None):
+    """(annotations.csv, annotations_excluded.csv): the paths given, else the LUNA folder's."""
+    return (annotations or default_csv(folder, ANNOTATION_PLACES, "--annotations",
+                                       ANNOTATIONS_HINT),
+            excluded or default_csv(folder, EXCLUDED_PLACES, "--excluded", EXCLUDED_HINT))
+
+
+ANNOTATION_PLACES = ("annotations.csv", "../part2/luna/annotations.csv")
+ANNOTATIONS_HINT = "LUNA16's annotations.csv: python -m common.data download luna-annotations"
 # annotations_excluded.csv as LUNA16 ships it: in evaluationScript.zip, under annotations/
 EXCLUDED_PLACES = (EXCLUDED_CSV, "evaluationScript*/annotations/" + EXCLUDED_CSV,
                    "evaluationScript*/*/annotations/" + EXCLUDED_CSV)
@@ -298,29 +307,36 @@ def report(marks, uids, annotations, excluded, out, name, n_resamples=N_RESAMPLE
 
 
 # ----------------------------------------------------------------------------- main
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("detections", metavar="DETECTIONS",
-                   help="a nodule_analysis.py --json file or a LUNA16 submission CSV")
+def scoring_parser():
+    """The flags of both LUNA16 tracks' scoring (this script and classify_candidates.py): the
+    reference CSVs, where the figure and the submission go, the bootstrap, the data."""
+    p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--annotations", default=None, metavar="A.csv",
                    help="LUNA16's annotations.csv (default: the LUNA folder's)")
     p.add_argument("--excluded", default=None, metavar="E.csv",
                    help="LUNA16's annotations_excluded.csv (default: the LUNA folder's)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for the FROC figure and the submission CSV (default: runs/ch13/)")
+    p.add_argument("--bootstrap", type=int, default=N_RESAMPLES, metavar="N",
+                   help="bootstrap resamples for the intervals (default: %(default)s; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
+    p.add_argument("--synthetic", action="store_true",
+                   help="the built-in synthetic sample even if LUNA16 is present")
+    add_data_dir_argument(p)
+    return p
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, parents=[scoring_parser()],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("detections", metavar="DETECTIONS",
+                   help="a nodule_analysis.py --json file or a LUNA16 submission CSV")
     p.add_argument("--series", default=None, metavar="S.csv",
                    help="the scans to evaluate, one uid per line (default: the analysis' "
                         "scans, or every scan the CSV names)")
     p.add_argument("--submission", default=None, metavar="OUT.csv",
                    help="write the marks as a submission CSV (default for a JSON input: "
                         "<out>/<name>_submission.csv)")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="folder for froc_<name>.png (default: runs/ch13/)")
-    p.add_argument("--bootstrap", type=int, default=N_RESAMPLES, metavar="N",
-                   help="bootstrap resamples for the intervals (default: %(default)s; 0: none)")
-    p.add_argument("--seed", type=int, default=0, help="the bootstrap's seed")
-    p.add_argument("--synthetic", action="store_true",
-                   help="default CSVs from the synthetic sample even if LUNA16 is present")
-    add_data_dir_argument(p)
     args = p.parse_args(argv)
     if args.bootstrap < 0:
         p.error("--bootstrap must be 0 or more")
@@ -339,11 +355,7 @@ def main(argv=None):
         if synthetic:
             print(f"(annotations and excluded findings of the synthetic sample in {folder}, "
                   "not LUNA16)")
-        args.annotations = args.annotations or default_csv(
-            folder, ["annotations.csv", "../part2/luna/annotations.csv"], "--annotations",
-            "LUNA16's annotations.csv: python -m common.data download luna-annotations")
-        args.excluded = args.excluded or default_csv(folder, EXCLUDED_PLACES, "--excluded",
-                                                     EXCLUDED_HINT)
+        args.annotations, args.excluded = reference_csvs(folder, args.annotations, args.excluded)
     name = Path(args.detections).stem
     out = Path(args.out) if args.out else runs_dir("ch13")
     submission = args.submission or (out / f"{name}_submission.csv" if kind == "analysis"

@@ -62,14 +62,15 @@ class FileHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def serve(monkeypatch):
-    """serve(folder) -> a running loopback server; .url, .log, and switches for failures."""
+    """serve(folder) -> a running loopback server of the folder's files; .url, .log, and
+    switches for failures. serve(None, handler) runs another request handler the same way."""
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     servers = []
 
-    def start(root):
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FileHandler)
-        srv.root, srv.log = Path(root), []
+    def start(root, handler=FileHandler):
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        srv.root, srv.log = Path(root) if root is not None else None, []
         srv.corrupt, srv.ignore_range, srv.truncations, srv.truncate_at = False, False, 0, 1000
         srv.url = f"http://127.0.0.1:{srv.server_address[1]}/"
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02},

@@ -8,7 +8,6 @@ import stat
 import subprocess
 import sys
 import tarfile
-import threading
 import zipfile
 from pathlib import Path
 
@@ -399,18 +398,10 @@ class EndlessHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def endless(monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EndlessHandler)
+def endless(serve):
+    srv = serve(None, EndlessHandler)
     srv.body, srv.claim_length, srv.sent = b"", False, 0
-    srv.url = f"http://127.0.0.1:{srv.server_address[1]}/"
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02},
-                              daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    return srv
 
 
 @pytest.mark.parametrize("claim_length", [True, False], ids=["content-length", "no-length"])

@@ -10,6 +10,7 @@ image content by -0.1 (5% of the width) along that axis. The translation goes in
 of the (d, d+1) matrix; the book's chapter 13/14 code put it in a row, so there it did nothing.
 """
 import argparse
+import itertools
 import math
 from dataclasses import dataclass, replace
 
@@ -105,3 +106,18 @@ def augment_batch(x, spec, generator=None, label=None):
         return x
     label = apply_affine(label.to(x.dtype), theta) > 0.5
     return x, label
+
+
+def batch_augmenter(spec, seed, epoch, rank=0, first_batch=0):
+    """What a training loop calls on each batch, `augment(x)` or `augment(x, label)`: the
+    transforms of `spec` drawn from a generator seeded by (seed, epoch, rank, batch number), so
+    that a run resumed at `first_batch`, or split over processes, draws what an uninterrupted
+    one would. None when `spec` turns nothing on."""
+    if not spec.active:
+        return None
+    base, batch = (seed * 10_007 + epoch) * 64 + rank, itertools.count(first_batch)
+
+    def augment(x, label=None):
+        generator = torch.Generator(device=x.device).manual_seed(base * 1_000_003 + next(batch))
+        return augment_batch(x, spec, generator, label)
+    return augment

@@ -20,16 +20,10 @@ import SimpleITK as sitk
 import torch
 
 from ch10_luna import train_cls
-from ch10_luna.augment import BOOK_AUGMENTATION, AugmentSpec
+from ch10_luna.augment import BOOK_AUGMENTATION, AugmentSpec, batch_augmenter
 from ch10_luna.dsets import epoch_order, locate_luna, make_loader
 from ch10_luna.model import LunaModel
-from ch10_luna.runtime import (
-    keep_freed_memory,
-    memory_format,
-    mixed_precision,
-    optimizer_step,
-    to_input,
-)
+from ch10_luna.runtime import keep_freed_memory, memory_format, mixed_precision, use_memory_format
 from ch10_luna.train_cls import evaluate, make_datasets, train_one_epoch
 from common.ct import to_hu
 from common.data import add_data_dir_argument
@@ -62,17 +56,21 @@ def model_ceiling(device, batch_size, steps, amp, train=True, fmt=None, warmup=2
     amp = mixed_precision(device, amp)
     fmt = memory_format(device, amp) if fmt is None else fmt
     model = LunaModel().to(device, memory_format=fmt)
-    x = to_input(torch.randn(batch_size, 1, 32, 48, 48) * 400 - 500, device, fmt)
+    x = (torch.randn(batch_size, 1, 32, 48, 48) * 400 - 500).to(device).contiguous(
+        memory_format=fmt)
     y = torch.randint(0, 2, (batch_size,), device=device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99)
     model.train(train)
 
     def step():
         if train:
+            optimizer.zero_grad()
             with amp.context:
                 logits, _ = model(x)
                 loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            optimizer_step(loss, optimizer, amp.scaler)
+            amp.scaler.scale(loss).backward()
+            amp.scaler.step(optimizer)
+            amp.scaler.update()
         else:
             with torch.inference_mode(), amp.context:
                 model(x)
@@ -96,39 +94,40 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def batch_clock(device):
-    """(after_batch hook, seconds) for a loop: the clock runs from the end of its first batch
-    to the end of its last, so DataLoader workers starting and the first batch's warm-up are
-    not counted; seconds() is that time, and the hook's samples come from the loop's total."""
-    marks = {}
+def clocked(loader, device):
+    """(batches, seconds): `loader`'s batches, and the time from the end of the first batch's
+    step to the end of the last one's (taken when the loop asks for the next batch), so
+    DataLoader workers starting and the first batch's warm-up are not counted."""
+    marks = []
 
-    def after_batch(done, total, _metrics):
-        if done in (1, total):
+    def batches():
+        for batch in loader:
             sync(device)
-            marks[done] = time.perf_counter()
-            marks["total"] = total
-    return after_batch, lambda: marks[marks["total"]] - marks[1]
+            marks.append(time.perf_counter())
+            yield batch
+        sync(device)
+        marks.append(time.perf_counter())
+    return batches(), lambda: marks[-1] - marks[1]
 
 
 def loop_rates(train_ds, val_ds, device, batch_size, steps, amp, spec, num_workers):
     """samples/s of train_one_epoch and evaluate on real crops, from the second batch on."""
     seed_everything(0)
     amp = mixed_precision(device, amp)
-    model = LunaModel().to(device, memory_format=memory_format(device, amp))
+    model = use_memory_format(LunaModel().to(device), memory_format(device, amp))
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99)
     order = epoch_order(train_ds.labels(), (steps + 1) * batch_size, balanced=True, seed=0)
-    loader = make_loader(train_ds, order, batch_size, num_workers, device)
-    hook, seconds = batch_clock(device)
-    train_one_epoch(model, loader, optimizer, device, spec=spec, amp=amp, after_batch=hook,
-                    quiet=True)
+    batches, seconds = clocked(make_loader(train_ds, order, batch_size, num_workers, device),
+                               device)
+    train_one_epoch(model, batches, optimizer, amp, batch_augmenter(spec, 0, 1))
     trn = steps * batch_size / seconds()
     n_val = min(len(val_ds), (steps + 1) * batch_size)
     if n_val <= batch_size:
         raise DataError(f"{len(val_ds)} validation crops: timing needs more than one batch "
                         f"of {batch_size}")
-    hook, seconds = batch_clock(device)
-    evaluate(model, make_loader(val_ds, range(n_val), batch_size, num_workers, device), device,
-             amp=amp, after_batch=hook, quiet=True)
+    batches, seconds = clocked(make_loader(val_ds, range(n_val), batch_size, num_workers,
+                                           device), device)
+    evaluate(model, batches, amp)
     return trn, (n_val - batch_size) / seconds()
 
 

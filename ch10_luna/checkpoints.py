@@ -8,9 +8,12 @@ Chapters 11-14's trainers share it.
 """
 import argparse
 import datetime
+import itertools
 import sys
 from collections import namedtuple
 from pathlib import Path
+
+import torch
 
 from ch01_intro.weights import state_mismatch
 from ch10_luna.model import read_checkpoint
@@ -190,24 +193,32 @@ def resume_point(state, path, proc, best_key):
         raise DataError(f"--resume {path}: saved in the middle of epoch {state['epoch']} by "
                         f"{saved} process(es); resume it with {saved} (each holds part of the "
                         f"epoch), not {proc.world}")
-    return Start(state["epoch"], batch, parts[proc.rank], state["epoch_start_samples"], best)
+    done = parts[proc.rank][:, :batch * state["args"]["batch_size"]]   # older files: full width
+    return Start(state["epoch"], batch, done, state["epoch_start_samples"], best)
 
 
 def mid_epoch_saver(every, path, model, optimizer, settings, proc, epoch, epoch_start_samples,
-                    epoch_len, batch_size, **extra):
-    """`after_batch(done, total, metrics)` for a training loop: after every `every`-th batch
-    but the last, gather each rank's partial metrics and, on rank 0, write the checkpoint that
+                    epoch_len, batch_size, done=None, **extra):
+    """`after_batch(rows)` for a training loop: it keeps this rank's metrics rows (after
+    `done`, the rows of the batches a resumed epoch already has) and after every `every`-th
+    batch but the last gathers every rank's and, on rank 0, writes the checkpoint that
     resume_point reads back (`batch`, `trn_partial`, `epoch_start_samples` beside the book's
     keys and `extra`). None when `every` is 0."""
     if not every:
         return None
+    total = -(-(epoch_len // proc.world) // batch_size)      # this rank's batches in the epoch
+    kept = [torch.zeros(3, 0) if done is None else done.cpu()]
+    count = itertools.count(kept[0].shape[1] // batch_size + 1)
 
-    def after_batch(done, total, metrics):
-        if done % every or done == total:
+    def after_batch(rows):
+        kept.append(rows)
+        batches = next(count)
+        if batches % every or batches == total:
             return
-        parts = gather_objects(metrics.cpu())
+        kept[:] = [torch.cat([r.cpu() for r in kept], dim=1)]
+        parts = gather_objects(kept[0])
         if proc.rank == 0:
-            seen = epoch_start_samples + min(done * batch_size * proc.world, epoch_len)
-            save_checkpoint(path, model, optimizer, settings, epoch, seen, batch=done,
+            seen = epoch_start_samples + min(batches * batch_size * proc.world, epoch_len)
+            save_checkpoint(path, model, optimizer, settings, epoch, seen, batch=batches,
                             trn_partial=parts, epoch_start_samples=epoch_start_samples, **extra)
     return after_batch

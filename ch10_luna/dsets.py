@@ -320,6 +320,9 @@ def rank_loader(dataset, order, proc, batch_size, num_workers, first_batch=0):
     """This process's loader for an epoch's `order` (runtime.rank_share: whole batches in
     turn), from batch `first_batch` on (a run resumed mid-epoch)."""
     mine = rank_share(order, proc.rank, proc.world, batch_size)
+    if not len(mine):
+        raise DataError(f"--epoch-size: an epoch of {len(order)} samples leaves none for each "
+                        f"of {proc.world} processes")
     return make_loader(dataset, mine[first_batch * batch_size:], batch_size, num_workers,
                        proc.device)
 

@@ -1,10 +1,11 @@
 """How a training process runs on its hardware: the process group and its ranks, each rank's
-share of an epoch, gathered metrics, mixed precision (autocast with its grad scaler),
-channels-last layouts and the optimizer step. Chapters 11-14's trainers share it.
+share of an epoch, gathered metrics, progress bars, mixed precision (autocast with its grad
+scaler) and memory layouts. Chapters 11-14's trainers set these up in `main`; their loops only
+see the results (a loader, an `amp`, a model that takes plain batches).
 
     with process_group("auto") as proc:         # torchrun's ranks, or one process
         amp = mixed_precision(proc.device, enabled=True)
-        model = LunaModel().to(proc.device, memory_format=memory_format(proc.device, amp))
+        model = use_memory_format(LunaModel().to(proc.device), memory_format(proc.device, amp))
 """
 import argparse
 import contextlib
@@ -16,13 +17,15 @@ from collections import namedtuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from common.device import add_device_argument, pick_device
 
 # One process of a run: its device, rank and the number of processes; `say` prints on rank 0.
 Proc = namedtuple("Proc", ["device", "rank", "world", "say"])
-# Mixed precision: the autocast context to run the model in, and the GradScaler float16
-# needs (None for bf16 and fp32); `dtype` is what the autocast computes in.
+# Mixed precision: the autocast context to run the model in, and the GradScaler (enabled only
+# for float16, which needs it; a disabled one passes the loss and the step straight through);
+# `dtype` is what the autocast computes in.
 Amp = namedtuple("Amp", ["context", "scaler", "dtype"])
 
 
@@ -48,12 +51,12 @@ def keep_freed_memory():
 
     By default glibc serves every block over 32 MiB (a 512 x 512 slice's activations, a
     batch of 3-D crops') with its own mmap and unmaps it when freed, so the next batch's
-    tensors page-fault in afresh: measured here, that kernel work was two thirds of the U-Net's
-    time on a real CT (fp32 18.3 s -> 5.0 s, bf16 8.3 s -> 2.6 s per 99 slices) and a third of
-    LunaModel's training step. With mmap off and no trimming the process keeps its peak heap
-    (a few GB) and reuses it. Only the scripts' `__main__` guards call this (it changes the
-    whole process: not for a notebook or a test run that imports the functions); a no-op where
-    the C library is not glibc. Returns whether it applied."""
+    tensors page-fault in afresh: that kernel work was most of the U-Net's time on a real CT
+    and a third of LunaModel's training step (figures in ch13_segment/NOTES.md). With mmap
+    off and no trimming the process keeps its peak heap (a few GB) and reuses it. Only the
+    scripts' `__main__` guards call this (it changes the whole process: not for a notebook or a
+    test run that imports the functions); a no-op where the C library is not glibc. Returns
+    whether it applied."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
@@ -107,6 +110,14 @@ def describe(proc, amp):
     return text
 
 
+def progress(loader, desc, proc, first_batch=0):
+    """`loader` behind a progress bar with its ETA on rank 0 (the others stay quiet); a run
+    resumed at `first_batch` shows the batches already done as done."""
+    return tqdm(loader, desc=desc, initial=first_batch, total=first_batch + len(loader),
+                unit="batch", disable=proc.rank > 0, mininterval=2.0, dynamic_ncols=True,
+                leave=False)
+
+
 def rank_share(order, rank, world, batch_size):
     """This process's part of an epoch's `order`: from each run of `world` batches, the
     `rank`-th (the last, short run split evenly), so step k of all processes together covers
@@ -140,21 +151,25 @@ def gather_objects(obj):
 
 # ----------------------------------------------------------------------------- the model
 def mixed_precision(device, enabled):
-    """Amp for `device`: bf16 autocast where the device has it, else fp16 with a GradScaler;
-    a no-op context (fp32) when not enabled."""
+    """Amp for `device`: bf16 autocast where the device has it, else fp16 with an enabled
+    GradScaler; a no-op context (fp32) when not enabled. The scaler is disabled except for
+    fp16, so `scaler.scale(loss).backward()` and `scaler.step(optimizer)` are then plain
+    `loss.backward()` and `optimizer.step()`."""
     device = torch.device(device)
+    off = torch.amp.GradScaler(device.type, enabled=False)
     if not enabled:
-        return Amp(contextlib.nullcontext(), None, torch.float32)
+        return Amp(contextlib.nullcontext(), off, torch.float32)
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return Amp(torch.autocast("cuda", dtype=torch.float16),
                    torch.amp.GradScaler("cuda"), torch.float16)
-    return Amp(torch.autocast(device.type, dtype=torch.bfloat16), None, torch.bfloat16)
+    return Amp(torch.autocast(device.type, dtype=torch.bfloat16), off, torch.bfloat16)
 
 
 def memory_format(device, amp, spatial_dims=3):
     """Channels-last on CPU (oneDNN's native layout: LunaModel's Conv3d backward is many times
-    faster in it, the U-Net 1.2x; benchmark.py measures both) and on CUDA under reduced
-    precision (tensor cores); the default layout otherwise. `amp` is an Amp or a bool."""
+    faster in it, the U-Net's convolutions faster too; benchmark.py measures both) and on CUDA
+    under reduced precision (tensor cores); the default layout otherwise. `amp` is an Amp or a
+    bool."""
     device = torch.device(device)
     reduced = amp.dtype != torch.float32 if isinstance(amp, Amp) else bool(amp)
     if device.type == "cpu" or (device.type == "cuda" and reduced):
@@ -162,9 +177,19 @@ def memory_format(device, amp, spatial_dims=3):
     return torch.contiguous_format
 
 
-def to_input(x, device, fmt=torch.contiguous_format):
-    """A batch on `device` in memory format `fmt` (the copy does not wait for the device)."""
-    return x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+def use_memory_format(model, fmt):
+    """`model` with its weights in layout `fmt` and every 4-D/5-D input it is called with
+    turned into that layout first (a forward pre-hook), so a loop passes plain batches; the
+    state_dict keeps its names. The model, changed in place."""
+    model.to(memory_format=fmt)
+    rank = {torch.channels_last: 4, torch.channels_last_3d: 5}.get(fmt)
+    if rank is not None:
+        def to_layout(_module, args):
+            return tuple(a.contiguous(memory_format=fmt)
+                         if isinstance(a, torch.Tensor) and a.dim() == rank else a
+                         for a in args)
+        model.register_forward_pre_hook(to_layout)
+    return model
 
 
 def distribute(model, proc):
@@ -177,15 +202,3 @@ def distribute(model, proc):
 def unwrap(model):
     """The bare module of a DistributedDataParallel model (validation runs it: no collectives)."""
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-
-
-def optimizer_step(loss, optimizer, scaler=None):
-    """zero_grad, backward and step; through the GradScaler when fp16 autocast needs one."""
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-        return
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()

@@ -14,15 +14,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from ch10_luna.augment import (
-    BOOK_AUGMENTATION,
-    AugmentSpec,
-    augment_batch,
-    augment_parser,
-    augment_spec,
-)
+from ch10_luna.augment import BOOK_AUGMENTATION, augment_parser, augment_spec, batch_augmenter
 from ch10_luna.checkpoints import (
     close_run,
     log_epoch,
@@ -54,19 +47,18 @@ from ch10_luna.runtime import (
     keep_freed_memory,
     memory_format,
     mixed_precision,
-    optimizer_step,
     process_group,
+    progress,
     runtime_parser,
-    to_input,
     unwrap,
+    use_memory_format,
 )
 from common.device import seed_everything
 from common.errors import DataError, run_cli
 
-NO_AUGMENTATION = AugmentSpec()
 LABEL, PRED, LOSS = range(3)            # rows of the per-sample metrics tensor (book ch11)
 BOOK_BALANCED_EPOCH = 200_000           # the book's chapter 12 epoch
-SYNTHETIC_EPOCH = 4_800                 # 150 batches: about 2 minutes on 2 CPU cores
+SYNTHETIC_EPOCH = 4_800                 # 150 batches of 32: enough to learn on the sample
 RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume", "checkpoint_every")
 
 
@@ -125,72 +117,48 @@ def make_optimizer(model, name, lr):
 
 
 # ----------------------------------------------------------------------------- the loops
-def compute_batch_loss(model, x, label, amp_context):
-    """The book's per-sample cross-entropy on label[:, 1] (one-hot -> class index): the (N,)
-    loss and the (3, N) metrics rows (label, P(nodule), loss) of one batch."""
-    with amp_context:
-        logits, probs = model(x)
-        loss = F.cross_entropy(logits.float(), label[:, 1], reduction="none")
-    return loss, torch.stack([label[:, 1].float(), probs[:, 1].float(), loss])
+def train_one_epoch(model, loader, optimizer, amp, augment=None, after_batch=None):
+    """The book's doTraining: one pass over `loader`; returns the (3, N) metrics rows
+    (label, P(nodule), loss) of every sample it trained on.
 
-
-def train_one_epoch(model, loader, optimizer, device, *, compute=compute_batch_loss, n_rows=3,
-                    spec=NO_AUGMENTATION, augment_labels=False, amp=None, generator_seed=0,
-                    metrics=None, start_batch=0, after_batch=None, desc="trn", quiet=False):
-    """One pass; returns the (n_rows, N) metrics rows `compute` gives for every sample (chapter
-    11's label, P(nodule) and loss by default; chapter 13 passes its segmentation loss).
-
-    Each batch is augmented on the device by a generator seeded from (generator_seed, batch),
-    so a resumed run draws the same transforms; `augment_labels` resamples the labels alongside
-    (masks). `amp` is runtime.mixed_precision's Amp (None: fp32). `start_batch` and `metrics`
-    continue a partial epoch (the loader then yields its remaining batches); `after_batch(done,
-    total, metrics)` runs after every batch (checkpoints.mid_epoch_saver's).
+    `amp` is runtime.mixed_precision's (autocast context, grad scaler); `augment(x)` is
+    chapter 12's augmentation (augment.batch_augmenter), `after_batch(rows)` runs after each
+    step (main's mid-epoch checkpoints).
     """
     model.train()
-    device = torch.device(device)
-    amp = amp or mixed_precision(device, False)
-    total = start_batch + len(loader)
-    if metrics is None:
-        metrics = torch.zeros(n_rows, len(loader.sampler) + start_batch * loader.batch_size)
-    metrics = metrics.to(device)                      # stays on the device: no syncs per batch
-    generator = torch.Generator(device=device)
-    bar = tqdm(loader, desc=desc, initial=start_batch, total=total, unit="batch",
-               disable=quiet, mininterval=2.0, dynamic_ncols=True, leave=False)
-    for i, (x, label, *_) in enumerate(bar, start=start_batch):
-        fmt = memory_format(device, amp, x.dim() - 2)
-        x, label = to_input(x, device, fmt), label.to(device, non_blocking=True)
-        if spec.active:
-            generator.manual_seed(generator_seed * 1_000_003 + i)
-            if augment_labels:
-                x, label = augment_batch(x, spec, generator, label=label)
-            else:
-                x = augment_batch(x, spec, generator)
-            x = x.contiguous(memory_format=fmt)
-        loss, rows = compute(model, x, label, amp.context)
-        optimizer_step(loss.mean(), optimizer, amp.scaler)
-        metrics[:, i * loader.batch_size:][:, :len(x)] = rows.detach()
+    device = next(model.parameters()).device
+    rows = []                                         # stay on the device: no syncs per batch
+    for x, label, *_ in loader:
+        x, y = x.to(device, non_blocking=True), label[:, 1].to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x)
+        optimizer.zero_grad()
+        with amp.context:                             # autocast, or nothing in fp32
+            logits, probs = model(x)
+            loss = F.cross_entropy(logits.float(), y, reduction="none")
+        amp.scaler.scale(loss.mean()).backward()      # loss.mean().backward() unless fp16
+        amp.scaler.step(optimizer)                    # optimizer.step()
+        amp.scaler.update()
+        rows.append(torch.stack([y.float(), probs[:, 1].float(), loss]).detach())
         if after_batch is not None:
-            after_batch(i + 1, total, metrics)
-    return metrics.cpu()
+            after_batch(rows[-1])
+    return torch.cat(rows, dim=1).cpu()
 
 
-def evaluate(model, loader, device, *, compute=compute_batch_loss, n_rows=3, amp=None,
-             after_batch=None, desc="val", quiet=False):
-    """The same loop without gradients or augmentation; the weights are not touched."""
+def evaluate(model, loader, amp):
+    """The book's doValidation: the same pass without gradients or augmentation; the (3, N)
+    metrics rows. The weights are not touched."""
     model.eval()
-    device = torch.device(device)
-    amp = amp or mixed_precision(device, False)
-    metrics = torch.zeros(n_rows, len(loader.sampler), device=device)
+    device = next(model.parameters()).device
+    rows = []
     with torch.inference_mode():
-        bar = tqdm(loader, desc=desc, unit="batch", disable=quiet, mininterval=2.0,
-                   dynamic_ncols=True, leave=False)
-        for i, (x, label, *_) in enumerate(bar):
-            x = to_input(x, device, memory_format(device, amp, x.dim() - 2))
-            _loss, rows = compute(model, x, label.to(device, non_blocking=True), amp.context)
-            metrics[:, i * loader.batch_size:][:, :len(x)] = rows
-            if after_batch is not None:
-                after_batch(i + 1, len(loader), metrics)
-    return metrics.cpu()
+        for x, label, *_ in loader:
+            x, y = x.to(device, non_blocking=True), label[:, 1].to(device, non_blocking=True)
+            with amp.context:
+                logits, probs = model(x)
+                loss = F.cross_entropy(logits.float(), y, reduction="none")
+            rows.append(torch.stack([y.float(), probs[:, 1].float(), loss]))
+    return torch.cat(rows, dim=1).cpu()
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -242,27 +210,9 @@ def log_metrics(run, epoch, phase, metrics, summary, samples_seen):
 
 
 # ----------------------------------------------------------------------------- main
-def do_training(model, loader, optimizer, proc, epoch, seed, **loop_kwargs):
-    """The book's doTraining: one epoch on this rank's share, every rank's metrics gathered;
-    (metrics, seconds)."""
-    started = time.perf_counter()
-    metrics = train_one_epoch(model, loader, optimizer, proc.device,
-                              generator_seed=(seed * 10_007 + epoch) * 64 + proc.rank,
-                              desc=f"E{epoch} trn", quiet=proc.rank > 0, **loop_kwargs)
-    return gather_metrics(metrics), time.perf_counter() - started
-
-
-def do_validation(model, loader, proc, epoch, **loop_kwargs):
-    """The book's doValidation, on the bare module (no DDP collectives); (metrics, seconds)."""
-    started = time.perf_counter()
-    metrics = evaluate(unwrap(model), loader, proc.device, desc=f"E{epoch} val",
-                       quiet=proc.rank > 0, **loop_kwargs)
-    return gather_metrics(metrics), time.perf_counter() - started
-
-
 def main(argv=None):
     args, saved, run_dir = parse_run_args(parse_args, argv, "LunaModel", RESUME_KEEPS)
-    with process_group(args.device) as proc:
+    with process_group(args.device) as proc:                # torchrun's ranks, or one process
         seed_everything(args.seed)
         luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)
         train_ds, val_ds = make_datasets(luna, args.val_stride, args.fold)
@@ -275,10 +225,10 @@ def main(argv=None):
                  f"{len(val_ds):,} validation; {epoch_size:,} training samples per epoch "
                  f"{'balanced' if args.balanced else 'unbalanced'}; {describe(proc, amp)}; "
                  f"{args.optimizer} lr {args.lr:g}")
-        model = LunaModel().to(proc.device, memory_format=memory_format(proc.device, amp))
+        model = use_memory_format(LunaModel().to(proc.device), memory_format(proc.device, amp))
         optimizer = make_optimizer(model, args.optimizer, args.lr)
         start = resume_training(model, optimizer, saved, args.resume, proc, "best_f1")
-        model = distribute(model, proc)
+        model = distribute(model, proc)                     # DDP when there are several
         run = open_run(run_dir, "cls", args.comment, proc)
         args.run_dir = str(run.dir)
         val_dl = make_loader(val_ds, range(proc.rank, len(val_ds), proc.world), args.batch_size,
@@ -286,18 +236,23 @@ def main(argv=None):
         best, samples, history = start.best, start.samples, []
         for epoch in range(start.epoch, args.epochs + 1):
             first = start.batch if epoch == start.epoch else 0     # > 0: resumed mid-epoch
+            done = start.partial if first else torch.zeros(3, 0)  # their metrics rows
             order = epoch_order(train_ds.labels(), epoch_size, args.balanced, args.seed, epoch)
-            order = order[:len(order) // proc.world * proc.world]  # equal batch counts (DDP)
-            train_dl = rank_loader(train_ds, order, proc, args.batch_size, args.num_workers,
-                                   first)
+            order = order[:len(order) // proc.world * proc.world]  # equal shares (DDP)
+            train_dl = progress(rank_loader(train_ds, order, proc, args.batch_size,
+                                            args.num_workers, first), f"E{epoch} trn", proc, first)
             saver = mid_epoch_saver(args.checkpoint_every, run.last, model, optimizer, vars(args),
-                                    proc, epoch, samples, len(order), args.batch_size,
+                                    proc, epoch, samples, len(order), args.batch_size, done,
                                     best_f1=best)
-            trn_metrics, trn_s = do_training(
-                model, train_dl, optimizer, proc, epoch, args.seed, spec=spec, amp=amp,
-                metrics=start.partial if first else None, start_batch=first, after_batch=saver)
+            started = time.perf_counter()
+            trn_metrics = train_one_epoch(model, train_dl, optimizer, amp, batch_augmenter(
+                spec, args.seed, epoch, proc.rank, first), saver)
+            trn_metrics = gather_metrics(torch.cat([done, trn_metrics], dim=1))
+            trn_s, started = time.perf_counter() - started, time.perf_counter()
+            val_metrics = gather_metrics(evaluate(unwrap(model), progress(
+                val_dl, f"E{epoch} val", proc), amp))        # the bare module: no collectives
+            val_s = time.perf_counter() - started
             samples += len(order)
-            val_metrics, val_s = do_validation(model, val_dl, proc, epoch, amp=amp)
             trn, val = summarize(trn_metrics), summarize(val_metrics)
             history.append({"epoch": epoch, "trn": trn, "val": val, "trn_samples_per_s":
                             len(order) / trn_s, "val_samples_per_s": len(val_ds) / val_s})

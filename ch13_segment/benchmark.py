@@ -30,17 +30,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ch10_luna.augment import AugmentSpec
-from ch10_luna.benchmark import batch_clock, timed
+from ch10_luna.augment import AugmentSpec, batch_augmenter
+from ch10_luna.benchmark import clocked, timed
 from ch10_luna.dsets import locate_luna, make_loader
-from ch10_luna.runtime import (
-    keep_freed_memory,
-    memory_format,
-    mixed_precision,
-    optimizer_step,
-    to_input,
-)
-from ch10_luna.train_cls import evaluate, train_one_epoch
+from ch10_luna.runtime import keep_freed_memory, memory_format, mixed_precision, use_memory_format
 from ch13_segment import nodule_analysis as na
 from ch13_segment.dsets import make_seg_datasets, mask_cache_dir, split_series
 from ch13_segment.model import UNetWrapper
@@ -48,8 +41,9 @@ from ch13_segment.precision import REAL_CT, cpu_name
 from ch13_segment.train_seg import (
     MODEL_KWARGS,
     SEG_AUGMENTATION,
-    compute_batch_loss,
+    evaluate,
     fn_weighted_loss,
+    train_one_epoch,
 )
 from common.ct import Ct, load_ct, write_mhd
 from common.data import add_data_dir_argument, book_file, data_root
@@ -70,16 +64,19 @@ def model_ceiling(device, batch_size, steps, amp, fmt, warmup=2):
     model, optimizer = new_model(device, fmt)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 7, 64, 64, generator=generator) * 400 - 500
-    x = to_input(x, device, fmt)
+    x = x.to(device).contiguous(memory_format=fmt)
     label = (torch.rand(batch_size, 1, 64, 64, generator=generator) > 0.95).float().to(device)
     amp = mixed_precision(device, amp)
     model.train()
 
     def step():
+        optimizer.zero_grad()
         with amp.context:
             pred = model(x)
         loss = fn_weighted_loss(pred.float(), label).mean()
-        optimizer_step(loss, optimizer, amp.scaler)
+        amp.scaler.scale(loss).backward()
+        amp.scaler.step(optimizer)
+        amp.scaler.update()
 
     for _ in range(warmup):
         step()
@@ -90,12 +87,10 @@ def loop_rate(train_ds, device, batch_size, steps, amp, spec, num_workers):
     """samples/s of chapter 13's training loop on real crops, from the second batch on."""
     amp = mixed_precision(device, amp)
     model, optimizer = new_model(device, memory_format(device, amp, 2))
-    kwargs = dict(compute=compute_batch_loss, n_rows=5, spec=spec, augment_labels=True, amp=amp,
-                  quiet=True)
-    loader = make_loader(train_ds, range((steps + 1) * batch_size), batch_size, num_workers,
-                         device)
-    hook, seconds = batch_clock(device)               # from the end of the first batch
-    train_one_epoch(model, loader, optimizer, device, after_batch=hook, **kwargs)
+    use_memory_format(model, memory_format(device, amp, 2))
+    batches, seconds = clocked(make_loader(train_ds, range((steps + 1) * batch_size),
+                                           batch_size, num_workers, device), device)
+    train_one_epoch(model, batches, optimizer, amp, batch_augmenter(spec, 0, 1))
     return steps * batch_size / seconds(), model
 
 
@@ -103,12 +98,10 @@ def validation_seconds_per_slice(model, val_ds, device, batch_size, amp, num_wor
                                  max_slices=None):
     """Seconds per whole validation slice (at most `max_slices` of them), after a warm-up."""
     n = min(len(val_ds), max_slices or len(val_ds))
-    kwargs = dict(compute=compute_batch_loss, n_rows=5, amp=mixed_precision(device, amp),
-                  quiet=True)
-    evaluate(model, make_loader(val_ds, range(min(batch_size, n)), batch_size, 0, device),
-             device, **kwargs)
+    amp = mixed_precision(device, amp)
+    evaluate(model, make_loader(val_ds, range(min(batch_size, n)), batch_size, 0, device), amp)
     loader = make_loader(val_ds, np.arange(n), batch_size, num_workers, device)
-    return timed(device, lambda: evaluate(model, loader, device, **kwargs)) / n
+    return timed(device, lambda: evaluate(model, loader, amp)) / n
 
 
 # ----------------------------------------------------------------------------- the analysis

@@ -294,7 +294,8 @@ class TrainingLuna2dSegmentationDataset(Dataset):
         self.epoch_size, self.context, self.seed = epoch_size, context_slices, seed
         for uid in series_uids:
             check_context(uid, masks[uid].shape[0], context_slices)
-        self.nodules = [(uid, c) for uid in sorted(series_uids) for c in masks[uid].centers_irc]
+        self.series_uids = sorted(series_uids)
+        self.nodules = [(uid, c) for uid in self.series_uids for c in masks[uid].centers_irc]
         if not self.nodules:
             raise DataError(f"no annotated nodule in the {len(series_uids)} training series")
         self.set_epoch(1)

@@ -29,7 +29,7 @@ from scipy import ndimage
 from ch01_intro.weights import load_state
 from ch10_luna.dsets import CROP_IRC, locate_luna, luna_parser, read_annotations
 from ch10_luna.model import LunaModel, read_checkpoint
-from ch10_luna.runtime import keep_freed_memory, memory_format, mixed_precision, to_input
+from ch10_luna.runtime import keep_freed_memory, memory_format, mixed_precision
 from ch13_segment.dsets import check_context, context_indexes, split_series
 from ch13_segment.dsets_cls import read_malignancy_annotations
 from ch13_segment.model import UNetWrapper
@@ -205,7 +205,7 @@ def classify(model, ct, centers_irc, batch_size=16, device="cpu", amp=False,
         for start in range(0, len(centers_irc), batch_size):
             crops = np.stack([in_memory.crop_irc(c, crop_irc)
                               for c in centers_irc[start:start + batch_size]])
-            x = to_input(torch.from_numpy(crops).unsqueeze(1), device, fmt)
+            x = torch.from_numpy(crops).unsqueeze(1).to(device).contiguous(memory_format=fmt)
             if run is not None:
                 _logits, p = run(x)
             else:

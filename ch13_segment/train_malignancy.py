@@ -35,11 +35,19 @@ The run, data and runtime flags (--epochs --seed --run-dir --tb-prefix --resume 
 train_cls.py's, from the same parent parsers.
 """
 import argparse
+import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ch10_luna.augment import BOOK_AUGMENTATION, AugmentSpec, augment_parser, augment_spec
+from ch10_luna.augment import (
+    BOOK_AUGMENTATION,
+    AugmentSpec,
+    augment_parser,
+    augment_spec,
+    batch_augmenter,
+)
 from ch10_luna.checkpoints import (
     close_run,
     load_resumable,
@@ -63,22 +71,17 @@ from ch10_luna.runtime import (
     barrier,
     describe,
     distribute,
+    gather_metrics,
     keep_freed_memory,
     memory_format,
     mixed_precision,
     process_group,
+    progress,
     runtime_parser,
     unwrap,
+    use_memory_format,
 )
-from ch10_luna.train_cls import (
-    LABEL,
-    PRED,
-    do_training,
-    do_validation,
-    format_summary,
-    log_metrics,
-    summarize,
-)
+from ch10_luna.train_cls import LABEL, PRED, format_summary, log_metrics, summarize
 from ch13_segment.dsets_cls import (
     BOOK_MAL_EPOCH,
     MalignantLunaDataset,
@@ -90,7 +93,7 @@ from common.errors import DataError, run_cli
 
 # The book's chapter 14 augmentation (flip, offset, rotate; its offset never reached the matrix).
 BOOK_CH14_AUGMENTATION = AugmentSpec(flip=True, offset=0.1, rotate=True)
-SYNTHETIC_EPOCH = 2_400         # 75 batches of 32: about 2 minutes on 2 CPU cores with validation
+SYNTHETIC_EPOCH = 2_400         # 75 batches of 32
 VALIDATION_CADENCE = 5          # the book's; every epoch when fine-tuning
 RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume")
 
@@ -168,9 +171,9 @@ def prepare_finetune(model, model_state, depth=1, source="checkpoint"):
     return trainable
 
 
-def load_model(device, fmt, finetune_state=None, depth=1, source=None, announce=print):
-    """A LunaModel on `device` in memory format `fmt`; with `finetune_state` (a state_dict
-    from `source`), prepared for fine-tuning its last `depth` blocks."""
+def load_model(device, finetune_state=None, depth=1, source=None, announce=print):
+    """A LunaModel on `device`; with `finetune_state` (a state_dict from `source`), prepared for
+    fine-tuning its last `depth` blocks."""
     model = LunaModel()
     if finetune_state is not None:
         try:
@@ -179,7 +182,7 @@ def load_model(device, fmt, finetune_state=None, depth=1, source=None, announce=
             raise DataError(f"--finetune {source}: does not fit LunaModel "
                             f"({str(e).splitlines()[-1].strip()[:160]})") from None
         announce(f"fine-tuning from {source}, training {' '.join(blocks)}")
-    return model.to(device, memory_format=fmt)
+    return model.to(device)
 
 
 def make_optimizer(model, name, lr):
@@ -188,6 +191,44 @@ def make_optimizer(model, name, lr):
     if name == "adam":
         return torch.optim.Adam(params, lr=lr)
     return torch.optim.SGD(params, lr=lr, weight_decay=1e-4)
+
+
+# ----------------------------------------------------------------------------- the loops
+def train_one_epoch(model, loader, optimizer, amp, augment=None):
+    """The book's chapter 14 doTraining: one pass; the (3, N) metrics rows (label: malignant,
+    P(malignant), loss) of every sample. `amp`: runtime.mixed_precision's; `augment(x)`: the
+    chapter 14 augmentation (augment.batch_augmenter)."""
+    model.train()
+    device = next(model.parameters()).device
+    rows = []
+    for x, label, *_ in loader:
+        x, y = x.to(device, non_blocking=True), label[:, 1].to(device, non_blocking=True)
+        if augment is not None:
+            x = augment(x)
+        optimizer.zero_grad()
+        with amp.context:                             # autocast, or nothing in fp32
+            logits, probs = model(x)
+            loss = F.cross_entropy(logits.float(), y, reduction="none")
+        amp.scaler.scale(loss.mean()).backward()      # loss.mean().backward() unless fp16
+        amp.scaler.step(optimizer)                    # optimizer.step()
+        amp.scaler.update()
+        rows.append(torch.stack([y.float(), probs[:, 1].float(), loss]).detach())
+    return torch.cat(rows, dim=1).cpu()
+
+
+def evaluate(model, loader, amp):
+    """The book's chapter 14 doValidation: the same pass without gradients or augmentation."""
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    with torch.inference_mode():
+        for x, label, *_ in loader:
+            x, y = x.to(device, non_blocking=True), label[:, 1].to(device, non_blocking=True)
+            with amp.context:
+                logits, probs = model(x)
+                loss = F.cross_entropy(logits.float(), y, reduction="none")
+            rows.append(torch.stack([y.float(), probs[:, 1].float(), loss]))
+    return torch.cat(rows, dim=1).cpu()
 
 
 # ----------------------------------------------------------------------------- scores
@@ -225,8 +266,9 @@ def main(argv=None):
         amp = mixed_precision(proc.device, args.amp)
         proc.say(f"{describe_data(train_ds, val_ds)}; {describe(proc, amp)}; {args.optimizer} "
                  f"lr {args.lr:g}")
-        model = load_model(proc.device, memory_format(proc.device, amp), finetune_state,
-                           args.finetune_depth, args.finetune, announce=proc.say)
+        model = load_model(proc.device, finetune_state, args.finetune_depth, args.finetune,
+                           announce=proc.say)
+        model = use_memory_format(model, memory_format(proc.device, amp))  # channels-last on CPU
         optimizer = make_optimizer(model, args.optimizer, args.lr)
         start = resume_training(model, optimizer, saved, args.resume, proc, "best_auc")
         if start.epoch > args.epochs:
@@ -244,9 +286,12 @@ def main(argv=None):
         best, samples, history = start.best, start.samples, []
         for epoch in range(start.epoch, args.epochs + 1):
             order = epoch_indexes(train_ds, epoch, args.balanced, args.seed, proc.world)
-            loader = rank_loader(train_ds, order, proc, args.batch_size, args.num_workers)
-            trn_metrics, trn_s = do_training(model, loader, optimizer, proc, epoch, args.seed,
-                                             spec=spec, amp=amp)
+            loader = progress(rank_loader(train_ds, order, proc, args.batch_size,
+                                          args.num_workers), f"E{epoch} trn", proc)
+            started = time.perf_counter()
+            trn_metrics = gather_metrics(train_one_epoch(
+                model, loader, optimizer, amp, batch_augmenter(spec, args.seed, epoch, proc.rank)))
+            trn_s = time.perf_counter() - started
             samples += len(order)
             trn = {**summarize(trn_metrics), "auc": auc_of(trn_metrics)}
             row = {"epoch": epoch, "trn": trn, "trn_samples_per_s": len(order) / trn_s}
@@ -308,7 +353,7 @@ def validate(model, val_loader, run, epoch, samples, proc, amp, baseline):
     """AUC on every validation nodule (each rank its share, gathered), logged with the ROC
     beside the diameter baseline on rank 0; the summary."""
     base_auc, base_fpr, base_tpr = baseline
-    metrics, _seconds = do_validation(model, val_loader, proc, epoch, amp=amp)
+    metrics = gather_metrics(evaluate(model, progress(val_loader, f"E{epoch} val", proc), amp))
     val = {**summarize(metrics), "auc": auc_of(metrics), "auc/diameter_baseline": base_auc}
     proc.say(format_summary(epoch, "val", val) + f"  auc {val['auc']:.3f} "
              f"(diameter baseline {base_auc:.3f})")

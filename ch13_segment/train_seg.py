@@ -16,12 +16,13 @@ atomically (last every epoch, best by validation recall) and `--resume` continue
 """
 import argparse
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ch10_luna.augment import AugmentSpec, augment_parser, augment_spec
+from ch10_luna.augment import AugmentSpec, augment_parser, augment_spec, batch_augmenter
 from ch10_luna.checkpoints import (
     close_run,
     log_epoch,
@@ -36,15 +37,16 @@ from ch10_luna.runtime import (
     barrier,
     describe,
     distribute,
+    gather_metrics,
     keep_freed_memory,
     memory_format,
     mixed_precision,
     process_group,
+    progress,
     runtime_parser,
-    to_input,
     unwrap,
+    use_memory_format,
 )
-from ch10_luna.train_cls import do_training, do_validation
 from ch13_segment.dsets import (
     BOOK_EPOCH,
     context_slices,
@@ -63,7 +65,7 @@ MODEL_KWARGS = dict(in_channels=7, n_classes=1, depth=3, wf=4, padding=True, bat
                     up_mode="upconv")
 DICE, LOSS, TP, FN, FP = range(5)      # rows of the per-sample metrics tensor
 FN_WEIGHT = 8                          # the book's weight on the false-negative Dice
-SYNTHETIC_EPOCH = 16_000               # 1,000 batches of 16: about 2-3 minutes on 2 CPU cores
+SYNTHETIC_EPOCH = 16_000               # 1,000 batches of 16
 RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume")
 
 
@@ -110,16 +112,50 @@ def segmentation_counts(pred, label, threshold=0.5):
                         (predicted & ~label).sum(dim=dims)]).float()
 
 
-def compute_batch_loss(model, x, label, amp_context):
-    """((N,) training loss, (5, N) metrics rows: Dice, loss, TP, FN, FP) for one batch; the
-    loop itself is chapter 11's (train_cls.train_one_epoch with compute=this)."""
-    with amp_context:
-        pred = model(x)
-    pred, label = pred.float(), label.float()
-    loss = fn_weighted_loss(pred, label)
-    dice = dice_loss(pred.detach(), label)
-    counts = segmentation_counts(pred.detach(), label)
-    return loss, torch.cat([torch.stack([dice, loss.detach()]), counts])
+def batch_rows(pred, label, loss):
+    """(5, N) metrics rows of one batch: Dice loss, the training loss, TP, FN, FP pixels."""
+    pred = pred.detach()
+    return torch.cat([torch.stack([dice_loss(pred, label), loss.detach()]),
+                      segmentation_counts(pred, label)])
+
+
+# ----------------------------------------------------------------------------- the loops
+def train_one_epoch(model, loader, optimizer, amp, augment=None):
+    """The book's chapter 13 doTraining: one pass over the training crops; the (5, N) metrics
+    rows (batch_rows) of every crop. `amp`: runtime.mixed_precision's; `augment(x, label)`:
+    chapter 13's augmentation of crops and masks together (augment.batch_augmenter)."""
+    model.train()
+    device = next(model.parameters()).device
+    rows = []                                         # stay on the device: no syncs per batch
+    for x, label, *_ in loader:
+        x, label = x.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        if augment is not None:
+            x, label = augment(x, label)
+        optimizer.zero_grad()
+        with amp.context:                             # autocast, or nothing in fp32
+            pred = model(x)
+        pred, label = pred.float(), label.float()
+        loss = fn_weighted_loss(pred, label)          # (N,): Dice + 8 x the missed Dice
+        amp.scaler.scale(loss.mean()).backward()      # loss.mean().backward() unless fp16
+        amp.scaler.step(optimizer)                    # optimizer.step()
+        amp.scaler.update()
+        rows.append(batch_rows(pred, label, loss))
+    return torch.cat(rows, dim=1).cpu()
+
+
+def evaluate(model, loader, amp):
+    """The book's chapter 13 doValidation: whole slices, no gradients, no augmentation."""
+    model.eval()
+    device = next(model.parameters()).device
+    rows = []
+    with torch.inference_mode():
+        for x, label, *_ in loader:
+            x, label = x.to(device, non_blocking=True), label.to(device, non_blocking=True)
+            with amp.context:
+                pred = model(x)
+            pred, label = pred.float(), label.float()
+            rows.append(batch_rows(pred, label, fn_weighted_loss(pred, label)))
+    return torch.cat(rows, dim=1).cpu()
 
 
 def summarize(metrics):
@@ -176,43 +212,47 @@ def image_indexes(n_slices, count):
     return [k * (n_slices - 1) // max(count - 1, 1) for k in range(count)]
 
 
-def log_images(model, dataset, series_uids, phase, epoch, samples_seen, out_dir, writer=None,
-               *, device, amp=None, n_series=12, n_slices=6):
-    """Predict whole slices of the first `n_series` series and draw them (TensorBoard + PNG).
+def image_picks(dataset, n_series=12, n_slices=6):
+    """[(uid, slice indexes)]: the first `n_series` series of a dataset, `n_slices` slices each
+    (the book's 12 and 6), drawn at every validation."""
+    return [(uid, image_indexes(dataset.masks[uid].shape[0], n_slices))
+            for uid in dataset.series_uids[:n_series]]
 
-    Returns the PNG paths. `dataset` supplies series_paths, masks, load_ct and context.
-    """
+
+def draw_images(model, dataset, picks, amp, with_labels=False):
+    """The book's logImages: predict the picked whole slices and draw them; [(tag, (H, W, 3)
+    image in [0, 1])], the labels alone too `with_labels` (the first epoch)."""
+    model.eval()
+    device = next(model.parameters()).device
+    images = []
+    for series_ndx, (uid, indexes) in enumerate(picks):
+        voxels = dataset.load_ct(dataset.series_paths[uid]).voxels
+        x = torch.from_numpy(np.stack([context_slices(voxels, i, dataset.context)
+                                       for i in indexes]))         # (S, 7, H, W) HU
+        with torch.inference_mode(), amp.context:
+            pred = model(x.to(device)).float().cpu().numpy()[:, 0] > 0.5
+        for slice_ndx, index in enumerate(indexes):
+            ct_slice, label = x[slice_ndx, dataset.context].numpy(), mask_slice(
+                dataset.masks[uid], index)
+            images.append((f"{series_ndx}_prediction_{slice_ndx}",
+                           overlay(ct_slice, pred[slice_ndx], label)))
+            if with_labels:
+                images.append((f"{series_ndx}_label_{slice_ndx}", label_overlay(ct_slice, label)))
+    return images
+
+
+def log_images(run, phase, epoch, samples_seen, images):
+    """Each (tag, image) into TensorBoard and as images/<phase>/e<epoch>_<tag>.png; the paths."""
     import imageio.v3 as iio
 
-    model.eval()
-    amp = amp or mixed_precision(device, False)
-    out_dir = Path(out_dir) / "images" / phase
-    written = []
-
-    def draw(image, tag):
+    writer, written = run.writers.get(phase), []
+    for tag, image in images:
         if writer is not None:
             writer.add_image(f"{phase}/{tag}", image, samples_seen, dataformats="HWC")
-        path = out_dir / f"e{epoch:03d}_{tag}.png"
+        path = run.dir / "images" / phase / f"e{epoch:03d}_{tag}.png"
         with atomic_path(path, "image") as tmp:
             iio.imwrite(tmp, np.round(image * 255).astype(np.uint8))
         written.append(path)
-
-    for series_ndx, uid in enumerate(sorted(series_uids)[:n_series]):
-        voxels = dataset.load_ct(dataset.series_paths[uid]).voxels
-        mask = dataset.masks[uid]
-        indexes = image_indexes(mask.shape[0], n_slices)
-        x = torch.from_numpy(np.stack([context_slices(voxels, i, dataset.context)
-                                       for i in indexes]))
-        with torch.inference_mode(), amp.context:
-            pred = model(to_input(x, device, memory_format(device, amp, 2)))
-        pred = pred.float().cpu().numpy()[:, 0] > 0.5
-        centre = x[:, dataset.context].numpy()
-        for slice_ndx, index in enumerate(indexes):
-            label = mask_slice(mask, index)
-            draw(overlay(centre[slice_ndx], pred[slice_ndx], label),
-                 f"{series_ndx}_prediction_{slice_ndx}")
-            if epoch == 1:
-                draw(label_overlay(centre[slice_ndx], label), f"{series_ndx}_label_{slice_ndx}")
     if writer is not None:
         writer.flush()
     return written
@@ -225,50 +265,60 @@ def sha1(path):
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     args, saved, run_dir = parse_run_args(parse_args, argv, "UNetWrapper", RESUME_KEEPS)
-    with process_group(args.device) as proc:
+    with process_group(args.device) as proc:                # torchrun's ranks, or one process
         seed_everything(args.seed)
         luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)
         epoch_size = args.epoch_size or (SYNTHETIC_EPOCH if luna.synthetic else BOOK_EPOCH)
-        train_ds, val_ds, masks = make_seg_datasets(
+        train_ds, val_ds, _masks = make_seg_datasets(
             luna, mask_cache_dir(args.data_dir), args.val_stride, epoch_size, seed=args.seed,
             progress=proc.rank == 0, fold=args.fold)
-        train_uids = sorted(set(masks) - set(val_ds.series_uids))
         spec, amp = augment_spec(SEG_AUGMENTATION, args.augment), mixed_precision(
             proc.device, args.amp)
-        proc.say(f"{len(train_uids)} training series ({len(train_ds.nodules)} nodules), "
-                 f"{epoch_size:,} training crops per epoch; {len(val_ds):,} validation slices "
-                 f"of {len(val_ds.series_uids)} series; {describe(proc, amp)}; adam lr "
+        proc.say(f"{len(train_ds.series_uids)} training series ({len(train_ds.nodules)} "
+                 f"nodules), {epoch_size:,} training crops per epoch; {len(val_ds):,} validation "
+                 f"slices of {len(val_ds.series_uids)} series; {describe(proc, amp)}; adam lr "
                  f"{args.lr:g}{'; augmented' if spec.active else ''}")
-
-        model = UNetWrapper(**MODEL_KWARGS).to(proc.device,
-                                               memory_format=memory_format(proc.device, amp, 2))
+        model = use_memory_format(UNetWrapper(**MODEL_KWARGS).to(proc.device),
+                                  memory_format(proc.device, amp, 2))  # channels-last on CPU
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         start = resume_training(model, optimizer, saved, args.resume, proc, "best_recall")
-        model = distribute(model, proc)
+        model = distribute(model, proc)                     # DDP when there are several
         run = open_run(run_dir, "seg", args.comment, proc)
         args.run_dir = str(run.dir)
-        val_loader = make_loader(val_ds, range(proc.rank, len(val_ds), proc.world),
-                                 args.batch_size, args.num_workers, proc.device)
+        val_dl = make_loader(val_ds, range(proc.rank, len(val_ds), proc.world), args.batch_size,
+                             args.num_workers, proc.device)
+        picks = {phase: (ds, image_picks(ds, args.image_series, args.image_slices))
+                 for phase, ds in (("trn", train_ds), ("val", val_ds))}
         best, samples, history = start.best, start.samples, []
         for epoch in range(start.epoch, args.epochs + 1):
             train_ds.set_epoch(epoch)
-            order = np.arange(epoch_size // proc.world * proc.world)   # equal batch counts
-            loader = make_loader(train_ds, order[proc.rank::proc.world], args.batch_size,
-                                 args.num_workers, proc.device)
-            trn_metrics, trn_s = do_training(model, loader, optimizer, proc, epoch, args.seed,
-                                             compute=compute_batch_loss, n_rows=5, spec=spec,
-                                             augment_labels=True, amp=amp)
-            trn = summarize(trn_metrics)
+            order = np.arange(epoch_size // proc.world * proc.world)   # equal shares (DDP)
+            train_dl = progress(make_loader(train_ds, order[proc.rank::proc.world],
+                                            args.batch_size, args.num_workers, proc.device),
+                                f"E{epoch} trn", proc)
+            started = time.perf_counter()
+            trn = summarize(gather_metrics(train_one_epoch(model, train_dl, optimizer, amp,
+                                                           batch_augmenter(spec, args.seed,
+                                                                           epoch, proc.rank))))
             entry = {"epoch": epoch, "trn": trn, "val": None,
-                     "trn_samples_per_s": len(order) / trn_s}
+                     "trn_samples_per_s": len(order) / (time.perf_counter() - started)}
             samples += len(order)
             proc.say(format_summary(epoch, "trn", trn) + f"  [{entry['trn_samples_per_s']:.1f}/s]")
             if proc.rank == 0:
                 log_epoch(run, epoch, "trn", trn, samples)
             if epoch == 1 or epoch % args.val_cadence == 0:
-                entry["val"], entry["val_seconds_per_slice"] = validate(
-                    unwrap(model), val_loader, train_ds, val_ds, train_uids, run, epoch,
-                    samples, proc, amp, args.image_series, args.image_slices)
+                started = time.perf_counter()
+                entry["val"] = val = summarize(gather_metrics(evaluate(unwrap(
+                    model), progress(val_dl, f"E{epoch} val", proc), amp)))
+                entry["val_seconds_per_slice"] = (time.perf_counter() - started) / len(val_ds)
+                proc.say(format_summary(epoch, "val", val)
+                         + f"  [{1 / entry['val_seconds_per_slice']:.1f}/s]")
+                if proc.rank == 0:
+                    log_epoch(run, epoch, "val", val, samples)
+                    drawn = [path for phase, (ds, picked) in picks.items()
+                             for path in log_images(run, phase, epoch, samples, draw_images(
+                                 unwrap(model), ds, picked, amp, with_labels=epoch == 1))]
+                    proc.say(f"{len(drawn)} images in {run.dir / 'images'}")
             history.append(entry)
             if proc.rank == 0:
                 if entry["val"] is not None and entry["val"]["pr/recall"] > best:
@@ -281,26 +331,6 @@ def main(argv=None):
             barrier()
         close_run(run)
         return unwrap(model), history
-
-
-def validate(model, val_loader, train_ds, val_ds, train_uids, run, epoch, samples, proc, amp,
-             image_series, image_slices):
-    """Whole validation slices (every rank its share, gathered), then on rank 0 the log line,
-    metrics.jsonl and the book's overlays of both phases; (summary, seconds per slice)."""
-    metrics, seconds = do_validation(model, val_loader, proc, epoch,
-                                     compute=compute_batch_loss, n_rows=5, amp=amp)
-    val = summarize(metrics)
-    proc.say(format_summary(epoch, "val", val) + f"  [{len(val_ds) / seconds:.1f}/s]")
-    if proc.rank == 0:
-        log_epoch(run, epoch, "val", val, samples)
-        drawn = []
-        for phase, dataset, uids in (("trn", train_ds, train_uids),
-                                     ("val", val_ds, val_ds.series_uids)):
-            drawn += log_images(model, dataset, uids, phase, epoch, samples, run.dir,
-                                run.writers.get(phase), device=proc.device, amp=amp,
-                                n_series=image_series, n_slices=image_slices)
-        proc.say(f"{len(drawn)} images in {run.dir / 'images'}")
-    return val, seconds / max(len(val_ds), 1)
 
 
 if __name__ == "__main__":

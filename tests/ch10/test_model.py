@@ -4,6 +4,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ch10_luna.model import LunaModel
+from ch10_luna.runtime import mixed_precision
 from ch10_luna.train_cls import LOSS, train_one_epoch
 
 BOOK_CLS = "part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state"
@@ -44,8 +45,8 @@ def test_loss_decreases_on_a_fixed_batch():
     loader = DataLoader(blob_samples(16), batch_size=16)
     model = LunaModel(conv_channels=4, crop_irc=(16, 16, 16))
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    losses = [train_one_epoch(model, loader, optimizer, "cpu", quiet=True)[LOSS].mean()
-              for _ in range(20)]
+    amp = mixed_precision("cpu", False)
+    losses = [train_one_epoch(model, loader, optimizer, amp)[LOSS].mean() for _ in range(20)]
     assert losses[-1] < 0.7 * losses[0]
 
 
@@ -84,6 +85,6 @@ def test_one_training_step_agrees_on_cpu_and_gpu(cuda, monkeypatch):
         torch.manual_seed(0)
         model = LunaModel(conv_channels=4, crop_irc=(16, 16, 16)).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99)
-        train_one_epoch(model, loader, optimizer, torch.device(device), quiet=True)
+        train_one_epoch(model, loader, optimizer, mixed_precision(device, False))
         results.append(model.head_linear.weight.detach().cpu())
     torch.testing.assert_close(results[1], results[0], rtol=1e-3, atol=1e-5)

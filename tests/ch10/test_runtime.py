@@ -12,16 +12,46 @@ from ch10_luna.runtime import Amp, memory_format, mixed_precision
 
 
 def test_fp16_where_bf16_is_missing_comes_with_a_grad_scaler(monkeypatch):
+    asked = []                                         # GradScaler(device, enabled) as asked
+
+    class RecordingScaler(torch.amp.GradScaler):
+        def __init__(self, device="cuda", enabled=True, **kwargs):
+            asked.append((device, enabled))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")        # no CUDA here: it disables itself
+                super().__init__(device, enabled=enabled, **kwargs)
+
+    monkeypatch.setattr(torch.amp, "GradScaler", RecordingScaler)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")                # no CUDA here: the scaler disables itself
+        warnings.simplefilter("ignore")                # nor autocast on CUDA
         amp = mixed_precision(torch.device("cuda"), True)
-    assert amp.dtype == torch.float16 and isinstance(amp.scaler, torch.amp.GradScaler)
-    assert mixed_precision("cpu", True).scaler is None                 # bf16 needs none
-    assert mixed_precision("cpu", True).dtype == torch.bfloat16
+    assert amp.dtype == torch.float16 and asked[-1] == ("cuda", True)
+    bf16 = mixed_precision("cpu", True)                                 # bf16 needs none:
+    assert bf16.dtype == torch.bfloat16 and asked[-1] == ("cpu", False)  # a pass-through one
     off = mixed_precision("cpu", False)
-    assert (off.scaler, off.dtype) == (None, torch.float32)
+    assert off.dtype == torch.float32 and not off.scaler.is_enabled()
     assert isinstance(off.context, contextlib.nullcontext)
+
+
+def test_a_disabled_scaler_is_plain_backward_and_step():
+    torch.manual_seed(0)
+    results = []
+    for use_scaler in (False, True):
+        model = torch.nn.Linear(3, 1)
+        model.load_state_dict({"weight": torch.ones(1, 3), "bias": torch.zeros(1)})
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        loss = model(torch.arange(6.0).reshape(2, 3)).square().mean()
+        if use_scaler:
+            scaler = mixed_precision("cpu", False).scaler
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        results.append(model.weight.detach().clone())
+    assert torch.equal(results[0], results[1])
 
 
 def test_memory_formats_follow_the_device_and_the_precision():

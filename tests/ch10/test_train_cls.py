@@ -89,10 +89,12 @@ KILL_AFTER_SAVING = textwrap.dedent("""
 
     def dying_saver(every, path, model, optimizer, settings, proc, epoch, *rest, **extra):
         after_batch = saver(every, path, model, optimizer, settings, proc, epoch, *rest, **extra)
+        done = []
 
-        def then_die(done, total, metrics):
-            after_batch(done, total, metrics)
-            if (epoch, done) == (2, 3):              # the checkpoint of batch 3 is on disk
+        def then_die(rows):
+            after_batch(rows)
+            done.append(rows)
+            if (epoch, len(done)) == (2, 3):         # the checkpoint of batch 3 is on disk
                 os.kill(os.getpid(), signal.SIGKILL)
         return then_die
 

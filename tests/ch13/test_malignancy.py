@@ -158,7 +158,7 @@ def test_wrong_finetune_checkpoint_is_a_data_error(tmp_path, make):
     else:
         torch.save({"weights": 1}, path)
     with pytest.raises(DataError, match="--finetune"):
-        load_model("cpu", torch.contiguous_format, load_finetune_state(path), 1, str(path))
+        load_model("cpu", load_finetune_state(path), 1, str(path))
 
 
 def test_main_end_to_end(mal_folder, nodule_checkpoint, tmp_path):
@@ -199,7 +199,7 @@ def test_main_rejects_garbage_finetune(mal_folder, tmp_path):
 @pytest.mark.realdata
 def test_book_checkpoint_finetunes(book_file):
     path = book_file("part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state")
-    model = load_model("cpu", torch.contiguous_format, load_finetune_state(path), 2, str(path))
+    model = load_model("cpu", load_finetune_state(path), 2, str(path))
     source = torch.load(path, weights_only=True, map_location="cpu")["model_state"]
     assert torch.equal(model.block3.conv2.weight.contiguous(), source["block3.conv2.weight"])
     assert not torch.equal(model.head_linear.weight, source["head_linear.weight"])

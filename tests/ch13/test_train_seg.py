@@ -8,13 +8,12 @@ from ch10_luna.augment import augment_batch, augment_spec
 from ch10_luna.checkpoints import save_checkpoint
 from ch10_luna.dsets import make_loader
 from ch10_luna.model import LunaModel
-from ch10_luna.train_cls import train_one_epoch
+from ch10_luna.runtime import mixed_precision
 from ch13_segment.dsets import TrainingLuna2dSegmentationDataset, split_series
 from ch13_segment.model import UNetWrapper
 from ch13_segment.train_seg import (
     MODEL_KWARGS,
     SEG_AUGMENTATION,
-    compute_batch_loss,
     dice_loss,
     fn_weighted_loss,
     image_indexes,
@@ -23,6 +22,7 @@ from ch13_segment.train_seg import (
     parse_args,
     segmentation_counts,
     summarize,
+    train_one_epoch,
 )
 from common.data import REPO_ROOT
 from common.errors import DataError
@@ -143,8 +143,8 @@ def test_the_loss_falls_over_a_few_steps(seg_luna, seg_masks):
     loader = make_loader(dataset, range(8), 8, 0, torch.device("cpu"))
     model = UNetWrapper(**MODEL_KWARGS)
     optimizer = torch.optim.Adam(model.parameters())
-    losses = [float(train_one_epoch(model, loader, optimizer, "cpu", compute=compute_batch_loss,
-                                    n_rows=5, quiet=True)[1].mean()) for _ in range(6)]
+    amp = mixed_precision("cpu", False)
+    losses = [float(train_one_epoch(model, loader, optimizer, amp)[1].mean()) for _ in range(6)]
     assert losses[-1] < 0.8 * losses[0], losses
 
 

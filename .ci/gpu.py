@@ -305,7 +305,7 @@ def find_book_models(roots):
     """(seg, cls): the book's checkpoints nodule_analysis uses, from the first data root that
     holds both; None when none does (the step then names the download)."""
     try:
-        from ch13_segment.nodule_analysis import BOOK_CLS_MODEL, BOOK_SEG_MODEL
+        from ch13_segment.model import BOOK_CLS_MODEL, BOOK_SEG_MODEL
     except Exception:                      # whatever it is, the step itself will say it
         return None
     for root in roots:

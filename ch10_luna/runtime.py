@@ -184,10 +184,10 @@ def use_memory_format(model, fmt):
     model.to(memory_format=fmt)
     rank = {torch.channels_last: 4, torch.channels_last_3d: 5}.get(fmt)
     if rank is not None:
-        def to_layout(_module, args):
+        def to_layout(_module, inputs):
             return tuple(a.contiguous(memory_format=fmt)
                          if isinstance(a, torch.Tensor) and a.dim() == rank else a
-                         for a in args)
+                         for a in inputs)
         model.register_forward_pre_hook(to_layout)
     return model
 

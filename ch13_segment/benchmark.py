@@ -35,9 +35,9 @@ from ch10_luna.benchmark import clocked, timed
 from ch10_luna.dsets import locate_luna, make_loader
 from ch10_luna.runtime import keep_freed_memory, memory_format, mixed_precision, use_memory_format
 from ch13_segment import nodule_analysis as na
+from ch13_segment import precision as prec
 from ch13_segment.dsets import make_seg_datasets, mask_cache_dir, split_series
 from ch13_segment.model import UNetWrapper
-from ch13_segment.precision import REAL_CT, cpu_name
 from ch13_segment.train_seg import (
     MODEL_KWARGS,
     SEG_AUGMENTATION,
@@ -47,10 +47,11 @@ from ch13_segment.train_seg import (
 )
 from common.ct import Ct, load_ct, write_mhd
 from common.data import add_data_dir_argument, book_file, data_root
-from common.device import add_device_argument, pick_device, seed_everything
+from common.device import add_device_argument, device_name, pick_device, seed_everything
 from common.errors import run_cli
 
 BOOK_BATCH = 4                 # the book's nodule_analysis.py --batch-size default
+REAL_CT = "p1ch4/volumetric-dicom/2-LUNG 3.0  B70f-04083"   # chapter 4's chest CT, 99 slices
 
 
 def new_model(device, fmt):
@@ -178,59 +179,92 @@ def analysis_cts(luna, slice_counts, series_uid, workdir, real_ct=None):
 
 
 def analysis_variants(precisions, erosions):
-    """(label, analyze_series keywords) per row: the book's way first (its NCHW layouts, batch
-    of 4, erosion along every axis, centres over the whole volume, fp32), then each precision
-    at each erosion (inf: the book's; 1.0: the default)."""
-    rows = [("book's way", dict(precision="fp32", book_way=True, batch_size=BOOK_BATCH,
-                                erosion_max_spacing=float("inf")))]
+    """(label, (precision, U-Net's precision, erosion)) per row, after the book's way: each
+    precision at each erosion (inf: the book's; 1.0: the default), and the int8 classifiers
+    with the bf16 U-Net where both are asked."""
+    rows = []
     for erosion in erosions:
         for precision in precisions:
-            rows.append((f"{precision}, erosion {erosion:g}",
-                         dict(precision=precision, erosion_max_spacing=erosion)))
+            rows.append((f"{precision}, erosion {erosion:g}", (precision, precision, erosion)))
         if "int8" in precisions and "bf16" in precisions:      # int8 classifier, bf16 U-Net
-            rows.append((f"int8+bf16, erosion {erosion:g}",
-                         dict(precision="int8", seg_precision="bf16",
-                              erosion_max_spacing=erosion)))
+            rows.append((f"int8+bf16, erosion {erosion:g}", ("int8", "bf16", erosion)))
     return rows
 
 
-def analysis_benchmark(luna, device, seg, cls, slice_counts, series_uid=None, batch_size=16,
+def book_way(path, seg, cls, device, annotations):
+    """The analysis as the book's code runs it, on this code: the NCHW and NCDHW layouts,
+    batches of 4, fp32, the erosion along every axis and the centres of mass over the whole
+    volume at once (ndimage.center_of_mass with every label), timed by stage like
+    analyze_series, whose dict it returns."""
+    seg = prec.prepare(seg.to(device), "fp32", fmt=torch.contiguous_format)
+    cls = prec.prepare(cls.to(device), "fp32", fmt=torch.contiguous_format)
+    timing = {}
+    with na.timed(timing, "load"):
+        ct = load_ct(path)
+        hu = ct.hu
+    with na.timed(timing, "segmentation"):
+        probs = na.segment_ct(seg, ct, BOOK_BATCH, device)
+    with na.timed(timing, "grouping"):
+        clean = na.clean_mask(probs > na.SEG_THRESHOLD, ct.spacing_xyz[::-1], float("inf"))
+        labels, count = ndimage.label(clean)
+        centers = [tuple(map(float, c)) for c in ndimage.center_of_mass(
+            hu + na.HU_WEIGHT_OFFSET, labels, np.arange(1, count + 1))]
+    with na.timed(timing, "classification"):
+        p_nodule = na.classify(cls, ct, centers, BOOK_BATCH, device)
+    detections = [na.Detection(ct.irc_to_xyz(c), c, float(p), None)
+                  for c, p in zip(centers, p_nodule)]
+    return {"shape": ct.shape, "detections": detections, "probs": probs, "timing": timing,
+            "rechecked": 0, "table": na.match_and_score(detections, annotations)}
+
+
+def analysis_benchmark(luna, device, seg, cls, slice_counts, series_uid=None, batch_size=4,
                        repeats=1, precisions=na.PRECISIONS, erosions=(float("inf"), 1.0),
                        real_ct=None, cache_dir=None, keep_memory=None):
-    """nodule_analysis per CT for every analysis_variants row, side by side: seconds by stage
-    (the best of `repeats` rounds that each run every variant once, after one untimed run of
-    each that compiles, warms up and gives the detections compared), the ratio to the
-    book's way timed here, and each precision's detections against fp32's at the same erosion
-    (compare_detections); `seg` and `cls` are checkpoint paths. `keep_memory` (the script
-    passes runtime.keep_freed_memory) runs after the book's way, which keeps glibc's
-    defaults."""
+    """nodule_analysis per CT for the book's way and every analysis_variants row, side by
+    side: seconds by stage (the best of `repeats` rounds that each run every variant once,
+    after one untimed run of each that compiles, warms up and gives the detections compared),
+    the ratio to the book's way timed here, and each precision's detections against fp32's at
+    the same erosion (compare_detections); `seg` and `cls` are checkpoint paths.
+    `keep_memory` (the script passes runtime.keep_freed_memory) runs after the book's way,
+    which keeps glibc's defaults."""
     models = na.load_models(seg, cls)
     annotations = na.read_nodules(luna)
-    print(f"nodule_analysis on {device} ({cpu_name() if device.type == 'cpu' else device}), "
-          f"{torch.get_num_threads()} threads; seg {seg}, cls {cls}")
+    print(f"nodule_analysis on {device} ({device_name(device)}), {torch.get_num_threads()} "
+          f"threads; seg {seg}, cls {cls}")
     started = time.perf_counter()
-    runners = {p: na.prepare_runners(models, p, luna, batch_size, cache_dir, announce=print)
-               for p in precisions}
+    variants = analysis_variants(precisions, erosions)
+    calibration = (prec.calibration_sets(luna, [], batch_size) if "int8" in precisions
+                   else None)
+    prepared = {(p, sp): na.prepare_models(models, p, sp, device, calibration, batch_size,
+                                           cache_dir)
+                for _label, (p, sp, _erosion) in variants}
     prepare_s = time.perf_counter() - started
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for uid, path, n in analysis_cts(luna, slice_counts, series_uid, workdir, real_ct):
-            calls = {}
-            for label, kwargs in analysis_variants(precisions, erosions):
-                kwargs = {"batch_size": batch_size, **kwargs}
-                calls[label] = partial(
-                    na.analyze_series, uid, path, models, annotations.get(uid, []), device,
-                    runners=runners.get(kwargs["precision"]) if not kwargs.get("book_way")
-                    else (None, None, None), keep_probs=True, **kwargs)
+            truth = annotations.get(uid, [])
+            calls = {label: partial(analysis_run, path, prepared[(p, sp)], truth, device,
+                                    batch_size, erosion)
+                     for label, (p, sp, erosion) in variants}
             # The book's way runs as the book's code would, with glibc's default allocator;
             # the rest after keep_freed_memory, as nodule_analysis.py runs.
-            book = {"book's way": calls.pop("book's way")}
-            runs = timed_rounds(book, repeats)
+            runs = timed_rounds({"book's way": partial(book_way, path, *models[:2], device,
+                                                       truth)}, repeats)
             if keep_memory is not None:
                 keep_memory()
             runs.update(timed_rounds(calls, repeats))
             results.append(report_ct(uid, n, runs, precisions, erosions))
     return {"prepare_s": prepare_s, "cts": results}
+
+
+def analysis_run(path, models, annotations, device, batch_size, erosion):
+    """analyze_series, with how many crops its Rechecked classifiers re-scored in fp32 (the
+    probabilities kept for compare_detections, the CT and labels let go)."""
+    before = na.rechecked(models)
+    result = na.analyze_series(path, models, annotations, device, batch_size, erosion)
+    result["rechecked"] = na.rechecked(models) - before
+    del result["ct"], result["labels"]
+    return result
 
 
 def timed_rounds(calls, repeats):

@@ -31,10 +31,10 @@ from ch13_segment.nodule_analysis import (
     Annotation,
     Detection,
     analysis_parser,
-    check_analysis_args,
     match_detections,
 )
 from ch13_segment.nodule_analysis import main as analysis_main
+from ch13_segment.nodule_analysis import parse_args as parse_analysis_args
 from common.errors import DataError, run_cli
 from common.figures import new_figure, save_figure
 from common.files import check_writable, runs_dir
@@ -199,7 +199,7 @@ def parse_args(argv=None):
         p.error(f"--analysis reads a finished analysis: leave out nodule_analysis.py's flags "
                 f"({' '.join(rest)})")
     if args.analysis is None:
-        check_analysis_args(p, args)
+        parse_analysis_args(rest)                          # its checks, before any work
     if args.thresholds and not all(0 <= t <= 1 for t in args.thresholds):
         p.error("--thresholds must lie in [0, 1]")
     return args, rest

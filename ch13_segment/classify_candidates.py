@@ -33,7 +33,9 @@ from ch13_segment.evaluate_luna import (
     report,
     scoring_parser,
 )
-from ch13_segment.nodule_analysis import BOOK_CLS_MODEL, classify, load_model
+from ch13_segment.model import BOOK_CLS_MODEL, load_model
+from ch13_segment.nodule_analysis import classify
+from ch13_segment.precision import prepare
 from common.ct import load_ct
 from common.data import book_file
 from common.device import add_device_argument, pick_device
@@ -106,8 +108,9 @@ def main(argv=None):
     candidates = Path(args.candidates) if args.candidates else luna.candidates_csv
     centres = read_candidate_centres(candidates, uids)
     cls_path = args.cls_model or book_file(BOOK_CLS_MODEL, args.data_dir, "luna-models")
-    model = load_model(cls_path, "LunaModel", "--cls-model")
     device = pick_device(args.device)
+    model = prepare(load_model(cls_path, "LunaModel", "--cls-model").to(device), "fp32",
+                    batch_size=args.batch_size)
     n = sum(len(c) for c in centres.values())
     print(f"{n:,} candidates of {candidates.name} on {len(uids)} scans; classifier "
           f"{Path(cls_path).name} on {device}")

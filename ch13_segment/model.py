@@ -14,11 +14,20 @@ Sigmoid. Parameter names follow the book, so its published checkpoint loads stri
 print(UNet()(torch.randn(1, 1, 572, 572)).shape)"                     # (1, 2, 388, 388)
 """
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ch10_luna.model import init_weights  # the same initialisation as the classifier
+from ch01_intro.weights import load_state
+from ch10_luna.model import LunaModel, init_weights, read_checkpoint  # the classifier's init
+from common.errors import DataError, one_line
+
+# The book's published checkpoints of chapters 13 and 11-12, under the data root
+# (python -m common.data download luna-models).
+BOOK_SEG_MODEL = ("part2/models/seg_2020-01-26_19.45.12_w4d3c1-bal_1_nodupe-label_pos-d1_"
+                  "fn8-adam.best.state")
+BOOK_CLS_MODEL = "part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state"
 
 UP_MODES = ("upconv", "upsample")
 
@@ -130,3 +139,50 @@ class UNetWrapper(nn.Module):
 
     def forward(self, input_batch):
         return self.final(self.unet(self.input_batchnorm(input_batch)))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def unet_kwargs(state):
+    """UNetWrapper arguments read off a state_dict (padding and the 'upconv' mode assumed)."""
+    down = {k.split(".")[2] for k in state if k.startswith("unet.down_path.")}
+    return {"in_channels": state["input_batchnorm.weight"].shape[0],
+            "n_classes": state["unet.last.weight"].shape[0], "depth": len(down),
+            "wf": int(np.log2(state["unet.down_path.0.block.0.weight"].shape[0])),
+            "padding": True,                      # block.2 is a BatchNorm (1-D) or a conv
+            "batch_norm": state["unet.down_path.0.block.2.weight"].dim() == 1,
+            "up_mode": "upconv" if "unet.up_path.0.up.weight" in state else "upsample"}
+
+
+def luna_kwargs(state):
+    """LunaModel arguments read off a state_dict (the 32x48x48 crop assumed)."""
+    return {"in_channels": state["tail_batchnorm.weight"].shape[0],
+            "conv_channels": state["block1.conv1.weight"].shape[0],
+            "n_classes": state["head_linear.weight"].shape[0]}
+
+
+MODEL_KINDS = {"UNetWrapper": (UNetWrapper, unet_kwargs), "LunaModel": (LunaModel, luna_kwargs)}
+
+
+def load_model(path, model_name, flag):
+    """A `model_name` model from a checkpoint dict (the book's or one trained here), in eval mode.
+
+    The architecture is read from the state_dict, so smaller models trained here load too.
+    Anything else (a missing file, another kind of model, a mismatched state) is a DataError.
+    """
+    state = read_checkpoint(path, flag)
+    if state.get("model_name") != model_name:
+        raise DataError(f"{flag} {path}: holds a {state.get('model_name')!r} model, "
+                        f"{flag} needs a {model_name}")
+    cls, kwargs_of = MODEL_KINDS[model_name]
+    try:
+        model = cls(**kwargs_of(state["model_state"]))
+    except (KeyError, RuntimeError, ValueError, IndexError) as e:
+        raise DataError(one_line(f"{flag} {path}: its state does not describe a {model_name} "
+                                 f"({type(e).__name__}: {e})")) from None
+    load_state(model, state["model_state"], f"{flag} {path}")
+    broken = next((name for name, t in model.state_dict().items()
+                   if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if broken is not None:
+        raise DataError(f"{flag} {path}: its weights hold NaN or infinity ({broken}): a broken "
+                        "checkpoint")
+    return model.eval()

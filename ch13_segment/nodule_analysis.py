@@ -5,43 +5,35 @@
     python ch13_segment/nodule_analysis.py --list-series               # the series on disk
     python ch13_segment/nodule_analysis.py --run-validation --malignancy-model M.best.state
 
-For each CT: the U-Net marks every slice (7-slice context, batched, inference mode), the
-probabilities are cut at 0.5, one binary erosion removes specks (along the axes whose voxel step
-is at most 1 mm, see erosion_structure), 3-D connected components become
-candidates whose centre is the HU-weighted centre of mass (HU + 1001, as the book), the
-classifier scores a 32x48x48 crop around each centre, and an optional second LunaModel grades
-the nodules. Detections are matched to the annotated nodules (distance / diameter < 0.7) and
-counted in the book's 3x4 table. Without --malignancy-model, 'Pred. benign' holds every
-detected nodule. The default models are the book's published checkpoints
-(`python -m common.data download luna-models`); checkpoints trained here load as well.
+Per CT, the book's steps: segment_ct (the U-Net on every slice with its context), clean_mask
+(P > 0.5, one erosion), group_candidates (connected components, HU-weighted centres), classify
+(a 32x48x48 crop around each centre; an optional second LunaModel grades the nodules) and
+match_and_score (the book's 3x4 table). main prepares the networks once (fp32, bf16, int8:
+precision.py) and runs analyze_series per CT. The default models are the book's published
+checkpoints (`python -m common.data download luna-models`); checkpoints trained here load too.
 """
 import argparse
-import hashlib
-import io
 import time
 from collections import namedtuple
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from ch01_intro.weights import load_state
 from ch10_luna.dsets import CROP_IRC, locate_luna, luna_parser, read_annotations
-from ch10_luna.model import LunaModel, read_checkpoint
-from ch10_luna.runtime import keep_freed_memory, memory_format, mixed_precision
-from ch13_segment.dsets import check_context, context_indexes, split_series
+from ch10_luna.runtime import keep_freed_memory
+from ch13_segment import precision as prec
+from ch13_segment.dsets import CONTEXT_SLICES, check_context, context_indexes, split_series
 from ch13_segment.dsets_cls import read_malignancy_annotations
-from ch13_segment.model import UNetWrapper
-from common.ct import HU_MIN, Ct, load_ct
+from ch13_segment.model import BOOK_CLS_MODEL, BOOK_SEG_MODEL, load_model
+from common.ct import Ct, load_ct
 from common.data import book_file, data_root
 from common.device import add_device_argument, pick_device
-from common.errors import DataError, one_line, run_cli
-from common.files import check_writable, write_bytes, write_json
+from common.errors import DataError, run_cli
+from common.files import check_writable, write_json
 
-BOOK_SEG_MODEL = ("part2/models/seg_2020-01-26_19.45.12_w4d3c1-bal_1_nodupe-label_pos-d1_"
-                  "fn8-adam.best.state")
-BOOK_CLS_MODEL = "part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state"
 SEG_THRESHOLD = 0.5            # segmentation probability -> mask
 NODULE_THRESHOLD = 0.5         # P(nodule) above it passes the classifier
 MALIGNANT_THRESHOLD = 0.5      # P(malignant) above it: 'Pred. malignant'
@@ -63,83 +55,21 @@ Annotation = namedtuple("Annotation", ["center_xyz", "diameter_mm", "is_malignan
 Detection = namedtuple("Detection", ["center_xyz", "center_irc", "prob_nodule", "prob_malignant"])
 
 
-# ----------------------------------------------------------------------------- models
-def unet_kwargs(state):
-    """UNetWrapper arguments read off a state_dict (padding and the 'upconv' mode assumed)."""
-    down = {k.split(".")[2] for k in state if k.startswith("unet.down_path.")}
-    return {"in_channels": state["input_batchnorm.weight"].shape[0],
-            "n_classes": state["unet.last.weight"].shape[0], "depth": len(down),
-            "wf": int(np.log2(state["unet.down_path.0.block.0.weight"].shape[0])),
-            "padding": True,                      # block.2 is a BatchNorm (1-D) or a conv
-            "batch_norm": state["unet.down_path.0.block.2.weight"].dim() == 1,
-            "up_mode": "upconv" if "unet.up_path.0.up.weight" in state else "upsample"}
-
-
-def luna_kwargs(state):
-    """LunaModel arguments read off a state_dict (the 32x48x48 crop assumed)."""
-    return {"in_channels": state["tail_batchnorm.weight"].shape[0],
-            "conv_channels": state["block1.conv1.weight"].shape[0],
-            "n_classes": state["head_linear.weight"].shape[0]}
-
-
-MODEL_KINDS = {"UNetWrapper": (UNetWrapper, unet_kwargs), "LunaModel": (LunaModel, luna_kwargs)}
-
-
-def load_model(path, model_name, flag):
-    """A `model_name` model from a checkpoint dict (the book's or one trained here), in eval mode.
-
-    The architecture is read from the state_dict, so smaller models trained here load too.
-    Anything else (a missing file, another kind of model, a mismatched state) is a DataError.
-    """
-    state = read_checkpoint(path, flag)
-    if state.get("model_name") != model_name:
-        raise DataError(f"{flag} {path}: holds a {state.get('model_name')!r} model, "
-                        f"{flag} needs a {model_name}")
-    cls, kwargs_of = MODEL_KINDS[model_name]
-    try:
-        model = cls(**kwargs_of(state["model_state"]))
-    except (KeyError, RuntimeError, ValueError, IndexError) as e:
-        raise DataError(one_line(f"{flag} {path}: its state does not describe a {model_name} "
-                                 f"({type(e).__name__}: {e})")) from None
-    load_state(model, state["model_state"], f"{flag} {path}")
-    return model.eval()
-
-
 # ----------------------------------------------------------------------------- the pipeline
-def segment_ct(model, ct, batch_size=16, device="cpu", amp=False, run=None, fmt=None):
-    """(I, R, C) float32 nodule probabilities: every slice with its context slices.
-
-    The whole CT is read once and moved to the device once; each batch gathers its
-    (N, 7, R, C) inputs there, with the edge slices repeated as the dataset does. Rows and
-    columns are padded with air up to the U-Net's multiple and cropped off the output.
-    `run` replaces the model's forward (precision.prepare_model's int8 callable: fp32 in and
-    out); the model still gives the context and the padding multiple. `fmt`: the memory
-    format (default: runtime.memory_format's, channels-last on CPU; the book's is NCHW).
-    """
-    device = torch.device(device)
-    context = (model.input_batchnorm.num_features - 1) // 2
+def segment_ct(model, ct, batch_size=4, device="cpu", context=CONTEXT_SLICES):
+    """The book's segmentCt: (I, R, C) float32 P(nodule voxel) for every slice of the CT, each
+    slice fed to the U-Net with `context` slices on either side (the edge slices repeated, as
+    the training dataset does). `model` is the U-Net prepared for whole slices (precision.py)."""
     check_context(ct.path.stem if ct.path else "CT", ct.shape[0], context)
-    multiple = 2 ** (model.unet.depth - 1)
-    n_slices, rows, cols = ct.shape
-    pad_r, pad_c = -rows % multiple, -cols % multiple
-    hu = torch.from_numpy(ct.hu).to(device)
-    if pad_r or pad_c:
-        hu = torch.nn.functional.pad(hu, (0, pad_c, 0, pad_r), value=HU_MIN)
-    amp = mixed_precision(device, amp)
-    fmt = fmt or memory_format(device, amp, 2)            # as for ch10's 3-D convs, 2-D here
-    model = model.to(device, memory_format=fmt)
-    probs = torch.empty((n_slices, rows, cols), dtype=torch.float32)
+    hu = torch.from_numpy(ct.hu).to(device)               # the whole CT, moved once
+    n_slices = ct.shape[0]
+    probs = torch.empty(ct.shape, dtype=torch.float32)
     with torch.inference_mode():
         for start in range(0, n_slices, batch_size):
             index = np.stack([context_indexes(i, n_slices, context)
                               for i in range(start, min(start + batch_size, n_slices))])
-            x = hu[torch.from_numpy(index).to(device)]                    # (N, 7, R', C')
-            if run is not None:
-                out = run(x)
-            else:
-                with amp.context:
-                    out = model(x.contiguous(memory_format=fmt))          # (N, 1, R', C')
-            probs[start:start + len(index)] = out[:, 0, :rows, :cols].float().cpu()
+            x = hu[torch.from_numpy(index).to(device)]                    # (N, 7, R, C) HU
+            probs[start:start + len(index)] = model(x)[:, 0].cpu()        # (N, R, C)
     return probs.numpy()
 
 
@@ -164,53 +94,37 @@ def erosion_structure(spacing_irc, max_spacing_mm=EROSION_MAX_SPACING_MM):
     return structure
 
 
-def group_candidates(mask, hu, erosion_iterations=1, structure=None, per_box=True):
-    """Centres (irc, fractional) of the 3-D connected components of the eroded mask.
+def clean_mask(mask, spacing_irc, erosion_max_spacing=EROSION_MAX_SPACING_MM):
+    """The book's last step of segmentCt: one binary erosion of the U-Net's mask, removing
+    specks and thin bridges (along the axes erosion_structure keeps)."""
+    structure = erosion_structure(spacing_irc, erosion_max_spacing)
+    return mask if structure is None else ndimage.binary_erosion(mask, structure=structure)
 
-    Book chapter 14: binary erosion removes specks and thin bridges (`structure`: the face
-    neighbours of `erosion_structure`; None is the book's full cross), `ndimage.label` finds
-    face-connected components, and each centre is the centre of mass weighted by HU + 1001.
-    `per_box=False` computes the centres as the book did, over the whole volume at once.
-    """
-    if erosion_iterations:
-        mask = ndimage.binary_erosion(mask, structure=structure, iterations=erosion_iterations)
-    labels, count = ndimage.label(mask)
-    if not per_box:
-        return [tuple(map(float, c)) for c in ndimage.center_of_mass(
-            hu + HU_WEIGHT_OFFSET, labels, np.arange(1, count + 1))]
-    centers = []            # per component, within its bounding box: 30x faster on a LUNA CT
+
+def group_candidates(mask, hu):
+    """The book's groupSegmentationOutput: (centres, labels). The face-connected components of
+    the cleaned mask are the candidates (`labels`: 0 background, k for candidate k - 1); each
+    centre (irc, fractional) is its centre of mass weighted by HU + 1001, as the book's."""
+    labels, _count = ndimage.label(mask)
+    centers = []            # per component, within its bounding box (the book: whole volume)
     for k, box in enumerate(ndimage.find_objects(labels), start=1):
         center = ndimage.center_of_mass(hu[box] + HU_WEIGHT_OFFSET, labels[box], k)
         centers.append(tuple(float(c + b.start) for c, b in zip(center, box)))
-    return centers
+    return centers, labels
 
 
-def classify(model, ct, centers_irc, batch_size=16, device="cpu", amp=False,
-             crop_irc=CROP_IRC, run=None, fmt=None):
-    """P(class 1) of a LunaModel for the crop around each centre: (N,) float32 numpy.
-
-    Crops come from the CT's HU volume already in memory (`ct.hu`), not from the file again.
-    `run` replaces the model's forward (a prepared int8 callable returning (logits, probs));
-    `fmt` the memory format (default: runtime.memory_format's).
-    """
-    device = torch.device(device)
+def classify(model, ct, centers_irc, batch_size=4, device="cpu"):
+    """The book's classifyCandidates: P(class 1) of a LunaModel (prepared, or plain in eval
+    mode) for the 32x48x48 crop around each centre, as (N,) float32."""
     if not len(centers_irc):
         return np.zeros(0, dtype=np.float32)
-    in_memory = Ct(ct.hu, ct.origin_xyz, ct.spacing_xyz, ct.direction, ct.path)
-    amp = mixed_precision(device, amp)
-    fmt = fmt or memory_format(device, amp)
-    model = model.to(device, memory_format=fmt)
+    in_memory = Ct(ct.hu, ct.origin_xyz, ct.spacing_xyz, ct.direction)   # crops from RAM
     probs = []
     with torch.inference_mode():
         for start in range(0, len(centers_irc), batch_size):
-            crops = np.stack([in_memory.crop_irc(c, crop_irc)
+            crops = np.stack([in_memory.crop_irc(c, CROP_IRC)
                               for c in centers_irc[start:start + batch_size]])
-            x = torch.from_numpy(crops).unsqueeze(1).to(device).contiguous(memory_format=fmt)
-            if run is not None:
-                _logits, p = run(x)
-            else:
-                with amp.context:
-                    _logits, p = model(x)
+            _logits, p = model(torch.from_numpy(crops).unsqueeze(1).to(device))  # (N, 2)
             probs.append(p[:, 1].float().cpu())
     return torch.cat(probs).numpy()
 
@@ -285,131 +199,77 @@ def pick_series(luna, series_uid=None, include_train=False, val_stride=10, fold=
     return sorted(val_uids + train_uids) if include_train else val_uids
 
 
-def decide(model, ct, centers_irc, threshold, batch_size, device, precision="fp32", run=None,
-           fmt=None):
-    """(P(class 1) per centre, how many were re-scored): the classifier at `precision`, then,
-    for bf16 and int8, the candidates whose P lies within RECHECK_MARGIN of `threshold`
-    scored again by the fp32 model, so that every decision is the fp32 model's as long as the
-    fast model errs by less than the margin (measured: bf16 0.025, int8 up to 0.69 with the
-    synthetic sample's calibration; precision.py)."""
-    p = classify(model, ct, centers_irc, batch_size, device, amp=precision == "bf16", run=run,
-                 fmt=fmt)
-    if precision == "fp32":
-        return p, 0
-    near = np.flatnonzero(np.abs(p - threshold) < RECHECK_MARGIN[precision])
-    if len(near):
-        p[near] = classify(model, ct, [centers_irc[i] for i in near], batch_size, device)
-    return p, len(near)
+@contextmanager
+def timed(timing, stage):
+    """Adds the block's wall seconds to timing[stage]."""
+    started = time.perf_counter()
+    yield
+    timing[stage] = timing.get(stage, 0.0) + time.perf_counter() - started
 
 
-def analyze_series(uid, mhd_path, models, annotations, device, *, batch_size=16,
-                   precision="fp32", seg_precision=None, runners=(None, None, None),
-                   erosion_max_spacing=EROSION_MAX_SPACING_MM, keep_probs=False,
-                   book_way=False):
-    """Load one CT, run the pipeline, score it: a dict with detections, table and timings.
-
-    `models` is (U-Net, classifier, malignancy model or None), `runners` their prepared
-    replacements for int8 (prepare_runners; None: the model itself). `precision`: fp32; bf16
-    (the networks under bf16 autocast); int8 (the int8 runners); `seg_precision` overrides it
-    for the U-Net (default: the same). The
-    classifiers' decisions near their thresholds are re-taken in fp32 (decide). With
-    `keep_probs` the dict holds the (I, R, C) segmentation probabilities too ("probs").
-    `book_way` runs the book's choices on this code, for benchmark.py's baseline: the default
-    NCHW / NCDHW layouts and the centres over the whole volume (the erosion and batch size
-    are the caller's).
-    """
-    fmt = torch.contiguous_format if book_way else None
+def analyze_series(mhd_path, models, annotations, device="cpu", batch_size=4,
+                   erosion_max_spacing=EROSION_MAX_SPACING_MM):
+    """The book's main loop for one CT: segment, group, classify, grade, and score against the
+    annotated nodules. `models` are the prepared U-Net, classifier and malignancy model (or
+    None). A dict: detections, the table, matches, timings, and the CT, the U-Net's (I, R, C)
+    probabilities and the candidates' labels."""
     seg_model, cls_model, mal_model = models
-    seg_run, cls_run, mal_run = runners
     timing = {}
-    started = time.perf_counter()
-    ct = load_ct(mhd_path)
-    hu = ct.hu                         # every voxel read once (cached on the Ct), timed here
-    timing["load"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    seg_precision = seg_precision or precision
-    probs = segment_ct(seg_model, ct, batch_size, device, seg_precision == "bf16",
-                       seg_run if seg_precision == "int8" else None, fmt)
-    timing["segmentation"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    mask = probs > SEG_THRESHOLD
-    structure = erosion_structure(ct.spacing_xyz[::-1], erosion_max_spacing)
-    centers_irc = group_candidates(mask, hu, erosion_iterations=int(structure is not None),
-                                   structure=structure, per_box=not book_way)
-    timing["grouping"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    p_nodule, rechecked = decide(cls_model, ct, centers_irc, NODULE_THRESHOLD, batch_size,
-                                 device, precision, cls_run, fmt)
-    p_mal = [None] * len(centers_irc)
-    if mal_model is not None:
-        p_mal, more = decide(mal_model, ct, centers_irc, MALIGNANT_THRESHOLD, batch_size,
-                             device, precision, mal_run, fmt)
-        rechecked += more
-    timing["classification"] = time.perf_counter() - started
+    with timed(timing, "load"):
+        ct = load_ct(mhd_path)
+        hu = ct.hu                            # every voxel read once (cached on the Ct)
+    with timed(timing, "segmentation"):
+        probs = segment_ct(seg_model, ct, batch_size, device)
+    with timed(timing, "grouping"):
+        mask = probs > SEG_THRESHOLD
+        clean = clean_mask(mask, ct.spacing_xyz[::-1], erosion_max_spacing)
+        centers_irc, labels = group_candidates(clean, hu)
+    with timed(timing, "classification"):
+        p_nodule = classify(cls_model, ct, centers_irc, batch_size, device)
+        p_mal = ([None] * len(centers_irc) if mal_model is None else
+                 classify(mal_model, ct, centers_irc, batch_size, device))
     for flag, model, p in (("--cls-model", cls_model, p_nodule),
                            ("--malignancy-model", mal_model, p_mal)):
         if model is not None and not np.isfinite(np.asarray(p, dtype=np.float64)).all():
             raise DataError(f"{flag}: the model gave a probability that is not a number on "
-                            f"series {uid} (a broken checkpoint?)")
-
-    detections = [Detection(ct.irc_to_xyz(irc), irc, float(pn),
-                            None if pm is None else float(pm))
-                  for irc, pn, pm in zip(centers_irc, p_nodule, p_mal)]
-    return {"series_uid": uid, "shape": ct.shape, "voxels": int(np.prod(ct.shape)),
-            "segmented_voxels": int(mask.sum()), "detections": detections,
-            "annotations": annotations, "table": match_and_score(detections, annotations),
+                            f"series {Path(mhd_path).stem} (a broken checkpoint?)")
+    detections = [Detection(ct.irc_to_xyz(irc), irc, float(pn), None if pm is None else
+                            float(pm)) for irc, pn, pm in zip(centers_irc, p_nodule, p_mal)]
+    return {"series_uid": Path(mhd_path).stem, "shape": ct.shape,
+            "voxels": int(np.prod(ct.shape)), "segmented_voxels": int(mask.sum()),
+            "detections": detections, "annotations": annotations,
+            "table": match_and_score(detections, annotations),
             "matches": match_detections(detections, annotations), "timing": timing,
-            "rechecked": rechecked, **({"probs": probs} if keep_probs else {})}
+            "ct": ct, "probs": probs, "labels": labels}
 
 
-def prepare_runners(models, precision, luna, batch_size, cache_dir=None, announce=print,
-                    seg_precision=None):
-    """(U-Net, classifier, malignancy) callables: None for a network in fp32 or bf16 (the model
-    runs itself); for one in int8 (the classifiers at `precision`, the U-Net at
-    `seg_precision`, default the same) the model quantized by precision.py (PyTorch 2's
-    export-based static quantization, calibrated on slices and crops of `luna`'s training
-    series), kept in `cache_dir` (by checkpoint, calibration data and batch size) so a later
-    run skips the quantization."""
-    wanted = ((seg_precision or precision) == "int8", precision == "int8", precision == "int8")
-    if not any(wanted):
-        return (None, None, None)
-    from ch13_segment import precision as quant
-
-    why = quant.int8_unavailable()
-    if why:
-        raise DataError(f"--precision int8: {why}")
+def prepare_models(models, precision, seg_precision, device, calibration, batch_size,
+                   cache_dir=None, announce=print):
+    """The networks as the analysis runs them (precision.prepare): the U-Net at
+    `seg_precision`, the classifiers at `precision`, bf16 and int8 classifiers with their
+    decisions near the thresholds re-taken in fp32 (precision.Rechecked). `calibration`:
+    precision.calibration_sets' (slices, crops, where) for int8."""
+    seg, cls, mal = (None if m is None else m.to(device) for m in models)
     started = time.perf_counter()
-    slices = quant.calibration_slices(luna, batch_size=batch_size) if wanted[0] else []
-    crops = quant.calibration_crops(luna, batch_size=batch_size)
-    runners = []
-    for model, batches, want in zip(models, (slices, crops, crops), wanted):
-        if model is None or not want:
-            runners.append(None)
-            continue
-        example = (batches[0][:1].expand(batch_size, *batches[0].shape[1:]).contiguous(),)
-        path = None
-        if cache_dir is not None:
-            key = hashlib.sha1(repr((str(luna.root), batch_size)).encode())
-            for name, tensor in model.state_dict().items():
-                key.update(name.encode())
-                key.update(tensor.detach().cpu().numpy().tobytes())
-            path = Path(cache_dir) / f"{type(model).__name__}-{key.hexdigest()[:16]}.pt2"
-        if path is not None and path.is_file():
-            program = quant.load_int8(path)
-        else:
-            program = quant.quantize_int8(model, example, batches)
-            if path is not None:
-                buffer = io.BytesIO()
-                quant.save_int8(program, example, buffer)
-                write_bytes(path, buffer.getvalue(), "int8 model cache")
-        runners.append(quant.int8_runner(program, example))
-    announce(f"int8 models ready in {time.perf_counter() - started:.1f} s (calibrated on "
-             + (f"{sum(len(b) for b in slices)} slices and " if slices else "")
-             + f"{sum(len(b) for b in crops)} crops of the training series)")
-    return tuple(runners)
+    slices, crops, where = calibration if calibration else (None, None, None)
+    prepared = [prec.prepare(seg, seg_precision, batch_size=batch_size, calibration=slices,
+                             cache_dir=cache_dir)]
+    for model, threshold in ((cls, NODULE_THRESHOLD), (mal, MALIGNANT_THRESHOLD)):
+        run = model and prec.prepare(model, precision, batch_size=batch_size,
+                                     calibration=crops, cache_dir=cache_dir)
+        if model is not None and precision != "fp32":
+            run = prec.Rechecked(run, prec.prepare(model, "fp32"), threshold,
+                                 RECHECK_MARGIN[precision])
+        prepared.append(run)
+    if "int8" in (precision, seg_precision):
+        announce(f"int8 models ready in {time.perf_counter() - started:.1f} s (calibrated on "
+                 f"{where})")
+    return tuple(prepared)
+
+
+def rechecked(models):
+    """How many crops the Rechecked models re-scored in fp32 so far."""
+    return sum(getattr(m, "count", 0) for m in models)
 
 
 # ----------------------------------------------------------------------------- reports
@@ -503,8 +363,11 @@ def analysis_parser():
     return p
 
 
-def check_analysis_args(p, args):
-    """The combinations argparse cannot express; p.error (exit 2) for a bad one."""
+def parse_args(argv=None):
+    """The analysis' flags, checked: also what argparse cannot express (p.error, exit 2)."""
+    p = argparse.ArgumentParser(description=__doc__, parents=[analysis_parser()],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    args = p.parse_args(argv)
     if not args.list_series and (args.series_uid is None) == (not args.run_validation):
         p.error("give a SERIES_UID or --run-validation (one of them)")
     if args.include_train and not args.run_validation:
@@ -516,19 +379,18 @@ def check_analysis_args(p, args):
     if args.amp and args.precision not in (None, "bf16"):
         p.error(f"--amp is --precision bf16; it does not go with --precision {args.precision}")
     args.precision = "bf16" if args.amp else args.precision or "fp32"
+    args.seg_precision = args.seg_precision or args.precision
     return args
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, parents=[analysis_parser()],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    return check_analysis_args(p, p.parse_args(argv))
 
 
 def load_models(seg_path, cls_path, mal_path=None):
     """(U-Net, classifier, malignancy model or None) from their checkpoints, in eval mode."""
-    return (load_model(seg_path, "UNetWrapper", "--seg-model"),
-            load_model(cls_path, "LunaModel", "--cls-model"),
+    seg = load_model(seg_path, "UNetWrapper", "--seg-model")
+    slices = seg.input_batchnorm.num_features
+    if slices != 2 * CONTEXT_SLICES + 1:
+        raise DataError(f"--seg-model {seg_path}: takes {slices} slices; the analysis feeds it "
+                        f"{2 * CONTEXT_SLICES + 1} (the book's {CONTEXT_SLICES} on either side)")
+    return (seg, load_model(cls_path, "LunaModel", "--cls-model"),
             mal_path and load_model(mal_path, "LunaModel", "--malignancy-model"))
 
 
@@ -548,7 +410,8 @@ def main(argv=None):
              "malignancy_model": args.malignancy_model}
     models = load_models(*paths.values())
     device = pick_device(args.device)
-    if "int8" in (args.precision, args.seg_precision) and device.type != "cpu":
+    int8 = "int8" in (args.precision, args.seg_precision)
+    if int8 and device.type != "cpu":
         raise DataError(f"--precision int8 runs on the CPU (oneDNN's int8 kernels), not "
                         f"{device.type}; use --precision bf16 there")
     if args.json:
@@ -556,21 +419,24 @@ def main(argv=None):
     luna = locate_luna(args.data_dir, args.synthetic, warn_skipped=args.series_uid is None)
     uids = pick_series(luna, args.series_uid, args.include_train, args.val_stride, args.fold)
     nodules = read_nodules(luna)
-    runners = prepare_runners(models, args.precision, luna, args.batch_size,
-                              data_root(args.data_dir) / "cache" / "int8",
-                              seg_precision=args.seg_precision)
+    calibration = (prec.calibration_sets(luna, uids, args.batch_size, args.val_stride,
+                                         args.fold) if int8 else None)
+    models = prepare_models(models, args.precision, args.seg_precision, device, calibration,
+                            args.batch_size, data_root(args.data_dir) / "cache" / "int8")
     results = []
     for uid in uids:
-        results.append(analyze_series(uid, luna.series[uid], models, nodules.get(uid, []),
-                                      device, batch_size=args.batch_size,
-                                      precision=args.precision,
-                                      seg_precision=args.seg_precision, runners=runners,
-                                      erosion_max_spacing=args.erosion_max_spacing))
-        print(series_line(results[-1]), flush=True)
+        before = rechecked(models)
+        result = analyze_series(luna.series[uid], models, nodules.get(uid, []), device,
+                                args.batch_size, args.erosion_max_spacing)
+        result["rechecked"] = rechecked(models) - before
+        for volume in ("ct", "probs", "labels"):             # not kept from CT to CT
+            del result[volume]
+        results.append(result)
+        print(series_line(result), flush=True)
     table = sum(r["table"] for r in results)
     mean = {k: float(np.mean([r["timing"][k] for r in results])) for k in results[0]["timing"]}
-    seg_in = f" (U-Net {args.seg_precision})" if args.seg_precision not in (None,
-                                                                           args.precision) else ""
+    seg_in = (f" (U-Net {args.seg_precision})" if args.seg_precision != args.precision
+              else "")
     print(f"\n{len(results)} CT(s) on {device} in {args.precision}{seg_in}; "
           f"seconds per CT: " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items())
           + f" (total {sum(mean.values()):.2f})\n")

@@ -1,79 +1,39 @@
-"""Chapters 13-15: the classifier and the U-Net for inference in fp32, bf16 and static int8.
+"""How the analysis' networks run for inference: layout, bf16, static int8, compilation.
 
-    python ch13_segment/precision.py                     # the side-by-side table: ~6 minutes
-    python ch13_segment/precision.py --models cls --repeats 5
-    python ch13_segment/precision.py --calibration ct    # calibrated on the measured CT
+    unet = prepare(model, "fp32")                      # a channels-last copy, called like it
+    cls = prepare(model, "int8", calibration=crops, cache_dir=cache)   # quantized once, cached
+    logits, probs = cls(x)                             # fp32 in, the model's outputs in fp32 out
 
-    run = prepare_model(model, "int8", (x,), calibration_batches=calibration_crops(luna))
-    logits, probs = run(x)             # fp32 in, the model's own outputs in fp32 out
-
-fp32 is the model in the channels-last layout (faster for these convolutions on a CPU, see
-chapter 15's latency.py); bf16 adds bf16 autocast, as nodule_analysis --amp does. int8 is
-post-training static quantization through PyTorch 2's export-based flow (torchao's pt2e):
-torch.export, prepare_pt2e with X86InductorQuantizer's recipe (uint8 activations per tensor
-from histogram observers, int8 weights per output channel), a calibration pass over crops or
-slices of the training series, convert_pt2e. Two gaps in that recipe are filled here:
-
-- X86InductorQuantizer quantizes Conv1d/Conv2d and Linear, not Conv3d, and inductor lowers
-  quantized 2-D convolutions only ("Only support conv1d/2d now" in its weight-prepack pass), so
-  for LunaModel (eight Conv3d) the stock flow quantizes only the 2-unit linear head. Here
-  Conv3d + ReLU and MaxPool3d are annotated too, and lower_conv3d replaces each quantized
-  Conv3d in the converted graph by the oneDNN int8 convolution that inductor uses for 2-D
-  (onednn.qconv_prepack / qconv_pointwise, which take 5-D tensors), with a uint8 output whose
-  zero point 0 is the ReLU; the max-pools then run on the uint8 tensors (max commutes with the
-  monotone quantization). The result runs through torch.compile (without freezing), which
-  fuses the rest (input batch norm and quantization, the uint8 pools, the head).
-- In the book's U-Net each convolution's ReLU feeds a BatchNorm, which the recipe leaves in
-  fp32, so every int8 convolution wrote an fp32 map (four times the bytes) and was slower than
-  bf16. Here those ReLU outputs are quantized as well, so inductor fuses the quantized
-  convolution with its ReLU and uint8 output, and dequantize-BatchNorm-quantize into one
-  elementwise pass. The U-Net then runs through torch.compile with freezing (the int8 oneDNN
-  kernels); ConvTranspose2d stays fp32 (neither the quantizer nor inductor covers it).
-
-The prepared callables map fp32 inputs to fp32 outputs of the model's own structure (LunaModel:
-(logits, probs), UNetWrapper: an (N, 1, H, W) probability map), so nodule_analysis and
-latency.py can swap them for the model. The int8 ones are shape-specialised: batches smaller
-than the example's are padded to it, larger ones are split, and the compiled U-Net recompiles
-once per new slice size. Quantizing takes a while (the calibration's histograms, and a fixed
-~10 s in convert_pt2e, whose QAT conv-bn pass exports 96 patterns whenever a graph holds a
-batch norm): save_int8 / load_int8 keep a quantized program for later runs.
-
-The table (main) times every variant on one batch in interleaved rounds and scores agreement
-with fp32 on a real CT: the U-Net on all its slices, the classifier on crops around the
-candidates the fp32 U-Net finds there; calibration comes from LUNA's training series (the
-synthetic sample's when LUNA16 is absent, a different distribution from the real CT).
+fp32 and bf16 (autocast) run a copy of the model in the channels-last layout; int8 is
+post-training static quantization through PyTorch 2's export-based flow (torchao's pt2e) with
+X86InductorQuantizer's recipe, extended here to Conv3d (lowered by hand to oneDNN's int8
+convolution) and to the U-Net's ReLU outputs that feed a BatchNorm. Rechecked lets a fast
+classifier's decisions near the threshold be the fp32 one's. nodule_analysis.py and chapter
+15's latency.py use these; benchmark.py --networks measures them side by side. How the int8
+flow works, and what it measured, is in NOTES.md ("Precision").
 """
-import argparse
 import contextlib
 import copy
+import hashlib
 import io
 import logging
 import os
-import platform
-import statistics
-import time
+import warnings
+from collections import namedtuple
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ch10_luna.dsets import (
-    CROP_IRC,
-    LunaDataset,
-    cached_ct,
-    epoch_order,
-    locate_luna,
-    read_candidates,
-    split_by_series,
-)
-from ch10_luna.runtime import keep_freed_memory
+from ch10_luna.dsets import CROP_IRC, LunaDataset, cached_ct, epoch_order, read_candidates
+from ch10_luna.runtime import memory_format
 from ch13_segment.dsets import context_slices, split_series
 from ch13_segment.model import UNetWrapper
-from common.ct import HU_MIN, load_ct
-from common.data import add_data_dir_argument, book_file, data_root
-from common.errors import run_cli
+from common.ct import HU_MIN
+from common.errors import DataError
+from common.files import write_bytes
 
 PRECISIONS = ("fp32", "bf16", "int8")
-REAL_CT = "p1ch4/volumetric-dicom/2-LUNG 3.0  B70f-04083"
 KEY = "quantization_annotation"             # where pt2e quantizers keep a node's annotation
 aten = torch.ops.aten
 RELUS = (aten.relu.default, aten.relu_.default)
@@ -352,13 +312,9 @@ def as_float(out):
     return type(out)(as_float(o) for o in out)
 
 
-def memory_format(x):
-    return torch.channels_last_3d if x.dim() == 5 else torch.channels_last
-
-
 def fixed_batch(run, batch_size):
     """`run` for any batch size, called only with `batch_size` rows (padded with the last
-    row, or split): a shape-specialised int8 program then never recompiles for a short batch."""
+    row, or split): a shape-specialised program then never recompiles for a short batch."""
     def call(*xs):
         n = xs[0].shape[0]
         outs = []
@@ -410,40 +366,99 @@ def int8_runner(program, example_inputs, compiled=True):
     return run
 
 
-def prepare_model(model, precision, example_inputs, calibration_batches=None, compiled=True):
-    """A callable: fp32 inputs -> the model's outputs in fp32, at `precision`.
+def float_runner(model, precision, fmt=None):
+    """fp32 or bf16 (autocast) inference of a copy of `model` in memory layout `fmt` (default:
+    runtime.memory_format's, channels-last on a CPU); the model itself is left as it was."""
+    device = next(model.parameters()).device
+    spatial_dims = 2 if isinstance(model, UNetWrapper) else 3
+    fmt = fmt or memory_format(device, precision == "bf16", spatial_dims)
+    copied = copy.deepcopy(model).eval().requires_grad_(False).to(memory_format=fmt)
+    autocast = precision == "bf16"
 
-    fp32 and bf16 run a channels-last copy of `model` (bf16 under autocast), through
-    torch.compile when `compiled`, else eagerly. int8 quantizes the model (quantize_int8, over
-    calibration_batches: an iterable of input batches, e.g. calibration_crops or
-    calibration_slices) and runs it through int8_runner. The model itself is left as it was.
-    Compiled callables are specialised to the example's batch size (see fixed_batch).
+    def run(*xs):
+        xs = [x.contiguous(memory_format=fmt) if x.dim() == spatial_dims + 2 else x for x in xs]
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=autocast):
+            return as_float(copied(*xs))
+    return run
+
+
+def whole_slices(run, multiple):
+    """`run` for (N, C, H, W) slices of any H and W: rows and columns padded with air up to the
+    U-Net's `multiple`, the padding cropped off its output."""
+    def call(x):
+        rows, cols = x.shape[-2:]
+        return run(pad_slices(x, multiple))[..., :rows, :cols]
+    return call
+
+
+class Rechecked:
+    """A classifier whose decisions near `threshold` are the exact one's: `fast(x)` for every
+    crop, then `exact(x)` again for those whose P(class 1) lies within `margin` of it. Called
+    like the model ((logits, probs) out); `count` says how many crops were re-scored."""
+
+    def __init__(self, fast, exact, threshold, margin):
+        self.fast, self.exact, self.threshold, self.margin = fast, exact, threshold, margin
+        self.count = 0
+
+    def __call__(self, x):
+        logits, probs = self.fast(x)
+        near = (probs[:, 1] - self.threshold).abs() < self.margin
+        if near.any():
+            logits[near], probs[near] = self.exact(x[near])
+            self.count += int(near.sum())
+        return logits, probs
+
+
+def prepare(model, precision="fp32", *, batch_size=4, calibration=None, cache_dir=None,
+            compiled=False, fmt=None):
+    """`model` ready for inference, called like it: fp32 inputs -> its outputs in fp32.
+
+    fp32 and bf16: float_runner (through torch.compile when `compiled`); int8: the model
+    quantized over `calibration` (a Calibration: its batches, and a key naming them) and run by
+    int8_runner, the program kept in `cache_dir` so that a later run skips the quantization.
+    A U-Net takes whole slices of any size (whole_slices). CPU only for int8.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision == "int8":
-        why = int8_unavailable()
-        if why:
-            raise RuntimeError(why)
-        if calibration_batches is None:
-            raise ValueError("int8 needs calibration_batches")
-        return int8_runner(quantize_int8(model, example_inputs, calibration_batches),
-                           example_inputs, compiled)
-    fmt = memory_format(example_inputs[0])
-    copied = copy.deepcopy(model).eval().requires_grad_(False).to(memory_format=fmt)
-    autocast = precision == "bf16"
+        run = int8_runner(*int8_program(model, batch_size, calibration, cache_dir))
+    else:
+        run = float_runner(model, precision, fmt)
+        if compiled:
+            run = compiled_runner(run, batch_size)
+    multiple = spatial_multiple(model)
+    return whole_slices(run, multiple) if multiple else run
 
-    def forward(*xs):
-        xs = [x.contiguous(memory_format=fmt) if x.dim() in (4, 5) else x for x in xs]
-        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
-            return as_float(copied(*xs))
-    if compiled:
-        forward = compiled_runner(forward, example_inputs[0].shape[0])
 
-    def run(*xs):
-        with torch.no_grad():
-            return forward(*xs)
-    return run
+# What int8 calibrates on: `batches()` gives the input batches, `key` names them (the cache's).
+Calibration = namedtuple("Calibration", ["key", "batches"])
+
+
+def int8_program(model, batch_size, calibration, cache_dir=None):
+    """(quantized program, example inputs of `batch_size` rows): read from `cache_dir` when a
+    run quantized the same weights on the same calibration data before, else quantized (and
+    saved there through the atomic writer)."""
+    why = int8_unavailable()
+    if why:
+        raise RuntimeError(why)
+    path = None
+    if cache_dir is not None:
+        key = hashlib.sha1(repr((calibration.key, batch_size)).encode())
+        for name, tensor in model.state_dict().items():
+            key.update(name.encode())
+            key.update(tensor.detach().cpu().numpy().tobytes())
+        path = Path(cache_dir) / f"{type(model).__name__}-{key.hexdigest()[:16]}.pt2"
+    if path is not None and path.is_file():
+        program = load_int8(path)
+        return program, (torch.zeros(batch_size),)        # only the batch size is read
+    batches = calibration.batches()
+    example = (batches[0][:1].expand(batch_size, *batches[0].shape[1:]).contiguous(),)
+    program = quantize_int8(model, example, batches)
+    if path is not None:
+        buffer = io.BytesIO()
+        save_int8(program, example, buffer)
+        write_bytes(path, buffer.getvalue(), "int8 model cache")
+    return program, example
 
 
 def small_example(example_inputs, multiple=None):
@@ -490,23 +505,45 @@ def load_int8(path):
 
 
 # ----------------------------------------------------------------------------- calibration data
-def calibration_crops(luna, count=64, batch_size=32, val_stride=10, seed=0, crop_irc=CROP_IRC):
-    """Batches of (B, 1, 32, 48, 48) HU crops from the training series' candidates, nodules and
-    non-nodules alternating (chapter 12's balanced order), `count` crops in all."""
-    train, _val = split_by_series(read_candidates(luna), val_stride)
-    order = epoch_order([c.is_nodule for c in train], count, balanced=True, seed=seed)
-    ds = LunaDataset(train, luna.series, crop_irc)
+def calibration_sets(luna, analysed, batch_size, val_stride=10, fold=None):
+    """(slices, crops, where): the int8 Calibrations of the U-Net and of the classifiers, drawn
+    from the training series of `luna` (the split of `val_stride` or `fold`) or, where there are
+    none (a data root holding only the CTs analysed), from the `analysed` series themselves;
+    `where` says which, for the log line."""
+    train_uids, _val = split_series(luna.series, val_stride, fold)
+    uids = train_uids or sorted(analysed)
+    where = ("the training series" if train_uids else
+             f"the analysed series (no training series under {luna.root})")
+    return (Calibration(repr((str(luna.root), "slices", uids)),
+                        lambda: calibration_slices(luna, uids, batch_size=batch_size)),
+            Calibration(repr((str(luna.root), "crops", uids)),
+                        lambda: calibration_crops(luna, uids, batch_size=batch_size)), where)
+
+
+def calibration_crops(luna, uids, count=64, batch_size=32, seed=0, crop_irc=CROP_IRC):
+    """Batches of (B, 1, 32, 48, 48) HU crops around the candidates of the series `uids`,
+    nodules and non-nodules alternating (chapter 12's balanced order) when both are there,
+    `count` crops in all. A DataError when those series have no candidate."""
+    uids = set(uids)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")            # candidates of series not on disk: not ours
+        candidates = [c for c in read_candidates(luna) if c.series_uid in uids]
+    if not candidates:
+        raise DataError(f"--precision int8: no candidate of {luna.candidates_csv} lies in the "
+                        f"{len(uids)} series to calibrate on; use --precision bf16")
+    labels = [c.is_nodule for c in candidates]
+    order = epoch_order(labels, count, balanced=0 < sum(labels) < len(labels), seed=seed)
+    ds = LunaDataset(candidates, luna.series, crop_irc)
     crops = torch.stack([ds[int(i)][0] for i in order])
     return list(crops.split(batch_size))
 
 
-def calibration_slices(luna, count=16, batch_size=8, val_stride=10, seed=0, multiple=4):
-    """Batches of (B, 7, R, C) HU slices with their context from the training series, as
+def calibration_slices(luna, uids, count=16, batch_size=8, seed=0, multiple=4):
+    """Batches of (B, 7, R, C) HU slices with their context from the series `uids`, as
     nodule_analysis feeds the U-Net (rows and columns padded with air to `multiple`); slices
     of one CT per batch (CTs may differ in size), `count` slices in all, spread over the CTs."""
-    train_uids, _val = split_series(luna.series, val_stride)
     rng = np.random.default_rng(seed)
-    uids = [train_uids[i] for i in rng.permutation(len(train_uids))]
+    uids = [uids[i] for i in rng.permutation(len(uids))]
     per_ct = max(1, -(-count // len(uids)))
     batches, left = [], count
     for uid in uids:
@@ -527,202 +564,3 @@ def pad_slices(x, multiple):
     pad_r, pad_c = -x.shape[-2] % multiple, -x.shape[-1] % multiple
     return torch.nn.functional.pad(x, (0, pad_c, 0, pad_r), value=HU_MIN) if pad_r or pad_c \
         else x
-
-
-# ----------------------------------------------------------------------------- measuring
-def tensor_bytes(module):
-    """Bytes of a module's parameters and buffers (the int8 weights of a program, as stored)."""
-    return sum(t.numel() * t.element_size() for t in list(module.parameters())
-               + list(module.buffers()))
-
-
-def serialized_bytes(model, example_inputs):
-    """Bytes of the fp32 model saved as save_int8 saves an int8 program."""
-    return save_exported(model.eval(), example_inputs, io.BytesIO(), spatial_multiple(model))
-
-
-def agreement(reference, outputs, kind):
-    """Agreement of one precision's outputs with fp32's: the largest |P - P_fp32| and the
-    fraction of 0.5 decisions that differ (per crop for 'cls', per voxel for 'unet'; for the
-    U-Net also per voxel of the union of the two masks)."""
-    p_ref = reference[1][:, 1] if kind == "cls" else reference
-    p = outputs[1][:, 1] if kind == "cls" else outputs
-    ref_yes, yes = p_ref > 0.5, p > 0.5
-    out = {"max_abs_diff": float((p - p_ref).abs().max()),
-           "decisions_differ": float((ref_yes != yes).float().mean()), "n": int(p.numel())}
-    if kind == "unet":
-        union = int((ref_yes | yes).sum())
-        out["mask_voxels_differ"] = float((ref_yes != yes).sum()) / max(union, 1)
-        out["mask_voxels"] = int(ref_yes.sum())
-    return out
-
-
-def run_batches(run, inputs, batch_size):
-    """`run` over `inputs` (N, ...) in batches; the outputs concatenated."""
-    outs = [run(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
-    if isinstance(outs[0], torch.Tensor):
-        return torch.cat(outs)
-    return tuple(torch.cat(parts) for parts in zip(*outs))
-
-
-# (label, precision, compiled): the rows of the benchmark, the first the reference
-VARIANTS = (("fp32", "fp32", False), ("bf16", "bf16", False), ("fp32 compiled", "fp32", True),
-            ("bf16 compiled", "bf16", True), ("int8", "int8", True))
-
-
-def measure_precisions(model, kind, eval_inputs, calibration_batches, batch_size, repeats=5,
-                       variants=VARIANTS, announce=print):
-    """{label: prepare_s, bytes, weight_bytes, ms, median_ms, agreement} per (label, precision,
-    compiled).
-
-    Latency: one batch of `batch_size` eval_inputs, timed in rounds that call every variant
-    once each (so a busy machine slows them alike); agreement with the first variant (fp32
-    eager) over all eval_inputs; bytes of the fp32 model and the int8 program saved (with a
-    2-row example input inside), and of their weights.
-    """
-    example = eval_inputs[:batch_size].contiguous()
-    results, runs = {}, {}
-    for label, precision, compiled in variants:
-        start = time.perf_counter()
-        size = weights = None
-        if precision == "int8":
-            program = quantize_int8(model, (example,), calibration_batches)
-            size, weights = save_int8(program, (example,), io.BytesIO()), tensor_bytes(program)
-            runs[label] = int8_runner(program, (example,), compiled)
-        else:
-            runs[label] = prepare_model(model, precision, (example,), compiled=compiled)
-            if precision == "fp32":
-                size, weights = serialized_bytes(model, (example,)), tensor_bytes(model)
-        runs[label](example)                                # compiles, packs, warms up
-        results[label] = {"precision": precision, "compiled": compiled, "bytes": size,
-                          "weight_bytes": weights, "prepare_s": time.perf_counter() - start,
-                          "ms": []}
-        announce(f"  {kind} {label}: ready in {results[label]['prepare_s']:.1f} s")
-    labels = list(runs)
-    reference = run_batches(runs[labels[0]], eval_inputs, batch_size)
-    for label in labels[1:]:
-        results[label]["agreement"] = agreement(
-            reference, run_batches(runs[label], eval_inputs, batch_size), kind)
-    for _ in range(repeats):
-        for label in labels:
-            start = time.perf_counter()
-            runs[label](example)
-            results[label]["ms"].append(1e3 * (time.perf_counter() - start))
-    for r in results.values():
-        r["median_ms"] = statistics.median(r["ms"])
-    return results
-
-
-def format_results(results, kind, batch_size):
-    """One line per variant: median ms, speed against fp32 and bf16 (eager), agreement, size."""
-    lines = []
-    for label, r in results.items():
-        ratio = {q: results[q]["median_ms"] / r["median_ms"] for q in ("fp32", "bf16")
-                 if q in results}
-        a = r.get("agreement")
-        agree = (f"max|dP| {a['max_abs_diff']:.4f}, {a['decisions_differ']:.3%} of "
-                 f"{a['n']:,} decisions differ" if a else "(the reference)")
-        if a and kind == "unet":
-            agree += f" ({a['mask_voxels_differ']:.2%} of the mask union)"
-        size = (f"{r['weight_bytes'] / 1e3:.0f} kB ({r['bytes'] / 1e3:.0f} kB file)"
-                if r["bytes"] else "-")
-        lines.append(f"{kind:4s} batch {batch_size:<3d} {label:14s} {r['median_ms']:8.1f} ms "
-                     + " ".join(f"{v:5.2f}x {q}" for q, v in ratio.items())
-                     + f" {size:>22s}  {agree}")
-    return "\n".join(lines)
-
-
-def cpu_name():
-    """The CPU's model name (Linux), for the table's heading."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
-
-
-def real_ct_inputs(ct, seg_run, batch_size, n_crops, seed=0):
-    """((I, 7, R', C') HU slices of the CT, (K, 1, 32, 48, 48) HU crops): the crops around up
-    to n_crops candidates that the fp32 U-Net (seg_run) finds, as nodule_analysis groups them
-    (the book's erosion along every axis), in a random order."""
-    from ch13_segment.nodule_analysis import group_candidates  # it imports this module
-
-    slices = torch.stack([pad_slices(torch.from_numpy(context_slices(ct.hu, i)), 4)
-                          for i in range(ct.shape[0])])
-    probs = run_batches(seg_run, slices, batch_size)[:, 0, :ct.shape[1], :ct.shape[2]]
-    centers = group_candidates(probs.numpy() > 0.5, ct.hu)
-    picks = np.random.default_rng(seed).permutation(len(centers))[:n_crops]
-    crops = np.stack([ct.crop_irc(centers[i], CROP_IRC) for i in picks])
-    return slices, torch.from_numpy(crops).unsqueeze(1), len(centers)
-
-
-def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="cls,unet",
-                   type=lambda t: [m.strip() for m in t.split(",") if m.strip()],
-                   help="comma-separated from cls, unet (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds (default: %(default)s)")
-    p.add_argument("--cls-batch", type=int, default=32, help="default: %(default)s crops")
-    p.add_argument("--unet-batch", type=int, default=8, help="default: %(default)s slices")
-    p.add_argument("--eval-crops", type=int, default=256,
-                   help="candidate crops of the real CT for the classifier's agreement")
-    p.add_argument("--calibration-crops", type=int, default=64)
-    p.add_argument("--calibration-slices", type=int, default=16)
-    p.add_argument("--luna-data-dir", default=None,
-                   help="data root of the LUNA16 series to calibrate on (default: --data-dir; "
-                        "the synthetic sample when LUNA16 is absent)")
-    p.add_argument("--synthetic", action="store_true", help="calibrate on the synthetic sample")
-    p.add_argument("--calibration", choices=("luna", "ct"), default="luna",
-                   help="luna (default): the training series; ct: the measured CT itself, the "
-                        "classifier on candidate crops it is not scored on, the U-Net on every "
-                        "6th slice (scored too): tells calibration data from quantization error")
-    p.add_argument("--ct", default=REAL_CT,
-                   help="the CT to measure on, under the data root (default: %(default)s, the "
-                        "book's chapter 4 chest CT: 99 slices of 512 x 512)")
-    add_data_dir_argument(p)
-    args = p.parse_args(argv)
-    if set(args.models) - {"cls", "unet"} or not args.models:
-        p.error("--models: choose from cls, unet")
-    return args
-
-
-def main(argv=None):
-    from ch13_segment.nodule_analysis import BOOK_CLS_MODEL, BOOK_SEG_MODEL, load_model  # a cycle
-
-    args = parse_args(argv)
-    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"{args.repeats} interleaved rounds per figure")
-    luna = locate_luna(args.luna_data_dir or args.data_dir, args.synthetic)
-    ct = load_ct(data_root(args.data_dir) / args.ct)
-    seg = load_model(book_file(BOOK_SEG_MODEL, args.data_dir, "luna-models"), "UNetWrapper",
-                     "--seg-model")
-    cls = load_model(book_file(BOOK_CLS_MODEL, args.data_dir, "luna-models"), "LunaModel",
-                     "--cls-model")
-    seg_fp32 = prepare_model(seg, "fp32", (torch.zeros(1, 7, 8, 8),), compiled=False)
-    slices, crops, n_candidates = real_ct_inputs(ct, seg_fp32, args.unet_batch,
-                                                 args.eval_crops + args.calibration_crops)
-    crops, ct_crops = crops[:args.eval_crops], crops[args.eval_crops:]
-    where = (f"the training series of {luna.root}" if args.calibration == "luna" else
-             f"{len(ct_crops)} other candidate crops and every 6th slice of the CT")
-    print(f"{args.ct}: {ct.shape} voxels, {n_candidates} candidates, {len(crops)} of them "
-          f"scored; calibration on {where}")
-    out = {}
-    if "unet" in args.models:
-        calibration = (calibration_slices(luna, args.calibration_slices)
-                       if args.calibration == "luna" else list(slices[::6].split(args.unet_batch)))
-        out["unet"] = measure_precisions(seg, "unet", slices, calibration, args.unet_batch,
-                                         args.repeats)
-        print(format_results(out["unet"], "unet", args.unet_batch), flush=True)
-    if "cls" in args.models:
-        calibration = (calibration_crops(luna, args.calibration_crops)
-                       if args.calibration == "luna" else list(ct_crops.split(args.cls_batch)))
-        out["cls"] = measure_precisions(cls, "cls", crops, calibration, args.cls_batch,
-                                        args.repeats)
-        print(format_results(out["cls"], "cls", args.cls_batch), flush=True)
-    return out
-
-
-if __name__ == "__main__":
-    keep_freed_memory()                 # as nodule_analysis.py runs: see runtime.py
-    run_cli(main)

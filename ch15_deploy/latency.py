@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ch10_luna.benchmark import timed
-from ch13_segment.nodule_analysis import load_model
+from ch13_segment.model import load_model
 from ch15_deploy.classifier import hu_like_crop, load_classifier
 from ch15_deploy.export_aoti import as_tuple, compile_package, export_program, load_package
 from ch15_deploy.export_jit import load_unet
@@ -108,9 +108,9 @@ def prepare(backend, name, model, x, out, threads, calibration=None):
         program, _ = export_program(model, (example,))
         run = load_package(compile_package(program, Path(out) / f"{name}.pt2")[0])
     elif backend == "int8":
-        from ch13_segment.precision import prepare_model
+        from ch13_segment.precision import prepare
 
-        run = prepare_model(model, "int8", (x,), calibration)
+        run = prepare(model, "int8", batch_size=x.shape[0], calibration=calibration)
     else:
         raise ValueError(f"unknown backend {backend!r}")
     return run, x, time.perf_counter() - start
@@ -234,19 +234,18 @@ def main(argv=None):
 
 
 def calibration_data(backends, models, data_dir):
-    """{name: calibration batches} for the int8 backend: crops and slices of the training
+    """{name: precision.Calibration} for the int8 backend: crops and slices of the training
     series of the LUNA data (the synthetic sample without LUNA16), as nodule_analysis uses."""
     if "int8" not in backends:
         return {}
     from ch10_luna.dsets import locate_luna
-    from ch13_segment.precision import calibration_crops, calibration_slices, int8_unavailable
+    from ch13_segment.precision import calibration_sets, int8_unavailable
 
     why = int8_unavailable()
     if why:
         raise DataError(f"--backends int8: {why}")
-    luna = locate_luna(data_dir)
-    return {"cls": calibration_crops(luna, batch_size=1) if "cls" in models else None,
-            "unet": calibration_slices(luna, batch_size=1) if "unet" in models else None}
+    slices, crops, _where = calibration_sets(locate_luna(data_dir), [], batch_size=1)
+    return {"cls": crops, "unet": slices}
 
 
 def run_all(models, backends, out, threads, warmup, repeats, calibration=None):

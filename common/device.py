@@ -51,3 +51,18 @@ def seed_everything(seed):
 def map_location(device):
     """For torch.load: put every stored tensor on `device`, whatever device it was saved from."""
     return torch.device(device)
+
+
+def device_name(device="cpu"):
+    """What a benchmark's heading names: the CPU's model name (Linux), or the GPU's."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or "unknown CPU"

@@ -120,19 +120,27 @@ def test_an_output_path_under_a_file(luna, tiny_models, tmp_path, capsys, script
     assert not list(tmp_path.glob("file*/**/*.json"))
 
 
-def test_a_model_that_gives_nan_writes_no_json(luna, tiny_models, tmp_path, capsys):
+@pytest.mark.parametrize("broken", ["nan weights", "nan outputs"])
+def test_a_model_that_gives_nan_writes_no_json(luna, tiny_models, tmp_path, capsys, broken):
     seg, _, _ = tiny_models
-    broken = LunaModel(conv_channels=2)
+    model = LunaModel(conv_channels=2)
     with torch.no_grad():
-        broken.head_linear.weight.fill_(float("nan"))
+        if broken == "nan weights":
+            model.head_linear.weight.fill_(float("nan"))
+        else:                                  # finite weights, but sqrt(-1) in the batch norm
+            model.tail_batchnorm.running_var.fill_(-1.0)
     path = tmp_path / "nan.state"
-    torch.save({"model_state": broken.state_dict(), "model_name": "LunaModel"}, path)
+    torch.save({"model_state": model.state_dict(), "model_name": "LunaModel"}, path)
     out = tmp_path / "a.json"
     line = refused(nodule_analysis.main, ["--run-validation", "--data-dir", str(luna.parent),
                                           "--seg-model", seg, "--cls-model", str(path),
                                           "--json", str(out)], capsys)
-    assert line.startswith("error: --cls-model: the model gave a probability that is not a "
-                           "number on series ")
+    if broken == "nan weights":                # refused at load, naming the file and tensor
+        assert line == (f"error: --cls-model {path}: its weights hold NaN or infinity "
+                        "(head_linear.weight): a broken checkpoint")
+    else:
+        assert line.startswith("error: --cls-model: the model gave a probability that is not "
+                               "a number on series ")
     assert not out.exists() and not list(tmp_path.glob(".a.tmp-*"))
 
 

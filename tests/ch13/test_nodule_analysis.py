@@ -8,11 +8,9 @@ from scipy import ndimage
 
 from ch10_luna.model import LunaModel
 from ch13_segment.dsets import context_slices
-from ch13_segment.model import UNetWrapper
+from ch13_segment.model import BOOK_CLS_MODEL, BOOK_SEG_MODEL, UNetWrapper, load_model
 from ch13_segment.nodule_analysis import (
     BENIGN,
-    BOOK_CLS_MODEL,
-    BOOK_SEG_MODEL,
     FILTERED,
     MALIGNANT,
     MISS,
@@ -22,15 +20,15 @@ from ch13_segment.nodule_analysis import (
     Detection,
     analysis_document,
     classify,
-    decide,
+    clean_mask,
     erosion_structure,
     group_candidates,
-    load_model,
     main,
     match_and_score,
     match_detections,
     segment_ct,
 )
+from ch13_segment.precision import Rechecked, prepare
 from common.ct import Ct
 from common.errors import DataError
 from common.files import write_json
@@ -52,7 +50,7 @@ def test_grouping_finds_planted_balls_at_their_centres_in_mm():
         mask |= ball(shape, c, r)
     hu = np.where(mask, 60.0, -1000.0).astype(np.float32)
     ct = Ct(hu, ORIGIN_XYZ, SPACING_XYZ, np.eye(3))
-    found = sorted(group_candidates(mask, ct.hu))
+    found = sorted(group_candidates(clean_mask(mask, SPACING_XYZ[::-1], float("inf")), ct.hu)[0])
     assert len(found) == 3
     for irc, expected in zip(found, sorted(centers)):
         got_xyz, want_xyz = np.array(ct.irc_to_xyz(irc)), np.array(ct.irc_to_xyz(expected))
@@ -64,8 +62,9 @@ def test_grouping_weights_the_centre_by_hu_plus_1001():
     mask[1, 1, :] = True                               # one row of 4 voxels, no erosion
     hu = np.full(mask.shape, -1000.0, dtype=np.float32)
     hu[1, 1, 3] = 999.0                                # weights 1, 1, 1, 2000
-    (center,) = group_candidates(mask, hu, erosion_iterations=0)
+    (center,), labels = group_candidates(mask, hu)
     assert center == pytest.approx((1.0, 1.0, (0 + 1 + 2 + 3 * 2000) / 2003))
+    np.testing.assert_array_equal(labels, mask.astype(int))          # one candidate, label 1
 
 
 def test_erosion_removes_single_voxel_specks():
@@ -75,8 +74,8 @@ def test_erosion_removes_single_voxel_specks():
     for s in specks:
         mask[s] = True
     hu = np.zeros(shape, dtype=np.float32)
-    assert len(group_candidates(mask, hu, erosion_iterations=0)) == 1 + len(specks)
-    (center,) = group_candidates(mask, hu)
+    assert len(group_candidates(mask, hu)[0]) == 1 + len(specks)
+    (center,), _ = group_candidates(clean_mask(mask, (0.7, 0.7, 0.7)), hu)
     assert center == pytest.approx((8.0, 12.0, 12.0))
 
 
@@ -99,9 +98,9 @@ def test_a_small_nodule_on_thick_slices_survives_the_erosion():
     mask[5:7] = ball((30, 30), (15, 15), 2.9)[None]             # 5-6 voxels across, 2 slices
     mask[2, 3, 3] = mask[9, 25, 4] = True                       # specks
     hu = np.zeros(mask.shape, dtype=np.float32)
-    assert len(group_candidates(mask, hu, erosion_iterations=0)) == 3
-    assert group_candidates(mask, hu) == []                     # the book's cross
-    (center,) = group_candidates(mask, hu, structure=erosion_structure(spacing_irc))
+    assert len(group_candidates(mask, hu)[0]) == 3
+    assert group_candidates(clean_mask(mask, spacing_irc, float("inf")), hu)[0] == []  # book's
+    (center,), _ = group_candidates(clean_mask(mask, spacing_irc), hu)
     assert center == pytest.approx((5.5, 15.0, 15.0))
 
 
@@ -137,8 +136,9 @@ def test_match_and_score_without_malignancy_and_edge_cases():
 
 def test_segment_ct_matches_the_dataset_inputs_and_pads(one_torch_thread):
     torch.manual_seed(0)
-    model = UNetWrapper(in_channels=7, n_classes=1, depth=2, wf=2, padding=True,
+    plain = UNetWrapper(in_channels=7, n_classes=1, depth=2, wf=2, padding=True,
                         batch_norm=True).eval()
+    model = prepare(plain, "fp32")                              # whole slices, channels-last
     hu = np.random.default_rng(0).normal(-500, 300, (9, 32, 28)).astype(np.float32)
     ct = Ct(hu, ORIGIN_XYZ, SPACING_XYZ, np.eye(3))
     probs = segment_ct(model, ct, batch_size=4)                 # batches of 4, 4 and 1
@@ -146,7 +146,7 @@ def test_segment_ct_matches_the_dataset_inputs_and_pads(one_torch_thread):
     with torch.inference_mode():
         for i in (0, 4, 8):                                     # edge slices repeat
             x = torch.from_numpy(context_slices(ct.voxels, i))[None]
-            torch.testing.assert_close(torch.from_numpy(probs[i]), model(x)[0, 0],
+            torch.testing.assert_close(torch.from_numpy(probs[i]), plain(x)[0, 0],
                                        atol=2e-4, rtol=1e-3)  # channels-last sums
     odd = Ct(hu[:, :29, :25], ORIGIN_XYZ, SPACING_XYZ, np.eye(3))   # padded to 30 x 26
     assert segment_ct(model, odd, batch_size=8).shape == (9, 29, 25)
@@ -301,7 +301,7 @@ def test_every_precision_writes_the_same_schema_and_the_fp32_decisions(
     assert decisions[precision] == decisions["fp32"]
 
 
-def test_decide_rescores_in_fp32_only_near_the_threshold(tiny_models, seg_luna):
+def test_a_rechecked_classifier_rescores_in_fp32_only_near_the_threshold(tiny_models, seg_luna):
     from ch10_luna.model import LunaModel
     from common.ct import load_ct
 
@@ -309,13 +309,14 @@ def test_decide_rescores_in_fp32_only_near_the_threshold(tiny_models, seg_luna):
     torch.manual_seed(0)
     model = LunaModel(conv_channels=2).eval()
     centers = [tuple(s / 2 + k for s in ct.shape) for k in range(-8, 8)]
-    fp32, none = decide(model, ct, centers, 0.5, 4, "cpu")
-    assert none == 0
+    fp32 = classify(prepare(model, "fp32"), ct, centers, 4)
     # a threshold placed among the probabilities: the ones within the margin are re-scored
     threshold = float(np.median(fp32))
-    bf16, rechecked = decide(model, ct, centers, threshold, 4, "cpu", precision="bf16")
+    bf16_model = Rechecked(prepare(model, "bf16"), prepare(model, "fp32"), threshold,
+                           RECHECK_MARGIN["bf16"])
+    bf16 = classify(bf16_model, ct, centers, 4)
     near = np.abs(bf16 - threshold) < RECHECK_MARGIN["bf16"]
-    assert rechecked == near.sum() > 0
+    assert bf16_model.count == near.sum() > 0
     np.testing.assert_array_equal(bf16[near], fp32[near])             # fp32's own values
     assert ((bf16 > threshold) == (fp32 > threshold)).all()
 

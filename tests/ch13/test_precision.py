@@ -69,8 +69,8 @@ def test_fp32_and_bf16_keep_the_outputs_and_agree():
         logits, probs = luna(x)
         seg = unet(s)
     for p in ("fp32", "bf16"):
-        out_logits, out_probs = precision.prepare_model(luna, p, (x,), compiled=False)(x)
-        out_seg = precision.prepare_model(unet, p, (s,), compiled=False)(s)
+        out_logits, out_probs = precision.prepare(luna, p)(x)
+        out_seg = precision.prepare(unet, p)(s)
         assert out_logits.shape == out_probs.shape == (4, 2) and out_seg.shape == (2, 1, 32, 32)
         assert out_logits.dtype == out_seg.dtype == torch.float32
         # bf16 keeps 8 bits of mantissa; these seeds give 0.3% of the logits' spread, 0.015 in
@@ -81,14 +81,25 @@ def test_fp32_and_bf16_keep_the_outputs_and_agree():
         assert (out_seg - seg).abs().max() <= seg_tol
 
 
-def test_prepare_model_leaves_the_model_alone():
+def test_prepare_leaves_the_model_alone():
     luna = small_luna()
     before = {k: v.clone() for k, v in luna.state_dict().items()}
-    precision.prepare_model(luna, "bf16", (torch.zeros(1, 1, *CROP),), compiled=False)
+    precision.prepare(luna, "bf16")
     assert all(torch.equal(before[k], v) for k, v in luna.state_dict().items())
     assert next(luna.parameters()).is_contiguous()                 # still NCDHW
     with pytest.raises(ValueError, match="precision"):
-        precision.prepare_model(luna, "fp16", (torch.zeros(1, 1, *CROP),))
+        precision.prepare(luna, "fp16")
+
+
+def test_a_prepared_unet_takes_slices_of_any_size():
+    unet = small_unet()
+    s = batches((2, 7, 29, 26), 1, 3)[0]                         # not multiples of 2
+    out = precision.prepare(unet, "fp32")(s)
+    padded = torch.nn.functional.pad(s, (0, 0, 0, 1), value=-1000.0)   # 30 x 26
+    with torch.no_grad():
+        expected = unet(padded)[..., :29, :]
+    assert out.shape == (2, 1, 29, 26)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)  # channels-last sums
 
 
 def test_int8_agrees_with_fp32(programs):
@@ -187,12 +198,24 @@ def test_int8_program_saves_and_loads(programs, tmp_path):
 
 
 def test_calibration_inputs_come_from_the_training_series(seg_luna):
-    crops = precision.calibration_crops(seg_luna, count=6, batch_size=4, val_stride=3)
+    train_uids = sorted(seg_luna.series)[1::3] + sorted(seg_luna.series)[2::3]
+    crops = precision.calibration_crops(seg_luna, train_uids, count=6, batch_size=4)
     assert [c.shape for c in crops] == [(4, 1, 32, 48, 48), (2, 1, 32, 48, 48)]
-    slices = precision.calibration_slices(seg_luna, count=3, batch_size=2, val_stride=3)
+    slices = precision.calibration_slices(seg_luna, train_uids, count=3, batch_size=2)
     assert sum(len(b) for b in slices) == 3
     assert all(b.shape[1] == 7 and b.shape[2] % 4 == 0 == b.shape[3] % 4 for b in slices)
     assert min(float(b.min()) for b in slices) >= -1000            # HU, air padding included
+
+
+def test_calibration_without_training_series_uses_the_analysed_ones(seg_luna, tmp_path):
+    one = sorted(seg_luna.series)[0]
+    slices, crops, where = precision.calibration_sets(seg_luna, [one], 4, val_stride=1000)
+    assert where.startswith("the training series")               # 1000: every series but one
+    lonely = type(seg_luna)(**{**vars(seg_luna), "series": {one: seg_luna.series[one]}})
+    slices, crops, where = precision.calibration_sets(lonely, [one], 4)
+    assert where.startswith("the analysed series")
+    assert all(b.shape[1] == 7 for b in slices.batches())
+    assert sum(len(b) for b in crops.batches()) == 64
 
 
 @pytest.mark.slow

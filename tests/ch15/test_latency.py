@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from ch13_segment.nodule_analysis import BOOK_CLS_MODEL, BOOK_SEG_MODEL
+from ch13_segment.model import BOOK_CLS_MODEL, BOOK_SEG_MODEL
 from ch15_deploy import latency
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ch07_cifar.cifar import (
+from ch07_cifar.cifar_files import (
     BATCH_FILES,
     CIFAR_DIR,
     CLASS_NAMES,

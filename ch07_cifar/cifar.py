@@ -1,11 +1,12 @@
-"""Chapter 7: CIFAR-10 without torchvision: the python pickles, to_tensor, normalize, CIFAR-2.
+"""Chapter 7: CIFAR-10 without torchvision: the Dataset, to_tensor, normalize, CIFAR-2.
 
     python ch07_cifar/cifar.py               # real CIFAR-10 when downloaded, else synthetic
     python ch07_cifar/cifar.py --synthetic   # force the built-in synthetic sample
     python -m common.data download cifar10   # 170 MB -> <data root>/cifar-10-batches-py
 
 Prints the dataset sizes, one sample, the per-channel mean/std and the CIFAR-2 counts, and writes
-runs/ch07/cifar_samples.png in the repository (one row of images per class).
+runs/ch07/cifar_samples.png in the repository (one row of images per class). The files themselves
+are read by cifar_files.py; the synthetic stand-in comes from synthetic.py.
 """
 import argparse
 from pathlib import Path

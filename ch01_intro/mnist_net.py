@@ -122,20 +122,28 @@ def accuracy(model, images, labels, device="cpu"):
     return float((pred == labels).float().mean())
 
 
-def train(model, optimizer, steps, batch_size=64, seed=1, device="cpu", log_every=0):
-    """`steps` SGD steps, each on a fresh batch of synthetic digits; returns the loss per step."""
-    model.train()
-    losses = []
+def synthetic_batches(steps, batch_size, seed):
+    """`steps` batches of (normalized (batch_size, 1, 28, 28) digits, labels), each one drawn
+    afresh: the stand-in for the book's MNIST train_loader."""
     for step in range(steps):
         images, labels = synthetic_digits(batch_size, seed=seed * 1_000_003 + step)
-        loss = F.nll_loss(model(normalize(images).to(device)), labels.to(device))
+        yield normalize(images), labels
+
+
+def train(model, optimizer, train_loader, device, log_every=0):
+    """The book's loop over (images, labels) batches; returns every step's loss and prints
+    the mean of the last log_every."""
+    model.train()
+    losses = []
+    for step, (images, labels) in enumerate(train_loader, start=1):
+        output = model(images.to(device))
+        loss = F.nll_loss(output, labels.to(device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        if log_every and (step + 1) % log_every == 0:
-            recent = sum(losses[-log_every:]) / log_every
-            print(f"  step {step + 1:5d}  loss {recent:.4f}")
+        if log_every and step % log_every == 0:
+            print(f"  step {step:5d}  loss {sum(losses[-log_every:]) / log_every:.4f}")
     return losses
 
 
@@ -183,8 +191,8 @@ def main(argv=None):
     before = accuracy(model, test_images, test_labels, device)
     print(f"{args.init} init: accuracy on {args.n_test} held-out synthetic digits {before:.1%}")
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
-    losses = train(model, optimizer, args.steps, args.batch_size, seed=args.seed, device=device,
-                   log_every=max(1, args.steps // 10))
+    train_loader = synthetic_batches(args.steps, args.batch_size, seed=args.seed)
+    losses = train(model, optimizer, train_loader, device, log_every=max(1, args.steps // 10))
     after = accuracy(model, test_images, test_labels, device)
     print(f"after {args.steps} steps: accuracy {after:.1%}")
     print(f"wrote {png}")

@@ -32,8 +32,9 @@ def accumulation_demo(t_u, t_c):
     return once, twice, params.grad.clone()
 
 
-def training_loop(n_epochs, learning_rate, params, t_u, t_c, log_every=500):
-    """Gradient descent with autograd; params is a leaf tensor with requires_grad=True."""
+def training_loop(n_epochs, learning_rate, params, t_u, t_c):
+    """Gradient descent with autograd; params is a leaf tensor with requires_grad=True.
+    Prints the loss every 500 epochs and at the last."""
     for epoch in range(1, n_epochs + 1):
         if params.grad is not None:
             params.grad.zero_()
@@ -41,7 +42,7 @@ def training_loop(n_epochs, learning_rate, params, t_u, t_c, log_every=500):
         loss.backward()
         with torch.no_grad():
             params -= learning_rate * params.grad
-        if log_every and (epoch % log_every == 0 or epoch == n_epochs):
+        if epoch % 500 == 0 or epoch == n_epochs:
             print(f"  epoch {epoch:5d}  loss {loss.item():.6f}")
     return params, loss.item()
 

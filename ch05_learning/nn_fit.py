@@ -14,8 +14,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from ch05_learning.nn_linear import batched_data
-from ch05_learning.optimizers import split_indices, train_val_loop
+from ch05_learning.nn_linear import batched_data, training_loop
+from ch05_learning.optimizers import split_indices
 from ch05_learning.thermometer import DEFAULT_OUT, plot_fits
 from common.device import seed_everything
 from common.errors import require_at_least, run_cli
@@ -74,9 +74,8 @@ def main(argv=None):
     print_parameter_table(model)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-    history = train_val_loop(args.epochs, optimizer, model, nn.MSELoss(),
-                             t_un[train_idx], t_un[val_idx], t_c[train_idx], t_c[val_idx],
-                             log_every=1000)
+    history = training_loop(args.epochs, optimizer, model, nn.MSELoss(),
+                            (t_un[train_idx], t_c[train_idx]), (t_un[val_idx], t_c[val_idx]))
     print("  (book after 5000 epochs: train ~2.11, val ~2.02; depends on the split and init)")
     with torch.no_grad():
         val_pred = model(t_un[val_idx])

@@ -12,7 +12,7 @@ import argparse
 import torch
 from torch import nn
 
-from ch05_learning.optimizers import split_indices, train_val_loop
+from ch05_learning.optimizers import split_indices
 from ch05_learning.thermometer import thermometer_data
 from common.device import seed_everything
 from common.errors import require_at_least, run_cli
@@ -33,8 +33,8 @@ def linear_from(w=1.0, b=0.0):
     return linear
 
 
-def fit_module(module, x, y, n_epochs, lr=1e-2, log_every=1000):
-    """Full-batch SGD with nn.MSELoss; returns the loss of every epoch."""
+def fit_module(module, x, y, n_epochs, lr=1e-2):
+    """Full-batch SGD with nn.MSELoss, no split (the parity run); returns every epoch's loss."""
     optimizer = torch.optim.SGD(module.parameters(), lr=lr)
     loss_fn = nn.MSELoss()
     losses = []
@@ -44,9 +44,30 @@ def fit_module(module, x, y, n_epochs, lr=1e-2, log_every=1000):
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        if log_every and (epoch % log_every == 0 or epoch == n_epochs):
+        if epoch % 1000 == 0 or epoch == n_epochs:
             print(f"  epoch {epoch:5d}  loss {loss.item():.6f}")
     return losses
+
+
+def training_loop(n_epochs, optimizer, model, loss_fn, train, val):
+    """Chapter 6's loop: any model and loss, trained on train = (t_u, t_c) and scored on the
+    held-out val = (t_u, t_c) without a graph; returns [(epoch, train loss, val loss)],
+    printed at epoch 1, every 1000th and the last."""
+    (t_u_train, t_c_train), (t_u_val, t_c_val) = train, val
+    history = []
+    for epoch in range(1, n_epochs + 1):
+        t_p_train = model(t_u_train)
+        loss_train = loss_fn(t_p_train, t_c_train)
+        with torch.no_grad():
+            loss_val = loss_fn(model(t_u_val), t_c_val)
+        optimizer.zero_grad()
+        loss_train.backward()
+        optimizer.step()
+        history.append((epoch, loss_train.item(), loss_val.item()))
+        if epoch == 1 or epoch % 1000 == 0 or epoch == n_epochs:
+            print(f"  epoch {epoch:5d}  train loss {loss_train.item():.4f}  "
+                  f"val loss {loss_val.item():.4f}")
+    return history
 
 
 def main(argv=None):
@@ -77,9 +98,9 @@ def main(argv=None):
     train_idx, val_idx = split_indices(t_u.shape[0])
     linear_model = nn.Linear(1, 1)  # random init, as in the book
     print(f"train/val run from a random init (seed {args.seed}), {args.val_epochs} epochs")
-    history = train_val_loop(args.val_epochs, torch.optim.SGD(linear_model.parameters(), lr=1e-2),
-                             linear_model, nn.MSELoss(), t_un[train_idx], t_un[val_idx],
-                             t_c[train_idx], t_c[val_idx], log_every=1000)
+    optimizer = torch.optim.SGD(linear_model.parameters(), lr=1e-2)
+    history = training_loop(args.val_epochs, optimizer, linear_model, nn.MSELoss(),
+                            (t_un[train_idx], t_c[train_idx]), (t_un[val_idx], t_c[val_idx]))
     print(f"  weight {linear_model.weight.item():.4f}  bias {linear_model.bias.item():.4f}")
     return {"parity_module": linear, "parity_losses": losses, "w": w, "b": b,
             "model": linear_model, "history": history, "train_idx": train_idx,

@@ -17,16 +17,18 @@ from common.device import seed_everything
 from common.errors import require_at_least, run_cli
 
 
-def fit(n_epochs, optimizer, params, t_u, t_c, log_every=500):
-    """The optimizer version of the loop: zero_grad, backward, step. Returns (params, losses)."""
+def training_loop(n_epochs, optimizer, params, t_u, t_c):
+    """The optimizer version of the loop: zero_grad, backward, step; the loss every 500 epochs
+    and at the last. Returns (params, the loss of every epoch)."""
     losses = []
     for epoch in range(1, n_epochs + 1):
-        loss = loss_fn(model(t_u, *params), t_c)
+        t_p = model(t_u, *params)
+        loss = loss_fn(t_p, t_c)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        if log_every and (epoch % log_every == 0 or epoch == n_epochs):
+        if epoch % 500 == 0 or epoch == n_epochs:
             print(f"  epoch {epoch:5d}  loss {loss.item():.6f}")
     return params, losses
 
@@ -38,28 +40,26 @@ def split_indices(n_samples, val_fraction=0.2, generator=None):
     return shuffled[:-n_val], shuffled[-n_val:]
 
 
-def validation_loss(model_fn, loss_fn, val_x, val_y):
+def validation_loss(params, t_u, t_c):
     """Loss on held-out data under no_grad: no graph is built, so requires_grad is False."""
     with torch.no_grad():
-        return loss_fn(model_fn(val_x), val_y)
+        return loss_fn(model(t_u, *params), t_c)
 
 
-def train_val_loop(n_epochs, optimizer, model_fn, loss_fn, train_x, val_x, train_y, val_y,
-                   log_every=500):
-    """Train on (train_x, train_y); evaluate on the held-out pair each epoch without a graph.
-
-    model_fn maps inputs to predictions (a closure over params, or an nn.Module); used again by
-    the chapter-6 scripts. Returns [(epoch, train loss, val loss)].
-    """
+def train_val_loop(n_epochs, optimizer, params, train, val):
+    """training_loop on train = (t_u, t_c), with the held-out val = (t_u, t_c) scored every
+    epoch without a graph; returns [(epoch, train loss, val loss)], printed at epoch 1, every
+    500th and the last."""
+    (train_t_u, train_t_c), (val_t_u, val_t_c) = train, val
     history = []
     for epoch in range(1, n_epochs + 1):
-        train_loss = loss_fn(model_fn(train_x), train_y)
-        val_loss = validation_loss(model_fn, loss_fn, val_x, val_y)
+        train_loss = loss_fn(model(train_t_u, *params), train_t_c)
+        val_loss = validation_loss(params, val_t_u, val_t_c)
         optimizer.zero_grad()
-        train_loss.backward()
+        train_loss.backward()                   # only the training loss makes gradients
         optimizer.step()
         history.append((epoch, train_loss.item(), val_loss.item()))
-        if log_every and (epoch == 1 or epoch % log_every == 0 or epoch == n_epochs):
+        if epoch == 1 or epoch % 500 == 0 or epoch == n_epochs:
             print(f"  epoch {epoch:5d}  train loss {train_loss.item():.4f}  "
                   f"val loss {val_loss.item():.4f}")
     return history
@@ -83,15 +83,15 @@ def main(argv=None):
 
     print(f"SGD lr 1e-2 on 0.1 * t_u, {args.epochs} epochs:")
     params = torch.tensor([1.0, 0.0], requires_grad=True)
-    sgd_params, sgd_losses = fit(args.epochs, torch.optim.SGD([params], lr=1e-2), params, t_un, t_c,
-                                 log_every=1000)
+    sgd_params, sgd_losses = training_loop(args.epochs, torch.optim.SGD([params], lr=1e-2),
+                                           params, t_un, t_c)
     w, b = sgd_params.tolist()
     print(f"  w {w:.4f}  b {b:.4f}  (book after 5000: 5.3671, -17.3012, loss 2.927648)")
 
     print(f"Adam lr 1e-1 on raw t_u, {args.adam_epochs} epochs:")
     params = torch.tensor([1.0, 0.0], requires_grad=True)
-    adam_params, adam_losses = fit(args.adam_epochs, torch.optim.Adam([params], lr=1e-1), params,
-                                   t_u, t_c, log_every=500)
+    adam_params, adam_losses = training_loop(args.adam_epochs, torch.optim.Adam([params], lr=1e-1),
+                                             params, t_u, t_c)
     w, b = adam_params.tolist()
     print(f"  w {w:.4f}  b {b:.4f}  (book after 2000: 0.5367, -17.3021, loss 2.927680)")
 
@@ -99,9 +99,8 @@ def main(argv=None):
     train_idx, val_idx = split_indices(t_u.shape[0])
     print(f"split (seed {args.seed}): train {train_idx.tolist()}  val {val_idx.tolist()}")
     params = torch.tensor([1.0, 0.0], requires_grad=True)
-    history = train_val_loop(args.val_epochs, torch.optim.SGD([params], lr=1e-2),
-                             lambda x: model(x, *params), loss_fn,
-                             t_un[train_idx], t_un[val_idx], t_c[train_idx], t_c[val_idx])
+    history = train_val_loop(args.val_epochs, torch.optim.SGD([params], lr=1e-2), params,
+                             (t_un[train_idx], t_c[train_idx]), (t_un[val_idx], t_c[val_idx]))
     w, b = params.tolist()
     print(f"  w {w:.4f}  b {b:.4f}  (the book's numbers here depend on its random split)")
     return {"sgd_params": sgd_params.detach(), "sgd_losses": sgd_losses,

@@ -19,8 +19,8 @@ from torch import nn
 
 from ch01_intro.resnet import count_parameters
 from ch05_learning.nn_fit import N_HIDDEN, print_parameter_table
-from ch05_learning.nn_linear import batched_data
-from ch05_learning.optimizers import split_indices, train_val_loop
+from ch05_learning.nn_linear import batched_data, training_loop
+from ch05_learning.optimizers import split_indices
 from ch05_learning.thermometer import DEFAULT_OUT, plot_fits
 from common.device import seed_everything
 from common.errors import require_at_least, run_cli
@@ -96,9 +96,9 @@ def compare_fits(epochs, seed):
     histories = {}
     for name, (model, lr) in models.items():
         print(f"{name}: SGD lr {lr:g}, {epochs} epochs")
-        histories[name] = train_val_loop(
+        histories[name] = training_loop(
             epochs, torch.optim.SGD(model.parameters(), lr=lr), model, nn.MSELoss(),
-            t_un[train_idx], t_un[val_idx], t_c[train_idx], t_c[val_idx], log_every=epochs)
+            (t_un[train_idx], t_c[train_idx]), (t_un[val_idx], t_c[val_idx]))
     return {name: m for name, (m, _) in models.items()}, histories, (t_c, t_u, val_idx)
 
 

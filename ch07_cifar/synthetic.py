@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ch07_cifar.cifar import (
+from ch07_cifar.cifar_files import (
     BATCH_FILES,
     CIFAR_DIR,
     CLASS_NAMES,
@@ -109,7 +109,7 @@ def _write_sample(folder, train_per_class, test_per_class, seed):
 
 
 def write_synthetic_cifar(out_dir, train_per_class=500, test_per_class=100, seed=0):
-    """Write the sample into out_dir (replacing it) and return out_dir; ~1 s per 5,000 images.
+    """Write the sample into out_dir (replacing it) and return out_dir.
 
     The files go to a staging folder renamed onto out_dir when complete, and removed on any
     failure: a half-written sample is never found, nor left behind."""

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from ch01_intro.resnet import count_parameters
-from ch07_cifar.train_fc import accuracy, add_cifar_arguments, check_cifar_flags, prepare
+from ch07_cifar.train_fc import add_cifar_arguments, check_cifar_flags, prepare
 from ch08_convnets.models import make_model
-from ch08_convnets.train import training_loop
+from ch08_convnets.train import training_loop, training_loop_l2reg, validate
 from common.device import seed_everything
 from common.errors import DataError, require_at_least, run_cli
 from common.figures import new_figure, save_figure
@@ -40,26 +40,27 @@ VARIANTS = {
 TOLERANCE = 0.02          # the book's val accuracies are given to two decimals
 
 
-def run_variant(name, train_loader, val_loader, device, epochs, seed=0, lr=1e-2, n_blocks=100,
-                log_every=10):
-    """Train one variant from a fixed seed; returns its row of the table. `lr` is the --lr the
-    variant uses unless it has its own (res deep: the book's 3e-3)."""
+def run_variant(name, loaders, device, epochs, lr=1e-2, n_blocks=100):
+    """Train one variant on (train_loader, val_loader); returns its row of the table. `lr` is
+    the --lr the variant uses unless it has its own (res deep: the book's 3e-3)."""
     model_name, l2_lambda, own_lr, book = VARIANTS[name]
     lr = own_lr or lr
-    seed_everything(seed)
     model = make_model(model_name, n_blocks=n_blocks).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     print(f"--- {name}: {type(model).__name__}, {count_parameters(model):,} parameters, "
           f"lr {lr}" + (f", L2 {l2_lambda}" if l2_lambda else ""))
     start = time.perf_counter()
-    losses = training_loop(epochs, optimizer, model, nn.CrossEntropyLoss(), train_loader, device,
-                           l2_lambda=l2_lambda, log_every=log_every)
+    if l2_lambda:
+        losses = training_loop_l2reg(epochs, optimizer, model, nn.CrossEntropyLoss(),
+                                     loaders[0], device, l2_lambda=l2_lambda)
+    else:
+        losses = training_loop(epochs, optimizer, model, nn.CrossEntropyLoss(), loaders[0],
+                               device)
     seconds = time.perf_counter() - start
-    train_acc = accuracy(model, train_loader, device, flatten=False)
-    val_acc = accuracy(model, val_loader, device, flatten=False)
+    accuracies = validate(model, *loaders, device)
     return {"name": name, "model": type(model).__name__, "params": count_parameters(model),
-            "train": train_acc, "val": val_acc, "book_train": book[0], "book_val": book[1],
-            "seconds": seconds, "losses": losses}
+            **accuracies, "book_train": book[0], "book_val": book[1], "seconds": seconds,
+            "losses": losses}
 
 
 def table(rows):
@@ -98,15 +99,13 @@ def main(argv=None):
     p.add_argument("--n-blocks", type=int, default=100, help="res deep blocks (default: 100)")
     p.add_argument("--check", action="store_true",
                    help=f"exit 1 unless every val accuracy is within {TOLERANCE} of the book's")
-    p.add_argument("--log-every", type=int, default=10, help="epochs between loss lines")
     p.add_argument("--out", default=str(runs_dir("ch08")),
                    help="folder for the PNG and the table (default: %(default)s)")
     add_cifar_arguments(p)
     args = p.parse_args(argv)
     check_cifar_flags(args.epochs, args.lr, args.batch_size, args.epoch_size, args.num_workers,
                       least_epochs=0)
-    for flag, value in (("--n-blocks", args.n_blocks), ("--log-every", args.log_every)):
-        require_at_least(flag, value, 1)
+    require_at_least("--n-blocks", args.n_blocks, 1)
     out = check_writable(args.out, "--out")             # before hours of training
     device, train_loader, val_loader, data = prepare(
         args.device, args.seed, args.data_dir, args.synthetic, args.batch_size,
@@ -115,9 +114,11 @@ def main(argv=None):
         raise DataError("--check compares with the book's CIFAR-10 numbers: it needs the real "
                         "data (python -m common.data download cifar10), not the synthetic sample")
 
-    rows = [run_variant(name, train_loader, val_loader, device, args.epochs, args.seed, args.lr,
-                        args.n_blocks, args.log_every)
-            for name in (args.only or VARIANTS)]
+    rows = []
+    for name in args.only or VARIANTS:
+        seed_everything(args.seed)             # every variant from the same seed and batches
+        rows.append(run_variant(name, (train_loader, val_loader), device, args.epochs, args.lr,
+                                args.n_blocks))
     text = table(rows)
     source = "SYNTHETIC sample" if data["synthetic"] else "CIFAR-2"
     per_epoch = f", {args.epoch_size} samples per epoch" if args.epoch_size else ""

@@ -19,48 +19,76 @@ from torch import nn
 
 from ch01_intro.resnet import count_parameters
 from ch01_intro.weights import load_state
-from ch07_cifar.train_fc import (
-    accuracy,
-    add_cifar_arguments,
-    check_cifar_flags,
-    prepare,
-    train_epoch,
-)
+from ch07_cifar.train_fc import add_cifar_arguments, check_cifar_flags, prepare
 from ch08_convnets.models import BOOK_NET_FILE, MODELS, load_book_net, make_model
 from common.device import map_location
 from common.errors import DataError, require_at_least, run_cli
 from common.files import check_writable, read_torch, runs_dir, save_torch
 
 
-def training_loop(n_epochs, optimizer, model, loss_fn, train_loader, device="cpu",
-                  l2_lambda=0.0, log_every=10):
-    """The book's loop: n_epochs passes, a timestamped loss line at epoch 1 and every log_every."""
+def training_loop(n_epochs, optimizer, model, loss_fn, train_loader, device):
+    """The book's chapter 8 loop; returns each epoch's mean batch loss, printed with a timestamp
+    at epoch 1, every 10th and the last."""
+    model.train()                  # dropout and batch norm in training mode (validate leaves eval)
     losses = []
     for epoch in range(1, n_epochs + 1):
-        losses.append(train_epoch(model, train_loader, loss_fn, optimizer, device,
-                                  flatten=False, l2_lambda=l2_lambda))
-        if epoch == 1 or epoch % log_every == 0:
+        loss_train = torch.zeros((), device=device)            # summed on the device: no sync
+        for imgs, labels in train_loader:
+            imgs = imgs.to(device, non_blocking=True)          # (N, 3, 32, 32)
+            labels = labels.to(device, non_blocking=True)
+            outputs = model(imgs)                              # (N, 2) logits
+            loss = loss_fn(outputs, labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss_train += loss.detach()
+        losses.append(loss_train.item() / len(train_loader))
+        if epoch == 1 or epoch % 10 == 0 or epoch == n_epochs:
             print(f"{datetime.datetime.now()} Epoch {epoch}, Training loss {losses[-1]:.6f}")
     return losses
 
 
-def training_loop_l2reg(n_epochs, optimizer, model, loss_fn, train_loader, device="cpu",
-                        l2_lambda=0.001, log_every=10):
-    """training_loop with the L2 penalty l2_lambda * sum(p**2) added to every batch's loss.
+def training_loop_l2reg(n_epochs, optimizer, model, loss_fn, train_loader, device,
+                        l2_lambda=0.001):
+    """training_loop with the L2 penalty l2_lambda * sum(p**2) added to every batch's loss
+    (the book's lambda 0.001; SGD(weight_decay=2 * l2_lambda) takes the same steps)."""
+    model.train()
+    losses = []
+    for epoch in range(1, n_epochs + 1):
+        loss_train = torch.zeros((), device=device)
+        for imgs, labels in train_loader:
+            imgs = imgs.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            outputs = model(imgs)
+            loss = loss_fn(outputs, labels)
+            l2_norm = sum(p.pow(2.0).sum() for p in model.parameters())   # abs() for L1
+            loss = loss + l2_lambda * l2_norm
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss_train += loss.detach()
+        losses.append(loss_train.item() / len(train_loader))
+        if epoch == 1 or epoch % 10 == 0 or epoch == n_epochs:
+            print(f"{datetime.datetime.now()} Epoch {epoch}, Training loss {losses[-1]:.6f}")
+    return losses
 
-    SGD(weight_decay=2 * l2_lambda) gives the same updates without computing the penalty.
-    """
-    return training_loop(n_epochs, optimizer, model, loss_fn, train_loader, device,
-                         l2_lambda=l2_lambda, log_every=log_every)
 
-
-def validate(model, train_loader, val_loader, device="cpu"):
-    """{'train': accuracy, 'val': accuracy}, printed like the book."""
-    result = {}
+def validate(model, train_loader, val_loader, device):
+    """Accuracy on both sets under no_grad, printed like the book; {'train': ..., 'val': ...}."""
+    model.eval()
+    accdict = {}
     for name, loader in (("train", train_loader), ("val", val_loader)):
-        result[name] = accuracy(model, loader, device, flatten=False)
-        print(f"Accuracy {name}: {result[name]:.2f}")
-    return result
+        correct, total = 0, 0
+        with torch.no_grad():
+            for imgs, labels in loader:
+                imgs, labels = imgs.to(device), labels.to(device)
+                outputs = model(imgs)
+                _, predicted = torch.max(outputs, dim=1)       # the class of the larger logit
+                total += labels.shape[0]
+                correct += int((predicted == labels).sum())
+        accdict[name] = correct / max(total, 1)
+        print(f"Accuracy {name}: {accdict[name]:.2f}")
+    return accdict
 
 
 def save_model(model, path):
@@ -85,13 +113,11 @@ def main(argv=None):
     p.add_argument("--save", default=None,
                    help="where to write the trained state_dict (default: runs/ch08/<model>.pt "
                         "in the repository)")
-    p.add_argument("--log-every", type=int, default=10, help="epochs between loss lines")
     add_cifar_arguments(p)
     args = p.parse_args(argv)
     check_cifar_flags(args.epochs, args.lr, args.batch_size, args.epoch_size, args.num_workers,
                       least_epochs=0)                   # --epochs 0: evaluate a --load only
-    for flag, value in (("--n-chans1", args.n_chans1), ("--n-blocks", args.n_blocks),
-                        ("--log-every", args.log_every)):
+    for flag, value in (("--n-chans1", args.n_chans1), ("--n-blocks", args.n_blocks)):
         require_at_least(flag, value, 1)
     if not args.l2 >= 0:
         raise DataError(f"--l2 {args.l2}: must be 0 or more")
@@ -119,8 +145,12 @@ def main(argv=None):
     model.to(device)
     print(f"model {args.model} ({type(model).__name__}): {count_parameters(model):,} parameters")
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr)
-    losses = training_loop(args.epochs, optimizer, model, nn.CrossEntropyLoss(), train_loader,
-                           device, l2_lambda=args.l2, log_every=args.log_every)
+    loss_fn = nn.CrossEntropyLoss()
+    if args.l2:
+        losses = training_loop_l2reg(args.epochs, optimizer, model, loss_fn, train_loader, device,
+                                     l2_lambda=args.l2)
+    else:
+        losses = training_loop(args.epochs, optimizer, model, loss_fn, train_loader, device)
     result = validate(model, train_loader, val_loader, device)
     saved = None
     if args.epochs > 0:

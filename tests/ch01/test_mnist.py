@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from ch01_intro import mnist_net
-from ch01_intro.mnist_net import MnistNet, synthetic_digits, train
+from ch01_intro.mnist_net import MnistNet, synthetic_batches, synthetic_digits, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")   # a 21,840-parameter net
 
@@ -31,7 +31,7 @@ def test_loss_falls_with_sgd():
     torch.manual_seed(4242)
     model = MnistNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.5)  # book: lr 0.01
-    losses = train(model, optimizer, steps=40, batch_size=32, seed=0)
+    losses = train(model, optimizer, synthetic_batches(40, 32, seed=0), "cpu")
     assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
 
 

@@ -11,7 +11,7 @@ import scipy.io.wavfile
 
 from ch04_data.bikes import HOUR_CSV, N_COLUMNS
 from ch04_data.wine import BOOK_THRESHOLD, WINE_CSV
-from ch07_cifar.cifar import CIFAR_DIR
+from ch07_cifar.cifar_files import CIFAR_DIR
 from ch07_cifar.synthetic import write_synthetic_cifar
 from tests.ch01.conftest import write_image, write_labels
 from tests.common.cli import assert_one_error_line, run_main

@@ -16,7 +16,7 @@ def test_grad_accumulates_until_zeroed():
 def test_autograd_loop_reaches_the_books_fit():
     t_c, t_u = thermometer_data()
     params = torch.tensor([1.0, 0.0], requires_grad=True)
-    params, loss = autograd_fit.training_loop(5000, 1e-2, params, 0.1 * t_u, t_c, log_every=0)
+    params, loss = autograd_fit.training_loop(5000, 1e-2, params, 0.1 * t_u, t_c)
     w, b = params.tolist()
     assert abs(w - 5.3671) < 1e-3 and abs(b - (-17.3012)) < 1e-3
     assert abs(loss - 2.927648) < 1e-4
@@ -29,8 +29,8 @@ def test_sgd_follows_the_manual_loop():
     manual_params, manual_losses = grad_descent.training_loop(300, 1e-2, torch.tensor([1.0, 0.0]),
                                                               t_un, t_c)
     params = torch.tensor([1.0, 0.0], requires_grad=True)
-    sgd_params, sgd_losses = optimizers.fit(300, torch.optim.SGD([params], lr=1e-2), params,
-                                            t_un, t_c, log_every=0)
+    sgd_params, sgd_losses = optimizers.training_loop(300, torch.optim.SGD([params], lr=1e-2),
+                                                      params, t_un, t_c)
     torch.testing.assert_close(torch.tensor(sgd_losses), torch.tensor(manual_losses),
                                rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sgd_params.detach(), manual_params, rtol=1e-5, atol=1e-5)
@@ -39,8 +39,8 @@ def test_sgd_follows_the_manual_loop():
 def test_adam_on_raw_input_reaches_the_books_fit():
     t_c, t_u = thermometer_data()
     params = torch.tensor([1.0, 0.0], requires_grad=True)
-    params, losses = optimizers.fit(2000, torch.optim.Adam([params], lr=1e-1), params, t_u, t_c,
-                                    log_every=0)
+    params, losses = optimizers.training_loop(2000, torch.optim.Adam([params], lr=1e-1), params,
+                                              t_u, t_c)
     w, b = params.tolist()
     assert abs(w - 0.5367) < 1e-3 and abs(b - (-17.3021)) < 1e-3
     assert abs(losses[-1] - 2.927680) < 1e-3
@@ -56,9 +56,8 @@ def test_split_is_disjoint_and_covers_everything():
 def test_validation_loss_has_no_graph():
     t_c, t_u = thermometer_data()
     params = torch.tensor([1.0, 0.0], requires_grad=True)
-    model_fn = lambda x: model(x, *params)
-    train_loss = loss_fn(model_fn(t_u[:9]), t_c[:9])
-    val_loss = optimizers.validation_loss(model_fn, loss_fn, t_u[9:], t_c[9:])
+    train_loss = loss_fn(model(t_u[:9], *params), t_c[:9])
+    val_loss = optimizers.validation_loss(params, t_u[9:], t_c[9:])
     assert train_loss.requires_grad
     assert not val_loss.requires_grad and val_loss.grad_fn is None
 
@@ -67,9 +66,8 @@ def test_train_val_loop_steps_on_the_training_loss_only():
     t_c, t_u = thermometer_data()
     t_un = 0.1 * t_u
     params = torch.tensor([1.0, 0.0], requires_grad=True)
-    history = optimizers.train_val_loop(1, torch.optim.SGD([params], lr=1e-2),
-                                        lambda x: model(x, *params), loss_fn,
-                                        t_un[:9], t_un[9:], t_c[:9], t_c[9:], log_every=0)
+    history = optimizers.train_val_loop(1, torch.optim.SGD([params], lr=1e-2), params,
+                                        (t_un[:9], t_c[:9]), (t_un[9:], t_c[9:]))
     expected = torch.tensor([1.0, 0.0], requires_grad=True)
     loss_fn(model(t_un[:9], *expected), t_c[:9]).backward()
     torch.testing.assert_close(params.grad, expected.grad)

@@ -31,7 +31,6 @@ CASES = [   # (module, argv, the one line)
     ("ch08_convnets.train", ["--model", "width", "--load", "book"], "use it with --model net"),
     ("ch08_convnets.compare", ["--n-blocks", "0"], "--n-blocks 0: must be at least 1"),
     ("ch08_convnets.compare", ["--batch-size", "0"], "--batch-size 0: must be at least 1"),
-    ("ch08_convnets.compare", ["--log-every", "0"], "--log-every 0: must be at least 1"),
     ("ch08_convnets.compare", ["--epoch-size", "0"], "--epoch-size 0: must be at least 1"),
     ("ch08_convnets.train", ["--num-workers", "-1"], "--num-workers -1: must be at least 0"),
     ("ch03_tensors.devices", ["--device", "tpu"], "--device tpu: unknown device; use auto"),

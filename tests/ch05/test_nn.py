@@ -23,15 +23,15 @@ def test_call_equals_forward():
 def test_nn_linear_matches_the_chapter_5_loop():
     t_c, t_u = nn_linear.batched_data()
     linear = nn_linear.linear_from(1.0, 0.0)
-    losses = nn_linear.fit_module(linear, 0.1 * t_u, t_c, 5000, lr=1e-2, log_every=0)
+    losses = nn_linear.fit_module(linear, 0.1 * t_u, t_c, 5000, lr=1e-2)
     assert abs(linear.weight.item() - 5.3671) < 1e-3
     assert abs(linear.bias.item() - (-17.3012)) < 1e-3
     assert abs(losses[-1] - 2.927648) < 1e-4
     # same trajectory as the optimizer version on flat tensors, step by step
     t_c1, t_u1 = thermometer_data()
     params = torch.tensor([1.0, 0.0], requires_grad=True)
-    _, flat_losses = optimizers.fit(200, torch.optim.SGD([params], lr=1e-2), params, 0.1 * t_u1,
-                                    t_c1, log_every=0)
+    _, flat_losses = optimizers.training_loop(200, torch.optim.SGD([params], lr=1e-2), params,
+                                              0.1 * t_u1, t_c1)
     torch.testing.assert_close(torch.tensor(losses[:200]), torch.tensor(flat_losses),
                                rtol=1e-5, atol=1e-5)
 

@@ -8,7 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ch07_cifar.cifar import CIFAR_DIR, CLASS_NAMES, read_batch, read_cifar_pickle, read_meta
+from ch07_cifar.cifar_files import (
+    CIFAR_DIR,
+    CLASS_NAMES,
+    read_batch,
+    read_cifar_pickle,
+    read_meta,
+)
 from common.errors import DataError
 from tests.common.cli import assert_one_error_line, run_main
 
@@ -124,3 +130,47 @@ def test_a_folder_where_a_batch_should_be(tmp_path):
     (tmp_path / "test_batch").mkdir()
     with pytest.raises(DataError, match="a folder, not a CIFAR-10 file"):
         read_batch(tmp_path / "test_batch")
+
+
+def python3_protocol2_batch(path, images, labels):
+    """A data_batch as Python 3 writes it with protocol 2: bytes become _codecs.encode(str,
+    'latin1') calls (the dict keys, the array's raw data, the filenames)."""
+    entry = {b"batch_label": b"training batch 1 of 5", b"labels": list(labels),
+             b"data": images.reshape(len(images), -1),
+             b"filenames": [f"{i}.png".encode() for i in range(len(images))]}
+    with open(path, "wb") as f:
+        pickle.dump(entry, f, protocol=2)
+    return path
+
+
+def test_a_python3_protocol2_pickle_is_admitted(tmp_path):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    path = python3_protocol2_batch(tmp_path / "data_batch_1", images, [2, 0, 9])
+    assert b"c_codecs\nencode\n" in path.read_bytes()          # the call the reader must admit
+    got_images, got_labels = read_batch(path)
+    np.testing.assert_array_equal(got_images, images)
+    assert got_labels.tolist() == [2, 0, 9]
+    assert read_cifar_pickle(path)[b"filenames"] == [b"0.png", b"1.png", b"2.png"]
+    meta = tmp_path / "batches.meta"
+    with open(meta, "wb") as f:
+        pickle.dump({b"label_names": [n.encode() for n in CLASS_NAMES], b"num_vis": 3072}, f,
+                    protocol=2)
+    assert read_meta(meta) == list(CLASS_NAMES)
+
+
+@pytest.mark.parametrize("old, new, words, loads", [
+    (b"latin1", b"rot_13", "refusing _codecs.encode of str with 'rot_13'", True),
+    (b"c_codecs\nencode\n", b"c_codecs\ndecode\n", "refusing _codecs.decode", False),
+    (b"c_codecs\nencode\n", b"ccodecs\nencode\n", "refusing codecs.encode", True),
+])
+def test_other_codec_calls_in_a_protocol2_pickle_stay_refused(tmp_path, old, new, words, loads):
+    good = pickle.dumps({b"batch_label": b"training batch 1 of 5", b"labels": [0]}, protocol=2)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(good.replace(old, new))
+    if loads:                       # a valid pickle: the refusal is the reader's, not a parse error
+        assert isinstance(pickle.loads(path.read_bytes()), dict)
+    with pytest.raises(DataError) as e:
+        read_cifar_pickle(path)
+    assert str(e.value).startswith(f"{path}: not a CIFAR-10 file: it asks for more than plain data")
+    assert words in str(e.value) and "nothing in it was run" in str(e.value)

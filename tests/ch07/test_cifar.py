@@ -10,10 +10,6 @@ import torch
 
 from ch07_cifar import cifar, synthetic
 from ch07_cifar.cifar import (
-    BATCH_FILES,
-    CIFAR_DIR,
-    CLASS_NAMES,
-    DOWNLOAD_COMMAND,
     LABEL_MAP,
     CifarDataset,
     channel_mean_std,
@@ -22,10 +18,16 @@ from ch07_cifar.cifar import (
     load_cifar2,
     load_cifar10,
     normalize,
+    to_tensor,
+)
+from ch07_cifar.cifar_files import (
+    BATCH_FILES,
+    CIFAR_DIR,
+    CLASS_NAMES,
+    DOWNLOAD_COMMAND,
     read_batch,
     read_cifar_pickle,
     read_meta,
-    to_tensor,
     write_batch,
 )
 from ch07_cifar.synthetic import choose_cifar_dir, is_complete, write_synthetic_cifar

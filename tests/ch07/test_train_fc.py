@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader
 from ch01_intro.resnet import count_parameters
 from ch07_cifar import train_fc
 from ch07_cifar.cifar import load_cifar2
-from ch07_cifar.train_fc import accuracy, make_loaders, make_model, train_epoch
+from ch07_cifar.train_fc import accuracy, make_loaders, make_model, training_loop
 from common.errors import DataError
 
 
@@ -36,8 +36,8 @@ def test_loss_falls_over_a_few_epochs(tiny_dir, name):
     loader = DataLoader(train, batch_size=8, shuffle=True)
     model, loss_fn = make_model(name)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
-    losses = [train_epoch(model, loader, loss_fn, optimizer) for _ in range(4)]
-    assert losses[-1] < 0.9 * losses[0]
+    losses = training_loop(4, optimizer, model, loss_fn, loader, "cpu")
+    assert len(losses) == 4 and losses[-1] < 0.9 * losses[0]
 
 
 def test_every_parameter_gets_a_gradient():
@@ -54,10 +54,10 @@ def test_accuracy_counts_and_is_deterministic():
     with torch.no_grad():
         always_zero[0].weight.zero_()
         always_zero[0].bias.copy_(torch.tensor([1.0, 0.0]))
-    assert accuracy(always_zero, loader) == pytest.approx(0.7)
+    assert accuracy(always_zero, loader, "cpu") == pytest.approx(0.7)
     model, _ = make_model("fc")
-    first = accuracy(model, loader)
-    assert 0 <= first <= 1 and accuracy(model, loader) == first
+    first = accuracy(model, loader, "cpu")
+    assert 0 <= first <= 1 and accuracy(model, loader, "cpu") == first
     assert not model.training                                   # evaluated in eval mode
 
 
@@ -99,7 +99,7 @@ def test_one_training_step_agrees_on_cpu_and_gpu(cuda, monkeypatch):
     gpu_model.load_state_dict(model.state_dict())
     gpu_model.to(cuda)
     for m, device in ((model, "cpu"), (gpu_model, cuda)):
-        train_epoch(m, loader, loss_fn, torch.optim.SGD(m.parameters(), lr=1e-2), device)
+        training_loop(1, torch.optim.SGD(m.parameters(), lr=1e-2), m, loss_fn, loader, device)
     for p_cpu, p_gpu in zip(model.parameters(), gpu_model.parameters(), strict=True):
         torch.testing.assert_close(p_gpu.cpu(), p_cpu, rtol=1e-4, atol=1e-5)
 

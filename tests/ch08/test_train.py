@@ -31,10 +31,10 @@ def test_loss_falls_over_a_few_epochs(cifar2_tiny, name, capsys):
     loader = DataLoader(cifar2_tiny[0], batch_size=8, shuffle=True)
     model = make_model(name, n_chans1=8) if name != "net" else Net()
     optimizer = torch.optim.SGD(model.parameters(), lr=3e-2)
-    losses = training_loop(6, optimizer, model, nn.CrossEntropyLoss(), loader, log_every=5)
-    assert len(losses) == 6 and losses[-1] < losses[0]
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split(" Epoch ")[1].split(",")[0] for line in lines] == ["1", "5"]
+    losses = training_loop(11, optimizer, model, nn.CrossEntropyLoss(), loader, "cpu")
+    assert len(losses) == 11 and losses[-1] < losses[0]
+    lines = capsys.readouterr().out.splitlines()          # epoch 1, every 10th and the last
+    assert [line.split(" Epoch ")[1].split(",")[0] for line in lines] == ["1", "10", "11"]
 
 
 def test_l2_penalty_is_in_the_loss_and_shrinks_the_weights():
@@ -49,9 +49,9 @@ def test_l2_penalty_is_in_the_loss_and_shrinks_the_weights():
         data_loss = float(loss_fn(plain(x), y))
         penalty = float(sum(p.pow(2).sum() for p in plain.parameters()))
     plain_loss = training_loop(1, torch.optim.SGD(plain.parameters(), lr=1e-2), plain, loss_fn,
-                               loader)[0]
+                               loader, "cpu")[0]
     l2_loss = training_loop_l2reg(1, torch.optim.SGD(penalized.parameters(), lr=1e-2), penalized,
-                                  loss_fn, loader, l2_lambda=0.01)[0]
+                                  loss_fn, loader, "cpu", l2_lambda=0.01)[0]
     assert plain_loss == pytest.approx(data_loss, rel=1e-5)
     assert l2_loss == pytest.approx(data_loss + 0.01 * penalty, rel=1e-5)
 
@@ -61,7 +61,7 @@ def test_l2_penalty_is_in_the_loss_and_shrinks_the_weights():
     # the same step as SGD's weight decay of 2 * lambda
     decayed = copy.deepcopy(start)
     training_loop(1, torch.optim.SGD(decayed.parameters(), lr=1e-2, weight_decay=0.02), decayed,
-                  loss_fn, loader)
+                  loss_fn, loader, "cpu")
     for a, b in zip(decayed.parameters(), penalized.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -79,7 +79,8 @@ def test_validate_returns_train_and_val_accuracy(capsys):
                                        strict=True)), batch_size=3)
     val_loader = DataLoader(list(zip(images[:4], torch.tensor([1, 1, 1, 0]), strict=True)),
                             batch_size=3)
-    assert validate(AlwaysZero(), train_loader, val_loader) == {"train": 5 / 8, "val": 1 / 4}
+    assert validate(AlwaysZero(), train_loader, val_loader, "cpu") == {"train": 5 / 8,
+                                                                        "val": 1 / 4}
     assert capsys.readouterr().out.splitlines() == ["Accuracy train: 0.62", "Accuracy val: 0.25"]
 
 
@@ -91,9 +92,9 @@ def test_training_beats_chance_on_a_learnable_sample(capsys):
     loader = DataLoader(list(zip(images, labels, strict=True)), batch_size=16, shuffle=True)
     model = Net()
     losses = training_loop(5, torch.optim.SGD(model.parameters(), lr=1e-1), model,
-                           nn.CrossEntropyLoss(), loader, log_every=5)
+                           nn.CrossEntropyLoss(), loader, "cpu")
     assert losses[-1] < 0.5 * losses[0]
-    assert validate(model, loader, loader)["train"] > 0.9
+    assert validate(model, loader, loader, "cpu")["train"] > 0.9
 
 
 def test_save_and_load_round_trip(tmp_path):

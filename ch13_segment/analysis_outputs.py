@@ -2,17 +2,14 @@
 
 nodule_analysis.py calls `check_outputs(folder, flag)` before the analysis and, per CT,
 `write_series_outputs(folder, series_uid, ct, mask, labels, detections, annotations, matches)`,
-which writes (each file whole or not at all, in the CT's own origin, spacing and direction):
-
+which writes, each file whole or not at all, in the CT's own origin, spacing and direction:
     <uid>.png                   the picture: an overview of the CT with every finding, then a row
-                                per detection that passes the classifier (and per missed nodule)
+                                per detection that passes the classifier and per missed nodule
     <uid>_candidates.mha        uint16 label volume: voxel value k = detection k-1's component
     <uid>_mask.mha              uint8: 1 where the U-Net's P(nodule voxel) > 0.5
-    <uid>_detections.mrk.json   3D Slicer markups: one point per detection (LPS, mm); the filtered
-                                out ones hidden
+    <uid>_detections.mrk.json   3D Slicer markups: a point per detection (LPS mm), filtered hidden
     <uid>_annotations.mrk.json  the annotated nodules, when the series has any
-
-Open the .mha files over the CT as label maps (3D Slicer, ITK-SNAP), drop the .mrk.json onto
+Load the .mha files over the CT as label maps (3D Slicer, ITK-SNAP) and the .mrk.json into
 Slicer. Colours and the lung window are common/figures.py's, shared with vis.py and train_seg.
 """
 import functools
@@ -262,17 +259,19 @@ def _row_caption(number, row, ct, detections, statuses, annotations, matches, di
 
 
 def analysis_figure(ct, mask, labels, detections, annotations, matches, series_uid="", *,
-                    threshold=NODULE_THRESHOLD, max_rows=MAX_ROWS):
+                    threshold=NODULE_THRESHOLD, max_rows=MAX_ROWS, diameters=None):
     """The picture of one analysed CT as a matplotlib Figure (inputs as write_series_outputs):
-    a header, an overview with every finding, then a row per shown nodule."""
+    a header, an overview with every finding, then a row per shown nodule. `diameters`:
+    component_diameters_mm's answer for the shown detections, when the caller has it."""
     scored, annotations = annotations is not None, list(annotations or [])
     matches = np.asarray(matches, dtype=bool).reshape(len(annotations), len(detections))
     statuses = detection_status(detections, matches, threshold, scored)
     missed = missed_annotations(annotations, detections, matches, threshold)
     rows, more_detections, more_missed = pick_rows(detections, statuses, missed, max_rows)
     row_of = {row: n for n, row in enumerate(rows, start=1)}
-    diameters = component_diameters_mm(mask, labels, ct.spacing_xyz,
-                                       [k for kind, k in rows if kind == "detection"])
+    if diameters is None:
+        diameters = component_diameters_mm(mask, labels, ct.spacing_xyz,
+                                           [k for kind, k in rows if kind == "detection"])
     width, header, overview, row_height = 12.0, 0.8, 3.9, 2.75
     height = header + overview + (row_height * len(rows) if rows else 0.9)
     fig = new_figure(figsize=(width, height), facecolor=BACKGROUND)
@@ -444,10 +443,12 @@ def write_series_outputs(out_dir, series_uid, ct, mask, labels, detections, anno
     mask = np.asarray(mask, dtype=bool)
     out_dir, stem = Path(out_dir), file_stem(series_uid)
     statuses = detection_status(detections, matches, threshold, scored)
+    diameters = component_diameters_mm(mask, labels, ct.spacing_xyz,   # one pass over labels
+                                       [k for k, s in enumerate(statuses) if s != "filtered"])
     written = []
     if png:
         fig = analysis_figure(ct, mask, labels, detections, annotations, matches, series_uid,
-                              threshold=threshold, max_rows=max_rows)
+                              threshold=threshold, max_rows=max_rows, diameters=diameters)
         written.append(save_figure(fig, out_dir / f"{stem}.png", dpi=DPI, tight_layout=False,
                                    facecolor=fig.get_facecolor(), pil_kwargs=PNG_OPTIONS))
     if label_volume:
@@ -457,8 +458,6 @@ def write_series_outputs(out_dir, series_uid, ct, mask, labels, detections, anno
         written.append(write_image(out_dir / f"{stem}_mask.mha",
                                    label_image(mask.view(np.uint8), ct), "mask label volume"))
     if markups:
-        diameters = component_diameters_mm(mask, labels, ct.spacing_xyz,
-                                           [k for k, s in enumerate(statuses) if s != "filtered"])
         written.append(write_json(out_dir / f"{stem}_detections.mrk.json", markups_document(
             "detections", detection_points(detections, statuses, diameters)), "markups",
             indent=None))

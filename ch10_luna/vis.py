@@ -7,7 +7,8 @@
 Writes runs/ch10/candidate_<series uid>_<index>.png, the book's `showCandidate` figure: the
 three orthogonal slices of the full CT through the candidate (index = axial, row = coronal,
 col = sagittal; the crop's box drawn in), the same three slices through the middle of the crop,
-then crop slices 9, 11, 13, 15, 16, 17, 19, 21, 23 (of 32), all in HU with clim (-1000, 300).
+then crop slices 9, 11, 13, 15, 16, 17, 19, 21, 23 (of 32), in the lung window the CT views share
+(common/figures.py, -1000..400 HU); the box is cyan for a nodule, violet for a non-nodule.
 `--index` picks among the series' candidates in `read_candidates` order (nodules first,
 largest first); the default is its first nodule. Unlike the book, the side views use the true
 voxel aspect (slices are thicker than pixels are wide), so anatomy is not squashed.
@@ -20,11 +21,17 @@ from ch10_luna.dsets import LunaDataset, cached_ct, locate_luna, read_candidates
 from common.ct import crop_bounds, to_hu
 from common.data import add_data_dir_argument
 from common.errors import DataError, run_cli
-from common.figures import new_figure, save_figure
+from common.figures import (
+    FILTERED_COLOR,
+    LABEL_COLOR,
+    add_legend,
+    new_figure,
+    save_figure,
+    show_ct,
+)
 from common.files import runs_dir
 
 DEFAULT_OUT = str(runs_dir("ch10"))
-CLIM = (-1000.0, 300.0)                              # HU: air black, soft tissue and up white
 GRID_SLICES = ((9, 11, 13), (15, 16, 17), (19, 21, 23))
 
 
@@ -50,8 +57,10 @@ def pick_candidate(candidates, series_uid, index=None):
     return index, mine[index]
 
 
-def show_candidate(ct, crop, center_irc, title):
-    """The figure: 3 full-CT slices, 3 crop slices, a 3x3 grid of crop slices."""
+def show_candidate(ct, crop, center_irc, title, is_nodule=None):
+    """The figure: 3 full-CT slices, 3 crop slices, a 3x3 grid of crop slices; the crop's box
+    in the annotation colour for a nodule, the filtered-out one for a non-nodule (None: the
+    annotation colour, no legend)."""
     from matplotlib.patches import Rectangle
 
     i, r, c = (int(v) for v in center_irc)
@@ -68,19 +77,21 @@ def show_candidate(ct, crop, center_irc, title):
         ("crop: col", crop[:, :, crop.shape[2] // 2], sz / sy, None, True),
     ]
     views += [(f"slice {s}", crop[s], sy / sx, None, False) for row in GRID_SLICES for s in row]
+    box_color = FILTERED_COLOR if is_nodule is False else LABEL_COLOR
     fig = new_figure(figsize=(12, 21))
     axes = fig.subplots(2 + len(GRID_SLICES), 3)
     for ax, (name, image, aspect, box, vertical_index) in zip(axes.flat, views, strict=True):
         # Index axis drawn upwards (the book inverts y): the head is at the top.
-        ax.imshow(image, cmap="gray", clim=CLIM, aspect=aspect,
-                  origin="lower" if vertical_index else "upper", interpolation="nearest")
+        show_ct(ax, image, aspect, "lower" if vertical_index else "upper")
         if box is not None:
             x0, x1, y0, y1 = box
             ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                   edgecolor="tab:red", linewidth=1))
+                                   edgecolor=box_color, linewidth=1))
         ax.set_title(name)
-        ax.set_xticks([])
-        ax.set_yticks([])
+    if is_nodule is not None:
+        add_legend(axes.flat[0], ("label" if is_nodule else "filtered",), loc="lower left",
+                   fontsize=8, marker="s", texts={"label": "crop: annotated nodule",
+                                                  "filtered": "crop: candidate, not a nodule"})
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
@@ -125,7 +136,7 @@ def main(argv=None):
     title = (f"series {uid}\ncandidate {index}: is_nodule {candidate.is_nodule}, "
              f"diameter {candidate.diameter_mm:.1f} mm, center irc {center_irc}, "
              f"CT {ct.shape}{'  [synthetic]' if luna.synthetic else ''}")
-    fig = show_candidate(ct, crop, center_irc, title)
+    fig = show_candidate(ct, crop, center_irc, title, candidate.is_nodule)
     path = save_figure(fig, Path(args.out) / f"candidate_{uid}_{index}.png", dpi=80,
                        tight_layout=False)                 # laid out with room for the title
     print(f"candidate {index} of series {uid} (is_nodule {candidate.is_nodule}, diameter "

@@ -57,6 +57,7 @@ from ch13_segment.dsets import (
 from ch13_segment.model import UNetWrapper
 from common.device import seed_everything
 from common.errors import run_cli
+from common.figures import FP_COLOR, LABEL_COLOR, MISSED_COLOR, TP_COLOR, lung_gray
 from common.files import atomic_path
 
 # The book's chapter 13 magnitudes (offset 0.03 of the half-width, where chapter 12 used 0.1).
@@ -184,26 +185,25 @@ def format_summary(epoch, phase, s):
 
 # ----------------------------------------------------------------------------- images
 def gray(ct_slice):
-    """(H, W) HU in [-1000, 1000] -> (H, W, 3) gray in [0, 1]."""
-    g = np.clip(np.asarray(ct_slice, dtype=np.float32) / 2000 + 0.5, 0, 1)
-    return np.repeat(g[:, :, None], 3, axis=2)
+    """(H, W) HU -> (H, W, 3) gray in [0, 1], in the lung window the three CT views share."""
+    return lung_gray(ct_slice)
 
 
 def overlay(ct_slice, predicted, label):
     """The book's picture: the slice at half brightness, TP green, FP red, FN orange."""
     predicted, label = np.asarray(predicted, dtype=bool), np.asarray(label, dtype=bool)
     image = gray(ct_slice)
-    image[:, :, 0] += predicted & ~label                  # false positive: red
-    image[:, :, 0] += ~predicted & label                  # false negative: red ...
-    image[:, :, 1] += (~predicted & label) * 0.5          # ... and half green: orange
-    image[:, :, 1] += predicted & label                   # true positive: green
+    for color, where in ((TP_COLOR, predicted & label), (FP_COLOR, predicted & ~label),
+                         (MISSED_COLOR, ~predicted & label)):
+        image += where[:, :, None] * np.asarray(color, dtype=np.float32)
     return np.clip(image * 0.5, 0, 1)
 
 
 def label_overlay(ct_slice, label):
-    """The label alone in green (drawn once, at epoch 1)."""
+    """The label alone (drawn once, at epoch 1), in the shared label colour (the book: green,
+    which the overlay uses for true positives)."""
     image = gray(ct_slice)
-    image[:, :, 1] += np.asarray(label, dtype=bool)
+    image += np.asarray(label, dtype=bool)[:, :, None] * np.asarray(LABEL_COLOR, dtype=np.float32)
     return np.clip(image * 0.5, 0, 1)
 
 

@@ -157,6 +157,24 @@ def test_vis_with_a_chosen_series_and_index(sample_root, sample, tmp_path):
         vis.main(["1.2.3", "--data-dir", str(sample_root), "--synthetic", "--out", str(tmp_path)])
 
 
+@pytest.mark.parametrize("is_nodule", [True, False])
+def test_show_candidate_uses_the_shared_window_and_colours(is_nodule):
+    from matplotlib.patches import Rectangle
+
+    from common.ct import Ct
+    from common.figures import FILTERED_COLOR, LABEL_COLOR, LUNG_WINDOW_HU
+
+    ct = Ct(np.full((40, 64, 64), -800, dtype=np.int16), (0, 0, 0), (0.7, 0.7, 2.5), np.eye(3))
+    fig = vis.show_candidate(ct, np.zeros((32, 48, 48), dtype=np.float32), (20, 32, 32), "t",
+                             is_nodule)
+    assert all(ax.images[0].get_clim() == LUNG_WINDOW_HU for ax in fig.axes)
+    boxes = [p for ax in fig.axes for p in ax.patches if isinstance(p, Rectangle)]
+    expected = LABEL_COLOR if is_nodule else FILTERED_COLOR
+    assert len(boxes) == 3 and all(b.get_edgecolor()[:3] == expected for b in boxes)
+    [legend] = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert legend.legend_handles[0].get_markeredgecolor() == expected
+
+
 # ----------------------------------------------------------------------------- f1_plot
 def test_scores_on_hand_values():
     s = f1_plot.scores(0.5, 0.5)

@@ -1,9 +1,26 @@
-"""common/figures.py: save_figure writes the PNG, makes its folder, closes the figure."""
+"""common/figures.py: save_figure writes the PNG, makes its folder, closes the figure; the lung
+window and the colour legend the CT views share."""
 import struct
 
+import numpy as np
 import pytest
 
-from common.figures import save_figure
+from common.figures import (
+    DETECTED_COLOR,
+    FILTERED_COLOR,
+    FP_COLOR,
+    LABEL_COLOR,
+    LEGEND,
+    LUNG_WINDOW_HU,
+    MASK_COLOR,
+    MISSED_COLOR,
+    TP_COLOR,
+    add_legend,
+    lung_gray,
+    new_figure,
+    save_figure,
+    show_ct,
+)
 
 
 @pytest.fixture
@@ -55,3 +72,34 @@ def test_savefig_keywords_pass_through(plt, tmp_path):
     width, height = png_size(save_figure(fig, tmp_path / "tight.png", tight_layout=False,
                                          bbox_inches="tight"))
     assert width < 400 and height < 400                # cropped to the text
+
+
+def test_lung_window_maps_air_to_black_and_soft_tissue_up_to_white():
+    low, high = LUNG_WINDOW_HU
+    hu = np.array([[-1000.0, (low + high) / 2, high, 1000.0, -2000.0]])
+    image = lung_gray(hu)
+    assert image.shape == (1, 5, 3) and image.dtype == np.float32
+    assert image[0, :, 0].tolist() == [0.0, 0.5, 1.0, 1.0, 0.0]
+    assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
+
+
+def test_show_ct_draws_in_the_lung_window_without_ticks():
+    fig = new_figure()
+    ax = fig.subplots()
+    image = show_ct(ax, np.zeros((4, 6)), aspect=2.5, origin="lower")
+    assert image.get_clim() == LUNG_WINDOW_HU
+    assert ax.get_xticks().size == ax.get_yticks().size == 0
+    assert ax.get_aspect() == 2.5 and image.origin == "lower"
+
+
+def test_legend_entries_carry_the_shared_colours():
+    colors = [TP_COLOR, FP_COLOR, MISSED_COLOR, FILTERED_COLOR, LABEL_COLOR, MASK_COLOR,
+              DETECTED_COLOR]
+    assert len(set(colors)) == len(colors) == len(LEGEND)      # one colour per meaning
+    fig = new_figure()
+    legend = add_legend(fig, ("tp", "missed"), texts={"missed": "labelled, not predicted"})
+    assert [t.get_text() for t in legend.get_texts()] == [LEGEND["tp"][1],
+                                                          "labelled, not predicted"]
+    assert [h.get_markeredgecolor() for h in legend.legend_handles] == [TP_COLOR, MISSED_COLOR]
+    boxes = add_legend(fig.subplots(), ("label",), marker="s")
+    assert boxes.legend_handles[0].get_marker() == "s"

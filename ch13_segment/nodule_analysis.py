@@ -25,14 +25,16 @@ from scipy import ndimage
 from ch10_luna.dsets import CROP_IRC, locate_luna, luna_parser, read_annotations
 from ch10_luna.runtime import keep_freed_memory
 from ch13_segment import precision as prec
+from ch13_segment.analysis_outputs import check_outputs, write_series_outputs
 from ch13_segment.dsets import CONTEXT_SLICES, check_context, context_indexes, split_series
 from ch13_segment.dsets_cls import read_malignancy_annotations
+from ch13_segment.evaluate_luna import write_submission
 from ch13_segment.model import BOOK_CLS_MODEL, BOOK_SEG_MODEL, load_model
 from common.ct import Ct, load_ct
 from common.data import book_file, data_root
 from common.device import add_device_argument, pick_device
 from common.errors import DataError, run_cli
-from common.files import check_writable, write_json
+from common.files import check_writable, runs_dir, write_json
 
 SEG_THRESHOLD = 0.5            # segmentation probability -> mask
 NODULE_THRESHOLD = 0.5         # P(nodule) above it passes the classifier
@@ -332,6 +334,9 @@ def analysis_parser():
     the analysis with the same flags)."""
     p = argparse.ArgumentParser(add_help=False, parents=[luna_parser()])
     p.add_argument("series_uid", nargs="?", help="the series to analyse")
+    p.add_argument("--ct", default=None, metavar="PATH",
+                   help="analyse this CT instead (a DICOM folder or a .mhd, e.g. your own "
+                        "scan): no annotations, so the detections are not scored")
     p.add_argument("--run-validation", action="store_true",
                    help="analyse every validation series (--val-stride or --fold)")
     p.add_argument("--include-train", action="store_true",
@@ -359,6 +364,16 @@ def analysis_parser():
                    metavar="MM", help="erode along the axes whose voxel step is at most this "
                    "(default: %(default)s; inf: every axis, as the book; 0: no erosion)")
     p.add_argument("--json", default=None, help="write every candidate to this file")
+    p.add_argument("--submission", default=None, metavar="CSV",
+                   help="write every candidate as a LUNA16 submission CSV (evaluate_luna.py "
+                        "scores it)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for each CT's picture (<uid>.png), label volumes (.mha) and 3D "
+                        "Slicer markups (.mrk.json) (default: runs/ch13/analysis/<time>)")
+    for name, what in (("png", "the picture"), ("volumes", "the label volumes"),
+                       ("markups", "the markups")):
+        p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=True,
+                       help=f"write {what} of each CT (default: on)")
     add_device_argument(p)
     return p
 
@@ -368,8 +383,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, parents=[analysis_parser()],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     args = p.parse_args(argv)
-    if not args.list_series and (args.series_uid is None) == (not args.run_validation):
-        p.error("give a SERIES_UID or --run-validation (one of them)")
+    if not args.list_series and [args.series_uid is not None, args.run_validation,
+                                 args.ct is not None].count(True) != 1:
+        p.error("give a SERIES_UID, --run-validation or --ct (one of them)")
     if args.include_train and not args.run_validation:
         p.error("--include-train goes with --run-validation")
     if args.batch_size < 1:
@@ -414,21 +430,39 @@ def main(argv=None):
     if int8 and device.type != "cpu":
         raise DataError(f"--precision int8 runs on the CPU (oneDNN's int8 kernels), not "
                         f"{device.type}; use --precision bf16 there")
-    if args.json:
-        check_writable(Path(args.json).parent, "--json folder")
-    luna = locate_luna(args.data_dir, args.synthetic, warn_skipped=args.series_uid is None)
-    uids = pick_series(luna, args.series_uid, args.include_train, args.val_stride, args.fold)
-    nodules = read_nodules(luna)
-    calibration = (prec.calibration_sets(luna, uids, args.batch_size, args.val_stride,
-                                         args.fold) if int8 else None)
+    for flag, path in (("--json", args.json), ("--submission", args.submission)):
+        if path:
+            check_writable(Path(path).parent, f"{flag} folder")
+    writes = {"png": args.png, "label_volume": args.volumes, "markups": args.markups}
+    out = Path(args.out) if args.out else runs_dir("ch13") / "analysis" / time.strftime(
+        "%Y-%m-%d_%H.%M.%S")
+    if any(writes.values()):
+        check_outputs(out, "--out")
+    luna = (None if args.ct and not int8 else
+            locate_luna(args.data_dir, args.synthetic, warn_skipped=args.series_uid is None))
+    if args.ct:                                # one CT of its own: no annotations to score
+        if not Path(args.ct).exists():
+            raise DataError(f"--ct {args.ct}: no such file or folder")
+        uids, paths_of, nodules = [Path(args.ct).name], {Path(args.ct).name: args.ct}, {}
+    else:
+        uids = pick_series(luna, args.series_uid, args.include_train, args.val_stride,
+                           args.fold)
+        paths_of, nodules = luna.series, read_nodules(luna)
+    calibration = (prec.calibration_sets(luna, [] if args.ct else uids, args.batch_size,
+                                         args.val_stride, args.fold) if int8 else None)
     models = prepare_models(models, args.precision, args.seg_precision, device, calibration,
                             args.batch_size, data_root(args.data_dir) / "cache" / "int8")
-    results = []
+    results, written = [], []
     for uid in uids:
         before = rechecked(models)
-        result = analyze_series(luna.series[uid], models, nodules.get(uid, []), device,
+        result = analyze_series(paths_of[uid], models, nodules.get(uid, []), device,
                                 args.batch_size, args.erosion_max_spacing)
         result["rechecked"] = rechecked(models) - before
+        if any(writes.values()):
+            written += write_series_outputs(
+                out, result["series_uid"], result["ct"], result["probs"] > SEG_THRESHOLD,
+                result["labels"], result["detections"], None if args.ct else
+                result["annotations"], result["matches"], threshold=NODULE_THRESHOLD, **writes)
         for volume in ("ct", "probs", "labels"):             # not kept from CT to CT
             del result[volume]
         results.append(result)
@@ -443,8 +477,17 @@ def main(argv=None):
     print(format_table(table))
     if models[2] is None:
         print("(no --malignancy-model: 'Pred. benign' holds every detected nodule)")
-    if luna.malignancy_csv is None:
+    if luna is not None and luna.malignancy_csv is None and not args.ct:
         print("(no annotations_with_malignancy.csv: every annotated nodule is in the Benign row)")
+    if written:
+        print(f"{len(written)} files in {out} (per CT: " + ", ".join(
+            name for name, on in (("the picture", args.png), ("label volumes", args.volumes),
+                                  ("markups", args.markups)) if on) + ")")
+    if args.submission:
+        marks = {r["series_uid"]: (np.reshape([d.center_xyz for d in r["detections"]], (-1, 3)),
+                                   np.array([d.prob_nodule for d in r["detections"]]))
+                 for r in results}
+        print(f"submission CSV written to {write_submission(args.submission, marks)}")
     if args.json:
         doc = analysis_document(results, table, paths, args.erosion_max_spacing,
                                 args.precision, args.seg_precision)

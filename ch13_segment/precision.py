@@ -512,6 +512,9 @@ def calibration_sets(luna, analysed, batch_size, val_stride=10, fold=None):
     `where` says which, for the log line."""
     train_uids, _val = split_series(luna.series, val_stride, fold)
     uids = train_uids or sorted(analysed)
+    if not uids:
+        raise DataError(f"--precision int8: no series under {luna.root} to calibrate on; use "
+                        "--precision bf16")
     where = ("the training series" if train_uids else
              f"the analysed series (no training series under {luna.root})")
     return (Calibration(repr((str(luna.root), "slices", uids)),

@@ -83,7 +83,7 @@ def load_image_model(forward, weights=None, jit=None, exported=None, random_weig
                      data_dir=None, device="cpu", image_size=228, max_batch_size=16,
                      announce=print):
     """(generator ready to serve, the batch size it takes): the book's weights, random, or a
-    TorchScript / torch.export program (tried at --image-size: a few seconds on a CPU)."""
+    TorchScript / torch.export program (tried at --image-size)."""
     program = jit or exported
     if program:
         where = f"{'--cyclegan-jit' if jit else '--cyclegan-exported'} {program}"

@@ -52,6 +52,26 @@ def quiet(sock, gate, server, last_count):
             and not select.select([sock], [], [], 0)[0])
 
 
+def on_signals(loop, callback, signals=(signal.SIGINT, signal.SIGTERM)):
+    """callback() on SIGINT and SIGTERM, in the loop; the handlers it replaced (Windows)."""
+    try:
+        for s in signals:
+            loop.add_signal_handler(s, callback)
+        return None
+    except NotImplementedError:                     # Windows: no loop signal handlers
+        return {s: signal.signal(s, lambda *_: loop.call_soon_threadsafe(callback))
+                for s in signals}
+
+
+def restore_signals(loop, previous, signals=(signal.SIGINT, signal.SIGTERM)):
+    if previous is None:
+        for s in signals:
+            loop.remove_signal_handler(s)
+    else:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 async def serve(app, host, port, drain_s, **runner_kwargs):
     """Serve `app` until SIGTERM or SIGINT; then drain for at most drain_s and clean up."""
     app[GATE] = {"closing": False, "in_app": 0}
@@ -60,8 +80,7 @@ async def serve(app, host, port, drain_s, **runner_kwargs):
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=drain_s, **runner_kwargs)
     await runner.setup()
     loop, stop = asyncio.get_running_loop(), asyncio.Event()
-    for s in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(s, stop.set)
+    previous = on_signals(loop, stop.set)
     try:
         await web.SockSite(runner, sock, backlog=BACKLOG).start()
         await stop.wait()
@@ -72,7 +91,6 @@ async def serve(app, host, port, drain_s, **runner_kwargs):
             looks = looks + 1 if quiet(sock, app[GATE], runner.server, count) else 0
             count = runner.server.requests_count
     finally:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(s)
+        restore_signals(loop, previous)
         await runner.cleanup()
         sock.close()

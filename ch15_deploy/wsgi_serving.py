@@ -106,10 +106,17 @@ def drained(sockets, gate):
         if getattr(channel, "requests", None) or getattr(channel, "request", None) is not None \
                 or getattr(channel, "total_outbufs_len", 0):
             return False
-    poller = select.poll()
-    for fd in sockets:
+    return not readable(list(sockets))
+
+
+def readable(fds):
+    """Whether any of the file descriptors has something to read, without waiting."""
+    if not hasattr(select, "poll"):                 # Windows: select() takes sockets only
+        return bool(select.select(fds, [], [], 0)[0])
+    poller = select.poll()                          # select() stops at descriptor 1024
+    for fd in fds:
         poller.register(fd, select.POLLIN)
-    return not poller.poll(0)
+    return bool(poller.poll(0))
 
 
 def serve_until_stopped(served, drain_s=DRAIN_S):

@@ -1,96 +1,42 @@
 """Chapter 15: a request-batching model server with aiohttp and asyncio (book 15.4, 15.8).
 
     python ch15_deploy/batching_server.py --random-weights          # 127.0.0.1:8000
-    python ch15_deploy/load_test.py --concurrency 10 --seconds 5    # in a second shell
+    python ch15_deploy/cls_client.py                                # in a second shell
+    python ch15_deploy/load_test.py --concurrency 10 --seconds 5
     curl -X POST --data-binary @horse.jpg http://127.0.0.1:8000/image -o zebra.jpg
 
-Two routes, each with its own queue and model runner:
-- POST /predict: the classifier, exactly as flask_server.py takes it (wire.py: the book's
-  multipart form with `meta` and `blob`, or raw float32 bytes with an X-Shape header) ->
-  {"prob_malignant": p, "prob_nodule": p}; p is P(nodule) (see flask_server.py for the
-  book's misleading name).
-- POST or PUT /image: a JPEG or PNG (at most --max-image-bytes, 4 MiB as the book's 2**22, and
-  12.6 megapixels, read from the file's header before anything is decoded: more is a 413)
-  -> the CycleGAN's answer as a JPEG. Every image is resized to a fixed
-  --image-size x --image-size square (228, the book's size; the aspect ratio is not kept, unlike
-  horse2zebra.py, which keeps it) so that images from different clients stack into one batch.
-- GET /stats: per route, requests and batches run so far, batches that failed as a batch,
-  and the queue length.
-
-How a request travels: the handler reads and checks the body (4xx with a JSON message if
-anything is wrong), then puts the tensor and a future into its route's bounded asyncio.Queue (a
-full queue answers 503 with Retry-After). The route's runner task takes the first waiting
-request, then whatever else arrives within --max-wait-ms of it, up to --max-batch-size, and
-runs one batched forward in a single-thread executor, off the event loop, so the server keeps
-reading requests meanwhile. Each future then gets its own answer; a batch whose forward fails
-is answered one request at a time, and the next one is batched again. A request not answered within
---timeout-s gets 504 (and is skipped if it was still queued). On Ctrl-C the server stops
-accepting connections, answers 503 to requests that arrive on open connections, and answers
-everything already queued before it exits.
-
-The book wrote this with Sanic, a hand-made lock/event pair and MAX_QUEUE_SIZE 3,
-MAX_BATCH_SIZE 2, MAX_WAIT 1 s; here aiohttp (Sanic's API of 2020 no longer runs), an
-asyncio.Queue, and defaults for a CPU (16 per batch, 10 ms). `--max-batch-size 1` turns
-batching off, for comparison (benchmark.py).
-
-Models: the classifier from --cls-model (the book's checkpoint dict, weights_only=True; default
-the book's file under the data root) or --random-weights; the generator from --cyclegan-weights
-(default the book's horse2zebra_0.4.0.pth) or random with --random-weights; --no-image serves
-the classifier only. `--jit FILE` / `--exported FILE` serve a TorchScript file (torch.jit.load)
-or a torch.export .pt2 (torch.export.load(...).module()) in place of the eager classifier,
-`--cyclegan-jit` / `--cyclegan-exported` in place of the generator (book 15.8); such a program
-is run once on one sample and once on two at start-up: one that cannot take the route's input
-is refused in one line, one with a fixed batch of 1 is served one request at a time. Nothing a
-client sends is unpickled: crops are read as float32 bytes, images decoded by Pillow.
+Each request's tensor goes into its route's queue with a future (queue); the route's runner
+takes the first waiting request and whatever else arrives within --max-wait-ms, up to
+--max-batch-size (batch), runs one forward off the event loop (run) and gives every future its
+own row (answer). POST /predict serves the classifier (the Flask server's request formats),
+POST or PUT /image the CycleGAN (a JPEG back), GET /stats the counts. A full queue answers 503
+with Retry-After; SIGTERM or Ctrl-C answers what is queued, then exits 0. More in NOTES.md.
 """
-import argparse
 import asyncio
-import io
-import struct
+import math
 import sys
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-import aiohttp
-import numpy as np
 import torch
-from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
-from PIL import Image
+from aiohttp import web
 
-from ch01_intro.cyclegan import ResNetGenerator
-from ch01_intro.horse2zebra import to_image
-from ch01_intro.preprocess import to_chw
-from ch01_intro.weights import HORSE2ZEBRA_PTH, resolve_weights
-from ch15_deploy.classifier import load_classifier, model_device, prepare, prob_nodule
-from ch15_deploy.flags import at_least, server_arguments
-from ch15_deploy.model_files import load_program, load_weights, probe
-from ch15_deploy.wire import (
-    CROP_SHAPE,
-    DTYPE,
-    LOOPBACK,
-    MAX_BYTES,
-    decode_crop,
-    parse_form_parts,
-    parse_shape_header,
-    quoted,
-)
-from common.data import add_data_dir_argument
-from common.device import add_device_argument, pick_device
-from common.errors import DataError, run_cli
+from ch15_deploy.aiohttp_serving import serve
+from ch15_deploy.classifier import model_device, prob_nodule
+from ch15_deploy.http_errors import bad_client_logging, dumps, json_error, json_errors, unavailable
+from ch15_deploy.images import IMAGE_SIZE, MAX_IMAGE_BYTES, MAX_PIXELS, decode_image, encode_jpeg
+from ch15_deploy.request_bodies import aiohttp_crop_parts, read_body
+from ch15_deploy.served_models import load_cls_model, load_image_model
+from ch15_deploy.server_flags import batching_server_args
+from ch15_deploy.wire import CROP_SHAPE, LOOPBACK, MAX_BYTES, NOT_FINITE, decode_crop, quoted
+from common.device import pick_device
+from common.errors import run_cli
 
-MAX_IMAGE_BYTES = 1 << 22           # the book's cap on an uploaded image (4 MiB)
-MAX_PIXELS = 4096 * 3072            # larger images are refused from their header, undecoded
-IMAGE_SIZE = 228                    # the book's 228 x 228; a multiple of 4 for the generator
-MAX_BATCH_SIZE = 16
+MAX_BATCH_SIZE = 16      # the book: 2, 1 s and 3, for a GPU demo; these suit a CPU (NOTES.md)
 MAX_WAIT_MS = 10.0
 MAX_QUEUE = 64
-TIMEOUT_S = 30.0
-RETRY_AFTER_S = 1
-CHUNK = 1 << 16
-JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+TIMEOUT_S = 30.0         # a request not answered in time gets 504
 
 BATCHERS = web.AppKey("batchers", dict)        # route name -> batcher dict (below)
 SETTINGS = web.AppKey("settings", dict)
@@ -199,120 +145,16 @@ def generate_batch(model, images):
     return list(out.float().cpu())
 
 
-async def read_body(request, max_bytes):
-    """The whole body, refusing (413) one over max_bytes before or while it streams in."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes,
-                                            actual_size=request.content_length)
-    body = bytearray()
-    async for chunk in request.content.iter_chunked(CHUNK):
-        body += chunk
-        if len(body) > max_bytes:
-            raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=len(body))
-    return bytes(body)
-
-
-async def read_form(request, max_bytes):
-    """(shape, dtype, blob) from the book's multipart form, at most max_bytes of parts."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes,
-                                            actual_size=request.content_length)
-    parts, total = {}, 0
-    try:
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise ValueError("nested multipart bodies are not accepted")
-            data = bytearray()
-            while chunk := await part.read_chunk(CHUNK):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=total)
-                data += chunk
-            parts[part.name] = bytes(data)
-    except (ValueError, AssertionError, RuntimeError, LookupError, HttpProcessingError) as e:
-        # aiohttp's reader on a bad body or part header (HttpProcessingError: a header line
-        # without a colon, too long, too many; LookupError: an unknown charset)
-        detail = e.message if isinstance(e, HttpProcessingError) else str(e)
-        raise ValueError(f"malformed multipart body ({type(e).__name__}: "
-                         f"{quoted(detail, 80)})") from None
-    return parse_form_parts(parts.get("meta"), parts.get("blob"))
-
-
-def image_header(data):
-    """(format, width, height) from a PNG's IHDR or a JPEG's frame header, before any decoding."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ValueError("the PNG has no IHDR header")
-        width, height = struct.unpack(">II", data[16:24])
-        return "PNG", width, height
-    if data[:2] != b"\xff\xd8":
-        raise ValueError("the body is not a JPEG or PNG image")
-    pos = 2
-    while pos + 4 <= len(data):              # walk the markers up to the frame header (SOFn)
-        if data[pos] != 0xFF:
-            raise ValueError("the JPEG's markers are corrupt")
-        marker = data[pos + 1]
-        if marker == 0xFF:                   # fill byte
-            pos += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:    # markers without a length
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
-        if marker in JPEG_SOF:
-            if pos + 9 > len(data):
-                break
-            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
-            return "JPEG", width, height
-        if marker == 0xDA or length < 2:     # image data before any frame header
-            break
-        pos += 2 + length
-    raise ValueError("the JPEG has no frame header with its size")
-
-
-def decode_image(data, size=IMAGE_SIZE, max_pixels=MAX_PIXELS):
-    """JPEG or PNG bytes -> (3, size, size) float32 in [0, 1].
-
-    ValueError says what is wrong with the image; OverflowError that it has too many pixels
-    (read from the header, so a decompression bomb is never decoded).
-    """
-    _, width, height = image_header(data)
-    if width * height > max_pixels:
-        raise OverflowError(f"image is {width}x{height}; at most {max_pixels:,} pixels accepted")
-    if width == 0 or height == 0:
-        raise ValueError(f"image is {width}x{height}")
-    try:
-        image = Image.open(io.BytesIO(data), formats=["JPEG", "PNG"])   # the header only
-        image.draft("RGB", (size, size))              # JPEG: decode at 1/2..1/8 scale if enough
-        image = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    except Exception as e:       # truncated or corrupt data: Pillow's errors are not one type
-        raise ValueError(f"cannot decode the image ({type(e).__name__}: {quoted(str(e), 80)})") \
-            from None
-    return to_chw(np.array(image)) / 255.0               # a writable copy for torch
-
-
-def encode_jpeg(out, quality=90):
-    """(3, S, S) generator output in [-1, 1] -> JPEG bytes, through horse2zebra's to_image."""
-    buffer = io.BytesIO()
-    Image.fromarray(to_image(out.unsqueeze(0))).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def json_error(status, message, headers=None):
-    return web.json_response({"error": message}, status=status, headers=headers)
-
-
 async def queue_and_wait(request, route, x):
     """Queue x on the route's batcher; the answer, or the 503/504 json response."""
     batcher, settings = request.app[BATCHERS][route], request.app[SETTINGS]
     if batcher["closing"]:
-        return None, json_error(503, "shutting down", {"Retry-After": str(RETRY_AFTER_S)})
+        return None, unavailable("shutting down")
     try:
         return await submit(batcher, x, settings["timeout_s"]), None
     except asyncio.QueueFull:
-        return None, json_error(503, f"too busy: {batcher['max_queue']} requests already "
-                                     "queued; retry later", {"Retry-After": str(RETRY_AFTER_S)})
+        return None, unavailable(f"too busy: {batcher['max_queue']} requests already queued; "
+                                 "retry later")
     except TimeoutError:
         return None, json_error(504, f"no answer within {settings['timeout_s']} s")
 
@@ -321,23 +163,16 @@ async def predict(request):
     """POST /predict: one crop (multipart form or raw bytes + X-Shape) -> P(nodule) as JSON."""
     settings = request.app[SETTINGS]
     try:
-        if request.content_type == "multipart/form-data":
-            shape, dtype, blob = await read_form(request, settings["max_bytes"])
-        elif request.content_type == "application/octet-stream":
-            shape = parse_shape_header(request.headers.get("X-Shape"))
-            dtype = request.headers.get("X-Dtype", DTYPE)
-            blob = await read_body(request, settings["max_bytes"])
-        else:
-            return json_error(415, f"unsupported content type {quoted(request.content_type)}: send "
-                                   "multipart/form-data (meta + blob) or "
-                                   "application/octet-stream with X-Shape")
-        crop = decode_crop(shape, dtype, blob, settings["crop_shape"])
+        shape, dtype, blob = await aiohttp_crop_parts(request, settings["max_bytes"])
+        crop = decode_crop(shape, dtype, blob, settings["crop_shape"])   # checked float32
     except ValueError as e:
         return json_error(400, str(e))
     p, error = await queue_and_wait(request, "predict", crop)
     if error is not None:
         return error
-    return web.json_response({"prob_malignant": p, "prob_nodule": p})
+    if not math.isfinite(p):           # JSON has no NaN; the model passed its start-up try
+        return json_error(422, NOT_FINITE)
+    return web.json_response({"prob_malignant": p, "prob_nodule": p}, dumps=dumps)
 
 
 async def image(request):
@@ -355,6 +190,8 @@ async def image(request):
     out, error = await queue_and_wait(request, "image", x)
     if error is not None:
         return error
+    if not torch.isfinite(out).all():  # on a valid image: the model's fault
+        return json_error(500, "the generator's output is not finite (NaN or Inf)")
     jpeg = await loop.run_in_executor(None, encode_jpeg, out)
     return web.Response(body=jpeg, content_type="image/jpeg")
 
@@ -369,24 +206,6 @@ async def stats(request):
         for route, b in request.app[BATCHERS].items()})
 
 
-@web.middleware
-async def json_errors(request, handler):
-    """404, 405, 413, ... and unexpected failures as JSON {"error": ...}, never HTML."""
-    try:
-        return await handler(request)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        headers = {k: v for k, v in e.headers.items() if k in ("Retry-After", "Allow")}
-        detail = e.text if e.text and not e.text.startswith(f"{e.status}:") else ""
-        return json_error(e.status, f"{e.reason}: {detail}" if detail else e.reason, headers)
-    except (ConnectionError, asyncio.CancelledError):   # the client went away mid-request
-        raise
-    except Exception as e:
-        request.app.logger.exception("error in %s", request.path)
-        return json_error(500, f"internal error ({type(e).__name__})")
-
-
 def create_app(cls_model=None, image_model=None, *, max_batch_size=MAX_BATCH_SIZE,
                max_wait_ms=MAX_WAIT_MS, max_queue=MAX_QUEUE, timeout_s=TIMEOUT_S,
                max_bytes=MAX_BYTES, max_image_bytes=MAX_IMAGE_BYTES, image_size=IMAGE_SIZE,
@@ -394,7 +213,7 @@ def create_app(cls_model=None, image_model=None, *, max_batch_size=MAX_BATCH_SIZ
     """The aiohttp app serving whichever models are given (eval-mode modules or callables).
 
     `batch_limits` ({"predict": 1, ...}) lowers max_batch_size for a route whose model takes
-    only smaller batches (load_models finds that out by probing an exported program).
+    only smaller batches (served_models finds that out by trying an exported program).
     """
     app = web.Application(middlewares=[json_errors],
                           client_max_size=max(max_bytes, max_image_bytes))
@@ -444,116 +263,16 @@ async def stop_accepting(app):
         batcher["closing"] = True
 
 
-def probe_batches(model, forward, sample, max_batch_size, flag, path, announce):
-    """Run an exported program on one sample, then on two; the batch size it can serve.
-
-    One that cannot take a single sample is refused now (a DataError), not with a 500 at the
-    first request; one exported with a fixed batch of 1 is served one request at a time.
-    """
-    probe(model, forward, sample.unsqueeze(0), flag, path)
-    if max_batch_size < 2:
-        return max_batch_size
-    try:
-        forward(model, torch.stack([sample, sample]))
-        return max_batch_size
-    except Exception as e:                           # whatever the program raises
-        announce(f"note: {flag} {path} runs one sample but not two ({type(e).__name__}); "
-                 "that route serves one request at a time")
-        return 1
-
-
-def load_cls_model(path=None, jit=None, exported=None, random_weights=False, data_dir=None,
-                   device="cpu", max_batch_size=MAX_BATCH_SIZE, announce=print):
-    """(classifier ready to serve, the batch size it takes): a checkpoint, random, or a program."""
-    program = jit or exported
-    if program:
-        flag = "--jit" if jit else "--exported"
-        model = load_program(program, jit=bool(jit), flag=flag).to(device)
-        sample = torch.zeros(CROP_SHAPE, dtype=torch.float32)
-        return model, probe_batches(model, classify_batch, sample, max_batch_size, flag,
-                                    program, announce)
-    model = load_classifier(path, data_dir, random_weights=random_weights and not path,
-                            device=device, flag="--cls-model")
-    return prepare(model, channels_last=True), max_batch_size
-
-
-def load_image_model(weights=None, jit=None, exported=None, random_weights=False,
-                     data_dir=None, device="cpu", image_size=IMAGE_SIZE,
-                     max_batch_size=MAX_BATCH_SIZE, announce=print):
-    """(generator ready to serve, the batch size it takes): the book's weights, random, or a
-    TorchScript / torch.export program (probed at --image-size: a few seconds on a CPU)."""
-    program = jit or exported
-    if program:
-        flag = "--cyclegan-jit" if jit else "--cyclegan-exported"
-        model = load_program(program, jit=bool(jit), flag=flag).to(device)
-        sample = torch.full((3, image_size, image_size), 0.5)
-        return model, probe_batches(model, generate_batch, sample, max_batch_size, flag,
-                                    program, announce)
-    path = resolve_weights(weights, random_weights and not weights, HORSE2ZEBRA_PTH,
-                           "horse2zebra", data_dir)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        generator = ResNetGenerator()
-    if path is not None:
-        load_weights(generator, path, "--cyclegan-weights")
-    return generator.to(device).eval().requires_grad_(False), max_batch_size
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                parents=[server_arguments()])
-    p.add_argument("--max-batch-size", type=at_least(int, 1), default=MAX_BATCH_SIZE,
-                   help="most requests in one forward; 1 turns batching off (default: "
-                        "%(default)s)")
-    p.add_argument("--max-wait-ms", type=at_least(float, 0), default=MAX_WAIT_MS,
-                   help="how long the first request of a batch waits for more (default: "
-                        "%(default)s)")
-    p.add_argument("--max-queue", type=at_least(int, 1), default=MAX_QUEUE,
-                   help="requests waiting per route before 503 (default: %(default)s)")
-    p.add_argument("--timeout-s", type=at_least(float, 0.001), default=TIMEOUT_S,
-                   help="504 for a request not answered in time (default: %(default)s)")
-    p.add_argument("--max-bytes", type=at_least(int, 1), default=MAX_BYTES,
-                   help="largest /predict body (default: %(default)s)")
-    p.add_argument("--max-image-bytes", type=at_least(int, 1), default=MAX_IMAGE_BYTES,
-                   help="largest /image body (default: %(default)s)")
-    p.add_argument("--image-size", type=at_least(int, 4), default=IMAGE_SIZE,
-                   help="side of the square every image is resized to, a multiple of 4 "
-                        "(default: %(default)s)")
-    p.add_argument("--cls-model", default=None,
-                   help="classifier checkpoint (book dict; default: the book's under the data "
-                        "root)")
-    p.add_argument("--random-weights", action="store_true",
-                   help="untrained models where no file is given")
-    p.add_argument("--cyclegan-weights", default=None,
-                   help=f"generator state_dict (default: {HORSE2ZEBRA_PTH} under the data root)")
-    p.add_argument("--no-image", action="store_true", help="serve the classifier only")
-    cls_export = p.add_mutually_exclusive_group()
-    cls_export.add_argument("--jit", default=None, help="TorchScript classifier to serve")
-    cls_export.add_argument("--exported", default=None, help="torch.export .pt2 classifier")
-    gen_export = p.add_mutually_exclusive_group()
-    gen_export.add_argument("--cyclegan-jit", default=None, help="TorchScript generator")
-    gen_export.add_argument("--cyclegan-exported", default=None, help="torch.export generator")
-    add_data_dir_argument(p)
-    add_device_argument(p, default="cpu")
-    args = p.parse_args(argv)
-    if args.image_size % 4:
-        p.error(f"--image-size {args.image_size}: must be a multiple of 4 (the generator's two "
-                "stride-2 stages)")
-    return args
-
-
 def main(argv=None):
-    args = parse_args(argv)
+    args = batching_server_args(argv, __doc__.split("\n\n")[0], MAX_BATCH_SIZE, MAX_WAIT_MS,
+                                MAX_QUEUE, TIMEOUT_S)
     device = pick_device(args.device)
-    # aiohttp warns once per odd Content-Disposition a client sends: their header, not news
-    warnings.filterwarnings("ignore", category=aiohttp.BadContentDispositionHeader)
-    warnings.filterwarnings("ignore", category=aiohttp.BadContentDispositionParam)
-    cls_model, cls_batch = load_cls_model(args.cls_model, args.jit, args.exported,
-                                          args.random_weights, args.data_dir, device,
-                                          args.max_batch_size)
+    cls_model, cls_batch = load_cls_model(classify_batch, args.cls_model, args.jit,
+                                          args.exported, args.random_weights, args.data_dir,
+                                          device, args.max_batch_size)
     image_model, image_batch = (None, None) if args.no_image else load_image_model(
-        args.cyclegan_weights, args.cyclegan_jit, args.cyclegan_exported, args.random_weights,
-        args.data_dir, device, args.image_size, args.max_batch_size)
+        generate_batch, args.cyclegan_weights, args.cyclegan_jit, args.cyclegan_exported,
+        args.random_weights, args.data_dir, device, args.image_size, args.max_batch_size)
     app = create_app(cls_model, image_model, max_batch_size=args.max_batch_size,
                      max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
                      timeout_s=args.timeout_s, max_bytes=args.max_bytes,
@@ -566,12 +285,8 @@ def main(argv=None):
     if args.host not in LOOPBACK:
         print(f"note: bound to {args.host}: reachable from other machines")
     started = time.perf_counter()
-    try:
-        web.run_app(app, host=args.host, port=args.port, print=None, handle_signals=True,
-                    shutdown_timeout=args.timeout_s, handler_cancellation=True)
-    except OSError as e:
-        raise DataError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e}); pick "
-                        "another --port or --host") from None
+    asyncio.run(serve(app, args.host, args.port, args.timeout_s, handler_cancellation=True,
+                      logger=bad_client_logging()))        # SIGTERM, Ctrl-C: a graceful stop
     print(f"stopped after {time.perf_counter() - started:.0f} s")
     return app
 

@@ -1,6 +1,6 @@
 """Chapter 15: what request batching buys, measured on this machine.
 
-    python ch15_deploy/benchmark.py                         # about 40 s on a CPU
+    python ch15_deploy/benchmark.py
     python ch15_deploy/benchmark.py --device cuda --seconds 10
 
 Starts batching_server.py twice as a separate process on 127.0.0.1 (an untrained LunaModel on

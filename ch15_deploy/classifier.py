@@ -1,8 +1,9 @@
 """Chapter 15: the LUNA classifier that every ch15 script serves or exports, and its example crop.
 
 The model is chapter 11's nodule-vs-non-nodule LunaModel (`ch10_luna.model`), loaded from the
-book's checkpoint dict (`model_state`, loaded strictly, weights_only: tensors, never code) or
-seeded random for a demo (`--random-weights`). `prob_nodule` runs it on a batch of crops the way
+book's checkpoint dict (weights_only: tensors, never code; every field it reads checked for
+presence, type and finite values; `model_state` loaded strictly) or seeded random for a demo
+(`--random-weights`). `prob_nodule` runs it on a batch of crops the way
 both servers answer: the softmax's second column. The example crop is the book's validation
 crop `p3ch15/cls_val_example.pt` (a tuple of the 1 x 32 x 48 x 48 crop in HU, its one-hot label,
 its series uid and its center), or, where that file is absent, `hu_like_crop`'s lung-like stand-in.
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from ch10_luna.model import LunaModel, read_checkpoint
+from ch10_luna.model import LunaModel
 from ch15_deploy.model_files import load_state
 from ch15_deploy.wire import CROP_SHAPE
 from common.data import add_data_dir_argument, book_file
-from common.errors import DataError
+from common.errors import DataError, one_line
 from common.files import read_torch
 
+CHECKPOINT_FIELDS = {"model_state": dict, "model_name": str}  # what is read; model_name optional
 BOOK_CHECKPOINT = "part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state"
 EXAMPLE = "p3ch15/cls_val_example.pt"
 
@@ -36,6 +38,37 @@ def model_arguments():
     return parser
 
 
+def read_classifier_checkpoint(path, flag="--model"):
+    """The book's checkpoint dict from `path`, its fields checked; a DataError naming the file and
+    the field: `model_state` missing, not a dict of named tensors, or holding NaN or Inf;
+    `model_name` (optional, as in older files) not a str."""
+    state = read_torch(path, flag)                           # tensors, no code
+    where = f"{flag} {path}"
+    if not isinstance(state, dict):
+        raise DataError(f"{where}: not a checkpoint dict with a model_state (found {_a(state)})")
+    if "model_state" not in state:
+        held = ", ".join(repr(str(k))[:40] for k in list(state)[:3]) or "nothing"
+        raise DataError(f"{where}: not a checkpoint dict with a model_state (field 'model_state' "
+                        f"is missing; it holds {held})")
+    for field, kind in CHECKPOINT_FIELDS.items():
+        if field in state and not isinstance(state[field], kind):
+            raise DataError(f"{where}: field {field!r} is {_a(state[field])}, not a "
+                            f"{kind.__name__}")
+    for key, value in state["model_state"].items():
+        name = f"field 'model_state', entry {one_line(repr(key), 60)}"
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise DataError(f"{where}: {name} is {_a(value)}, not a named tensor")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise DataError(f"{where}: {name} holds NaN or Inf values")
+    return state
+
+
+def _a(value):
+    """'a list', 'an int': what a value is, for a message."""
+    name = type(value).__name__
+    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
+
+
 def load_classifier(path=None, data_dir=None, random_weights=False, device="cpu", seed=0,
                     flag="--model"):
     """A LunaModel in eval mode: from a book-format checkpoint (strict), or randomly initialized."""
@@ -44,9 +77,9 @@ def load_classifier(path=None, data_dir=None, random_weights=False, device="cpu"
             torch.manual_seed(seed)
             return LunaModel().to(device).eval()
     path = Path(path) if path else book_file(BOOK_CHECKPOINT, data_dir, name="luna-models")
-    state = read_checkpoint(path, flag)                      # tensors, no code
+    state = read_classifier_checkpoint(path, flag)
     if state.get("model_name", "LunaModel") != "LunaModel":
-        raise DataError(f"{flag} {path}: holds a {str(state['model_name'])[:40]!r}, not a "
+        raise DataError(f"{flag} {path}: holds a {state['model_name'][:40]!r}, not a "
                         "LunaModel")
     model = load_state(LunaModel(), state["model_state"], f"{flag} {path}")
     return model.to(device).eval()
@@ -60,10 +93,8 @@ def model_device(model):
 
 
 def prepare(model, channels_last=True):
-    """Eval mode, gradients off, and the channels-last layout for an eager LunaModel.
-
-    On a CPU, 3-D convolutions run a batch of 16 about 1.7x faster channels-last; a TorchScript
-    or exported program keeps the layout it was made with.
+    """Eval mode, gradients off, and the channels-last layout for an eager LunaModel (faster
+    for batched 3-D convolutions on a CPU: NOTES.md); a program keeps the layout it was made with.
     """
     model.eval()
     if isinstance(model, torch.nn.Module):

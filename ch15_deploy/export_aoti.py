@@ -4,16 +4,12 @@
     python ch15_deploy/export_aoti.py --random-weights   # without it
     bash ch15_deploy/cpp/build.sh && python ch15_deploy/export_aoti.py   # also runs run_aoti
 
-torch.export.export captures the whole forward as a graph of ATen operators (an ExportedProgram)
-by symbolic tracing: no Python control flow survives, but unlike torch.jit.trace it refuses what
-it cannot capture soundly, and a dimension marked dynamic (here the batch) stays a symbol with
-the range it is valid for. torch._inductor.aoti_compile_and_package then compiles that graph
-ahead of time into C++ (with the system compiler: g++ here) and packs the shared library and the
-weights into one .pt2 file. torch._inductor.aoti_load_package loads it back into Python;
-LibTorch's AOTIModelPackageLoader loads it from C++ (cpp/run_aoti.cpp), with no Python and no
-TorchScript interpreter. Both are compared with the eager model. This is done for the LUNA
-classifier of chapter 11 and the U-Net of chapter 13, each with a dynamic batch dimension.
-Compiling takes tens of seconds per model on a 2-core CPU; the script prints the times.
+torch.export.export captures the forward as a graph of ATen operators, the batch dimension a
+symbol valid for 1..64; torch._inductor.aoti_compile_and_package compiles that graph ahead of
+time into C++ and packs the library and the weights into one .pt2 file, which
+torch._inductor.aoti_load_package loads back in Python and LibTorch's AOTIModelPackageLoader in
+C++ (cpp/run_aoti.cpp). Done for the LUNA classifier of chapter 11 and the chapter 13 U-Net,
+each compared with the eager model. More in NOTES.md.
 """
 import argparse
 import time

@@ -4,20 +4,12 @@
     python ch15_deploy/export_jit.py --weights data/p1ch2/horse2zebra_0.4.0.pth --image horse.jpg
     bash ch15_deploy/cpp/build.sh && python ch15_deploy/export_jit.py   # + run_jit, run_cpp_api
 
-The generator of chapter 2 is traced after eval() and requires_grad_(False) on a 1 x 3 x 228 x
-228 input (the book's 227 is not a multiple of 4, and the two stride-2 stages need one), saved
-with torch.jit.save, loaded back and compared with eager, at that size and at another one. The
-chapter 13 U-Net is traced too: its `center_crop` computes the crop from `size()` calls, which a
-trace records as shape operations, so no TracerWarning is raised and the trace crops correctly
-at other sizes (the book scripted the function for that); it is also scripted whole with
-torch.jit.script. The files (runs/ch15/*.pt) are what LibTorch's torch::jit::load reads:
-ch15_deploy/cpp/run_jit runs them on a tensor file written here (format: write_tensors).
-
-The book's second C++ program rebuilds the generator with LibTorch's C++ frontend
-(cpp/cyclegan_cpp_api.cpp, built as run_cpp_api) and only needs its weights: save_weights_for_cpp
-writes them (runs/ch15/cyclegan_weights.pt) as a TorchScript file of nested modules that hold
-nothing but the state_dict's tensors under their own names, which the program copies into its
-torch::nn modules by name.
+The chapter 2 generator is traced after eval() and requires_grad_(False) on a 1 x 3 x 228 x 228
+input, saved, reloaded and compared with eager at that size and another; the chapter 13 U-Net
+is traced (no TracerWarning: its crop comes from size() calls) and scripted. The files are what
+LibTorch's torch::jit::load reads: cpp/run_jit runs them on a tensor file written here
+(write_tensors). For the book's C++-frontend generator (cpp/cyclegan_cpp_api.cpp, built as
+run_cpp_api), save_weights_for_cpp writes the weights as a TorchScript file of named tensors.
 """
 import argparse
 import subprocess

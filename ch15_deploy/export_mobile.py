@@ -4,33 +4,12 @@
     python ch15_deploy/export_mobile.py --weights data/p1ch2/horse2zebra_0.4.0.pth \
         --cls-model data/part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state
 
-ExecuTorch is PyTorch's current on-device runtime (PyTorch Mobile, the book's, is deprecated).
-A model goes through torch.export, then `to_edge_transform_and_lower` with the XNNPACK
-partitioner (XNNPACK, the CPU kernel library of Android and iOS, runs the subgraphs it supports;
-ExecuTorch's portable kernels run the rest) into a .pte file, which ExecuTorch's runtime loads
-in C++ on the phone, or here through its Python binding (`executorch.runtime.Runtime`). Both
-the CycleGAN generator and the LUNA classifier are exported, run and compared with eager.
-ExecuTorch 1.5.1 cannot run LunaModel as it is: its Conv3d fails to execute (error 0x12,
-in XNNPACK and in the portable kernels alike) and it has no MaxPool3d kernel, so
-`for_executorch` rewrites the model with the same weights into 2-D convolutions over the three
-depth offsets and a max over reshaped 2 x 2 x 2 blocks, equal to the original up to float32
-rounding.
-
-The book's path, kept beside it: the Android app (android/ in this folder) loads a traced
-generator with PyTorch Mobile, TorchScript saved for the "lite interpreter"
-(`_save_for_lite_interpreter`, a .ptl file, loaded in Python by
-torch.jit.mobile._load_for_lite_interpreter and on Android by org.pytorch.LiteModuleLoader).
-`torch.utils.mobile_optimizer.optimize_for_mobile` first folds batch norms, fuses conv + ReLU
-and prepacks weights for XNNPACK; it needs a torch built with XNNPACK, which the x86 CPU wheel of
-torch 2.13 is not ("XNNPACK is not enabled"): the script tries it, says so when it fails, and
-saves the unoptimized trace (which runs the same). The lite interpreter itself is deprecated in
-2.13 (loading a .ptl warns "consider switching to ExecuTorch") but still works.
-
-Size: `torch.ao.quantization.quantize_dynamic` stores nn.Linear weights as 8-bit integers and
-quantizes activations on the fly. Only Linear (and LSTM/GRU) layers are covered, so it shrinks
-the fully connected CIFAR model of chapter 7 about 4x, while LunaModel, whose weights are almost
-all convolutions, hardly changes; torch 2.13 still ships it, with a DeprecationWarning pointing
-to torchao, whose quantize_ API replaces it.
+ExecuTorch is PyTorch's current on-device runtime: torch.export, then the XNNPACK partitioner
+(`to_edge_transform_and_lower`), into a .pte file, run here through its Python runtime and
+compared with eager, for the generator and the LUNA classifier (which `for_executorch` rewrites
+with the same weights into 2-D convolutions, since ExecuTorch 1.5.1 cannot run its Conv3d and
+MaxPool3d). The book's path beside it: a traced generator saved for the lite interpreter
+(.ptl), and `quantize_dynamic`'s 8-bit Linear layers with the sizes they save. NOTES.md says why.
 """
 import argparse
 import copy

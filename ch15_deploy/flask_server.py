@@ -1,63 +1,30 @@
-"""Chapter 15: serve the LUNA nodule classifier over HTTP with Flask.
+"""Chapter 15: serve the LUNA nodule classifier over HTTP with Flask (book 15.1, 15.2).
 
     python ch15_deploy/flask_server.py                   # the book's checkpoint on 127.0.0.1:8000
     python ch15_deploy/flask_server.py --random-weights  # a demo without the checkpoint
     python ch15_deploy/cls_client.py                     # in a second shell: send the book's crop
 
-Routes: GET /hello answers "Hello World!" (the book's first server); POST /predict takes one
-1 x 32 x 48 x 48 float32 crop in HU, either as the book's multipart form (a `meta` part with
-JSON {"shape": [1, 32, 48, 48], "dtype": "float32"} and a `blob` part with the raw little-endian
-bytes) or as a raw application/octet-stream body with an `X-Shape: 1,32,48,48` header, and
-answers {"prob_malignant": p, "prob_nodule": p}. The book calls the number prob_malignant, but
-the chapter 11 classifier it serves tells nodules from non-nodules: p is P(nodule), not a
-malignancy grade. Both keys carry the same value, so the book's client keeps working.
-
-Departures from the book, for a server that faces a network: it binds 127.0.0.1 unless told
-otherwise (the book used 0.0.0.0); the checkpoint is loaded with weights_only=True and nothing a
-client sends is unpickled, only read as float32 bytes; bodies over --max-bytes (1 MiB) are
-refused by Flask before they are read; and a bad request (wrong shape or dtype, a byte count
-that does not match the shape, NaN or Inf, broken or deeply nested JSON, a missing part) gets a
-4xx answer with a JSON message while the server keeps serving. The model comes from
-classifier.py, the request format and its checks from wire.py (shared with batching_server.py).
+GET /hello answers "Hello World!" (the book's first server). POST /predict takes one
+1 x 32 x 48 x 48 float32 crop in HU, as the book's multipart form (`meta` JSON and `blob`
+bytes) or raw bytes with an X-Shape header (wire.py), and answers
+{"prob_malignant": p, "prob_nodule": p}: p is P(nodule), under the book's name and the right
+one. A bad request gets a 4xx with a JSON message. The app runs under waitress
+(wsgi_serving.py): 503 with Retry-After when too busy; SIGTERM or Ctrl-C answers the requests in
+flight, then exits 0. Departures from the book and figures: NOTES.md.
 """
-import argparse
+import math
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
-from werkzeug.serving import make_server
 
-from ch15_deploy.classifier import load_classifier, model_arguments, prob_nodule
-from ch15_deploy.flags import at_least, server_arguments
-from ch15_deploy.wire import (
-    CROP_SHAPE,
-    DTYPE,
-    LOOPBACK,
-    MAX_BYTES,
-    decode_crop,
-    parse_form_parts,
-    parse_shape_header,
-    quoted,
-)
-from common.device import add_device_argument, pick_device
-from common.errors import DataError, run_cli
-
-
-def parse_multipart(req):
-    """(shape, dtype, blob bytes) from the book's form: a JSON `meta` part and a `blob` part."""
-    if "meta" in req.files:
-        meta = req.files["meta"].read()
-    else:
-        meta = req.form.get("meta")
-    if meta is not None and "blob" not in req.files and "blob" in req.form:
-        # a text field: its bytes were decoded
-        raise ValueError("'blob' must be a file part (give it a filename), not a text field")
-    return parse_form_parts(meta, req.files["blob"].read() if "blob" in req.files else None)
-
-
-def parse_raw(req):
-    """(shape, dtype, blob bytes) from an octet-stream body with X-Shape (and X-Dtype) headers."""
-    shape = parse_shape_header(req.headers.get("X-Shape"))
-    return shape, req.headers.get("X-Dtype", DTYPE), req.get_data(cache=False)
+from ch15_deploy.classifier import prob_nodule
+from ch15_deploy.http_errors import add_json_errors
+from ch15_deploy.request_bodies import flask_crop_parts
+from ch15_deploy.served_models import load_cls_model
+from ch15_deploy.server_flags import flask_server_args
+from ch15_deploy.wire import CROP_SHAPE, LOOPBACK, MAX_BYTES, NOT_FINITE, decode_crop
+from ch15_deploy.wsgi_serving import serve_until_stopped, start_server, stop_on_signals
+from common.device import pick_device
+from common.errors import run_cli
 
 
 def run_inference(model, crop):
@@ -71,15 +38,6 @@ def create_app(model, max_bytes=MAX_BYTES, crop_shape=CROP_SHAPE):
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_bytes    # larger bodies: 413, never read
 
-    @app.errorhandler(HTTPException)
-    def http_error(e):                              # 404, 405, 413, ...: JSON instead of HTML
-        return jsonify(error=f"{e.name}: {e.description}"), e.code
-
-    @app.errorhandler(Exception)
-    def server_error(e):                            # our fault, not the client's: still JSON
-        app.logger.exception("error in %s", request.path)
-        return jsonify(error=f"internal error ({type(e).__name__})"), 500
-
     @app.get("/hello")
     def hello():
         return "Hello World!"
@@ -87,58 +45,39 @@ def create_app(model, max_bytes=MAX_BYTES, crop_shape=CROP_SHAPE):
     @app.post("/predict")
     def predict():
         try:
-            if request.mimetype == "multipart/form-data":
-                shape, dtype, blob = parse_multipart(request)
-            elif request.mimetype == "application/octet-stream":
-                shape, dtype, blob = parse_raw(request)
-            else:
-                return jsonify(error=f"unsupported content type {quoted(request.mimetype)}: send "
-                                     "multipart/form-data (meta + blob) or "
-                                     "application/octet-stream with X-Shape"), 415
-            crop = decode_crop(shape, dtype, blob, crop_shape)
+            shape, dtype, blob = flask_crop_parts(request)       # the book's form, or raw bytes
+            crop = decode_crop(shape, dtype, blob, crop_shape)   # a checked float32 tensor
         except ValueError as e:
             return jsonify(error=str(e)), 400
         p = run_inference(model, crop)
+        if not math.isfinite(p):        # JSON has no NaN; the model passed its start-up try
+            return jsonify(error=NOT_FINITE), 422
         return jsonify(prob_malignant=p, prob_nodule=p)  # the book's (misleading) name, and ours
 
-    return app
+    return add_json_errors(app)                     # 404, 405, 413, 415, 500 as JSON too
 
 
-def start_server(app, host="127.0.0.1", port=8000):
-    """A threaded werkzeug server (not yet serving); port 0 picks a free one (.server_port)."""
-    try:
-        return make_server(host, port, app, threaded=True)
-    except (OSError, SystemExit) as e:      # werkzeug prints why (port in use, ...) and exits
-        reason = f" ({e.strerror or e})" if isinstance(e, OSError) else ""
-        raise DataError(f"cannot listen on {host}:{port}{reason}; pick another --port or "
-                        "--host") from None
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                parents=[model_arguments(), server_arguments()])
-    p.add_argument("--max-bytes", type=at_least(int, 1), default=MAX_BYTES,
-                   help="largest request body accepted (default: %(default)s)")
-    add_device_argument(p, default="cpu")
-    return p.parse_args(argv)
+def classify(model, crops):
+    """The start-up try's forward: (N, 1, 32, 48, 48) -> (N,) P(nodule)."""
+    return prob_nodule(model, crops)
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    model = load_classifier(args.model, args.data_dir, args.random_weights,
-                            device=pick_device(args.device))
-    server = start_server(create_app(model, max_bytes=args.max_bytes), args.host, args.port)
+    args = flask_server_args(argv, __doc__.split("\n\n")[0])
+    model, _ = load_cls_model(classify, args.model, random_weights=args.random_weights,
+                              data_dir=args.data_dir, device=pick_device(args.device),
+                              flag="--model", channels_last=False)
+    served = start_server(create_app(model, max_bytes=args.max_bytes), args.host, args.port,
+                          args.threads, args.max_queue)
     what = "an untrained LunaModel" if args.random_weights else "the nodule classifier"
-    print(f"serving {what} on http://{args.host}:{server.server_port}/predict "
-          f"(and /hello); Ctrl-C stops")
+    print(f"serving {what} on http://{args.host}:{served['port']}/predict "
+          f"(and /hello); Ctrl-C stops", flush=True)
     if args.host not in LOOPBACK:
         print(f"note: bound to {args.host}: reachable from other machines")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped")
-    finally:
-        server.server_close()
+    with stop_on_signals(served):                   # SIGTERM and Ctrl-C: a graceful stop
+        answered = serve_until_stopped(served)
+    print("stopped" if answered else "stopped; some requests were still unanswered")
+    return served
 
 
 if __name__ == "__main__":

@@ -3,19 +3,13 @@
     python ch15_deploy/jit_intro.py                    # the book's classifier checkpoint
     python ch15_deploy/jit_intro.py --random-weights   # without it
 
-Tracing runs the function once on an example and records the tensor operations it saw; Python
-control flow is not recorded, only the path taken. A loop over x.shape[0] is unrolled for the
-example's size (current PyTorch does this silently; a check run on a second size, or a wrong
-answer later, shows it), and an `if` on a tensor's value becomes a constant (a TracerWarning).
-Scripting compiles the Python source into TorchScript, loops and branches included, so
-the scripted function works for every size. `.code` prints what each one holds.
-
-The classifier has no data-dependent control flow, so tracing it is safe: after eval() (fixed
-batch-norm statistics) and requires_grad_(False), the trace is saved with torch.jit.save and
-loaded back with torch.jit.load, which rebuilds the TorchScript program and its tensors
-without unpickling Python objects. TorchScript is in maintenance in current PyTorch (its calls
-emit a DeprecationWarning pointing to torch.export and torch.compile, silenced here); it is still
-what LibTorch's torch::jit::load reads.
+Tracing runs the function once on an example and records the tensor operations it saw: a loop
+over x.shape[0] is unrolled for the example's size, and an `if` on a tensor's value becomes a
+constant (a TracerWarning). Scripting compiles the Python source, loops and branches included.
+`.code` prints what each one holds. The classifier has no data-dependent control flow, so it
+is traced after eval() and requires_grad_(False), saved with torch.jit.save and loaded back
+with torch.jit.load. TorchScript is in maintenance in current PyTorch (its DeprecationWarning
+is silenced here); it is still what LibTorch's torch::jit::load reads.
 """
 import argparse
 import contextlib

@@ -1,24 +1,16 @@
 """Chapter 15: one request's latency, eager vs TorchScript vs onnxruntime vs AOTInductor.
 
-    python ch15_deploy/latency.py                      # both models, every backend: minutes
+    python ch15_deploy/latency.py                      # both models, every backend
     python ch15_deploy/latency.py --models cls --backends eager,onnxruntime --repeats 50
     python ch15_deploy/latency.py --threads 1 --json runs/ch15/latency.json
 
-The two models of the book's deployment story, at batch 1 (one request, no batching): the LUNA
-classifier (ch10_luna.model.LunaModel, a 1 x 1 x 32 x 48 x 48 crop) and the chapter 13 U-Net
-(UNetWrapper with the book's settings, a 1 x 7 x 512 x 512 input: one CT slice with its
-context slices). Each is built with seeded random weights (the weights do not change the speed;
---cls-model / --seg-model load a checkpoint instead) and exported with this folder's own
-functions into --out (a temporary folder by default): TorchScript (jit_intro.trace_model, saved
-and reloaded), ONNX (export_onnx.export_model, run by onnxruntime), AOTInductor
-(export_aoti.export_program + compile_package, a .pt2 loaded back) and int8 (chapter 13's
-precision.py: PyTorch 2's export-based static quantization through torchao, calibrated on crops
-and slices of the training series, compiled to oneDNN's int8 kernels). Every backend's output
-is compared with eager first (the largest absolute difference is printed, and that relative to
-the largest output), then timed: --warmup calls, then --repeats calls, each timed alone; the
-median and 90th percentile in ms. Eager also runs in the channels-last layout (much faster for
-these convolutions on a CPU, see chapters 11 and 13) and with bf16 autocast on top of it.
---threads sets torch's and onnxruntime's intra-op threads to the same number.
+The LUNA classifier (a 1 x 1 x 32 x 48 x 48 crop) and the chapter 13 U-Net (a 1 x 7 x 512 x 512
+input) at batch 1, with seeded random weights (--cls-model / --seg-model load checkpoints),
+exported with this folder's own functions (TorchScript, ONNX, AOTInductor) and chapter 13's
+int8, and run eager (also channels-last, and with bf16 autocast). Every backend is compared with
+eager first (the largest difference, absolute and relative), then timed: --warmup calls, then
+--repeats calls each timed alone; the median and 90th percentile in ms. --threads sets torch's
+and onnxruntime's intra-op threads to the same number. Measured tables: NOTES.md.
 """
 import argparse
 import copy

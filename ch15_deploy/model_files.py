@@ -1,11 +1,9 @@
 """Chapter 15: model files a user hands the servers and exporters, read without running code.
 
-A state_dict that does not fit its model is one short line naming the first few keys (torch's
-own message lists every key: about 13,600 characters for a LunaModel checkpoint given to the
-CycleGAN generator): chapter 2's `load_state` / `load_weights`, imported here for the ch15
-scripts. A TorchScript or torch.export file is loaded with torch's loggers quietened
-(torch.export.load logs a whole traceback before raising), and a model that cannot run the input
-it will be served is refused at start-up rather than with a 500 at the first request.
+A state_dict that does not fit its model is one short line naming the first few keys (chapter
+2's `load_state` / `load_weights`, imported here for the ch15 scripts). A TorchScript or
+torch.export file is loaded with torch's loggers quietened (torch.export.load logs a whole
+traceback before raising). Writes through memory keep torch's C++ zip writer off a full disk.
 """
 import contextlib
 import io
@@ -16,11 +14,11 @@ from pathlib import Path
 import torch
 
 from ch01_intro.weights import load_state, load_weights
-from common.errors import DataError, one_line
+from common.errors import DataError
 from common.files import write_bytes
 
 __all__ = ["load_state", "load_weights",           # chapter 2's, for the ch15 scripts
-           "save_through_memory", "quiet_torch_loggers", "load_program", "probe"]
+           "save_through_memory", "quiet_torch_loggers", "load_program"]
 
 
 def save_through_memory(path, save, what):
@@ -64,11 +62,3 @@ def load_program(path, jit, flag):
     except Exception as e:                           # zip, flatbuffer, schema errors alike
         raise DataError(f"{flag} {path}: not a {kind} file ({type(e).__name__})") from None
 
-
-def probe(model, run, example, flag, path):
-    """run(model, example) once; a model that cannot take it is a DataError naming the file."""
-    try:
-        return run(model, example)
-    except Exception as e:                           # whatever the program raises
-        raise DataError(f"{flag} {path}: cannot run a {list(example.shape)} input "
-                        f"({type(e).__name__}: {one_line(e, 100)})") from None

@@ -24,6 +24,8 @@ MAX_BYTES = 1 << 20                # default cap on a /predict body: larger ones
 MAX_META_BYTES = 4096              # {"shape": [1, 32, 48, 48], "dtype": "float32"} is 45 bytes
 MAX_JSON_DEPTH = 4                 # the meta object holds one list: depth 2
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+NOT_FINITE = ("the model's output for this crop is not finite (NaN or Inf); a crop holds CT "
+              "values in HU, about -1000..1000")        # a 422: the model passed its start-up try
 
 
 def quoted(value, limit=60):

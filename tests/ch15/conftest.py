@@ -1,5 +1,11 @@
-"""Fixtures for the chapter 15 tests: a classifier with unsaturated outputs, crops, live servers."""
+"""Fixtures for the chapter 15 tests: a classifier with unsaturated outputs, crops, live servers
+(in a thread, or the scripts as their own processes)."""
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -12,7 +18,9 @@ from ch15_deploy.classifier import (
     load_classifier,
     load_example,
 )
-from ch15_deploy.flask_server import create_app, start_server
+from ch15_deploy.flask_server import create_app
+from ch15_deploy.wsgi_serving import serve_until_stopped, start_server
+from common.data import REPO_ROOT
 
 
 @pytest.fixture(scope="session")
@@ -50,24 +58,70 @@ def book_example(book_file):
 
 @pytest.fixture
 def serve():
-    """serve(app) -> base URL of a real werkzeug server on 127.0.0.1 (free port), in a thread."""
+    """serve(app) -> base URL of the app behind waitress on 127.0.0.1 (free port), in a thread,
+    as flask_server.py serves it."""
     running = []
 
     def start(app):
-        server = start_server(app, "127.0.0.1", 0)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                  daemon=True)
+        served = start_server(app, "127.0.0.1", 0)
+        thread = threading.Thread(target=serve_until_stopped, args=(served,), daemon=True)
         thread.start()
-        running.append((server, thread))
-        return f"http://127.0.0.1:{server.server_port}"
+        running.append((served, thread))
+        return f"http://127.0.0.1:{served['port']}"
 
     yield start
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    for served, thread in running:
+        served["stop"].set()
+        thread.join(timeout=10)
 
 
 @pytest.fixture
 def app_client(hu_model):
     return create_app(hu_model).test_client()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server_process(tmp_path):
+    """server_process(module, *flags) -> a ch15 server script running as its own process on a
+    free 127.0.0.1 port, once it accepts connections: a dict with `process`, `port`, `url` and
+    `stop()` (SIGTERM, then its exit status, stdout and stderr). Killed at teardown if alive."""
+    started = []
+
+    def start(module, *flags, startup_s=120):
+        port = free_port()
+        out, err = tmp_path / f"{port}.out", tmp_path / f"{port}.err"
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module, "--port", str(port), *map(str, flags)],
+                cwd=REPO_ROOT, stdout=stdout, stderr=stderr)
+        started.append(process)
+
+        def stop(timeout=60):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=timeout)
+            return code, out.read_text(), err.read_text()
+
+        deadline = time.monotonic() + startup_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"{module} exited {process.returncode}: {err.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return {"process": process, "port": port, "url": f"http://127.0.0.1:{port}",
+                        "stop": stop}
+            except OSError:
+                time.sleep(0.1)
+        pytest.fail(f"{module} did not listen within {startup_s} s")
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)

@@ -5,6 +5,7 @@ still be answered 200; everything else is a 4xx with a message.
 
 Shared by test_flask_server.py and test_batching_server.py; every case is a /predict POST
 (name: (body, content type)), and the image cases are /image bodies for the batching server.
+MALFORMED_HTTP holds requests that are not even HTTP (test_faults.py): a 400, one log line.
 """
 import io
 import struct
@@ -101,4 +102,25 @@ IMAGES = {    # name: (body, status, words in the error)
     "PNG 0 x 0": (png_header(0, 0), 400, "0x0"),
     "JPEG start only": (b"\xff\xd8", 400, "no frame header"),
     "JPEG with broken markers": (b"\xff\xd8\x00\x00garbage", 400, "markers are corrupt"),
+}
+
+
+MALFORMED_HTTP = {   # name: the bytes a client sends on a fresh connection (not even HTTP)
+    "garbage request line": b"GARBAGE\r\n\r\n",
+    "spaces in the target": b"GET /x y z HTTP/1.1\r\nHost: a\r\n\r\n",
+    "header line without a colon": b"GET /stats HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+    "HTTP/9.9": b"GET /stats HTTP/9.9\r\n\r\n",
+    "Content-Length not a number": (b"POST /predict HTTP/1.1\r\nHost: a\r\n"
+                                    b"Content-Length: x\r\n\r\n"),
+    "two Content-Lengths": (b"POST /predict HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+                            b"Content-Length: 2\r\n\r\nx"),
+    "request line of 10000 bytes": b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n",
+    "header of 10000 bytes": b"GET /stats HTTP/1.1\r\nX: " + b"b" * 10_000 + b"\r\n\r\n",
+    "200 headers": (b"GET /stats HTTP/1.1\r\n" + b"".join(b"X-%d: y\r\n" % i for i in range(200))
+                    + b"\r\n"),
+    "NUL in a header": b"GET /stats HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
+    "non-ASCII method": b"G\xc9T / HTTP/1.1\r\n\r\n",
+    "bad chunk size": (b"POST /predict HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"zz\r\n"),
+    "TLS hello on the HTTP port": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
 }

@@ -217,7 +217,7 @@ LATE_CASES = {   # name: (main, argv from the files fixture, what must not have 
                                            (benchmark, "start_server"), "cuda:7"),
     "batching, bad generator weights": (
         batching_server.main, lambda f: ["--random-weights", "--cyclegan-weights", f["text"]],
-        (batching_server.web, "run_app"), "--cyclegan-weights"),
+        (batching_server, "serve"), "--cyclegan-weights"),
     "load_test --image a folder": (load_test.main,
                                    lambda f: ["--url", "http://127.0.0.1:1/image", "--image",
                                               f["out"]],

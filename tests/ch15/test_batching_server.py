@@ -24,7 +24,9 @@ from torch import nn
 
 from ch01_intro.cyclegan import ResNetGenerator
 from ch15_deploy import batching_server as bs
+from ch15_deploy import request_bodies, served_models
 from ch15_deploy.classifier import hu_like_crop
+from ch15_deploy.images import decode_image, encode_jpeg, image_header
 from ch15_deploy.load_test import run_load, summarize
 from ch15_deploy.wire import CROP_SHAPE, encode_crop
 from common.errors import DataError
@@ -300,11 +302,11 @@ def test_hostile_images_are_refused_from_their_header_and_the_server_goes_on(cas
 
 
 def test_the_header_reader_finds_the_size_of_real_files():
-    assert bs.image_header(jpeg(40, 30)) == ("JPEG", 40, 30)
-    assert bs.image_header(jpeg(33, 17, "PNG")) == ("PNG", 33, 17)
+    assert image_header(jpeg(40, 30)) == ("JPEG", 40, 30)
+    assert image_header(jpeg(33, 17, "PNG")) == ("PNG", 33, 17)
     progressive = io.BytesIO()
     Image.new("RGB", (50, 20)).save(progressive, format="JPEG", progressive=True)
-    assert bs.image_header(progressive.getvalue()) == ("JPEG", 50, 20)
+    assert image_header(progressive.getvalue()) == ("JPEG", 50, 20)
 
 
 async def send_partial_and_close(port, n_bytes, total):
@@ -377,16 +379,16 @@ def test_image_route_answers_a_jpeg_of_the_fixed_size(tiny_generator):
     assert len(model.batch_sizes) < 3 and sum(model.batch_sizes) == 3
     # the generator's picture of the resized input (JPEG-encoded the same way; a batched
     # forward may round a pixel differently from a single one)
-    x = bs.decode_image(images[0], 32)
+    x = decode_image(images[0], 32)
     with torch.inference_mode():
-        expected = bs.encode_jpeg(tiny_generator(x.unsqueeze(0))[0])
+        expected = encode_jpeg(tiny_generator(x.unsqueeze(0))[0])
     got, expected = (np.asarray(Image.open(io.BytesIO(b))).astype(int)
                      for b in (results[0][2], expected))
     assert np.abs(got - expected).mean() < 1
 
 
 def test_decode_image_resizes_to_a_square_in_0_1():
-    x = bs.decode_image(jpeg(90, 60), 24)
+    x = decode_image(jpeg(90, 60), 24)
     assert x.shape == (3, 24, 24) and x.dtype == torch.float32
     assert 0 <= float(x.min()) and float(x.max()) <= 1
 
@@ -396,7 +398,8 @@ def test_jit_serving_with_a_traced_luna_model(hu_model, tmp_path):
     with torch.no_grad():
         traced = torch.jit.trace(hu_model, torch.zeros(1, *CROP_SHAPE))
     traced.save(str(path))
-    cls_model, batch_size = bs.load_cls_model(jit=str(path), max_batch_size=4)
+    cls_model, batch_size = served_models.load_cls_model(bs.classify_batch, jit=str(path),
+                                                         max_batch_size=4)
     assert isinstance(cls_model, torch.jit.ScriptModule) and batch_size == 4
     app = bs.create_app(Counting(cls_model), max_batch_size=batch_size, max_wait_ms=300)
     crops = [hu_like_crop(s) for s in range(2)]
@@ -449,8 +452,8 @@ def test_an_exported_model_with_a_fixed_batch_is_served_one_at_a_time(tmp_path, 
     torch.export.save(torch.export.export(MeanClassifier(), (torch.zeros(1, *CROP_SHAPE),)),
                       str(path))
     notes = []
-    program, batch_size = bs.load_cls_model(exported=str(path), max_batch_size=4,
-                                            announce=notes.append)
+    program, batch_size = served_models.load_cls_model(bs.classify_batch, exported=str(path),
+                                                       max_batch_size=4, announce=notes.append)
     assert batch_size == 1 and "runs one sample but not two" in notes[0]
     model = Counting(program)
     app = bs.create_app(model, max_batch_size=4, max_wait_ms=300,
@@ -471,7 +474,8 @@ def test_a_dynamic_batch_program_is_served_in_batches(tmp_path):
     batch = torch.export.Dim("batch", min=1, max=64)
     torch.export.save(torch.export.export(MeanClassifier(), (torch.zeros(2, *CROP_SHAPE),),
                                           dynamic_shapes=({0: batch},)), str(path))
-    _, batch_size = bs.load_cls_model(exported=str(path), max_batch_size=8)
+    _, batch_size = served_models.load_cls_model(bs.classify_batch, exported=str(path),
+                                                 max_batch_size=8)
     assert batch_size == 8
 
 
@@ -479,9 +483,9 @@ def test_unreadable_model_files_are_one_line_errors(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a model")
     with pytest.raises(DataError, match="--jit .*bad.pt: not a TorchScript file"):
-        bs.load_cls_model(jit=str(bad))
+        served_models.load_cls_model(bs.classify_batch, jit=str(bad))
     with pytest.raises(DataError, match="--exported .*missing.pt2: no such file"):
-        bs.load_cls_model(exported=str(tmp_path / "missing.pt2"))
+        served_models.load_cls_model(bs.classify_batch, exported=str(tmp_path / "missing.pt2"))
 
 
 def rss_bytes():
@@ -540,12 +544,12 @@ def memory_after_bursts(keep_bodies):
     body the server reads when `keep_bodies` (the leak the budget must catch); prints the heap
     and RSS after each burst as JSON."""
     if keep_bodies:
-        real_read_body, kept = bs.read_body, []
+        real_read_body, kept = request_bodies.read_body, []
 
         async def keeping_read_body(request, max_bytes):
             kept.append(await real_read_body(request, max_bytes))
             return kept[-1]
-        bs.read_body = keeping_read_body
+        request_bodies.read_body = keeping_read_body
     _, heap, rss, *_ = run_bursts(
         bs.create_app(MeanClassifier(), max_batch_size=8, max_wait_ms=5, max_queue=8),
         as_bytes(hu_like_crop(0)))

@@ -9,8 +9,9 @@ import torch
 
 from ch15_deploy import flask_server
 from ch15_deploy.classifier import BOOK_CHECKPOINT, hu_like_crop, load_classifier
-from ch15_deploy.flask_server import create_app, run_inference, start_server
+from ch15_deploy.flask_server import create_app, run_inference
 from ch15_deploy.wire import CROP_SHAPE, MAX_BYTES
+from ch15_deploy.wsgi_serving import start_server
 from common.errors import DataError
 from tests.ch15 import hostile
 

@@ -234,15 +234,21 @@ def analyze_series(mhd_path, models, annotations, device="cpu", batch_size=4,
                            ("--malignancy-model", mal_model, p_mal)):
         if model is not None and not np.isfinite(np.asarray(p, dtype=np.float64)).all():
             raise DataError(f"{flag}: the model gave a probability that is not a number on "
-                            f"series {Path(mhd_path).stem} (a broken checkpoint?)")
+                            f"series {series_name(mhd_path)} (a broken checkpoint?)")
     detections = [Detection(ct.irc_to_xyz(irc), irc, float(pn), None if pm is None else
                             float(pm)) for irc, pn, pm in zip(centers_irc, p_nodule, p_mal)]
-    return {"series_uid": Path(mhd_path).stem, "shape": ct.shape,
+    return {"series_uid": series_name(mhd_path), "shape": ct.shape,
             "voxels": int(np.prod(ct.shape)), "segmented_voxels": int(mask.sum()),
             "detections": detections, "annotations": annotations,
             "table": match_and_score(detections, annotations),
             "matches": match_detections(detections, annotations), "timing": timing,
             "ct": ct, "probs": probs, "labels": labels}
+
+
+def series_name(path):
+    """A CT's name: a LUNA16 .mhd's series uid (its stem), a DICOM folder's name."""
+    path = Path(path)
+    return path.name if path.is_dir() else path.stem
 
 
 def prepare_models(models, precision, seg_precision, device, calibration, batch_size,
@@ -367,7 +373,7 @@ def analysis_parser():
     p.add_argument("--submission", default=None, metavar="CSV",
                    help="write every candidate as a LUNA16 submission CSV (evaluate_luna.py "
                         "scores it)")
-    p.add_argument("--out", default=None, metavar="DIR",
+    p.add_argument("--outputs", default=None, metavar="DIR",
                    help="folder for each CT's picture (<uid>.png), label volumes (.mha) and 3D "
                         "Slicer markups (.mrk.json) (default: runs/ch13/analysis/<time>)")
     for name, what in (("png", "the picture"), ("volumes", "the label volumes"),
@@ -434,16 +440,16 @@ def main(argv=None):
         if path:
             check_writable(Path(path).parent, f"{flag} folder")
     writes = {"png": args.png, "label_volume": args.volumes, "markups": args.markups}
-    out = Path(args.out) if args.out else runs_dir("ch13") / "analysis" / time.strftime(
+    out = Path(args.outputs) if args.outputs else runs_dir("ch13") / "analysis" / time.strftime(
         "%Y-%m-%d_%H.%M.%S")
     if any(writes.values()):
-        check_outputs(out, "--out")
+        check_outputs(out, "--outputs")
     luna = (None if args.ct and not int8 else
             locate_luna(args.data_dir, args.synthetic, warn_skipped=args.series_uid is None))
     if args.ct:                                # one CT of its own: no annotations to score
         if not Path(args.ct).exists():
             raise DataError(f"--ct {args.ct}: no such file or folder")
-        uids, paths_of, nodules = [Path(args.ct).name], {Path(args.ct).name: args.ct}, {}
+        uids, paths_of, nodules = [series_name(args.ct)], {series_name(args.ct): args.ct}, {}
     else:
         uids = pick_series(luna, args.series_uid, args.include_train, args.val_stride,
                            args.fold)

@@ -327,3 +327,79 @@ def test_amp_is_bf16_and_does_not_mix_with_another_precision(tiny_models, seg_lu
         main(["--run-validation", "--amp", "--precision", "int8", "--seg-model", seg])
     assert caught.value.code == 2
     assert "--amp is --precision bf16" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- outputs
+def test_each_ct_gets_its_picture_volumes_markups_and_the_submission(tiny_models, seg_luna,
+                                                                      tmp_path, capsys):
+    import SimpleITK as sitk
+
+    from ch13_segment.evaluate_luna import read_submission
+
+    seg, cls, _ = tiny_models
+    uid = sorted(seg_luna.series)[0]
+    result = main([uid, "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model",
+                   cls, "--outputs", str(tmp_path / "out"), "--submission",
+                   str(tmp_path / "sub.csv")])
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted([f"{uid}.png", f"{uid}_candidates.mha", f"{uid}_mask.mha",
+                            f"{uid}_detections.mrk.json", f"{uid}_annotations.mrk.json"])
+    labels = sitk.ReadImage(str(tmp_path / "out" / f"{uid}_candidates.mha"))
+    ct = sitk.ReadImage(str(seg_luna.series[uid]))
+    assert labels.GetSize() == ct.GetSize() and labels.GetOrigin() == ct.GetOrigin()
+    detections = result["results"][0]["detections"]
+    assert sitk.GetArrayFromImage(labels).max() == len(detections)
+    marks, probs = read_submission(tmp_path / "sub.csv")[uid]
+    np.testing.assert_allclose(marks, [d.center_xyz for d in detections])
+    np.testing.assert_allclose(probs, [d.prob_nodule for d in detections])
+    assert "5 files in" in capsys.readouterr().out
+
+
+def test_outputs_can_be_turned_off_and_a_bad_folder_is_refused_first(tiny_models, seg_luna,
+                                                                    tmp_path, capsys):
+    seg, cls, _ = tiny_models
+    uid = sorted(seg_luna.series)[0]
+    common = [uid, "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model", cls]
+    main([*common, "--outputs", str(tmp_path / "out"), "--no-png", "--no-volumes"])
+    assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".json", ".json"]
+    capsys.readouterr()
+    (tmp_path / "file").write_text("in the way")
+    with pytest.raises(DataError, match=r"--outputs folder .*file"):
+        main([*common, "--outputs", str(tmp_path / "file" / "out")])
+    assert capsys.readouterr().out == ""                     # refused before any CT is read
+
+
+def test_a_ct_of_ones_own_is_analysed_unscored(tiny_models, seg_luna, tmp_path):
+    seg, cls, _ = tiny_models
+    path = next(iter(seg_luna.series.values()))
+    result = main(["--ct", str(path), "--data-dir", str(tmp_path), "--seg-model", seg,
+                   "--cls-model", cls, "--outputs", str(tmp_path / "out")])
+    (r,) = result["results"]
+    assert r["annotations"] == [] and r["series_uid"] == path.stem
+    assert not (tmp_path / "out" / f"{path.stem}_annotations.mrk.json").exists()
+    assert (tmp_path / "out" / f"{path.stem}.png").is_file()
+    assert not (tmp_path / "synthetic").exists()             # no sample generated for it
+    with pytest.raises(DataError, match="--ct /no/such.mhd: no such file or folder"):
+        main(["--ct", "/no/such.mhd", "--seg-model", seg, "--cls-model", cls])
+
+
+@pytest.mark.slow
+def test_int8_on_a_data_root_holding_one_ct(tiny_models, seg_luna, tmp_path, capsys):
+    """The bug: int8 calibration divided by the number of training series, 0 here."""
+    from ch13_segment.precision import int8_unavailable
+
+    if int8_unavailable():
+        pytest.skip(int8_unavailable())
+    seg, cls, _ = tiny_models
+    uid = sorted(seg_luna.series)[0]
+    luna = tmp_path / "luna"
+    (luna / "subset0").mkdir(parents=True)
+    for f in seg_luna.series[uid].parent.glob(f"{uid}.*"):
+        (luna / "subset0" / f.name).symlink_to(f)
+    for name in ("candidates.csv", "annotations.csv"):
+        (luna / name).write_bytes((seg_luna.root / name).read_bytes())
+    result = main([uid, "--data-dir", str(tmp_path), "--seg-model", seg, "--cls-model", cls,
+                   "--precision", "int8", "--no-png", "--no-volumes", "--no-markups"])
+    assert len(result["results"]) == 1
+    assert "calibrated on the analysed series (no training series under" in \
+        capsys.readouterr().out

@@ -9,6 +9,7 @@ Chapters 11-14's trainers share it.
 import argparse
 import datetime
 import itertools
+import math
 import sys
 from collections import namedtuple
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ch01_intro.weights import state_mismatch
+from ch10_luna.augment import AUGMENTATIONS
 from ch10_luna.model import read_checkpoint
 from ch10_luna.runtime import gather_objects, unwrap
 from common.errors import DataError, one_line
@@ -124,7 +126,8 @@ def save_epoch_end(run, model, optimizer, settings, epoch, samples_seen, score, 
 
 
 def load_resumable(path, model_name):
-    """A checkpoint dict for --resume; DataError when it is not a resumable `model_name` one."""
+    """A checkpoint dict for --resume, every field the resume reads checked (check_resumable);
+    DataError when it is not a resumable `model_name` one."""
     state = read_checkpoint(path, "--resume")
     if state.get("model_name") != model_name:
         raise DataError(f"--resume {path}: holds a {state.get('model_name')!r}, "
@@ -133,6 +136,65 @@ def load_resumable(path, model_name):
             or "optimizer_state" not in state:
         raise DataError(f"--resume {path}: has no training state to resume (a published or "
                         "exported model); train from scratch or fine-tune instead")
+    return check_resumable(state, path)
+
+
+def count(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def finite_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def finite_tensors(value):
+    """True when every tensor in a nest of dicts, lists and tuples is finite."""
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, dict):
+        return all(finite_tensors(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(finite_tensors(v) for v in value)
+    return True
+
+
+AUGMENT_NAMES = ("all", *AUGMENTATIONS)               # what --augmented/--augment-* save
+# What resume_point and restore_state read, each with its check and what it should be.
+RESUME_FIELDS = {
+    "epoch": (count, "a whole number >= 0"),
+    "totalTrainingSamples_count": (count, "a whole number >= 0"),
+    "optimizer_state": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                        and isinstance(v.get("param_groups"), list), "an optimizer's state dict"),
+    "best_f1": (finite_number, "a finite number"),
+    "best_recall": (finite_number, "a finite number"),
+    "best_auc": (finite_number, "a finite number"),
+    "batch": (count, "a whole number >= 0"),
+}
+RESUME_REQUIRED = ("epoch", "totalTrainingSamples_count", "optimizer_state")
+MID_EPOCH_FIELDS = {                       # read when `batch` > 0: a checkpoint of mid-epoch
+    "epoch_start_samples": (count, "a whole number >= 0"),
+    "trn_partial": (lambda v: isinstance(v, list) and v and all(
+        isinstance(t, torch.Tensor) and t.dim() == 2 for t in v), "a list of (rows, n) tensors"),
+}
+
+
+def check_resumable(state, path):
+    """`state`, when each field the resume reads is there (where it must be), of its type and
+    finite; a DataError naming the file and the first field that is not."""
+    mid_epoch = bool(state.get("batch"))
+    fields = {**RESUME_FIELDS, **(MID_EPOCH_FIELDS if mid_epoch else {})}
+    for field in RESUME_REQUIRED + (tuple(MID_EPOCH_FIELDS) if mid_epoch else ()):
+        if field not in state:
+            raise DataError(f"--resume {path}: field {field!r} is missing" + (
+                " (it was saved in the middle of an epoch)" if mid_epoch else ""))
+    for field, (ok, should) in fields.items():
+        if field in state and not ok(state[field]):
+            shown = one_line(repr(state[field]), 40)
+            raise DataError(f"--resume {path}: field {field!r} is {shown}, not {should}")
+    for field in ("optimizer_state", "trn_partial"):
+        if not finite_tensors(state.get(field)):
+            raise DataError(f"--resume {path}: field {field!r} holds NaN or Inf values")
     return state
 
 
@@ -149,8 +211,39 @@ def restore_settings(given, state, defaults, keeps, path):
         more = f" and {len(lacking) - 3} more" if len(lacking) > 3 else ""
         raise DataError(f"--resume {path}: its saved settings lack {shown}{more} (saved by "
                         "another script or version); start a new run instead")
+    for key, default in defaults.items():
+        what = setting_kind(key, saved[key], default)
+        if what is not None:
+            raise DataError(f"--resume {path}: field 'args', setting {key!r} is "
+                            f"{one_line(repr(saved[key]), 40)}, not {what}")
     saved.update({k: given[k] for k in keeps if k == "resume" or given[k] != defaults[k]})
     return saved
+
+
+# The trainers' flags that default to None, and what a saved value of theirs must be.
+OPTIONAL_SETTINGS = {"epoch_size": "count", "fold": "count", "lr": "number", "optimizer": "text",
+                     "run_dir": "text", "resume": "text", "finetune": "text", "data_dir": "text",
+                     "augment": "names"}
+
+
+def setting_kind(key, value, default):
+    """None when a saved setting fits its flag (whose default is `default`), else what it
+    should be: true or false for a switch, a whole number, a finite number, text, or for a
+    flag without a default nothing or OPTIONAL_SETTINGS' kind (augment: a list of names)."""
+    kind = ("switch" if isinstance(default, bool) else "count" if isinstance(default, int) else
+            "number" if isinstance(default, float) else "text" if isinstance(default, str) else
+            OPTIONAL_SETTINGS.get(key, "any"))
+    if default is None and value is None:
+        return None
+    ok = {"switch": isinstance(value, bool),
+          "count": isinstance(value, int) and not isinstance(value, bool),
+          "number": finite_number(value), "text": isinstance(value, str),
+          "names": isinstance(value, list) and all(v in AUGMENT_NAMES for v in value),
+          "any": value is None or isinstance(value, str) or finite_number(value)}[kind]
+    return None if ok else {"switch": "true or false", "count": "a whole number",
+                            "number": "a finite number", "text": "text",
+                            "names": f"a list of {', '.join(AUGMENT_NAMES)}",
+                            "any": "text or a finite number"}[kind]
 
 
 def restore_state(model, optimizer, state, path, what):

@@ -9,10 +9,13 @@ Parameter names follow the book, so its published checkpoint loads strictly:
 """
 import math
 
+import torch
 from torch import nn
 
-from common.errors import DataError
+from common.errors import DataError, one_line
 from common.files import read_torch
+
+CHECKPOINT_FIELDS = {"model_state": dict, "model_name": str}  # model_name optional (older files)
 
 
 class LunaBlock(nn.Module):
@@ -79,9 +82,31 @@ def init_weights(model, linear_mode="fan_in"):
 
 def read_checkpoint(path, flag="checkpoint"):
     """The book's checkpoint dict (`model_state`, `model_name`, ...) from `path`, read by
-    common.files.read_torch (tensors, never code); a DataError naming `flag` for anything
-    else."""
+    common.files.read_torch (tensors, never code), its fields checked: a DataError naming
+    `flag`, the file and the field when `model_state` is missing, is not a dict of named tensors
+    or holds NaN or Inf, or `model_name` (optional, as in older files) is not a str."""
     state = read_torch(path, flag)
-    if not isinstance(state, dict) or not isinstance(state.get("model_state"), dict):
-        raise DataError(f"{flag} {path}: not a checkpoint dict with a model_state")
+    where = f"{flag} {path}"
+    if not isinstance(state, dict):
+        raise DataError(f"{where}: not a checkpoint dict with a model_state (found {a(state)})")
+    if "model_state" not in state:
+        held = ", ".join(repr(str(k))[:40] for k in list(state)[:3]) or "nothing"
+        raise DataError(f"{where}: not a checkpoint dict with a model_state (field 'model_state' "
+                        f"is missing; it holds {held})")
+    for field, kind in CHECKPOINT_FIELDS.items():
+        if field in state and not isinstance(state[field], kind):
+            raise DataError(f"{where}: field {field!r} is {a(state[field])}, not a "
+                            f"{kind.__name__}")
+    for key, value in state["model_state"].items():
+        name = f"field 'model_state', entry {one_line(repr(key), 60)}"
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise DataError(f"{where}: {name} is {a(value)}, not a named tensor")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise DataError(f"{where}: {name} holds NaN or Inf values")
     return state
+
+
+def a(value):
+    """'a list', 'an int': what a value is, for a message."""
+    name = type(value).__name__
+    return ("an " if name[:1].lower() in "aeiou" else "a ") + name

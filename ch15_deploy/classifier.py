@@ -13,14 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ch10_luna.model import LunaModel
+from ch10_luna.model import LunaModel, read_checkpoint
 from ch15_deploy.model_files import load_state
 from ch15_deploy.wire import CROP_SHAPE
 from common.data import add_data_dir_argument, book_file
-from common.errors import DataError, one_line
+from common.errors import DataError
 from common.files import read_torch
 
-CHECKPOINT_FIELDS = {"model_state": dict, "model_name": str}  # what is read; model_name optional
 BOOK_CHECKPOINT = "part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state"
 EXAMPLE = "p3ch15/cls_val_example.pt"
 
@@ -38,37 +37,6 @@ def model_arguments():
     return parser
 
 
-def read_classifier_checkpoint(path, flag="--model"):
-    """The book's checkpoint dict from `path`, its fields checked; a DataError naming the file and
-    the field: `model_state` missing, not a dict of named tensors, or holding NaN or Inf;
-    `model_name` (optional, as in older files) not a str."""
-    state = read_torch(path, flag)                           # tensors, no code
-    where = f"{flag} {path}"
-    if not isinstance(state, dict):
-        raise DataError(f"{where}: not a checkpoint dict with a model_state (found {_a(state)})")
-    if "model_state" not in state:
-        held = ", ".join(repr(str(k))[:40] for k in list(state)[:3]) or "nothing"
-        raise DataError(f"{where}: not a checkpoint dict with a model_state (field 'model_state' "
-                        f"is missing; it holds {held})")
-    for field, kind in CHECKPOINT_FIELDS.items():
-        if field in state and not isinstance(state[field], kind):
-            raise DataError(f"{where}: field {field!r} is {_a(state[field])}, not a "
-                            f"{kind.__name__}")
-    for key, value in state["model_state"].items():
-        name = f"field 'model_state', entry {one_line(repr(key), 60)}"
-        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise DataError(f"{where}: {name} is {_a(value)}, not a named tensor")
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise DataError(f"{where}: {name} holds NaN or Inf values")
-    return state
-
-
-def _a(value):
-    """'a list', 'an int': what a value is, for a message."""
-    name = type(value).__name__
-    return ("an " if name[:1].lower() in "aeiou" else "a ") + name
-
-
 def load_classifier(path=None, data_dir=None, random_weights=False, device="cpu", seed=0,
                     flag="--model"):
     """A LunaModel in eval mode: from a book-format checkpoint (strict), or randomly initialized."""
@@ -77,7 +45,7 @@ def load_classifier(path=None, data_dir=None, random_weights=False, device="cpu"
             torch.manual_seed(seed)
             return LunaModel().to(device).eval()
     path = Path(path) if path else book_file(BOOK_CHECKPOINT, data_dir, name="luna-models")
-    state = read_classifier_checkpoint(path, flag)
+    state = read_checkpoint(path, flag)                     # its fields checked
     if state.get("model_name", "LunaModel") != "LunaModel":
         raise DataError(f"{flag} {path}: holds a {state['model_name'][:40]!r}, not a "
                         "LunaModel")

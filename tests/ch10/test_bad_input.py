@@ -211,3 +211,79 @@ def test_resuming_settings_that_lack_a_flag_is_one_line(luna, tmp_path, capsys):
     line = refused(train_cls.main, ["--resume", str(path)], capsys)
     assert line == (f"error: --resume {path}: its saved settings lack --checkpoint-every "
                     "(saved by another script or version); start a new run instead")
+
+
+@pytest.fixture(scope="module")
+def mid_epoch_checkpoint(tiny_luna, tmp_path_factory):
+    """A checkpoint train_cls wrote in the middle of an epoch (batch 1 of 2): its dict."""
+    run = tmp_path_factory.mktemp("resumable") / "run"
+    argv = ["--data-dir", str(tiny_luna.parent), "--run-dir", str(run), "--epoch-size", "32",
+            "--batch-size", "8", "--val-stride", "2", "--checkpoint-every", "1", "--epochs", "1"]
+    saved = []
+    original = train_cls.mid_epoch_saver
+
+    def keep_the_first(*args, **kwargs):
+        after_batch = original(*args, **kwargs)
+
+        def then_copy(rows):
+            after_batch(rows)
+            if not saved:
+                saved.append(torch.load(run / "cls_dlwpt.last.state", weights_only=True))
+        return then_copy
+    train_cls.mid_epoch_saver = keep_the_first
+    try:
+        train_cls.main(argv)
+    finally:
+        train_cls.mid_epoch_saver = original
+    assert saved[0]["batch"] == 1
+    return saved[0]
+
+
+def nan_in_optimizer(state):
+    first = next(iter(state["optimizer_state"]["state"].values()))
+    first["exp_avg"].view(-1)[0] = float("nan")
+
+
+# Each damage: (what it does to the checkpoint dict, the field the one line names, its words)
+DAMAGES = {
+    "augment -1": (lambda s: s["args"].update(augment=-1), "field 'args', setting 'augment'",
+                   "is -1, not a list of all, flip, offset"),
+    "no epoch_start_samples": (lambda s: s.pop("epoch_start_samples"),
+                               "field 'epoch_start_samples'", "is missing"),
+    "nan weights": (lambda s: s["model_state"]["head_linear.weight"].fill_(float("nan")),
+                    "field 'model_state', entry 'head_linear.weight'", "holds NaN or Inf"),
+    "nan optimizer": (nan_in_optimizer, "field 'optimizer_state'", "holds NaN or Inf"),
+    "nan partial": (lambda s: s["trn_partial"][0].fill_(float("nan")), "field 'trn_partial'",
+                    "holds NaN or Inf"),
+    "epoch as text": (lambda s: s.update(epoch="2"), "field 'epoch'", "is '2', not a whole"),
+    "negative samples": (lambda s: s.update(totalTrainingSamples_count=-5),
+                         "field 'totalTrainingSamples_count'", "is -5, not a whole number"),
+    "partial not a list": (lambda s: s.update(trn_partial=3.0), "field 'trn_partial'",
+                           "is 3.0, not a list"),
+    "best f1 nan": (lambda s: s.update(best_f1=float("nan")), "field 'best_f1'",
+                    "is nan, not a finite number"),
+    "epoch size as text": (lambda s: s["args"].update(epoch_size="many"),
+                           "field 'args', setting 'epoch_size'", "is 'many', not a whole"),
+    "no optimizer state": (lambda s: s.update(optimizer_state=[]), "field 'optimizer_state'",
+                           "is [], not an optimizer's state dict"),
+    "lr as text": (lambda s: s["args"].update(lr="fast"), "field 'args', setting 'lr'",
+                   "is 'fast', not a finite number"),
+    "batch size a bool": (lambda s: s["args"].update(batch_size=True),
+                      "field 'args', setting 'batch_size'", "is True, not a whole number"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_checkpoint_is_one_line_naming_the_file_and_field(
+        mid_epoch_checkpoint, tmp_path, capsys, damage):
+    import copy
+
+    change, field, words = DAMAGES[damage]
+    state = copy.deepcopy(mid_epoch_checkpoint)
+    change(state)
+    path = tmp_path / "damaged.state"
+    torch.save(state, path)
+    line = refused(train_cls.main, ["--resume", str(path), "--run-dir", str(tmp_path / "r")],
+                   capsys)
+    assert line.startswith(f"error: --resume {path}: {field} ") and words in line, line
+    assert not (tmp_path / "r").exists()                      # refused before any run starts

@@ -136,8 +136,8 @@ def test_a_model_that_gives_nan_writes_no_json(luna, tiny_models, tmp_path, caps
                                           "--seg-model", seg, "--cls-model", str(path),
                                           "--json", str(out)], capsys)
     if broken == "nan weights":                # refused at load, naming the file and tensor
-        assert line == (f"error: --cls-model {path}: its weights hold NaN or infinity "
-                        "(head_linear.weight): a broken checkpoint")
+        assert line == (f"error: --cls-model {path}: field 'model_state', entry "
+                        "'head_linear.weight' holds NaN or Inf values")
     else:
         assert line.startswith("error: --cls-model: the model gave a probability that is not "
                                "a number on series ")

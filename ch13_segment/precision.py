@@ -18,6 +18,7 @@ import hashlib
 import io
 import logging
 import os
+import time
 import warnings
 from collections import namedtuple
 from pathlib import Path
@@ -413,8 +414,9 @@ def prepare(model, precision="fp32", *, batch_size=4, calibration=None, cache_di
             compiled=False, fmt=None):
     """`model` ready for inference, called like it: fp32 inputs -> its outputs in fp32.
 
-    fp32 and bf16: float_runner (through torch.compile when `compiled`); int8: the model
-    quantized over `calibration` (a Calibration: its batches, and a key naming them) and run by
+    fp32 and bf16: float_runner, or with `compiled` the same compiled ahead of time by
+    inductor with freezing (aot_runner: kept in `cache_dir`); int8: the model quantized
+    over `calibration` (a Calibration: its batches, and a key naming them) and run by
     int8_runner, the program kept in `cache_dir` so that a later run skips the quantization.
     A U-Net takes whole slices of any size (whole_slices). CPU only for int8.
     """
@@ -422,12 +424,111 @@ def prepare(model, precision="fp32", *, batch_size=4, calibration=None, cache_di
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision == "int8":
         run = int8_runner(*int8_program(model, batch_size, calibration, cache_dir))
+    elif compiled:
+        run = aot_runner(model, precision, batch_size, cache_dir, fmt)
     else:
         run = float_runner(model, precision, fmt)
-        if compiled:
-            run = compiled_runner(run, batch_size)
     multiple = spatial_multiple(model)
     return whole_slices(run, multiple) if multiple else run
+
+
+class Inference(torch.nn.Module):
+    """What float_runner runs, as a module torch.export takes: the input in layout `fmt`, the
+    model under bf16 autocast when `bf16`, its outputs in fp32."""
+
+    def __init__(self, model, fmt, bf16):
+        super().__init__()
+        self.model, self.fmt, self.bf16 = model, fmt, bf16
+
+    def forward(self, x):
+        x = x.contiguous(memory_format=self.fmt)
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=self.bf16):
+            return as_float(self.model(x))
+
+
+def aot_runner(model, precision, batch_size, cache_dir=None, fmt=None, announce=print):
+    """float_runner's work compiled ahead of time by AOTInductor, with inductor's freezing
+    (the weights constants: BatchNorm folded into the convolutions, ReLU fused), for batches of
+    `batch_size` (fixed_batch pads a short one). A program per input size, compiled at its
+    first call and kept in `cache_dir` (by weights, precision, size, torch and CPU), so a
+    later run loads it at once. Where compiling fails (no C++ compiler, an operator inductor
+    cannot take), one warning line, and that size runs eagerly."""
+    device = next(model.parameters()).device
+    spatial_dims = 2 if isinstance(model, UNetWrapper) else 3
+    fmt = fmt or memory_format(device, precision == "bf16", spatial_dims)
+    module = Inference(copy.deepcopy(model).eval().requires_grad_(False).to(memory_format=fmt),
+                       fmt, precision == "bf16").eval()
+    eager = float_runner(model, precision, fmt)
+    key = program_key(model, precision, device)
+    programs = {}
+
+    def run(x):
+        shape = tuple(x.shape)
+        if shape not in programs:
+            name = f"{type(model).__name__}-{precision}-{'x'.join(map(str, shape))}-{key}"
+            programs[shape] = load_or_compile(module, x, cache_dir, name, eager, announce)
+        with torch.no_grad():
+            return programs[shape](x)
+    return fixed_batch(run, batch_size)
+
+
+def program_key(model, precision, device):
+    """16 hex digits naming a compiled program: the weights, the precision, torch's version and
+    the device it was compiled for (the CPU's vector instructions, or the GPU)."""
+    key = hashlib.sha1(repr((precision, torch.__version__, str(device.type),
+                             device_target(device))).encode())
+    for name, tensor in model.state_dict().items():
+        key.update(name.encode())
+        key.update(tensor.detach().cpu().numpy().tobytes())
+    return key.hexdigest()[:16]
+
+
+def device_target(device):
+    """What a compiled program is specific to: the GPU's name, or the CPU's vector ISA."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from torch._inductor import cpu_vec_isa
+
+    return str(cpu_vec_isa.pick_vec_isa())
+
+
+def load_or_compile(module, example, cache_dir, name, eager, announce=print):
+    """The AOTInductor program of `module` for inputs like `example`: loaded from
+    `cache_dir`/`name`.pt2, else exported, compiled with freezing and saved there (atomically);
+    `eager` (with a warning line) where that fails."""
+    import tempfile
+
+    path = Path(cache_dir) / f"{name}.pt2" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        try:
+            return torch._inductor.aoti_load_package(str(path))
+        except Exception as e:                    # a damaged or foreign file: compile anew
+            announce(f"warning: {path}: not a loadable program ({type(e).__name__}); compiling "
+                     "again")
+    started = time.perf_counter()
+    try:
+        with quiet_loggers("torch"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module, (example,))
+            buffer = io.BytesIO()
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=buffer, inductor_configs={"freezing": True})
+        if path is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"{name}.pt2"
+                path.write_bytes(buffer.getvalue())
+                compiled = torch._inductor.aoti_load_package(str(path))
+        else:
+            write_bytes(path, buffer.getvalue(), "compiled program cache")
+            compiled = torch._inductor.aoti_load_package(str(path))
+    except Exception as e:                        # no compiler, an operator it cannot take
+        announce(f"warning: --compile: {name.split('-')[0]} could not be compiled here "
+                 f"({type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e) else ''})"
+                 "; it runs eagerly")
+        return eager
+    announce(f"compiled {name.rsplit('-', 1)[0]} in {time.perf_counter() - started:.1f} s"
+             + (f" (kept in {path.parent} for later runs)" if cache_dir is not None else ""))
+    return compiled
 
 
 # What int8 calibrates on: `batches()` gives the input batches, `key` names them (the cache's).

@@ -58,7 +58,7 @@ def test_analysing_a_broken_series_names_its_field(luna, tiny_models, capsys):
     seg, cls, _ = tiny_models
     mhd = sorted(luna.glob("subset*/*.mhd"))[0]
     set_field(mhd, "ElementSpacing", "0 1 1")
-    line = refused(nodule_analysis.main, [mhd.stem, "--data-dir", str(luna.parent),
+    line = refused(nodule_analysis.main, ["--no-compile", mhd.stem, "--data-dir", str(luna.parent),
                                           "--seg-model", seg, "--cls-model", cls], capsys)
     assert line == (f"error: series {mhd.stem} is unusable: {mhd}: ElementSpacing '0 1 1': "
                     "spacings must be finite and > 0 (mm)")
@@ -93,7 +93,8 @@ def test_malformed_annotations_stop_the_analysis_before_any_ct(luna, tiny_models
     fields = lines[1].split(",")
     lines[1] = ",".join([fields[0], fields[1], "nan", *fields[3:]])
     path.write_text("\n".join(lines) + "\n")
-    line = refused(nodule_analysis.main, ["--run-validation", "--data-dir", str(luna.parent),
+    line = refused(nodule_analysis.main, ["--no-compile",
+                                          "--run-validation", "--data-dir", str(luna.parent),
                                           "--seg-model", seg, "--cls-model", cls], capsys)
     assert line == (f"error: {path}, line 2: coordY is 'nan', not a finite number")
 
@@ -132,7 +133,8 @@ def test_a_model_that_gives_nan_writes_no_json(luna, tiny_models, tmp_path, caps
     path = tmp_path / "nan.state"
     torch.save({"model_state": model.state_dict(), "model_name": "LunaModel"}, path)
     out = tmp_path / "a.json"
-    line = refused(nodule_analysis.main, ["--run-validation", "--data-dir", str(luna.parent),
+    line = refused(nodule_analysis.main, ["--no-compile",
+                                          "--run-validation", "--data-dir", str(luna.parent),
                                           "--seg-model", seg, "--cls-model", str(path),
                                           "--json", str(out)], capsys)
     if broken == "nan weights":                # refused at load, naming the file and tensor
@@ -150,7 +152,8 @@ def test_a_unet_checkpoint_for_the_classifier_is_one_short_line(luna, tiny_model
     unet = UNetWrapper(**MODEL_KWARGS)
     torch.save({"model_state": unet.state_dict(), "model_name": "LunaModel"},
                luna.parent / "lies.state")
-    line = refused(nodule_analysis.main, ["--run-validation", "--data-dir", str(luna.parent),
+    line = refused(nodule_analysis.main, ["--no-compile",
+                                          "--run-validation", "--data-dir", str(luna.parent),
                                           "--seg-model", seg, "--cls-model",
                                           str(luna.parent / "lies.state")], capsys)
     assert "--cls-model" in line and len(line) < 300
@@ -171,7 +174,8 @@ def test_train_seg_resume_with_settings_lacking_a_field(luna, tmp_path, capsys):
 def test_the_analysis_json_is_valid_json(luna, tiny_models, tmp_path, one_torch_thread):
     seg, cls, _ = tiny_models
     out = tmp_path / "a.json"
-    run_cli(nodule_analysis.main, [sorted(p.stem for p in luna.glob("subset*/*.mhd"))[0],
+    run_cli(nodule_analysis.main, ["--no-compile",
+                                   sorted(p.stem for p in luna.glob("subset*/*.mhd"))[0],
                                    "--data-dir", str(luna.parent), "--seg-model", seg,
                                    "--cls-model", cls, "--json", str(out)])
     doc = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))

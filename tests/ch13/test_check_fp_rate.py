@@ -121,7 +121,8 @@ def test_runs_the_analysis_itself_and_reads_its_json(tiny_models, seg_luna, tmp_
                                                      one_torch_thread):
     seg, cls, _mal = tiny_models
     saved = tmp_path / "analysis.json"
-    live = main(["--run-validation", "--include-train", "--data-dir", str(seg_luna.root),
+    live = main(["--no-compile",
+                 "--run-validation", "--include-train", "--data-dir", str(seg_luna.root),
                  "--seg-model", seg, "--cls-model", cls, "--batch-size", "8",
                  "--json", str(saved), "--out", str(tmp_path / "live")])
     read = main(["--analysis", str(saved), "--out", str(tmp_path / "read")])

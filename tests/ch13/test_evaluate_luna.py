@@ -182,7 +182,7 @@ def test_reads_what_nodule_analysis_writes(tiny_models, seg_luna, tmp_path, one_
 
     seg, cls, _mal = tiny_models
     saved = tmp_path / "analysis.json"
-    live = analysis_main(["--run-validation", "--include-train", "--data-dir",
+    live = analysis_main(["--no-compile", "--run-validation", "--include-train", "--data-dir",
                           str(seg_luna.root), "--seg-model", seg, "--cls-model", cls,
                           "--batch-size", "8", "--json", str(saved)])
     r = main([str(saved), "--data-dir", str(seg_luna.root), "--out", str(tmp_path / "out"),

@@ -191,15 +191,17 @@ def test_wrong_kind_of_checkpoint_is_a_data_error(tiny_models, seg_luna):
     seg, _, _ = tiny_models
     uid = sorted(seg_luna.series)[0]
     with pytest.raises(DataError, match=r"--cls-model .*'UNetWrapper'.* needs a LunaModel"):
-        main([uid, "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model", seg])
+        main(["--no-compile",
+              uid, "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model", seg])
 
 
 def test_unknown_series_says_how_to_list_them(tiny_models, seg_luna, capsys):
     seg, cls, _ = tiny_models
     with pytest.raises(DataError, match="--list-series"):
-        main(["1.2.3.4", "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model",
+        main(["--no-compile",
+              "1.2.3.4", "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model",
               cls])
-    listed = main(["--list-series", "--data-dir", str(seg_luna.root)])["series"]
+    listed = main(["--no-compile", "--list-series", "--data-dir", str(seg_luna.root)])["series"]
     assert listed == sorted(seg_luna.series)
     printed = capsys.readouterr().out
     assert all(uid in printed for uid in listed)
@@ -208,7 +210,7 @@ def test_unknown_series_says_how_to_list_them(tiny_models, seg_luna, capsys):
 def test_missing_checkpoints_are_reported_before_the_sample_is_generated(tmp_path):
     with pytest.raises(DataError, match="not found; get it with:  python -m common.data "
                                         "download luna-models"):
-        main(["--run-validation", "--data-dir", str(tmp_path)])
+        main(["--no-compile", "--run-validation", "--data-dir", str(tmp_path)])
     assert not (tmp_path / "synthetic").exists()          # no 95 MB sample for nothing
 
 
@@ -216,7 +218,8 @@ def test_main_end_to_end_with_small_models(tiny_models, seg_luna, tmp_path, caps
                                            one_torch_thread):
     seg, cls, mal = tiny_models
     out = tmp_path / "analysis.json"
-    result = main(["--run-validation", "--include-train", "--data-dir", str(seg_luna.root),
+    result = main(["--no-compile",
+                   "--run-validation", "--include-train", "--data-dir", str(seg_luna.root),
                    "--seg-model", seg, "--cls-model", cls, "--malignancy-model", mal,
                    "--batch-size", "8", "--json", str(out)])
     table = result["table"]
@@ -260,7 +263,7 @@ def test_json_names_the_matched_annotation(tmp_path):
 def test_book_checkpoints_on_a_synthetic_ct(book_file, seg_luna, capsys):
     seg, cls = book_file(BOOK_SEG_MODEL), book_file(BOOK_CLS_MODEL)
     uid = sorted(seg_luna.series)[0]
-    result = main([uid, "--data-dir", str(seg_luna.root), "--seg-model", str(seg),
+    result = main(["--no-compile", uid, "--data-dir", str(seg_luna.root), "--seg-model", str(seg),
                    "--cls-model", str(cls)])
     assert set(result["timing"]) == {"load", "segmentation", "grouping", "classification"}
     assert result["table"][1:].sum() == len(result["results"][0]["annotations"])
@@ -290,7 +293,8 @@ def test_every_precision_writes_the_same_schema_and_the_fp32_decisions(
     docs, results = {}, {}
     for p in ("fp32", precision):
         out = tmp_path / f"{p}.json"
-        results[p] = main([sorted(seg_luna.series)[0], "--data-dir", str(seg_luna.root),
+        results[p] = main(["--no-compile",
+                           sorted(seg_luna.series)[0], "--data-dir", str(seg_luna.root),
                            "--seg-model", seg, "--cls-model", cls, "--batch-size", "4",
                            "--precision", p, "--json", str(out)])
         docs[p] = json.loads(out.read_text())
@@ -324,7 +328,8 @@ def test_a_rechecked_classifier_rescores_in_fp32_only_near_the_threshold(tiny_mo
 def test_amp_is_bf16_and_does_not_mix_with_another_precision(tiny_models, seg_luna, capsys):
     seg, cls, _ = tiny_models
     with pytest.raises(SystemExit) as caught:
-        main(["--run-validation", "--amp", "--precision", "int8", "--seg-model", seg])
+        main(["--no-compile",
+              "--run-validation", "--amp", "--precision", "int8", "--seg-model", seg])
     assert caught.value.code == 2
     assert "--amp is --precision bf16" in capsys.readouterr().err
 
@@ -338,7 +343,8 @@ def test_each_ct_gets_its_picture_volumes_markups_and_the_submission(tiny_models
 
     seg, cls, _ = tiny_models
     uid = sorted(seg_luna.series)[0]
-    result = main([uid, "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model",
+    result = main(["--no-compile",
+                   uid, "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model",
                    cls, "--outputs", str(tmp_path / "out"), "--submission",
                    str(tmp_path / "sub.csv")])
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -360,19 +366,20 @@ def test_outputs_can_be_turned_off_and_a_bad_folder_is_refused_first(tiny_models
     seg, cls, _ = tiny_models
     uid = sorted(seg_luna.series)[0]
     common = [uid, "--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model", cls]
-    main([*common, "--outputs", str(tmp_path / "out"), "--no-png", "--no-volumes"])
+    main(["--no-compile", *common, "--outputs", str(tmp_path / "out"), "--no-png", "--no-volumes"])
     assert sorted(p.suffix for p in (tmp_path / "out").iterdir()) == [".json", ".json"]
     capsys.readouterr()
     (tmp_path / "file").write_text("in the way")
     with pytest.raises(DataError, match=r"--outputs folder .*file"):
-        main([*common, "--outputs", str(tmp_path / "file" / "out")])
+        main(["--no-compile", *common, "--outputs", str(tmp_path / "file" / "out")])
     assert capsys.readouterr().out == ""                     # refused before any CT is read
 
 
 def test_a_ct_of_ones_own_is_analysed_unscored(tiny_models, seg_luna, tmp_path):
     seg, cls, _ = tiny_models
     path = next(iter(seg_luna.series.values()))
-    result = main(["--ct", str(path), "--data-dir", str(tmp_path), "--seg-model", seg,
+    result = main(["--no-compile",
+                   "--ct", str(path), "--data-dir", str(tmp_path), "--seg-model", seg,
                    "--cls-model", cls, "--outputs", str(tmp_path / "out")])
     (r,) = result["results"]
     assert r["annotations"] == [] and r["series_uid"] == path.stem
@@ -380,7 +387,7 @@ def test_a_ct_of_ones_own_is_analysed_unscored(tiny_models, seg_luna, tmp_path):
     assert (tmp_path / "out" / f"{path.stem}.png").is_file()
     assert not (tmp_path / "synthetic").exists()             # no sample generated for it
     with pytest.raises(DataError, match="--ct /no/such.mhd: no such file or folder"):
-        main(["--ct", "/no/such.mhd", "--seg-model", seg, "--cls-model", cls])
+        main(["--no-compile", "--ct", "/no/such.mhd", "--seg-model", seg, "--cls-model", cls])
 
 
 @pytest.mark.slow
@@ -398,7 +405,8 @@ def test_int8_on_a_data_root_holding_one_ct(tiny_models, seg_luna, tmp_path, cap
         (luna / "subset0" / f.name).symlink_to(f)
     for name in ("candidates.csv", "annotations.csv"):
         (luna / name).write_bytes((seg_luna.root / name).read_bytes())
-    result = main([uid, "--data-dir", str(tmp_path), "--seg-model", seg, "--cls-model", cls,
+    result = main(["--no-compile",
+                   uid, "--data-dir", str(tmp_path), "--seg-model", seg, "--cls-model", cls,
                    "--precision", "int8", "--no-png", "--no-volumes", "--no-markups"])
     assert len(result["results"]) == 1
     assert "calibrated on the analysed series (no training series under" in \

@@ -232,3 +232,49 @@ def test_compiled_int8_runs_both_models(programs):
             expected, out = expected[0], out[0]           # the logits
         assert out.shape == expected.shape
         assert (out - expected).abs().max() <= 0.05 * max(spread(expected), 1.0)
+
+
+# --------------------------------------------------------------------------- compiled
+def test_compiled_ahead_of_time_gives_the_eager_outputs_and_is_kept(tmp_path):
+    """AOTInductor with freezing: fp32 outputs of the eager model to float rounding, a short
+    batch padded, and a second run loads the kept program instead of compiling."""
+    said = []
+    unet, s = small_unet(), batches((3, 7, 30, 26), 1, 5)[0]            # batches of 2 and 1
+    run = precision.prepare(unet, "fp32", batch_size=2, compiled=True, cache_dir=tmp_path)
+    out = run(s)
+    with torch.no_grad():
+        expected = precision.prepare(unet, "fp32")(s)
+    assert out.shape == expected.shape == (3, 1, 30, 26)
+    assert (out - expected).abs().max() <= 1e-5                  # seen: 1e-7
+    kept = list(tmp_path.glob("UNetWrapper-fp32-2x7x30x26-*.pt2"))
+    assert len(kept) == 1
+    again = precision.aot_runner(unet, "fp32", 2, tmp_path, announce=said.append)
+    torch.testing.assert_close(again(s[:2]), out[:2], rtol=0, atol=0)  # the program, read back
+    assert said == []                                            # nothing compiled, no warning
+
+
+def test_where_compiling_fails_one_warning_and_the_eager_model(tmp_path, monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", no_compiler)
+    said = []
+    luna, x = small_luna(), batches((3, 1, *CROP), 1, 6)[0]
+    run = precision.aot_runner(luna, "fp32", 4, tmp_path, announce=said.append)
+    logits, probs = run(x)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, luna(x)[0], rtol=1e-4, atol=1e-5)
+    assert said == ["warning: --compile: LunaModel could not be compiled here (RuntimeError: "
+                    "no C++ compiler found); it runs eagerly"]
+    assert not list(tmp_path.iterdir())                          # nothing half-written
+
+
+def test_a_damaged_kept_program_is_compiled_again(tmp_path):
+    luna, x = small_luna(), batches((2, 1, *CROP), 1, 7)[0]
+    precision.aot_runner(luna, "fp32", 2, tmp_path, announce=lambda _: None)(x)
+    (kept,) = tmp_path.glob("*.pt2")
+    kept.write_bytes(b"not a zip")
+    said = []
+    logits, _ = precision.aot_runner(luna, "fp32", 2, tmp_path, announce=said.append)(x)
+    assert said[0].startswith(f"warning: {kept}: not a loadable program") and len(said) == 2
+    with torch.no_grad():
+        torch.testing.assert_close(logits, luna(x)[0], rtol=1e-4, atol=1e-5)

@@ -8,15 +8,10 @@ series folder (chapter 4's CT). For an uncompressed `.raw` the voxels stay on di
     crop, center_irc = ct.raw_candidate(center_xyz, (32, 48, 48))
 
 A mapped file that shrinks under a running reader (truncated, or rewritten in place) is one
-line naming it, exit status 2: a crop read checks the file's size first, and a read that faults
-all the same (SIGBUS, on Linux and macOS) is reported by a handler before the process exits.
+DataError naming it, not a silent death by SIGBUS (common/mapped.py).
 """
-import ctypes
 import functools
 import hashlib
-import os
-import signal
-import sys
 from collections import namedtuple
 from pathlib import Path
 
@@ -25,6 +20,7 @@ import SimpleITK as sitk
 
 from common.errors import DataError
 from common.files import atomic_path, write_text
+from common.mapped import check_mapped, mapped, shrank
 
 HU_MIN, HU_MAX = -1000.0, 1000.0       # the book clips: air below, bone and metal above
 
@@ -72,73 +68,6 @@ def crop_bounds(center_irc, width_irc, shape_irc):
         start = max(0, min(start, size - width))
         bounds.append((start, min(start + width, size)))
     return bounds
-
-
-# The memory-mapped files of this process (path -> bytes its mapping needs) and the process
-# whose SIGBUS handler reports them. Module state on purpose: a signal handler finds only what
-# the module keeps, and the handler must outlive any one Ct.
-_MAPPED = {}
-_SIGBUS_GUARD = {"pid": None, "handler": None}
-
-
-def _shrank(path, size, needed):
-    now = "is gone" if size is None else f"has {size:,} bytes"
-    return (f"{path}: the file shrank while in use (it {now}, the CT needs {needed:,}); was it "
-            "truncated or rewritten? restore it and run again")
-
-
-def _on_sigbus(signum):
-    """A read of a mapped file faulted: name the file that shrank (one line on stderr, exit
-    2); none did, so the fault is not ours: the default action (the process dies of it)."""
-    for path, needed in list(_MAPPED.items()):
-        try:
-            size = os.stat(path).st_size
-        except OSError:
-            size = None
-        if size is None or size < needed:
-            os.write(2, f"error: {_shrank(path, size, needed)}\n".encode(errors="replace"))
-            os._exit(2)
-    _libc_signal(signum, 0)                 # SIG_DFL: the faulting read runs again and dies
-
-
-def _libc_signal(signum, handler):
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.signal.restype = ctypes.c_void_p
-    libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
-    return libc.signal(signum, ctypes.cast(handler, ctypes.c_void_p) if handler else None)
-
-
-def guard_mapped_reads():
-    """Make a read of a shrunken mapped file one line in this process: installs the SIGBUS
-    handler, through libc because Python's signal module cannot catch a fault of the running
-    code (its handler would run after the faulting read, which faults again). Again after a
-    fork: a DataLoader worker replaces it with torch's own. Linux and macOS only."""
-    if _SIGBUS_GUARD["pid"] == os.getpid() or not sys.platform.startswith(("linux", "darwin")):
-        return
-    handler = _SIGBUS_GUARD["handler"] or ctypes.CFUNCTYPE(None, ctypes.c_int)(_on_sigbus)
-    _libc_signal(signal.SIGBUS, handler)
-    _SIGBUS_GUARD.update(pid=os.getpid(), handler=handler)      # kept: the callback must live
-
-
-def mapped(voxels):
-    """Register a np.memmap for the shrink checks (the SIGBUS handler, `check_mapped`)."""
-    _MAPPED[str(voxels.filename)] = voxels.offset + voxels.nbytes
-    guard_mapped_reads()
-    return voxels
-
-
-def check_mapped(voxels):
-    """Before a read of a np.memmap: a DataError naming the file when it is now shorter than
-    the mapping (reading the missing part would fault); nothing for an in-memory array."""
-    mm = getattr(voxels, "_mmap", None)
-    if mm is None:
-        return
-    if _SIGBUS_GUARD["pid"] != os.getpid():
-        guard_mapped_reads()
-    needed = voxels.offset + voxels.nbytes
-    size = mm.size()                        # fstat of the mapped file itself, even if renamed
-    if size < needed:
-        raise DataError(_shrank(voxels.filename, size, needed))
 
 
 class Ct:
@@ -408,7 +337,7 @@ def _memmap_raw(header, shape_irc):
         except OSError:
             size = None
         if size is None or size < needed:
-            raise DataError(_shrank(header.raw_path, size, needed)) from None
+            raise DataError(shrank(header.raw_path, size, needed)) from None
         raise DataError(f"{header.raw_path}: cannot map it ({e})") from None
 
 

@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import threading
+import time
 
 MAX_MESSAGE = 300                   # characters: one readable line, however long the cause
 STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}     # 128 + the signal, as shells report it
@@ -140,13 +141,39 @@ def _original_message(error):
     return text
 
 
+def _failed_worker(wait_s=1.0):
+    """The RuntimeError torch's DataLoader raises for a worker process of this one that has
+    died, or None (none has within `wait_s`, or torch is not loaded). The wait: a dying
+    process's connections close before its parent can see that it has ended."""
+    torch = sys.modules.get("torch")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:                                # torch's SIGCHLD handler may raise it meanwhile
+            torch.utils.data._utils.signal_handling._error_if_any_worker_fails()
+            time.sleep(0.05)
+        except RuntimeError as e:
+            return e
+        except AttributeError:              # no torch, or one without the DataLoader's check
+            return None
+    return None
+
+
 def _worker_death(error, received):
-    """For a RuntimeError from a DataLoader whose worker process died: the exit status to end
+    """For an error that came of a DataLoader worker process's death: the exit status to end
     with quietly (the interruption's; 2 when the worker printed its own error line and exited
-    2, as common.ct's mapped-file guard does), else None."""
-    text = str(error)
-    if not text.startswith("DataLoader worker"):
-        return None
+    2, as common.ct's mapped-file guard does), else None. The loader says it as a RuntimeError,
+    its details sometimes only in the cause; a worker that dies while handing over a batch
+    shows as an EOFError or a ConnectionError instead, and its fate is asked of torch."""
+    texts = []
+    while error is not None:
+        texts.append(str(error))
+        error = error.__cause__ or error.__context__
+    if not texts[0].startswith("DataLoader worker"):
+        failed = _failed_worker()
+        if failed is None:
+            return None
+        texts = [str(failed)]
+    text = " ".join(texts)
     if received or re.search(r"killed by signal: (Terminated|Interrupt)", text):
         return STATUS[received[0] if received else signal.SIGTERM if "Terminated" in text
                       else signal.SIGINT]
@@ -207,7 +234,7 @@ def run_cli(main, argv=None):
         print(said + (f"; {one_line(detail)}" if detail else ""), file=sys.stderr)
         _let_go(e)
         raise SystemExit(STATUS[received[0] if received else signal.SIGINT]) from None
-    except RuntimeError as e:
+    except (RuntimeError, EOFError, ConnectionError) as e:
         status = _worker_death(e, received)
         if status is None:
             raise

@@ -416,6 +416,33 @@ def test_a_server_that_keeps_sending_is_cut_at_the_registry_size(endless, tmp_pa
     assert endless.sent < 48 << 20           # the client hung up long before the 64 MiB
 
 
+@pytest.mark.parametrize("claim_length, most", [(True, 64 << 10), (False, 264_426 + (64 << 10))],
+                         ids=["content-length", "no-length"])
+def test_the_client_reads_no_more_than_the_registry_size(endless, tmp_path, capsys, monkeypatch,
+                                                        claim_length, most):
+    """What the server manages to send is the sockets' buffers (megabytes on loopback); what
+    the client reads stops at the registry's 264,426 bytes and one more (with a Content-Length
+    that says more, at the headers)."""
+    import socket
+    import threading
+
+    received = []
+    recv_into = socket.socket.recv_into
+
+    def counting(self, *args, **kwargs):
+        n = recv_into(self, *args, **kwargs)
+        if threading.current_thread() is threading.main_thread():     # the client's reads
+            received.append(n)
+        return n
+
+    monkeypatch.setattr(socket.socket, "recv_into", counting)
+    endless.body, endless.claim_length = b"a;b\n1;2\n", claim_length
+    monkeypatch.setenv("DLWPT_MIRROR", endless.url)
+    code, err = run_main(data.main, ["download", "wine", "--data-dir", tmp_path], capsys)
+    assert_one_error_line(code, err, "winequality-white.csv", "nothing kept")
+    assert 0 < sum(received) < most
+
+
 def html_mirror(tmp_path):
     page = b"<!DOCTYPE html>\n<html><body>Rate limit exceeded</body></html>\n"
     (tmp_path / "srv/p1ch2").mkdir(parents=True)
@@ -482,7 +509,7 @@ def test_full_disk_while_copying_from_a_mirror_folder(book_data, tmp_path, monke
     monkeypatch.setenv("DLWPT_MIRROR", str(book_data))
     [(code, err)] = run_in_subprocess(
         [("common.data", ["download", "wine", "--data-dir", tmp_path])], fsize=64 << 10)
-    assert_one_error_line(code, err, "winequality-white.csv.part: cannot write")
+    assert_one_error_line(code, err, "winequality-white.csv.part: cannot write: the disk is full")
     assert files_under(tmp_path) == ["p1ch4", "p1ch4/tabular-wine"]      # no .part left
 
 

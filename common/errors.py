@@ -212,6 +212,14 @@ def _let_go(error):
             error = error.__context__
 
 
+def _say(line):
+    """`line` on stderr in one write: the processes of a torchrun job, stopped together, print
+    theirs at the same moment, and print()'s two writes (the text, then the newline) would
+    interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run_cli(main, argv=None):
     """main(argv) as a command. DataError -> `error: ...` on stderr and exit 2 (argparse's
     refusals and DataLoader workers' DataErrors too). Ctrl-C -> `interrupted`, exit 130;
@@ -225,13 +233,13 @@ def run_cli(main, argv=None):
         with sigterm_as_interrupt(received), one_line_flag_errors():
             return main(argv)
     except DataError as e:
-        print(f"error: {one_line(_original_message(e), 2 * MAX_MESSAGE)}", file=sys.stderr)
+        _say(f"error: {one_line(_original_message(e), 2 * MAX_MESSAGE)}")
         _let_go(e)
         raise SystemExit(2) from None
     except KeyboardInterrupt as e:
         said = "interrupted" + (" (SIGTERM)" if received else "")
         detail = str(e) if isinstance(e, Interrupted) else ""
-        print(said + (f"; {one_line(detail)}" if detail else ""), file=sys.stderr)
+        _say(said + (f"; {one_line(detail)}" if detail else ""))
         _let_go(e)
         raise SystemExit(STATUS[received[0] if received else signal.SIGINT]) from None
     except (RuntimeError, EOFError, ConnectionError) as e:
@@ -239,7 +247,7 @@ def run_cli(main, argv=None):
         if status is None:
             raise
         if status != 2:                    # the worker said nothing: the interruption's line
-            print("interrupted" + (" (SIGTERM)" if status == 143 else ""), file=sys.stderr)
+            _say("interrupted" + (" (SIGTERM)" if status == 143 else ""))
         _let_go(e)
         raise SystemExit(status) from None
     finally:

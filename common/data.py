@@ -576,8 +576,8 @@ def extract_archive(archive, target):
                         f"({one_line(e, 100)})") from None
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
-        raise DataError(f"{archive}: cannot unpack into {target.parent} "
-                        f"({e.strerror or e})") from None
+        raise DataError(f"{archive}: cannot unpack into {target.parent}"
+                        f"{write_failure(e)}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

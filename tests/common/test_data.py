@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -584,3 +585,23 @@ def test_luna_models_note_which_checkpoints_load(book_data):
     about = data.registry()["luna-models"].about
     assert "3 of the 5 load" in about and "cls_2019-06-23" in about and \
         "alternate_cls_2019-06-16" in about
+
+
+def test_a_full_disk_while_unpacking_says_so_and_leaves_nothing(tmp_path):
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(tar_bytes({"big.bin": b"\0" * (256 << 10)}))
+    code = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+        from pathlib import Path
+        from common.data import extract_archive
+        from common.errors import run_cli
+        run_cli(lambda argv: extract_archive(Path({str(archive)!r}),
+                                             Path({str(tmp_path / "out")!r})))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=REPO_ROOT)
+    line = assert_one_error_line(result.returncode, result.stderr)     # after the progress bar
+    assert line == (f"error: {archive}: cannot unpack into {tmp_path}: the disk is full or the "
+                    "file is over a size limit (File too large)")
+    assert files_under(tmp_path) == ["a.tar"]

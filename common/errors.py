@@ -141,21 +141,22 @@ def _original_message(error):
     return text
 
 
-def _failed_worker(wait_s=1.0):
+def _failed_worker(wait_s):
     """The RuntimeError torch's DataLoader raises for a worker process of this one that has
     died, or None (none has within `wait_s`, or torch is not loaded). The wait: a dying
     process's connections close before its parent can see that it has ended."""
     torch = sys.modules.get("torch")
     deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
+    while True:
         try:                                # torch's SIGCHLD handler may raise it meanwhile
             torch.utils.data._utils.signal_handling._error_if_any_worker_fails()
+            if time.monotonic() >= deadline:
+                return None
             time.sleep(0.05)
         except RuntimeError as e:
             return e
         except AttributeError:              # no torch, or one without the DataLoader's check
             return None
-    return None
 
 
 def _worker_death(error, received):
@@ -164,12 +165,13 @@ def _worker_death(error, received):
     2, as common.ct's mapped-file guard does), else None. The loader says it as a RuntimeError,
     its details sometimes only in the cause; a worker that dies while handing over a batch
     shows as an EOFError or a ConnectionError instead, and its fate is asked of torch."""
+    handover = isinstance(error, (EOFError, ConnectionError))
     texts = []
     while error is not None:
         texts.append(str(error))
         error = error.__cause__ or error.__context__
     if not texts[0].startswith("DataLoader worker"):
-        failed = _failed_worker()
+        failed = _failed_worker(1.0 if handover else 0.0)
         if failed is None:
             return None
         texts = [str(failed)]

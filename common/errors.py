@@ -185,15 +185,15 @@ def _worker_death(error, received):
 
 
 @contextlib.contextmanager
-def _quiet_worker_deaths():
-    """Inside the block, a DataLoader's complaint that a worker died is not printed. After a
-    SIGTERM sent to the whole process group (a scheduler, `docker stop`), workers die of it
-    (torch's own handler), and the loader's shutdown would print that as 'Exception ignored
-    in ... __del__' with a traceback."""
+def _quiet_worker_deaths(now=lambda: True):
+    """Inside the block, while `now()`, a DataLoader's complaint that a worker died is not
+    printed. After a SIGTERM sent to the whole process group (a scheduler, `docker stop`),
+    workers die of it (torch's own handler), and the loader's shutdown, as the run unwinds,
+    would print that as 'Exception ignored in ... __del__' with a traceback."""
     previous = sys.unraisablehook
 
     def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError)
+        if not (now() and isinstance(unraisable.exc_value, RuntimeError)
                 and str(unraisable.exc_value).startswith("DataLoader worker")):
             previous(unraisable)
 
@@ -232,7 +232,8 @@ def run_cli(main, argv=None):
     stdout = sys.stdout
     sys.stdout = safe = _ClosedPipeSafe(stdout)
     try:
-        with sigterm_as_interrupt(received), one_line_flag_errors():
+        with sigterm_as_interrupt(received), _quiet_worker_deaths(lambda: bool(received)), \
+                one_line_flag_errors():
             return main(argv)
     except DataError as e:
         _say(f"error: {one_line(_original_message(e), 2 * MAX_MESSAGE)}")

@@ -21,7 +21,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ch10_luna.dsets import luna_dir, read_csv_rows
+from ch10_luna.dsets import finite_fields, luna_dir, read_csv_rows
 from ch10_luna.synthetic import MARKER, generate_sample
 from common.ct import check_mhd
 from common.data import add_data_dir_argument, data_root, human_size
@@ -53,27 +53,27 @@ def csv_locations(folder):
 
 
 def check_csv(name, paths):
-    """(report entry, set of series uids) for one CSV: rows, nodules, series, or why it is bad."""
+    """(report entry, set of series uids) for one CSV: rows, nodules, series, or why it is bad
+    (read as the chapters' readers read it: UTF-8, the columns, finite numbers, the flags)."""
     path = next((p for p in paths if p.is_file()), None)
     if path is None:
         return {"status": "missing", "looked_in": [str(p) for p in paths]}, set()
     columns, _ = CSV_FILES[name]
+    numbers = [c for c in ("coordX", "coordY", "coordZ", "diameter_mm") if c in columns]
     rows, nodules, uids = 0, 0, set()
     try:
         for line, row in read_csv_rows(path, columns):
-            for c in ("coordX", "coordY", "coordZ"):
-                try:
-                    float(row[c])
-                except ValueError:
-                    raise DataError(f"{path}, line {line}: {c} is {row[c]!r}, not a number") \
-                        from None
+            finite_fields(path, line, row, numbers)
             if name == "candidates.csv":
                 if row["class"] not in ("0", "1"):
                     raise DataError(f"{path}, line {line}: class is {row['class']!r}, "
                                     "expected 0 or 1")
                 nodules += row["class"] == "1"
-            elif name == "annotations_with_malignancy.csv":
-                nodules += row["mal_bool"].strip().lower() in ("true", "1")  # malignant ones
+            elif name == "annotations_with_malignancy.csv":     # chapter 14 reads it so
+                if row["mal_bool"] not in ("True", "False"):
+                    raise DataError(f"{path}, line {line}: mal_bool is {row['mal_bool']!r}, "
+                                    "expected True or False")
+                nodules += row["mal_bool"] == "True"             # the malignant ones
             else:
                 nodules += 1
             rows += 1
@@ -180,10 +180,17 @@ def find_problems(report, trainable):
     return problems
 
 
+def broken_optional(report):
+    """The CSVs training does without (chapter 14's) that are there but unreadable."""
+    return [name for name, e in report["csvs"].items()
+            if not CSV_FILES[name][1] and e["status"] == "unreadable"]
+
+
 def download_command(report):
     """The download that fixes what is missing or broken; None when nothing needs fetching."""
     names = []
-    if any(CSV_FILES[n][1] and e["status"] != "ok" for n, e in report["csvs"].items()):
+    if any(CSV_FILES[n][1] and e["status"] != "ok" for n, e in report["csvs"].items()) or \
+            broken_optional(report):
         names.append("luna-csv")
     broken = sorted({b["subset"] for b in report["bad_files"]} |
                     {int(n[6:]) for n, e in report["subsets"].items() if e["status"] == "empty"})
@@ -207,10 +214,14 @@ def verdict(report, train_command):
     if report["usable"]:
         kind = "the synthetic sample" if report["synthetic"] else "LUNA16"
         skip = skipped(report)
+        fix = f"fix with: {report['download']}" if report["download"] else None
+        optional = broken_optional(report)
         return (f"USABLE: {kind}, {report['series_trainable']} series on disk with candidates"
-                + (f" ({skip} skipped: see above; " + (f"fix with: {report['download']}" if
-                   report["download"] else "remove them") + ")" if skip else "")
-                + f"; train with: {train_command}")
+                + (f" ({skip} skipped: see above; {fix or 'remove them'})" if skip else "")
+                + f"; train with: {train_command}"
+                + (f"; but {', '.join(optional)} is UNREADABLE (see above; chapter 14 needs "
+                   f"it): {fix or 'delete the folder to regenerate the sample'}"
+                   if optional else ""))
     text = "NOT USABLE: " + "; ".join(report["problems"] + ([f"also {skipped(report)}"]
                                                             if skipped(report) else []))
     if report["download"]:

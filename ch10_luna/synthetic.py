@@ -12,14 +12,14 @@ imbalance is LUNA's: hundreds of negatives per nodule. `annotations_excluded.csv
 sample's "irrelevant findings" as LUNA16 does: the sub-3 mm specks (LUNA16 excludes nodules under
 3 mm), each also a non-nodule candidate, half listed with their diameter and half unsized (-1, the
 challenge's 10 mm). The files are written into a temporary folder that is renamed into place, so
-an interrupted run never leaves a half sample.
+an interrupted run never leaves a half sample; one left by a killed run is removed by the next
+generation, and a full disk is one line saying so.
 """
 import argparse
 import csv
 import json
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -27,7 +27,8 @@ import numpy as np
 from scipy import ndimage
 
 from common.ct import irc_to_xyz, write_mhd
-from common.errors import run_cli
+from common.errors import DataError, run_cli
+from common.files import CannotWrite, remove_stale_temporaries, temporary_path, write_failure
 
 UID_ROOT = "1.3.6.1.4.1.55555.9.1"      # not a LUNA16 root: synthetic series are easy to tell apart
 MARKER = "SYNTHETIC.json"
@@ -267,10 +268,36 @@ def generate_sample(out_dir, n_series=30, seed=0, n_subsets=10, negatives=(550, 
     out_dir = Path(out_dir)
     if sample_is_current(out_dir):
         return out_dir
-    # The host in the name too: nodes of one torchrun job may write into one shared folder.
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    remove_stale_temporaries(out_dir)            # the folders of killed runs (12 MiB each)
+    # The pid and host in its name: nodes of one torchrun job may share the folder.
+    tmp = temporary_path(out_dir)
+    try:
+        tmp.mkdir(parents=True)
+        _write_sample(tmp, n_series, seed, n_subsets, negatives, progress)
+    except (CannotWrite, OSError) as e:             # a full disk, a read-only data root
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = e.why if isinstance(e, CannotWrite) else write_failure(e)
+        raise DataError(f"cannot write the synthetic LUNA sample to {out_dir}{why}") from None
+    except BaseException:                           # Ctrl-C, SIGTERM: nothing left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if sample_is_current(out_dir):                         # another node finished first
+        shutil.rmtree(tmp)
+        return out_dir
+    if out_dir.exists():                                   # an incomplete earlier attempt
+        shutil.rmtree(out_dir, ignore_errors=True)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:                                        # lost a race to another node
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not sample_is_current(out_dir):
+            raise
+    return out_dir
+
+
+def _write_sample(tmp, n_series, seed, n_subsets, negatives, progress):
+    """The sample's files, written into the folder `tmp`."""
     rng = np.random.default_rng(seed)
     cand_rows, ann_rows, mal_rows, excluded_rows = [], [], [], []
     started = time.perf_counter()
@@ -318,19 +345,6 @@ def generate_sample(out_dir, n_series=30, seed=0, n_subsets=10, negatives=(550, 
             "positive_candidates": sum(r[-1] for r in cand_rows),
             "excluded_findings": len(excluded_rows), "version": SAMPLE_VERSION}
     (tmp / MARKER).write_text(json.dumps(info, indent=1) + "\n")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    if sample_is_current(out_dir):                         # another node finished first
-        shutil.rmtree(tmp)
-        return out_dir
-    if out_dir.exists():                                   # an incomplete earlier attempt
-        shutil.rmtree(out_dir, ignore_errors=True)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:                                        # lost a race to another node
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not sample_is_current(out_dir):
-            raise
-    return out_dir
 
 
 def _write_csv(path, header, rows):

@@ -6,19 +6,21 @@ series folder (chapter 4's CT). For an uncompressed `.raw` the voxels stay on di
 
     ct = load_ct("data/luna/subset0/1.3.6...mhd")
     crop, center_irc = ct.raw_candidate(center_xyz, (32, 48, 48))
+
+A mapped file that shrinks under a running reader (truncated, or rewritten in place) is one
+DataError naming it, not a silent death by SIGBUS (common/mapped.py).
 """
 import functools
 import hashlib
-import os
-import shutil
 from collections import namedtuple
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from common.errors import DataError, one_line
-from common.files import atomic_path, output_dir
+from common.errors import DataError
+from common.files import atomic_path, write_text
+from common.mapped import check_mapped, mapped, shrank
 
 HU_MIN, HU_MAX = -1000.0, 1000.0       # the book clips: air below, bone and metal above
 
@@ -85,6 +87,7 @@ class Ct:
     @functools.cached_property
     def hu(self):
         """The whole volume as float32 HU clipped to [-1000, 1000] (reads every voxel once)."""
+        check_mapped(self.voxels)
         return to_hu(self.voxels)
 
     def xyz_to_irc(self, xyz, round_to_voxel=True):
@@ -100,6 +103,7 @@ class Ct:
         air (-1000 HU) at its far end.
         """
         bounds = crop_bounds(center_irc, width_irc, self.shape)
+        check_mapped(self.voxels)
         crop = to_hu(self.voxels[tuple(slice(a, b) for a, b in bounds)])
         if crop.shape != tuple(width_irc):
             padding = [(0, w - s) for w, s in zip(width_irc, crop.shape)]
@@ -313,9 +317,28 @@ def load_mhd(mhd_path):
         raise _sitk_error(mhd_path, e) from None
     _check_image(mhd_path, image, shape_irc)
     if voxels is None:
-        voxels = np.memmap(header.raw_path, dtype=header.dtype, mode="r",
-                           offset=header.data_offset, shape=shape_irc)
+        voxels = _memmap_raw(header, shape_irc)
     return Ct(voxels, image.GetOrigin(), image.GetSpacing(), image.GetDirection(), mhd_path)
+
+
+def _memmap_raw(header, shape_irc):
+    """The .raw that check_mhd measured, memory-mapped; gone or shorter by now (deleted or cut
+    while a run goes on) is a DataError naming it."""
+    needed = header.data_offset + int(np.prod(shape_irc)) * header.dtype.itemsize
+    try:
+        return mapped(np.memmap(header.raw_path, dtype=header.dtype, mode="r",
+                                offset=header.data_offset, shape=shape_irc))
+    except FileNotFoundError:
+        raise DataError(f"{header.path}: its voxel file {header.raw_path} is missing (deleted "
+                        "while in use?)") from None
+    except (OSError, ValueError) as e:       # ValueError: shorter than the mapping by now
+        try:
+            size = header.raw_path.stat().st_size
+        except OSError:
+            size = None
+        if size is None or size < needed:
+            raise DataError(shrank(header.raw_path, size, needed)) from None
+        raise DataError(f"{header.raw_path}: cannot map it ({e})") from None
 
 
 def load_dicom_series(folder):
@@ -367,29 +390,42 @@ def _npy_memmap(voxels, source, cache_dir):
     if not npy.exists():
         with atomic_path(npy, "CT cache") as tmp:
             np.save(tmp, np.ascontiguousarray(voxels))
-    return np.load(npy, mmap_mode="r")
+    try:
+        return mapped(np.load(npy, mmap_mode="r"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"CT cache {npy}: cannot read it ({e}); delete it to rebuild it") \
+            from None
 
 
 def write_mhd(mhd_path, voxels, origin_xyz, spacing_xyz, direction=None):
-    """Write an (I, R, C) array as MetaImage `.mhd` + uncompressed `.raw` (via SimpleITK).
+    """Write an (I, R, C) array as MetaImage `.mhd` + uncompressed little-endian `.raw`.
 
-    Both files are written in a temporary folder beside the target and renamed into place, the
-    .raw first, so a failure (a full disk) leaves neither half a volume nor a stray file."""
+    Each file goes through the atomic writer, the .raw first and the header last, so a failure
+    (a full disk: one CannotWrite naming the file) leaves neither half a volume nor a stray
+    file."""
     mhd_path = Path(mhd_path)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels))
-    image.SetOrigin(tuple(map(float, origin_xyz)))
-    image.SetSpacing(tuple(map(float, spacing_xyz)))
+    voxels = np.asarray(voxels)
+    kinds = {v: k for k, v in _MET_DTYPES.items()}
+    element_type = kinds.get(f"{voxels.dtype.kind}{voxels.dtype.itemsize}")
+    if voxels.ndim != 3 or element_type is None:
+        raise DataError(f"CT {mhd_path}: cannot store a {voxels.ndim}-D {voxels.dtype} array "
+                        "as a MetaImage CT (3-D, one of " + ", ".join(_MET_DTYPES.values()) + ")")
     direction = np.eye(3) if direction is None else np.asarray(direction, dtype=np.float64)
-    image.SetDirection(tuple(direction.ravel()))
-    output_dir(mhd_path.parent, "CT folder")
-    staging = mhd_path.parent / f".{mhd_path.name}.writing-{os.getpid()}"
+    numbers = lambda values: " ".join(repr(float(v)) for v in np.ravel(values))  # noqa: E731
+    raw_path = mhd_path.with_suffix(".raw")
+    header = "".join(f"{key} = {value}\n" for key, value in (
+        ("ObjectType", "Image"), ("NDims", 3), ("BinaryData", "True"),
+        ("BinaryDataByteOrderMSB", "False"), ("CompressedData", "False"),
+        ("TransformMatrix", numbers(direction.T)),   # by columns: the x, y, z axes in turn
+        ("Offset", numbers(origin_xyz)), ("CenterOfRotation", "0 0 0"),
+        ("ElementSpacing", numbers(spacing_xyz)),
+        ("DimSize", " ".join(map(str, voxels.shape[::-1]))),      # x fastest
+        ("ElementType", element_type), ("ElementDataFile", raw_path.name)))
+    with atomic_path(raw_path, "CT") as tmp, open(tmp, "wb") as f:
+        f.write(np.ascontiguousarray(voxels, dtype=voxels.dtype.newbyteorder("<")).data)
     try:
-        staging.mkdir()
-        sitk.WriteImage(image, str(staging / mhd_path.name), useCompression=False)
-        for part in sorted(staging.iterdir(), key=lambda p: p.suffix == ".mhd"):
-            os.replace(part, mhd_path.parent / part.name)     # the .raw first, the header last
-    except (OSError, RuntimeError) as e:                      # SimpleITK: RuntimeError
-        raise DataError(f"CT {mhd_path}: cannot write ({one_line(e, 120)})") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_text(mhd_path, header, "CT")
+    except BaseException:
+        raw_path.unlink(missing_ok=True)                 # no voxels without their header
+        raise
     return mhd_path

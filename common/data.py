@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from common.errors import DataError, one_line, run_cli
-from common.files import output_dir, write_text
+from common.files import output_dir, write_failure, write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BOOK_BASE_URL = "https://github.com/deep-learning-with-pytorch/dlwpt-code/raw/master/data/"
@@ -298,7 +298,7 @@ def _cannot_write(part, e, kept=True):
     have = _size(part)
     tail = (f"; {have:,} bytes kept in {part}: free space and run the same command again to "
             "resume" if kept and have else "")
-    return DataError(f"{part}: cannot write ({getattr(e, 'strerror', None) or e}){tail}")
+    return DataError(f"{part}: cannot write{write_failure(e)}{tail}")
 
 
 def _fetch_once(url, part, size, timeout):
@@ -576,8 +576,8 @@ def extract_archive(archive, target):
                         f"({one_line(e, 100)})") from None
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
-        raise DataError(f"{archive}: cannot unpack into {target.parent} "
-                        f"({e.strerror or e})") from None
+        raise DataError(f"{archive}: cannot unpack into {target.parent}"
+                        f"{write_failure(e)}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -2,18 +2,44 @@
 
     if __name__ == "__main__":
         run_cli(main)
+
+run_cli also ends an interrupted run in one line: Ctrl-C exits 130 and SIGTERM (what a job
+scheduler, `kill` and `docker stop` send) exits 143. Both reach `main` as a KeyboardInterrupt
+raised in the main thread, so `with` blocks and the atomic writer clean up on the way out. A
+`main` that can say more (where its last checkpoint is) catches KeyboardInterrupt and raises
+`Interrupted` with that detail. A reader that stops reading stdout (`script | head -1`) does not
+stop the run: the files its flags ask for are still written.
 """
 import argparse
 import contextlib
 import os
 import re
+import signal
 import sys
+import threading
+import time
 
 MAX_MESSAGE = 300                   # characters: one readable line, however long the cause
+STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}     # 128 + the signal, as shells report it
 
 
 class DataError(Exception):
     """Missing or malformed input: a script prints it as one line and exits with status 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread while run_cli runs. A KeyboardInterrupt, so every
+    `except KeyboardInterrupt` and `finally` treats it as Ctrl-C, DataLoader workers included."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised by a `main` that caught an interruption and can say more; run_cli prints
+    `interrupted; <detail>` (`interrupted (SIGTERM); <detail>` after SIGTERM) and exits 130
+    (143). For example, around a training loop:
+
+        except KeyboardInterrupt:           # Ctrl-C, or SIGTERM through run_cli
+            raise Interrupted(f"the last checkpoint is {path} (resume with --resume {path})")
+    """
 
 
 def one_line(text, limit=MAX_MESSAGE):
@@ -46,20 +72,188 @@ def one_line_flag_errors():
         argparse.ArgumentParser.error = original
 
 
-def run_cli(main, argv=None):
-    """DataError -> `error: ...` on stderr and exit 2 (argparse's refusals too); Ctrl-C ->
-    `interrupted`, exit 130; a reader that stops reading (`script | head`) ends the run
-    quietly, exit 1."""
+@contextlib.contextmanager
+def sigterm_as_interrupt(received):
+    """While the block runs, SIGTERM raises Terminated in the main thread, and its number is
+    added to the list `received`. A child forked meanwhile inherits the handler: a DataLoader
+    worker then ends quietly, as on Ctrl-C (dying of the signal instead would make its parent
+    print a traceback while it shuts the workers down). Nothing changes off the main thread,
+    where Python cannot set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigterm(signum, frame):
+        received.append(signum)
+        raise Terminated("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        with one_line_flag_errors():
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _to_devnull(stream):
+    """Point `stream`'s file descriptor at os.devnull: what is buffered and what comes later
+    goes nowhere instead of raising BrokenPipeError again."""
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+
+
+class _ClosedPipeSafe:
+    """sys.stdout for the length of a run: the first BrokenPipeError (the reader went away)
+    points the descriptor at os.devnull and the run goes on, so the files it was asked for are
+    still written. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            _to_devnull(self._stream)
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            _to_devnull(self._stream)
+            with contextlib.suppress(BrokenPipeError):
+                self._stream.flush()           # the buffer, now emptied into os.devnull
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _original_message(error):
+    """A DataError's own message; a DataLoader worker's, re-raised in the main process with the
+    worker's traceback ("Caught DataError in DataLoader worker process 0. Original Traceback
+    ... DataError: <message>"), is cut back to that message."""
+    text = str(error)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
+def _failed_worker(wait_s):
+    """The RuntimeError torch's DataLoader raises for a worker process of this one that has
+    died, or None (none has within `wait_s`, or torch is not loaded). The wait: a dying
+    process's connections close before its parent can see that it has ended."""
+    torch = sys.modules.get("torch")
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:                                # torch's SIGCHLD handler may raise it meanwhile
+            torch.utils.data._utils.signal_handling._error_if_any_worker_fails()
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+        except RuntimeError as e:
+            return e
+        except AttributeError:              # no torch, or one without the DataLoader's check
+            return None
+
+
+def _worker_death(error, received):
+    """For an error that came of a DataLoader worker process's death: the exit status to end
+    with quietly (the interruption's; 2 when the worker printed its own error line and exited
+    2, as common.ct's mapped-file guard does), else None. The loader says it as a RuntimeError,
+    its details sometimes only in the cause; a worker that dies while handing over a batch
+    shows as an EOFError or a ConnectionError instead, and its fate is asked of torch."""
+    handover = isinstance(error, (EOFError, ConnectionError))
+    texts = []
+    while error is not None:
+        texts.append(str(error))
+        error = error.__cause__ or error.__context__
+    if not texts[0].startswith("DataLoader worker"):
+        failed = _failed_worker(1.0 if handover else 0.0)
+        if failed is None:
+            return None
+        texts = [str(failed)]
+    text = " ".join(texts)
+    if received or re.search(r"killed by signal: (Terminated|Interrupt)", text):
+        return STATUS[received[0] if received else signal.SIGTERM if "Terminated" in text
+                      else signal.SIGINT]
+    if re.search(r"exited unexpectedly with exit code 2\b", text):
+        return 2
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_worker_deaths(now=lambda: True):
+    """Inside the block, while `now()`, a DataLoader's complaint that a worker died is not
+    printed. After a SIGTERM sent to the whole process group (a scheduler, `docker stop`),
+    workers die of it (torch's own handler), and the loader's shutdown, as the run unwinds,
+    would print that as 'Exception ignored in ... __del__' with a traceback."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (now() and isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value).startswith("DataLoader worker")):
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+def _let_go(error):
+    """Free now the frames `error` and the exceptions behind it hold, and with them what they
+    kept alive: a DataLoader iterator, whose shutdown joins its workers (quietly, even where
+    they died of the signal that ended the run)."""
+    with _quiet_worker_deaths():
+        while error is not None:
+            error.__traceback__ = None
+            error = error.__context__
+
+
+def _say(line):
+    """`line` on stderr in one write: the processes of a torchrun job, stopped together, print
+    theirs at the same moment, and print()'s two writes (the text, then the newline) would
+    interleave."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def run_cli(main, argv=None):
+    """main(argv) as a command. DataError -> `error: ...` on stderr and exit 2 (argparse's
+    refusals and DataLoader workers' DataErrors too). Ctrl-C -> `interrupted`, exit 130;
+    SIGTERM -> `interrupted (SIGTERM)`, exit 143; `Interrupted(detail)` adds `; detail`. A
+    reader that stops reading stdout (`script | head`) does not stop the run; nothing more is
+    printed to it."""
+    received = []
+    stdout = sys.stdout
+    sys.stdout = safe = _ClosedPipeSafe(stdout)
+    try:
+        with sigterm_as_interrupt(received), _quiet_worker_deaths(lambda: bool(received)), \
+                one_line_flag_errors():
             return main(argv)
     except DataError as e:
-        print(f"error: {one_line(e, 2 * MAX_MESSAGE)}", file=sys.stderr)
+        _say(f"error: {one_line(_original_message(e), 2 * MAX_MESSAGE)}")
+        _let_go(e)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    except BrokenPipeError:
-        # Whatever is still buffered for stdout would raise again at exit: send it nowhere.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(1) from None
+    except KeyboardInterrupt as e:
+        said = "interrupted" + (" (SIGTERM)" if received else "")
+        detail = str(e) if isinstance(e, Interrupted) else ""
+        _say(said + (f"; {one_line(detail)}" if detail else ""))
+        _let_go(e)
+        raise SystemExit(STATUS[received[0] if received else signal.SIGINT]) from None
+    except (RuntimeError, EOFError, ConnectionError) as e:
+        status = _worker_death(e, received)
+        if status is None:
+            raise
+        if status != 2:                    # the worker said nothing: the interruption's line
+            _say("interrupted" + (" (SIGTERM)" if status == 143 else ""))
+        _let_go(e)
+        raise SystemExit(status) from None
+    finally:
+        with contextlib.suppress(ValueError):          # main closed it: nothing to flush
+            safe.flush()
+        sys.stdout = stdout

@@ -2,21 +2,52 @@
 
 Every file a script writes goes through `atomic_path` or the helpers built on it: the bytes go
 to a temporary file in the target folder, which is renamed onto the target only once complete
-and removed on any failure, so a full disk, a crash or Ctrl-C never leaves half a file or a
-stray temporary. Every torch file a user hands a script is read by `read_torch`
-(`weights_only=True`: tensors and plain containers, never pickled code).
+and removed on any failure, so a full disk, a crash or Ctrl-C never leaves half a file. A
+temporary is named `.<stem>.tmp-<pid>@<host>-<random><suffix>`; one left by a process that was
+killed outright (kill -9, a power cut) is removed by the next writer of the same target. Every
+torch file a user hands a script is read by `read_torch` (`weights_only=True`: tensors and
+plain containers, never pickled code).
 """
 import contextlib
+import errno
 import json
 import os
 import re
 import secrets
 import shutil
+import socket
+import time
 from pathlib import Path
 
 from common.errors import DataError, one_line
 
 RUNS_ROOT = Path(__file__).resolve().parent.parent / "runs"   # the repository's runs/, git-ignored
+# Another machine's temporary (a shared disk) is removed only after this long without a change:
+# its writer's pid means nothing here, and no write of ours takes an hour between two changes.
+FOREIGN_STALE_S = 3600
+# Why a write failed, where it is the disk (errno -> words): said plainly, not as "File too large".
+FULL_DISK = {errno.ENOSPC: "the disk is full",
+             errno.EFBIG: "the disk is full or the file is over a size limit",
+             errno.EDQUOT: "the disk quota is used up"}
+
+
+class CannotWrite(DataError):
+    """A failed write (full disk, read-only folder) of `path`; `why` is write_failure's words,
+    for a caller that says it in its own terms (the synthetic sample names its folder, not the
+    temporary file that failed)."""
+
+    def __init__(self, message, path, why):
+        super().__init__(message)
+        self.path, self.why = path, why
+
+
+def write_failure(error):
+    """The words after `cannot write` for a failed write: `: the disk is full (No space left on
+    device)` for ENOSPC, EFBIG (a file-size limit, RLIMIT_FSIZE, fails the same way) and
+    EDQUOT; else the reason in brackets, ` (Read-only file system)`."""
+    reason = getattr(error, "strerror", None) or one_line(error, 120)
+    full = FULL_DISK.get(getattr(error, "errno", None))
+    return f": {full} ({reason})" if full else f" ({reason})"
 
 
 def runs_dir(chapter):
@@ -67,24 +98,101 @@ def _remove(path):
             path.unlink()
 
 
+def _host():
+    """This machine's name as it goes into a temporary's name: letters, digits, `_` and `.`."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def temporary_path(path):
+    """Where a writer of `path` puts its bytes first: `.<stem>.tmp-<pid>@<host>-<random><suffix>`
+    beside it (the suffix kept for writers that pick a format by extension)."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.tmp-{os.getpid()}@{_host()}-{secrets.token_hex(3)}"
+                          f"{path.suffix}")
+
+
+def _temporary_owner(name, path):
+    """(pid, whether on this machine) of the writer whose temporary of `path` is called `name`;
+    None when `name` is not one. Names from before the host was in them count too:
+    `.<stem>.tmp-<pid>-<hex><suffix>` (taken as this machine's) and the synthetic sample's
+    `.<name>.tmp-<host>-<pid>`."""
+    stem, suffix = re.escape(path.stem), re.escape(path.suffix)
+    found = re.fullmatch(rf"\.{stem}\.tmp-(\d+)@([A-Za-z0-9_.]+)-[0-9a-f]{{6}}{suffix}", name)
+    if found:
+        return int(found[1]), found[2] == _host()
+    found = re.fullmatch(rf"\.{stem}\.tmp-(\d+)-[0-9a-f]{{6}}{suffix}", name)
+    if found:
+        return int(found[1]), True
+    found = re.fullmatch(rf"\.{re.escape(path.name)}\.tmp-(.+)-(\d+)", name)
+    return (int(found[2]), found[1] == socket.gethostname()) if found else None
+
+
+def _alive(pid):
+    """Whether a process `pid` runs on this machine (someone else's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path):
+    """Remove the temporaries of `path` (files or folders) that no writer will finish: those of
+    processes of this machine that are gone (killed before they could clean up), and another
+    machine's unchanged for FOREIGN_STALE_S. A live writer's temporary is never touched.
+    Returns the paths removed."""
+    path = Path(path)
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:                                    # no folder yet: nothing to remove
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(f".{path.stem}.tmp-"):
+            continue
+        owner = _temporary_owner(entry.name, path)
+        if owner is None:
+            continue
+        pid, here = owner
+        try:
+            age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        if (here and pid != os.getpid() and not _alive(pid)) or \
+                (not here and age > FOREIGN_STALE_S):
+            _remove(Path(entry.path))
+            removed.append(Path(entry.path))
+    return removed
+
+
+def cannot_write(what, path, error):
+    """The CannotWrite for a failed write of `path` (`what` names it): `checkpoint X: cannot
+    write: the disk is full (No space left on device)`."""
+    why = write_failure(error)
+    return CannotWrite(f"{what} {path}: cannot write{why}", path, why)
+
+
 @contextlib.contextmanager
 def atomic_path(path, what="output", write_errors=()):
-    """Yield a temporary path beside `path` to write; renamed onto `path` when the block ends
-    normally, deleted when it raises. The temporary keeps `path`'s suffix, so writers that pick
-    a format by extension (imageio, matplotlib, ONNX) work unchanged. An OSError while writing
-    (full disk, read-only folder, file-size limit) becomes one DataError naming `path`, as do
-    `write_errors`: the types a library raises for a failed write (torch.jit.save's
-    RuntimeError, for one)."""
+    """Yield a temporary path beside `path` to write (temporary_path); renamed onto `path` when
+    the block ends normally, deleted when it raises (Ctrl-C and SIGTERM under run_cli too).
+    Stale temporaries of `path` are removed first (remove_stale_temporaries). The temporary
+    keeps `path`'s suffix, so writers that pick a format by extension (imageio, matplotlib,
+    ONNX) work unchanged. An OSError while writing (full disk, read-only folder, file-size
+    limit) becomes one CannotWrite naming `path`, as do `write_errors`: the types a library
+    raises for a failed write (torch.jit.save's RuntimeError, for one)."""
     path = Path(path)
     output_dir(path.parent, f"{what} folder")
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}-{secrets.token_hex(3)}{path.suffix}")
+    remove_stale_temporaries(path)
+    tmp = temporary_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
     except (OSError, *write_errors) as e:
         _remove(tmp)
-        reason = getattr(e, "strerror", None) or e
-        raise DataError(f"{what} {path}: cannot write ({one_line(reason, 120)})") from None
+        raise cannot_write(what, path, e) from None
     except BaseException:
         _remove(tmp)
         raise

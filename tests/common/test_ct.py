@@ -1,4 +1,10 @@
-"""common/ct.py: xyz <-> irc for any direction matrix, crops (memmap == full load), bad input."""
+"""common/ct.py: xyz <-> irc for any direction matrix, crops (memmap == full load), bad input,
+and files that shrink under a reader."""
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -7,6 +13,7 @@ from common.ct import (
     HU_MAX,
     HU_MIN,
     IrcTuple,
+    _memmap_raw,
     check_geometry,
     check_mhd,
     crop_bounds,
@@ -15,6 +22,7 @@ from common.ct import (
     write_mhd,
     xyz_to_irc,
 )
+from common.data import REPO_ROOT
 from common.errors import DataError, run_cli
 
 
@@ -321,3 +329,87 @@ def test_geometry_checks_for_any_reader():
             ((0, 0, 0), (1, 1, 1), np.zeros((3, 3)), "direction matrix .* is singular")):
         with pytest.raises(DataError, match=f"^ct: {message}"):
             check_geometry("ct", origin, spacing, direction)
+
+
+# --------------------------------------------------------------------------- files that shrink
+# Reads crops from a CT whose .raw is cut to one page after the first reads: through crop_irc
+# (its size check), or straight from the memmap (the read faults: SIGBUS), in this process or
+# in DataLoader workers (one CT per process, as dsets.cached_ct keeps it; whichever worker
+# meets the cut file first names it; one worker for the fault, which ends its process, so
+# that no other worker sees the cut file meanwhile and names it too).
+SHRINKING = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+    from common.ct import load_ct
+    from common.errors import run_cli
+
+    CTS = {}
+
+    class Crops(Dataset):
+        def __init__(self, path, direct):
+            self.path, self.direct = path, direct
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            ct = CTS.get(self.path) or CTS.setdefault(self.path, load_ct(self.path))
+            crop = ct.crop_irc((4, 4, 4), (8, 8, 8))
+            if i == 3:
+                os.truncate(self.path.with_suffix(".raw"), 4096)
+                crop = np.asarray(ct.voxels[-8:], np.float32) if self.direct else \\
+                    ct.crop_irc((28, 28, 28), (8, 8, 8))
+            return torch.from_numpy(crop)
+
+    def main(argv):
+        from pathlib import Path
+        path, how, workers = Path(argv[0]), argv[1], int(argv[2])
+        for batch in DataLoader(Crops(path, how == "direct"), batch_size=1,
+                                num_workers=workers):
+            pass
+        print("read it all")
+
+    run_cli(main, sys.argv[1:])
+""")
+
+
+@pytest.mark.parametrize("how, workers", [("checked", 0), ("direct", 0), ("checked", 2),
+                                          ("direct", 1)])
+def test_a_raw_cut_under_a_reader_is_one_line_naming_it(tmp_path, how, workers):
+    path = write_mhd(tmp_path / "ct.mhd", np.ones((32, 32, 32), np.int16), (0, 0, 0), (1, 1, 1))
+    script = tmp_path / "child.py"
+    script.write_text(SHRINKING)
+    result = subprocess.run([sys.executable, str(script), str(path), how, str(workers)],
+                            capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr == (f"error: {path.with_suffix('.raw')}: the file shrank while in use "
+                             "(it has 4,096 bytes, the CT needs 65,536); was it truncated or "
+                             "rewritten? restore it and run again\n")
+    assert result.stdout == ""
+
+
+def test_a_raw_deleted_or_cut_before_it_is_mapped(tmp_path):
+    path = write_mhd(tmp_path / "ct.mhd", np.ones((4, 6, 6), np.int16), (0, 0, 0), (1, 1, 1))
+    header = check_mhd(path)
+    path.with_suffix(".raw").unlink()                  # after the check, before the mapping
+    with pytest.raises(DataError, match=r"ct\.mhd: its voxel file .*ct\.raw is missing "
+                                        r"\(deleted while in use\?\)$"):
+        _memmap_raw(header, (4, 6, 6))
+    path.with_suffix(".raw").write_bytes(b"\0" * 100)
+    with pytest.raises(DataError, match=r"ct\.raw: the file shrank while in use \(it has 100 "
+                                        r"bytes, the CT needs 288\)"):
+        _memmap_raw(header, (4, 6, 6))
+    with pytest.raises(DataError, match=r"ct\.raw is missing$"):
+        path.with_suffix(".raw").unlink() or load_ct(path)
+
+
+def test_a_raw_deleted_while_mapped_is_still_read(tmp_path):
+    """Linux keeps a deleted file's bytes while a mapping holds it: nothing to report."""
+    volume = np.arange(4 * 6 * 6, dtype=np.int16).reshape(4, 6, 6)
+    path = write_mhd(tmp_path / "ct.mhd", volume, (0, 0, 0), (1, 1, 1))
+    ct = load_ct(path)
+    path.with_suffix(".raw").unlink()
+    np.testing.assert_array_equal(ct.crop_irc((2, 3, 3), (4, 6, 6)), volume)

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -416,6 +417,33 @@ def test_a_server_that_keeps_sending_is_cut_at_the_registry_size(endless, tmp_pa
     assert endless.sent < 48 << 20           # the client hung up long before the 64 MiB
 
 
+@pytest.mark.parametrize("claim_length, most", [(True, 64 << 10), (False, 264_426 + (64 << 10))],
+                         ids=["content-length", "no-length"])
+def test_the_client_reads_no_more_than_the_registry_size(endless, tmp_path, capsys, monkeypatch,
+                                                        claim_length, most):
+    """What the server manages to send is the sockets' buffers (megabytes on loopback); what
+    the client reads stops at the registry's 264,426 bytes and one more (with a Content-Length
+    that says more, at the headers)."""
+    import socket
+    import threading
+
+    received = []
+    recv_into = socket.socket.recv_into
+
+    def counting(self, *args, **kwargs):
+        n = recv_into(self, *args, **kwargs)
+        if threading.current_thread() is threading.main_thread():     # the client's reads
+            received.append(n)
+        return n
+
+    monkeypatch.setattr(socket.socket, "recv_into", counting)
+    endless.body, endless.claim_length = b"a;b\n1;2\n", claim_length
+    monkeypatch.setenv("DLWPT_MIRROR", endless.url)
+    code, err = run_main(data.main, ["download", "wine", "--data-dir", tmp_path], capsys)
+    assert_one_error_line(code, err, "winequality-white.csv", "nothing kept")
+    assert 0 < sum(received) < most
+
+
 def html_mirror(tmp_path):
     page = b"<!DOCTYPE html>\n<html><body>Rate limit exceeded</body></html>\n"
     (tmp_path / "srv/p1ch2").mkdir(parents=True)
@@ -482,7 +510,7 @@ def test_full_disk_while_copying_from_a_mirror_folder(book_data, tmp_path, monke
     monkeypatch.setenv("DLWPT_MIRROR", str(book_data))
     [(code, err)] = run_in_subprocess(
         [("common.data", ["download", "wine", "--data-dir", tmp_path])], fsize=64 << 10)
-    assert_one_error_line(code, err, "winequality-white.csv.part: cannot write")
+    assert_one_error_line(code, err, "winequality-white.csv.part: cannot write: the disk is full")
     assert files_under(tmp_path) == ["p1ch4", "p1ch4/tabular-wine"]      # no .part left
 
 
@@ -557,3 +585,23 @@ def test_luna_models_note_which_checkpoints_load(book_data):
     about = data.registry()["luna-models"].about
     assert "3 of the 5 load" in about and "cls_2019-06-23" in about and \
         "alternate_cls_2019-06-16" in about
+
+
+def test_a_full_disk_while_unpacking_says_so_and_leaves_nothing(tmp_path):
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(tar_bytes({"big.bin": b"\0" * (256 << 10)}))
+    code = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, 64 << 10))
+        from pathlib import Path
+        from common.data import extract_archive
+        from common.errors import run_cli
+        run_cli(lambda argv: extract_archive(Path({str(archive)!r}),
+                                             Path({str(tmp_path / "out")!r})))
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=REPO_ROOT)
+    line = assert_one_error_line(result.returncode, result.stderr)     # after the progress bar
+    assert line == (f"error: {archive}: cannot unpack into {tmp_path}: the disk is full or the "
+                    "file is over a size limit (File too large)")
+    assert files_under(tmp_path) == ["a.tar"]

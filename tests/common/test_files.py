@@ -1,9 +1,13 @@
 """common/files.py and common/errors.py: atomic outputs, code-free torch reads, one-line errors."""
+import errno
 import json
+import os
 import pickle
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -16,7 +20,10 @@ from common.files import (
     check_writable,
     output_dir,
     read_torch,
+    remove_stale_temporaries,
     save_torch,
+    write_bytes,
+    write_failure,
     write_json,
     write_text,
 )
@@ -123,8 +130,8 @@ def test_a_full_disk_leaves_no_file_and_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: checkpoint {tmp_path / 'c.pt'}: cannot write")
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr == (f"error: checkpoint {tmp_path / 'c.pt'}: cannot write: the disk is "
+                             "full or the file is over a size limit (File too large)\n")
     assert not list(tmp_path.iterdir())
 
 
@@ -167,3 +174,79 @@ def test_a_bad_flag_is_one_line_naming_the_script_and_the_flag(capsys):
     assert main(["--epochs", "3"]).epochs == 3                   # argparse itself is restored
     with pytest.raises(SystemExit):
         main(["--epochs", "x"])                                  # outside run_cli: its usage
+
+
+# --------------------------------------------------------------------------- stale temporaries
+def dead_pid():
+    """The pid of a process that has ended (and is reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize("name, age_s, removed", [
+    (".c.tmp-{dead}@{host}-a1b2c3.state", 0, True),      # killed here: gone
+    (".c.tmp-{live}@{host}-a1b2c3.state", 0, False),     # a writer still at work
+    (".c.tmp-{me}@{host}-a1b2c3.state", 0, False),       # this process's own
+    (".c.tmp-{dead}@elsewhere-a1b2c3.state", 0, False),  # another machine's: its pid means
+    (".c.tmp-{dead}@elsewhere-a1b2c3.state", 7200, True),  # nothing here, but not for ever
+    (".c.tmp-{dead}-a1b2c3.state", 0, True),             # named before the host was in it
+    (".d.tmp-{dead}@{host}-a1b2c3.state", 0, False),     # another target's
+    (".c.tmp-{dead}@{host}-a1b2c3.pt", 0, False),        # another suffix: another target
+    (".c.tmp-{dead}@{host}-a1b2c3", 0, False),
+    ("c.tmp-{dead}@{host}-a1b2c3.state", 0, False),      # not hidden: not one of ours
+])
+def test_the_next_writer_removes_only_stale_temporaries(tmp_path, name, age_s, removed):
+    from common.files import _host
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stray = tmp_path / name.format(dead=dead_pid(), live=live.pid, me=os.getpid(),
+                                       host=_host())
+        stray.write_bytes(b"half a checkpoint")
+        os.utime(stray, (time.time() - age_s, time.time() - age_s))
+        write_bytes(tmp_path / "c.state", b"whole")
+        assert stray.exists() != removed
+        assert (tmp_path / "c.state").read_bytes() == b"whole"
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_a_stale_temporary_folder_goes_too(tmp_path):
+    stray = tmp_path / f".luna.tmp-{dead_pid()}@{socket.gethostname()}-00ff00"
+    (stray / "subset0").mkdir(parents=True)
+    legacy = tmp_path / f".luna.tmp-{socket.gethostname()}-{dead_pid()}"    # the sample's old name
+    legacy.mkdir()
+    assert sorted(remove_stale_temporaries(tmp_path / "luna")) == sorted([stray, legacy])
+    assert not list(tmp_path.iterdir())
+
+
+def test_kill_9_mid_write_leaves_a_temporary_the_next_writer_removes(tmp_path):
+    code = textwrap.dedent(f"""
+        import time
+        from common.files import atomic_open
+        with atomic_open({str(tmp_path / "m.jsonl")!r}) as f:
+            f.write("half")
+            f.flush()
+            print("ready", flush=True)
+            time.sleep(60)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "ready\n"
+    process.kill()                                               # SIGKILL: no clean-up runs
+    process.wait(timeout=60)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".m.tmp-{process.pid}@")
+    append_jsonl(tmp_path / "m.jsonl", {"epoch": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["m.jsonl"]
+
+
+@pytest.mark.parametrize("code, words", [
+    (errno.ENOSPC, ": the disk is full (No space left on device)"),
+    (errno.EFBIG, ": the disk is full or the file is over a size limit (File too large)"),
+    (errno.EDQUOT, ": the disk quota is used up (Disk quota exceeded)"),
+    (errno.EROFS, " (Read-only file system)"),
+])
+def test_a_failed_write_says_when_the_disk_is_the_cause(code, words):
+    assert write_failure(OSError(code, os.strerror(code))) == words

@@ -1,0 +1,180 @@
+"""run_cli under signals and a closed stdout: SIGTERM handled like Ctrl-C (one line, exit 143 or
+130, the atomic writer's temporary removed), DataLoader workers quiet, `Interrupted` details."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from common.data import REPO_ROOT
+from common.errors import DataError, Interrupted, Terminated, run_cli
+
+# Writes half of out.txt through the atomic writer, says "ready" and waits to be stopped; with
+# "detail", the way a trainer says where its last checkpoint is.
+WRITER = textwrap.dedent("""
+    import sys, time
+    from common.errors import Interrupted, run_cli
+    from common.files import atomic_open
+
+    def main(argv):
+        folder, mode = argv
+        try:
+            with atomic_open(folder + "/out.txt") as f:
+                f.write("half")
+                f.flush()
+                print("ready", flush=True)
+                time.sleep(60)
+        except KeyboardInterrupt:
+            if mode == "detail":
+                raise Interrupted("the last checkpoint is c.state (resume with --resume "
+                                  "c.state)") from None
+            raise
+
+    run_cli(main, sys.argv[1:])
+""")
+
+# A DataLoader with two workers (or none) fetching slowly; "ready" once batches flow. With
+# "broken", item 5 raises a DataError inside a worker instead.
+LOADER = textwrap.dedent("""
+    import sys, time
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+    from common.errors import DataError, run_cli
+
+    class Slow(Dataset):
+        def __init__(self, broken):
+            self.broken = broken
+
+        def __len__(self):
+            return 10_000
+
+        def __getitem__(self, i):
+            if self.broken and i == 5:
+                raise DataError(f"item {i}: broken on purpose")
+            time.sleep(0.02)
+            return torch.zeros(3)
+
+    def main(argv):
+        workers, mode = int(argv[0]), argv[1]
+        for i, _ in enumerate(DataLoader(Slow(mode == "broken"), batch_size=2,
+                                         num_workers=workers)):
+            if i == 2:
+                print("ready", flush=True)
+
+    run_cli(main, sys.argv[1:])
+""")
+
+
+def start(tmp_path, code, *args):
+    """The script `code` running in its own process group (a scheduler's job, a terminal's
+    foreground job), once it has said "ready"."""
+    script = tmp_path / "child.py"
+    script.write_text(code)
+    process = subprocess.Popen([sys.executable, str(script), *map(str, args)], cwd=REPO_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    line = process.stdout.readline()
+    if line != "ready\n":
+        process.kill()
+        pytest.fail(f"the child did not start: {line!r} {process.communicate()[1][-2000:]}")
+    return process
+
+
+def finish(process):
+    """(exit status, stderr) once it has ended; it must end within a minute."""
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    return process.returncode, err
+
+
+@pytest.mark.parametrize("sig, mode, status, line", [
+    (signal.SIGTERM, "plain", 143, "interrupted (SIGTERM)"),
+    (signal.SIGINT, "plain", 130, "interrupted"),
+    (signal.SIGTERM, "detail", 143, "interrupted (SIGTERM); the last checkpoint is c.state "
+                                    "(resume with --resume c.state)"),
+    (signal.SIGINT, "detail", 130, "interrupted; the last checkpoint is c.state (resume with "
+                                   "--resume c.state)"),
+])
+def test_a_signal_mid_write_is_one_line_and_leaves_no_temporary(tmp_path, sig, mode, status,
+                                                                 line):
+    process = start(tmp_path, WRITER, tmp_path, mode)
+    os.kill(process.pid, sig)
+    assert finish(process) == (status, line + "\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["child.py"]   # no out.txt, no .tmp
+
+
+@pytest.mark.parametrize("workers, sig, group, status, line", [
+    (2, signal.SIGTERM, True, 143, "interrupted (SIGTERM)"),    # docker stop, a scheduler
+    (2, signal.SIGTERM, False, 143, "interrupted (SIGTERM)"),   # kill PID
+    (2, signal.SIGINT, True, 130, "interrupted"),               # Ctrl-C in a terminal
+    (0, signal.SIGTERM, True, 143, "interrupted (SIGTERM)"),
+], ids=["sigterm-group", "sigterm-parent", "ctrl-c", "no-workers"])
+def test_dataloader_workers_add_no_traceback(tmp_path, workers, sig, group, status, line):
+    process = start(tmp_path, LOADER, workers, "plain")
+    (os.killpg if group else os.kill)(process.pid, sig)
+    assert finish(process) == (status, line + "\n")
+
+
+def test_a_dataerror_in_a_dataloader_worker_is_its_own_one_line(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(LOADER)
+    result = subprocess.run([sys.executable, str(script), "2", "broken"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert (result.returncode, result.stderr) == (2, "error: item 5: broken on purpose\n")
+
+
+def test_run_cli_puts_back_the_sigterm_handler_and_stdout(capsys):
+    before_handler, before_stdout = signal.getsignal(signal.SIGTERM), sys.stdout
+    seen = []
+
+    def main(argv):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        os.kill(os.getpid(), signal.SIGTERM)
+        seen.append("not reached")          # the handler raises at the next bytecode
+
+    with pytest.raises(SystemExit) as caught:
+        run_cli(main, [])
+    assert caught.value.code == 143 and capsys.readouterr().err == "interrupted (SIGTERM)\n"
+    assert len(seen) == 1 and seen[0] is not before_handler
+    assert signal.getsignal(signal.SIGTERM) is before_handler and sys.stdout is before_stdout
+
+
+def test_interruptions_are_keyboard_interrupts_and_dataerrors_are_not():
+    assert issubclass(Terminated, KeyboardInterrupt) and issubclass(Interrupted,
+                                                                     KeyboardInterrupt)
+    assert not issubclass(DataError, KeyboardInterrupt)
+
+
+def test_files_asked_for_are_written_after_stdout_closes(tmp_path):
+    """The reader goes away after one line: the rest of the run still writes its file."""
+    code = textwrap.dedent(f"""
+        import sys
+        from common.errors import run_cli
+        from common.files import write_text
+
+        def main(argv):
+            print("first", flush=True)
+            sys.stdin.readline()                  # until the reader has closed the pipe
+            for i in range(10_000):
+                print("more", i, flush=True)      # each one meets the closed pipe
+            write_text({str(tmp_path / "result.txt")!r}, "done")
+
+        run_cli(main, [])
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, text=True,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert process.stdout.readline() == "first\n"
+    process.stdout.close()
+    process.stdin.write("go\n")
+    process.stdin.close()
+    assert (process.wait(timeout=60), process.stderr.read()) == (0, "")
+    assert (tmp_path / "result.txt").read_text() == "done"

@@ -7,6 +7,7 @@ Chapters 11-14's trainers share it.
     state = load_resumable(path, "LunaModel"); start = resume_point(state, path, proc)
 """
 import argparse
+import contextlib
 import datetime
 import itertools
 import math
@@ -20,7 +21,7 @@ from ch01_intro.weights import state_mismatch
 from ch10_luna.augment import AUGMENTATIONS
 from ch10_luna.model import read_checkpoint
 from ch10_luna.runtime import gather_objects, unwrap
-from common.errors import DataError, one_line
+from common.errors import DataError, Interrupted, one_line
 from common.files import append_jsonl, check_writable, output_dir, runs_dir, save_torch
 
 # A run's folder, its TensorBoard writers by phase ({} off rank 0) and its checkpoint paths.
@@ -83,6 +84,19 @@ def open_run(directory, prefix, comment, proc):
         proc.say(f"run directory {directory}")
     return Run(directory, writers, directory / f"{prefix}_{comment}.last.state",
                directory / f"{prefix}_{comment}.best.state")
+
+
+@contextlib.contextmanager
+def say_where_to_resume(run):
+    """Around a training loop: Ctrl-C or SIGTERM (run_cli turns it into a KeyboardInterrupt)
+    ends the run saying where its last checkpoint is and how to resume from it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if run.last.exists():
+            raise Interrupted(f"the last checkpoint is {run.last} (resume with --resume "
+                              f"{run.last})") from None
+        raise Interrupted(f"no checkpoint was written yet in {run.dir}") from None
 
 
 def close_run(run):

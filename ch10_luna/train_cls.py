@@ -25,6 +25,7 @@ from ch10_luna.checkpoints import (
     resume_training,
     run_parser,
     save_epoch_end,
+    say_where_to_resume,
 )
 from ch10_luna.dsets import (
     LunaDataset,
@@ -234,36 +235,38 @@ def main(argv=None):
         val_dl = make_loader(val_ds, range(proc.rank, len(val_ds), proc.world), args.batch_size,
                              args.num_workers, proc.device)
         best, samples, history = start.best, start.samples, []
-        for epoch in range(start.epoch, args.epochs + 1):
-            first = start.batch if epoch == start.epoch else 0     # > 0: resumed mid-epoch
-            done = start.partial if first else torch.zeros(3, 0)  # their metrics rows
-            order = epoch_order(train_ds.labels(), epoch_size, args.balanced, args.seed, epoch)
-            order = order[:len(order) // proc.world * proc.world]  # equal shares (DDP)
-            train_dl = progress(rank_loader(train_ds, order, proc, args.batch_size,
-                                            args.num_workers, first), f"E{epoch} trn", proc, first)
-            saver = mid_epoch_saver(args.checkpoint_every, run.last, model, optimizer, vars(args),
-                                    proc, epoch, samples, len(order), args.batch_size, done,
-                                    best_f1=best)
-            started = time.perf_counter()
-            trn_metrics = train_one_epoch(model, train_dl, optimizer, amp, batch_augmenter(
-                spec, args.seed, epoch, proc.rank, first), saver)
-            trn_metrics = gather_metrics(torch.cat([done, trn_metrics], dim=1))
-            trn_s, started = time.perf_counter() - started, time.perf_counter()
-            val_metrics = gather_metrics(evaluate(unwrap(model), progress(
-                val_dl, f"E{epoch} val", proc), amp))        # the bare module: no collectives
-            val_s = time.perf_counter() - started
-            samples += len(order)
-            trn, val = summarize(trn_metrics), summarize(val_metrics)
-            history.append({"epoch": epoch, "trn": trn, "val": val, "trn_samples_per_s":
-                            len(order) / trn_s, "val_samples_per_s": len(val_ds) / val_s})
-            proc.say(format_summary(epoch, "trn", trn) + f"  [{len(order) / trn_s:.1f}/s]")
-            proc.say(format_summary(epoch, "val", val) + f"  [{len(val_ds) / val_s:.1f}/s]")
-            if proc.rank == 0:
-                log_metrics(run, epoch, "trn", trn_metrics, trn, samples)
-                log_metrics(run, epoch, "val", val_metrics, val, samples)
-                best = save_epoch_end(run, model, optimizer, vars(args), epoch, samples,
-                                      val["pr/f1_score"], best, "best_f1")
-            barrier()
+        with say_where_to_resume(run):                      # Ctrl-C, SIGTERM: says where
+            for epoch in range(start.epoch, args.epochs + 1):
+                first = start.batch if epoch == start.epoch else 0     # > 0: resumed mid-epoch
+                done = start.partial if first else torch.zeros(3, 0)  # their metrics rows
+                order = epoch_order(train_ds.labels(), epoch_size, args.balanced, args.seed, epoch)
+                order = order[:len(order) // proc.world * proc.world]  # equal shares (DDP)
+                train_dl = progress(rank_loader(train_ds, order, proc, args.batch_size,
+                                                args.num_workers, first), f"E{epoch} trn", proc,
+                                    first)
+                saver = mid_epoch_saver(args.checkpoint_every, run.last, model, optimizer,
+                                        vars(args), proc, epoch, samples, len(order),
+                                        args.batch_size, done, best_f1=best)
+                started = time.perf_counter()
+                trn_metrics = train_one_epoch(model, train_dl, optimizer, amp, batch_augmenter(
+                    spec, args.seed, epoch, proc.rank, first), saver)
+                trn_metrics = gather_metrics(torch.cat([done, trn_metrics], dim=1))
+                trn_s, started = time.perf_counter() - started, time.perf_counter()
+                val_metrics = gather_metrics(evaluate(unwrap(model), progress(
+                    val_dl, f"E{epoch} val", proc), amp))        # the bare module: no collectives
+                val_s = time.perf_counter() - started
+                samples += len(order)
+                trn, val = summarize(trn_metrics), summarize(val_metrics)
+                history.append({"epoch": epoch, "trn": trn, "val": val, "trn_samples_per_s":
+                                len(order) / trn_s, "val_samples_per_s": len(val_ds) / val_s})
+                proc.say(format_summary(epoch, "trn", trn) + f"  [{len(order) / trn_s:.1f}/s]")
+                proc.say(format_summary(epoch, "val", val) + f"  [{len(val_ds) / val_s:.1f}/s]")
+                if proc.rank == 0:
+                    log_metrics(run, epoch, "trn", trn_metrics, trn, samples)
+                    log_metrics(run, epoch, "val", val_metrics, val, samples)
+                    best = save_epoch_end(run, model, optimizer, vars(args), epoch, samples,
+                                          val["pr/f1_score"], best, "best_f1")
+                barrier()
         close_run(run)
         return unwrap(model), history
 

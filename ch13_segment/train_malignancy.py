@@ -56,6 +56,7 @@ from ch10_luna.checkpoints import (
     resume_training,
     run_parser,
     save_checkpoint,
+    say_where_to_resume,
 )
 from ch10_luna.dsets import (
     epoch_order,
@@ -284,33 +285,35 @@ def main(argv=None):
         val_loader = make_loader(val_ds, range(proc.rank, len(val_ds), proc.world),
                                  args.batch_size, args.num_workers, proc.device)
         best, samples, history = start.best, start.samples, []
-        for epoch in range(start.epoch, args.epochs + 1):
-            order = epoch_indexes(train_ds, epoch, args.balanced, args.seed, proc.world)
-            loader = progress(rank_loader(train_ds, order, proc, args.batch_size,
-                                          args.num_workers), f"E{epoch} trn", proc)
-            started = time.perf_counter()
-            trn_metrics = gather_metrics(train_one_epoch(
-                model, loader, optimizer, amp, batch_augmenter(spec, args.seed, epoch, proc.rank)))
-            trn_s = time.perf_counter() - started
-            samples += len(order)
-            trn = {**summarize(trn_metrics), "auc": auc_of(trn_metrics)}
-            row = {"epoch": epoch, "trn": trn, "trn_samples_per_s": len(order) / trn_s}
-            proc.say(format_summary(epoch, "trn", trn) + f"  auc {trn['auc']:.3f}")
-            if proc.rank == 0:
-                log_metrics(run, epoch, "trn", trn_metrics, trn, samples)
-            if args.finetune or epoch in (1, args.epochs) or epoch % VALIDATION_CADENCE == 0:
-                row["val"] = validate(unwrap(model), val_loader, run, epoch, samples, proc, amp,
-                                      baseline)
-                if row["val"]["auc"] > best:
-                    best = row["val"]["auc"]
-                    if proc.rank == 0:
-                        save_checkpoint(run.best, model, optimizer, vars(args), epoch, samples,
-                                        best_auc=best)
-            if proc.rank == 0:
-                save_checkpoint(run.last, model, optimizer, vars(args), epoch, samples,
-                                best_auc=best)
-            history.append(row)
-            barrier()
+        with say_where_to_resume(run):                      # Ctrl-C, SIGTERM: says where
+            for epoch in range(start.epoch, args.epochs + 1):
+                order = epoch_indexes(train_ds, epoch, args.balanced, args.seed, proc.world)
+                loader = progress(rank_loader(train_ds, order, proc, args.batch_size,
+                                              args.num_workers), f"E{epoch} trn", proc)
+                started = time.perf_counter()
+                augment = batch_augmenter(spec, args.seed, epoch, proc.rank)   # seeds itself
+                trn_metrics = gather_metrics(train_one_epoch(model, loader, optimizer, amp,
+                                                             augment))
+                trn_s = time.perf_counter() - started
+                samples += len(order)
+                trn = {**summarize(trn_metrics), "auc": auc_of(trn_metrics)}
+                row = {"epoch": epoch, "trn": trn, "trn_samples_per_s": len(order) / trn_s}
+                proc.say(format_summary(epoch, "trn", trn) + f"  auc {trn['auc']:.3f}")
+                if proc.rank == 0:
+                    log_metrics(run, epoch, "trn", trn_metrics, trn, samples)
+                if args.finetune or epoch in (1, args.epochs) or epoch % VALIDATION_CADENCE == 0:
+                    row["val"] = validate(unwrap(model), val_loader, run, epoch, samples, proc, amp,
+                                          baseline)
+                    if row["val"]["auc"] > best:
+                        best = row["val"]["auc"]
+                        if proc.rank == 0:
+                            save_checkpoint(run.best, model, optimizer, vars(args), epoch, samples,
+                                            best_auc=best)
+                if proc.rank == 0:
+                    save_checkpoint(run.last, model, optimizer, vars(args), epoch, samples,
+                                    best_auc=best)
+                history.append(row)
+                barrier()
         close_run(run)
         return unwrap(model), history
 

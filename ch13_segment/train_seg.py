@@ -31,6 +31,7 @@ from ch10_luna.checkpoints import (
     resume_training,
     run_parser,
     save_checkpoint,
+    say_where_to_resume,
 )
 from ch10_luna.dsets import locate_luna, luna_parser, make_loader
 from ch10_luna.runtime import (
@@ -290,45 +291,47 @@ def main(argv=None):
         picks = {phase: (ds, image_picks(ds, args.image_series, args.image_slices))
                  for phase, ds in (("trn", train_ds), ("val", val_ds))}
         best, samples, history = start.best, start.samples, []
-        for epoch in range(start.epoch, args.epochs + 1):
-            train_ds.set_epoch(epoch)
-            order = np.arange(epoch_size // proc.world * proc.world)   # equal shares (DDP)
-            train_dl = progress(make_loader(train_ds, order[proc.rank::proc.world],
-                                            args.batch_size, args.num_workers, proc.device),
-                                f"E{epoch} trn", proc)
-            started = time.perf_counter()
-            trn = summarize(gather_metrics(train_one_epoch(model, train_dl, optimizer, amp,
-                                                           batch_augmenter(spec, args.seed,
-                                                                           epoch, proc.rank))))
-            entry = {"epoch": epoch, "trn": trn, "val": None,
-                     "trn_samples_per_s": len(order) / (time.perf_counter() - started)}
-            samples += len(order)
-            proc.say(format_summary(epoch, "trn", trn) + f"  [{entry['trn_samples_per_s']:.1f}/s]")
-            if proc.rank == 0:
-                log_epoch(run, epoch, "trn", trn, samples)
-            if epoch == 1 or epoch % args.val_cadence == 0:
+        with say_where_to_resume(run):                      # Ctrl-C, SIGTERM: says where
+            for epoch in range(start.epoch, args.epochs + 1):
+                train_ds.set_epoch(epoch)
+                order = np.arange(epoch_size // proc.world * proc.world)   # equal shares (DDP)
+                train_dl = progress(make_loader(train_ds, order[proc.rank::proc.world],
+                                                args.batch_size, args.num_workers, proc.device),
+                                    f"E{epoch} trn", proc)
                 started = time.perf_counter()
-                entry["val"] = val = summarize(gather_metrics(evaluate(unwrap(
-                    model), progress(val_dl, f"E{epoch} val", proc), amp)))
-                entry["val_seconds_per_slice"] = (time.perf_counter() - started) / len(val_ds)
-                proc.say(format_summary(epoch, "val", val)
-                         + f"  [{1 / entry['val_seconds_per_slice']:.1f}/s]")
+                trn = summarize(gather_metrics(train_one_epoch(model, train_dl, optimizer, amp,
+                                                               batch_augmenter(spec, args.seed,
+                                                                               epoch, proc.rank))))
+                entry = {"epoch": epoch, "trn": trn, "val": None,
+                         "trn_samples_per_s": len(order) / (time.perf_counter() - started)}
+                samples += len(order)
+                proc.say(format_summary(epoch, "trn", trn)
+                         + f"  [{entry['trn_samples_per_s']:.1f}/s]")
                 if proc.rank == 0:
-                    log_epoch(run, epoch, "val", val, samples)
-                    drawn = [path for phase, (ds, picked) in picks.items()
-                             for path in log_images(run, phase, epoch, samples, draw_images(
-                                 unwrap(model), ds, picked, amp, with_labels=epoch == 1))]
-                    proc.say(f"{len(drawn)} images in {run.dir / 'images'}")
-            history.append(entry)
-            if proc.rank == 0:
-                if entry["val"] is not None and entry["val"]["pr/recall"] > best:
-                    best = entry["val"]["pr/recall"]
-                    save_checkpoint(run.best, model, optimizer, vars(args), epoch, samples,
+                    log_epoch(run, epoch, "trn", trn, samples)
+                if epoch == 1 or epoch % args.val_cadence == 0:
+                    started = time.perf_counter()
+                    entry["val"] = val = summarize(gather_metrics(evaluate(unwrap(
+                        model), progress(val_dl, f"E{epoch} val", proc), amp)))
+                    entry["val_seconds_per_slice"] = (time.perf_counter() - started) / len(val_ds)
+                    proc.say(format_summary(epoch, "val", val)
+                             + f"  [{1 / entry['val_seconds_per_slice']:.1f}/s]")
+                    if proc.rank == 0:
+                        log_epoch(run, epoch, "val", val, samples)
+                        drawn = [path for phase, (ds, picked) in picks.items()
+                                 for path in log_images(run, phase, epoch, samples, draw_images(
+                                     unwrap(model), ds, picked, amp, with_labels=epoch == 1))]
+                        proc.say(f"{len(drawn)} images in {run.dir / 'images'}")
+                history.append(entry)
+                if proc.rank == 0:
+                    if entry["val"] is not None and entry["val"]["pr/recall"] > best:
+                        best = entry["val"]["pr/recall"]
+                        save_checkpoint(run.best, model, optimizer, vars(args), epoch, samples,
+                                        best_recall=best)
+                        proc.say(f"best recall so far: {run.best.name} (SHA1 {sha1(run.best)})")
+                    save_checkpoint(run.last, model, optimizer, vars(args), epoch, samples,
                                     best_recall=best)
-                    proc.say(f"best recall so far: {run.best.name} (SHA1 {sha1(run.best)})")
-                save_checkpoint(run.last, model, optimizer, vars(args), epoch, samples,
-                                best_recall=best)
-            barrier()
+                barrier()
         close_run(run)
         return unwrap(model), history
 

@@ -182,8 +182,8 @@ def test_a_full_disk_leaves_one_line_and_no_half_checkpoint(luna, tmp_path):
                             timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     err = [line for line in result.stderr.splitlines() if line.startswith("error")]
-    assert err == [f"error: checkpoint {run / 'cls_dlwpt.last.state'}: cannot write (File too "
-                   "large)"]
+    assert err == [f"error: checkpoint {run / 'cls_dlwpt.last.state'}: cannot write: the disk "
+                   "is full or the file is over a size limit (File too large)"]
     assert "Traceback" not in result.stderr
     assert not [p for p in run.rglob("*") if ".tmp-" in p.name]
     assert not (run / "cls_dlwpt.last.state").exists()

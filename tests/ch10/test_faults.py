@@ -101,8 +101,9 @@ def test_stopped_mid_checkpoint_then_resumed_equals_the_uninterrupted_run(
     code, err, temporary = stopped_at_second_save(tiny_luna, run, tmp_path, sig)
     assert code == status, err[-2000:]
     assert "Traceback" not in err
-    if said:
-        assert err.splitlines()[-1].startswith(said)        # `; <detail>` may follow
+    if said:                                                # and where to resume from
+        assert err.splitlines()[-1] == (f"{said}; the last checkpoint is {run / LAST} (resume "
+                                        f"with --resume {run / LAST})")
         assert temporaries(run) == []                       # removed on the way out
     else:
         assert temporaries(run) == [os.path.basename(temporary)]    # kill -9: no clean-up
@@ -119,7 +120,9 @@ def test_ctrl_c_mid_checkpoint_is_exit_130_and_leaves_no_temporary(tiny_luna, tm
     run = tmp_path / "run"
     code, err, _ = stopped_at_second_save(tiny_luna, run, tmp_path, signal.SIGINT)
     assert code == 130, err[-2000:]
-    assert "Traceback" not in err and err.splitlines()[-1].startswith("interrupted")
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (f"interrupted; the last checkpoint is {run / LAST} (resume "
+                                    f"with --resume {run / LAST})")
     assert temporaries(run) == []
     assert torch.load(run / LAST, weights_only=True)["batch"] == 1
 

@@ -32,11 +32,12 @@ from scipy import ndimage
 
 from ch10_luna.augment import AugmentSpec, batch_augmenter
 from ch10_luna.benchmark import clocked, timed
-from ch10_luna.dsets import locate_luna, make_loader
+from ch10_luna.dsets import CROP_IRC, locate_luna, make_loader
+from ch10_luna.model import LunaModel
 from ch10_luna.runtime import keep_freed_memory, memory_format, mixed_precision, use_memory_format
 from ch13_segment import nodule_analysis as na
 from ch13_segment import precision as prec
-from ch13_segment.dsets import make_seg_datasets, mask_cache_dir, split_series
+from ch13_segment.dsets import context_slices, make_seg_datasets, mask_cache_dir, split_series
 from ch13_segment.model import UNetWrapper
 from ch13_segment.train_seg import (
     MODEL_KWARGS,
@@ -328,6 +329,176 @@ def describe_diff(diff):
             f"{'the same detections' if diff['same'] else 'DIFFERENT detections'}")
 
 
+# ----------------------------------------------------------------------------- the networks
+def matmul_rate(dtype, device, n=2048, repeats=10):
+    """GFLOP/s of an n x n matmul in `dtype` on `device` (best of `repeats`): the ceiling the
+    networks' rates are set against."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    a @ b
+    best = min(timed(device, lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def run_batches(run, inputs, batch_size):
+    """`run` over `inputs` (N, ...) in batches; the outputs concatenated."""
+    outs = [run(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    if isinstance(outs[0], torch.Tensor):
+        return torch.cat(outs)
+    return tuple(torch.cat(parts) for parts in zip(*outs))
+
+
+def agreement(reference, outputs, kind):
+    """Agreement of one variant's outputs with fp32 eager's: the largest |P - P_fp32| and the
+    fraction of 0.5 decisions that differ (per crop for 'cls', per voxel for 'unet')."""
+    p_ref = reference[1][:, 1] if kind == "cls" else reference
+    p = outputs[1][:, 1] if kind == "cls" else outputs
+    return {"max_abs_diff": float((p - p_ref).abs().max()),
+            "decisions_differ": float(((p_ref > 0.5) != (p > 0.5)).float().mean()),
+            "n": int(p.numel())}
+
+
+def flops_of(work):
+    """FLOPs `work()` does, as torch.utils.flop_counter counts them (a multiply-add is 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        work()
+    return counter.get_total_flops()
+
+
+def best_ms(calls, repeats):
+    """{label: fastest ms of calls[label]()}: rounds that call every one once each, so that a
+    busy machine slows them alike."""
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(repeats):
+        for label, call in calls.items():
+            best[label] = min(best[label], 1e3 * timed(torch.device("cpu"), call))
+    return best
+
+
+def inference_variants(model, batch_size, calibration, cache_dir):
+    """label -> the prepared model, eager and compiled at each precision (int8: its own
+    compiled path); fp32 eager, the reference, first."""
+    runs = {}
+    for precision in ("fp32", "bf16", "int8"):
+        for compiled in ((False, True) if precision != "int8" else (True,)):
+            label = f"{precision} {'compiled' if compiled else 'eager'}"
+            started = time.perf_counter()
+            runs[label] = prec.prepare(model, precision, batch_size=batch_size,
+                                       calibration=calibration, cache_dir=cache_dir,
+                                       compiled=compiled)
+            runs[label].prepare_s = time.perf_counter() - started
+    return runs
+
+
+def network_rows(name, model, inputs, batch_size, calibration, cache_dir, rates, repeats):
+    """One network's inference table: per variant ms per batch, GFLOP/s and its share of the
+    same precision's matmul rate, and agreement with fp32 eager over all `inputs`."""
+    example = inputs[:batch_size]
+    flops = flops_of(lambda: prec.prepare(model, "fp32")(example))
+    runs = inference_variants(model, batch_size, calibration, cache_dir)
+    outputs = {}
+    for label, run in runs.items():                   # compiles, loads, warms up; all inputs
+        started = time.perf_counter()
+        outputs[label] = run_batches(run, inputs, batch_size)
+        run.first_s = time.perf_counter() - started
+    ms = best_ms({label: (lambda run=run: run(example)) for label, run in runs.items()},
+                 repeats)
+    reference, rows = outputs["fp32 eager"], {}
+    for label, out in outputs.items():
+        precision = label.split()[0]
+        gflops = flops / ms[label] / 1e6
+        rate = rates.get(precision)
+        rows[label] = {"ms": ms[label], "gflops": gflops, "share": gflops / rate if rate else None,
+                       "vs_fp32_eager": ms["fp32 eager"] / ms[label],
+                       "agreement": agreement(reference, out, name),
+                       "first_call_s": runs[label].first_s}
+        share = f"{gflops / rate:5.0%} of {precision} matmul" if rate else " " * 19
+        a = rows[label]["agreement"]
+        print(f"{name:4s} batch {batch_size:<2d} {label:14s} {ms[label]:8.1f} ms {gflops:6.1f} "
+              f"GFLOP/s {share}  {rows[label]['vs_fp32_eager']:4.2f}x fp32 eager  max|dP| "
+              f"{a['max_abs_diff']:.1e}, {a['decisions_differ']:.3%} of {a['n']:,} decisions "
+              f"differ; first call {runs[label].first_s:.1f} s", flush=True)
+    return {"flops_per_batch": flops, "rows": rows}
+
+
+def training_rows(model_fn, x, label_fn, loss_fn, rates, steps, repeats):
+    """LunaModel or U-Net training steps on one in-memory batch, eager and torch.compile'd, fp32
+    and bf16 autocast: samples/s, GFLOP/s and the share of the matmul rate."""
+    rows = {}
+    y = label_fn(x)
+    for precision in ("fp32", "bf16"):
+        amp = mixed_precision("cpu", precision == "bf16")
+        for compiled in (False, True):
+            model = model_fn()
+            optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+            forward = torch.compile(model) if compiled else model
+
+            def step(forward=forward, optimizer=optimizer, amp=amp):
+                optimizer.zero_grad()
+                with amp.context:
+                    out = forward(x)
+                loss_fn(out, y).backward()
+                optimizer.step()
+            started = time.perf_counter()
+            step()                                        # compiles
+            first = time.perf_counter() - started
+            flops = flops_of(step) if not compiled else rows[f"{precision} eager"]["flops"]
+            best = min(timed(torch.device("cpu"), lambda: [step() for _ in range(steps)])
+                       for _ in range(repeats)) / steps
+            label = f"{precision} {'compiled' if compiled else 'eager'}"
+            gflops = flops / best / 1e9
+            rows[label] = {"samples_per_s": len(x) / best, "flops": flops, "gflops": gflops,
+                           "share": gflops / rates[precision], "first_step_s": first}
+    return rows
+
+
+def networks_benchmark(luna, data_dir, repeats, cache_dir, steps=4):
+    """The two networks at the CPU's limit: inference of the U-Net on chapter 4's real CT and
+    of the classifier on crops around the candidates it finds, then training steps, each row
+    beside the same CPU's matmul rate measured in this run."""
+    rates = {"fp32": matmul_rate(torch.float32, "cpu"), "bf16": matmul_rate(torch.bfloat16,
+                                                                           "cpu")}
+    print(f"{device_name('cpu')}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"2048x2048 matmul: fp32 {rates['fp32']:.0f} GFLOP/s, bf16 {rates['bf16']:.0f} "
+          f"GFLOP/s; best of {repeats} interleaved rounds")
+    seg, cls = na.load_models(book_file(na.BOOK_SEG_MODEL, data_dir, "luna-models"),
+                              book_file(na.BOOK_CLS_MODEL, data_dir, "luna-models"))[:2]
+    ct = load_ct(book_file(REAL_CT, data_dir, "dicom-ct"))
+    slices = torch.stack([torch.from_numpy(context_slices(ct.hu, i))
+                          for i in range(ct.shape[0])])              # (99, 7, 512, 512) HU
+    probs = run_batches(prec.prepare(seg, "fp32"), slices, 4)[:, 0].numpy()
+    mask = na.clean_mask(probs > na.SEG_THRESHOLD, ct.spacing_xyz[::-1], float("inf"))
+    centers, _ = na.group_candidates(mask, ct.hu)
+    crops = torch.from_numpy(np.stack([ct.crop_irc(c, CROP_IRC) for c in centers])).unsqueeze(1)
+    print(f"{REAL_CT}: {ct.shape} voxels, {len(centers)} candidates (the book's erosion); "
+          f"int8 calibrated on the training series of {luna.root}")
+    slices_cal, crops_cal, _ = prec.calibration_sets(luna, [], 4)
+    out = {"matmul_gflops": rates, "unet": network_rows(
+        "unet", seg, slices, 4, slices_cal, cache_dir, rates, repeats)}
+    out["cls"] = network_rows("cls", cls, crops, 32, crops_cal, cache_dir, rates, repeats)
+    generator = torch.Generator().manual_seed(0)
+    for name, make, x, label_fn, loss_fn in (
+            ("cls", lambda: use_memory_format(LunaModel(), torch.channels_last_3d),
+             torch.randn(32, 1, 32, 48, 48, generator=generator) * 400 - 500,
+             lambda x: torch.arange(len(x)) % 2,
+             lambda out, y: torch.nn.functional.cross_entropy(out[0].float(), y)),
+            ("unet", lambda: use_memory_format(UNetWrapper(**MODEL_KWARGS), torch.channels_last),
+             torch.randn(16, 7, 64, 64, generator=generator) * 400 - 500,
+             lambda x: (x[:, 3:4] > 0).float(),
+             lambda out, y: fn_weighted_loss(out.float(), y).mean())):
+        rows = training_rows(make, x, label_fn, loss_fn, rates, steps, repeats)
+        out[f"{name}_training"] = rows
+        for label, r in rows.items():
+            precision = label.split()[0]
+            vs_eager = r["samples_per_s"] / rows[f"{precision} eager"]["samples_per_s"]
+            print(f"{name:4s} training batch {len(x):<2d} {label:14s} {r['samples_per_s']:7.1f} "
+                  f"samples/s {r['gflops']:6.1f} GFLOP/s {r['share']:5.0%} of {precision} "
+                  f"matmul  {vs_eager:4.2f}x eager; first step {r['first_step_s']:.1f} s",
+                  flush=True)
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -345,6 +516,10 @@ def main(argv=None):
                    help="validation slices timed (default: every one)")
     p.add_argument("--analysis", action="store_true",
                    help="time nodule_analysis per CT instead of training")
+    p.add_argument("--networks", action="store_true",
+                   help="the U-Net and the classifier alone: fp32, bf16 and int8, eager and "
+                        "compiled, in GFLOP/s beside this CPU's matmul rate, with their "
+                        "agreement on chapter 4's real CT; then training steps likewise")
     p.add_argument("--slices", type=int, nargs="+", default=[117],
                    help="--analysis on the sample: CT sizes to time (default: %(default)s; "
                         "the book timed 117 and 205)")
@@ -368,6 +543,9 @@ def main(argv=None):
     device = pick_device(args.device)
     torch.backends.cudnn.benchmark = True
     luna = locate_luna(args.data_dir, args.synthetic)
+    if args.networks:
+        return networks_benchmark(luna, args.data_dir, args.repeats,
+                                  data_root(args.data_dir) / "cache" / "programs")
     if args.analysis:
         return analysis_benchmark(
             luna, device, args.seg_model or book_file(na.BOOK_SEG_MODEL, args.data_dir,
@@ -375,7 +553,7 @@ def main(argv=None):
             args.cls_model or book_file(na.BOOK_CLS_MODEL, args.data_dir, "luna-models"),
             args.slices, args.series_uid, args.batch_size or 4, args.repeats, args.precisions,
             args.erosions, book_file(REAL_CT, args.data_dir, "dicom-ct") if args.real_ct
-            else None, data_root(args.data_dir) / "cache" / "int8", keep_freed_memory)
+            else None, data_root(args.data_dir) / "cache" / "programs", keep_freed_memory)
     args.batch_size = args.batch_size or 16
     keep_freed_memory()                                   # as the trainers run
     train_ds, val_ds, _ = make_seg_datasets(luna, mask_cache_dir(args.data_dir), 10,

@@ -449,8 +449,9 @@ class Inference(torch.nn.Module):
 def aot_runner(model, precision, batch_size, cache_dir=None, fmt=None, announce=print):
     """float_runner's work compiled ahead of time by AOTInductor, with inductor's freezing
     (the weights constants: BatchNorm folded into the convolutions, ReLU fused), for batches of
-    `batch_size` (fixed_batch pads a short one). A program per input size, compiled at its
-    first call and kept in `cache_dir` (by weights, precision, size, torch and CPU), so a
+    `batch_size` (fixed_batch pads a short one), or of any size with `batch_size` None (one
+    program with a symbolic batch, as a server needs). A program per input size, compiled at
+    its first call and kept in `cache_dir` (by weights, precision, size, torch and CPU), so a
     later run loads it at once. Where compiling fails (no C++ compiler, an operator inductor
     cannot take), one warning line, and that size runs eagerly."""
     device = next(model.parameters()).device
@@ -463,13 +464,15 @@ def aot_runner(model, precision, batch_size, cache_dir=None, fmt=None, announce=
     programs = {}
 
     def run(x):
-        shape = tuple(x.shape)
+        shape = tuple(x.shape) if batch_size else ("N", *x.shape[1:])
         if shape not in programs:
             name = f"{type(model).__name__}-{precision}-{'x'.join(map(str, shape))}-{key}"
-            programs[shape] = load_or_compile(module, x, cache_dir, name, eager, announce)
+            example = x if batch_size else x[:1].expand(2, *x.shape[1:]).contiguous()
+            programs[shape] = load_or_compile(module, example, cache_dir, name, eager,
+                                              announce, dynamic_batch=not batch_size)
         with torch.no_grad():
             return programs[shape](x)
-    return fixed_batch(run, batch_size)
+    return fixed_batch(run, batch_size) if batch_size else run
 
 
 def program_key(model, precision, device):
@@ -492,10 +495,11 @@ def device_target(device):
     return str(cpu_vec_isa.pick_vec_isa())
 
 
-def load_or_compile(module, example, cache_dir, name, eager, announce=print):
-    """The AOTInductor program of `module` for inputs like `example`: loaded from
-    `cache_dir`/`name`.pt2, else exported, compiled with freezing and saved there (atomically);
-    `eager` (with a warning line) where that fails."""
+def load_or_compile(module, example, cache_dir, name, eager, announce=print,
+                    dynamic_batch=False):
+    """The AOTInductor program of `module` for inputs like `example` (any batch size with
+    `dynamic_batch`): loaded from `cache_dir`/`name`.pt2, else exported, compiled with
+    freezing and saved there (atomically); `eager` (with a warning line) where that fails."""
     import tempfile
 
     path = Path(cache_dir) / f"{name}.pt2" if cache_dir is not None else None
@@ -509,7 +513,8 @@ def load_or_compile(module, example, cache_dir, name, eager, announce=print):
     try:
         with quiet_loggers("torch"), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(module, (example,))
+            dims = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+            program = torch.export.export(module, (example,), dynamic_shapes=dims)
             buffer = io.BytesIO()
             torch._inductor.aoti_compile_and_package(
                 program, package_path=buffer, inductor_configs={"freezing": True})

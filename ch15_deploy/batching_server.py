@@ -269,7 +269,7 @@ def main(argv=None):
     device = pick_device(args.device)
     cls_model, cls_batch = load_cls_model(classify_batch, args.cls_model, args.jit,
                                           args.exported, args.random_weights, args.data_dir,
-                                          device, args.max_batch_size)
+                                          device, args.max_batch_size, compiled=args.compile)
     image_model, image_batch = (None, None) if args.no_image else load_image_model(
         generate_batch, args.cyclegan_weights, args.cyclegan_jit, args.cyclegan_exported,
         args.random_weights, args.data_dir, device, args.image_size, args.max_batch_size)

@@ -54,7 +54,10 @@ def load_classifier(path=None, data_dir=None, random_weights=False, device="cpu"
 
 
 def model_device(model):
-    """The device of a module's first parameter or buffer (cpu for one without any)."""
+    """The device of a module's first parameter or buffer (cpu for one without any); a
+    prepared callable's `device`."""
+    if not isinstance(model, torch.nn.Module):
+        return getattr(model, "device", torch.device("cpu"))
     for t in (*model.parameters(), *model.buffers()):
         return t.device
     return torch.device("cpu")

@@ -32,4 +32,8 @@ def server_arguments(port=8000):
                         help="address to bind (default: %(default)s, this machine only; 0.0.0.0 "
                              "opens it to the network)")
     parser.add_argument("--port", type=port_number, default=port, help="(default: %(default)s)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                        help="serve the classifier compiled ahead of time by inductor, with "
+                             "freezing (chapter 13's precision.py; the first start compiles it "
+                             "and keeps it under <data root>/cache/programs). Default: off")
     return parser

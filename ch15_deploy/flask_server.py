@@ -66,7 +66,7 @@ def main(argv=None):
     args = flask_server_args(argv, __doc__.split("\n\n")[0])
     model, _ = load_cls_model(classify, args.model, random_weights=args.random_weights,
                               data_dir=args.data_dir, device=pick_device(args.device),
-                              flag="--model", channels_last=False)
+                              flag="--model", channels_last=False, compiled=args.compile)
     served = start_server(create_app(model, max_bytes=args.max_bytes), args.host, args.port,
                           args.threads, args.max_queue)
     what = "an untrained LunaModel" if args.random_weights else "the nodule classifier"

@@ -6,8 +6,9 @@
 
 The LUNA classifier (a 1 x 1 x 32 x 48 x 48 crop) and the chapter 13 U-Net (a 1 x 7 x 512 x 512
 input) at batch 1, with seeded random weights (--cls-model / --seg-model load checkpoints),
-exported with this folder's own functions (TorchScript, ONNX, AOTInductor) and chapter 13's
-int8, and run eager (also channels-last, and with bf16 autocast). Every backend is compared with
+exported with this folder's own functions (TorchScript, ONNX, AOTInductor), compiled as the
+servers' --compile does (AOTInductor with freezing, fp32 and bf16) and chapter 13's int8, and
+run eager (also channels-last, and with bf16 autocast). Every backend is compared with
 eager first (the largest difference, absolute and relative), then timed: --warmup calls, then
 --repeats calls each timed alone; the median and 90th percentile in ms. --threads sets torch's
 and onnxruntime's intra-op threads to the same number. Measured tables: NOTES.md.
@@ -35,7 +36,8 @@ from common.files import output_dir, write_json
 
 MODELS = ("cls", "unet")
 MODEL_TITLES = {"cls": "classifier", "unet": "U-Net"}
-BACKENDS = ("eager", "eager-cl", "eager-cl-bf16", "torchscript", "onnxruntime", "aoti", "int8")
+BACKENDS = ("eager", "eager-cl", "eager-cl-bf16", "torchscript", "onnxruntime", "aoti",
+            "compiled", "compiled-bf16", "int8")
 BACKEND_TITLES = {"eager": "eager (NCHW)", "eager-cl": "eager, channels-last",
                   "eager-cl-bf16": "eager, channels-last, bf16 autocast",
                   "torchscript": "TorchScript (traced)", "onnxruntime": "ONNX Runtime",
@@ -99,6 +101,11 @@ def prepare(backend, name, model, x, out, threads, calibration=None):
     elif backend == "aoti":
         program, _ = export_program(model, (example,))
         run = load_package(compile_package(program, Path(out) / f"{name}.pt2")[0])
+    elif backend in ("compiled", "compiled-bf16"):          # what --compile serves
+        from ch13_segment.precision import prepare
+
+        run = prepare(model, "bf16" if backend.endswith("bf16") else "fp32", batch_size=None,
+                      compiled=True, cache_dir=Path(out) / "programs")
     elif backend == "int8":
         from ch13_segment.precision import prepare
 

@@ -16,7 +16,7 @@ from ch01_intro.cyclegan import ResNetGenerator
 from ch01_intro.weights import HORSE2ZEBRA_PTH, resolve_weights
 from ch15_deploy.classifier import BOOK_CHECKPOINT, example_crop, load_classifier, prepare
 from ch15_deploy.model_files import load_program, load_weights
-from common.data import book_file
+from common.data import book_file, data_root
 from common.errors import DataError, one_line
 
 GREY_SIDE = 32          # the eager generator's start-up input: 3 x 32 x 32 of 0.5
@@ -59,9 +59,10 @@ def batch_limit(model, forward, sample, max_batch_size, where, announce):
 
 def load_cls_model(forward, path=None, jit=None, exported=None, random_weights=False,
                    data_dir=None, device="cpu", max_batch_size=16, announce=print,
-                   flag="--cls-model", channels_last=True):
+                   flag="--cls-model", channels_last=True, compiled=False):
     """(classifier ready to serve, the batch size it takes): a checkpoint (`flag`), random, or a
-    program, tried on the example crop through forward(model, crops)."""
+    program, tried on the example crop through forward(model, crops); with `compiled`, an eager
+    one compiled ahead of time (precision.prepare, any batch size), kept under the data root."""
     crop, _ = example_crop(data_dir)
     program = jit or exported
     if program:
@@ -75,6 +76,12 @@ def load_cls_model(forward, path=None, jit=None, exported=None, random_weights=F
         path = path or book_file(BOOK_CHECKPOINT, data_dir, name="luna-models")
         model, where = load_classifier(path, device=device, flag=flag), f"{flag} {path}"
     model = prepare(model, channels_last=channels_last)
+    if compiled:
+        from ch13_segment import precision
+
+        model = precision.prepare(model, "fp32", batch_size=None, compiled=True,
+                                  cache_dir=data_root(data_dir) / "cache" / "programs")
+        model.device = torch.device(device)              # where prob_nodule sends the crops
     try_model(model, forward, crop.unsqueeze(0), where)
     return model, max_batch_size
 

@@ -10,7 +10,7 @@ from ch15_deploy import latency
 pytestmark = [pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning"),
               pytest.mark.filterwarnings(r"ignore:.*torch\.jit.* is deprecated:DeprecationWarning")]
 
-TOLERANCE = {"eager-cl-bf16": 5e-2}     # relative to the largest output; float32 backends: 1e-4
+TOLERANCE = {"eager-cl-bf16": 5e-2, "compiled-bf16": 5e-2}  # of the largest output; fp32: 1e-4
 
 
 def check_results(result, models, backends):
@@ -28,7 +28,8 @@ def check_results(result, models, backends):
 
 
 def test_every_backend_but_aoti_matches_eager_on_both_models(tmp_path, capsys):
-    backends = [b for b in latency.BACKENDS if b not in ("aoti", "int8")]
+    backends = [b for b in latency.BACKENDS
+                if b not in ("aoti", "compiled", "compiled-bf16", "int8")]
     threads = torch.get_num_threads()
     result = latency.main(["--repeats", "2", "--warmup", "1", "--unet-size", "32",
                            "--threads", "1", "--backends", ",".join(backends),
@@ -53,6 +54,14 @@ def test_aoti_package_matches_eager_on_both_models(tmp_path):
     check_results(result, ["cls", "unet"], ["eager", "aoti"])
     assert (tmp_path / "cls.pt2").exists() and (tmp_path / "unet.pt2").exists()
     assert result["results"]["cls"]["aoti"]["export_s"] > 0
+
+
+@pytest.mark.slow          # four AOTInductor compilations with freezing
+def test_the_compiled_rows_match_eager_and_keep_their_programs(tmp_path):
+    result = latency.main(["--repeats", "1", "--warmup", "0", "--unet-size", "32",
+                           "--backends", "compiled,compiled-bf16", "--out", str(tmp_path)])
+    check_results(result, ["cls", "unet"], ["eager", "compiled", "compiled-bf16"])
+    assert len(list((tmp_path / "programs").glob("*.pt2"))) == 4
 
 
 def test_one_model_and_the_eager_reference_alone():

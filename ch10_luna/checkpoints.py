@@ -218,7 +218,7 @@ def restore_settings(given, state, defaults, keeps, path):
     script's settings now and its parse_args([]), as dicts; comparing them tells which were
     given. A saved settings dict that lacks one of this script's flags comes from another
     script or version, and is refused."""
-    saved = dict(state["args"])
+    saved = {**SETTINGS_ADDED_LATER, **state["args"]}
     lacking = sorted(set(defaults) - set(saved))
     if lacking:
         shown = ", ".join("--" + k.replace("_", "-") for k in lacking[:3])
@@ -234,6 +234,8 @@ def restore_settings(given, state, defaults, keeps, path):
     return saved
 
 
+# Flags newer than some checkpoints: a saved run without them ran as their default does.
+SETTINGS_ADDED_LATER = {"compile": False}
 # The trainers' flags that default to None, and what a saved value of theirs must be.
 OPTIONAL_SETTINGS = {"epoch_size": "count", "fold": "count", "lr": "number", "optimizer": "text",
                      "run_dir": "text", "resume": "text", "finetune": "text", "data_dir": "text",

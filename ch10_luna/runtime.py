@@ -30,7 +30,8 @@ Amp = namedtuple("Amp", ["context", "scaler", "dtype"])
 
 
 def runtime_parser(batch_size=32):
-    """--device, --amp, --batch-size and --num-workers: how a trainer runs (a parent parser)."""
+    """--device, --amp, --batch-size, --num-workers and --compile: how a trainer runs (a parent
+    parser)."""
     p = argparse.ArgumentParser(add_help=False)
     add_device_argument(p)
     p.add_argument("--amp", action="store_true",
@@ -39,6 +40,10 @@ def runtime_parser(batch_size=32):
                    help="per process (default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=0,
                    help="DataLoader worker processes (0: load in the training process)")
+    p.add_argument("--compile", action="store_true",
+                   help="train the model through torch.compile (off by default: on this "
+                        "project's CPU compiled training measured slower, see ch13_segment/"
+                        "benchmark.py --networks; on a GPU it usually wins)")
     return p
 
 

@@ -60,7 +60,8 @@ from common.errors import DataError, run_cli
 LABEL, PRED, LOSS = range(3)            # rows of the per-sample metrics tensor (book ch11)
 BOOK_BALANCED_EPOCH = 200_000           # the book's chapter 12 epoch
 SYNTHETIC_EPOCH = 4_800                 # 150 batches of 32: enough to learn on the sample
-RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume", "checkpoint_every")
+RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume", "compile",
+                "checkpoint_every")
 
 
 def parse_args(argv=None):
@@ -229,6 +230,8 @@ def main(argv=None):
         model = use_memory_format(LunaModel().to(proc.device), memory_format(proc.device, amp))
         optimizer = make_optimizer(model, args.optimizer, args.lr)
         start = resume_training(model, optimizer, saved, args.resume, proc, "best_f1")
+        if args.compile:
+            model.compile()                                 # torch.compile, names kept
         model = distribute(model, proc)                     # DDP when there are several
         run = open_run(run_dir, "cls", args.comment, proc)
         args.run_dir = str(run.dir)

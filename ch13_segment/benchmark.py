@@ -179,16 +179,21 @@ def analysis_cts(luna, slice_counts, series_uid, workdir, real_ct=None):
     return out
 
 
-def analysis_variants(precisions, erosions):
-    """(label, (precision, U-Net's precision, erosion)) per row, after the book's way: each
-    precision at each erosion (inf: the book's; 1.0: the default), and the int8 classifiers
-    with the bf16 U-Net where both are asked."""
+def analysis_variants(precisions, erosions, compiled=(False, True)):
+    """(label, (precision, U-Net's precision, compiled, erosion)) per row, after the book's
+    way: each precision at each erosion (inf: the book's; 1.0: the default), eager and
+    compiled (fp32 and bf16; int8 has its own compiled path), and the int8 classifiers with
+    the bf16 U-Net where both are asked."""
     rows = []
     for erosion in erosions:
-        for precision in precisions:
-            rows.append((f"{precision}, erosion {erosion:g}", (precision, precision, erosion)))
+        pairs = [(p, p) for p in precisions]
         if "int8" in precisions and "bf16" in precisions:      # int8 classifier, bf16 U-Net
-            rows.append((f"int8+bf16, erosion {erosion:g}", ("int8", "bf16", erosion)))
+            pairs.append(("int8", "bf16"))
+        for precision, seg_precision in pairs:
+            name = precision if precision == seg_precision else f"{precision}+{seg_precision}"
+            for c in compiled if seg_precision != "int8" else (False,):
+                rows.append((f"{name}{' compiled' if c else ''}, erosion {erosion:g}",
+                             (precision, seg_precision, c, erosion)))
     return rows
 
 
@@ -220,33 +225,34 @@ def book_way(path, seg, cls, device, annotations):
 
 def analysis_benchmark(luna, device, seg, cls, slice_counts, series_uid=None, batch_size=4,
                        repeats=1, precisions=na.PRECISIONS, erosions=(float("inf"), 1.0),
-                       real_ct=None, cache_dir=None, keep_memory=None):
+                       real_ct=None, cache_dir=None, keep_memory=None, compiled=(False, True)):
     """nodule_analysis per CT for the book's way and every analysis_variants row, side by
     side: seconds by stage (the best of `repeats` rounds that each run every variant once,
     after one untimed run of each that compiles, warms up and gives the detections compared),
     the ratio to the book's way timed here, and each precision's detections against fp32's at
     the same erosion (compare_detections); `seg` and `cls` are checkpoint paths.
     `keep_memory` (the script passes runtime.keep_freed_memory) runs after the book's way,
-    which keeps glibc's defaults."""
+    which keeps glibc's defaults. `compiled`: (False, True) times each fp32 and bf16 row eager
+    and compiled ahead of time, (False,) eager only."""
     models = na.load_models(seg, cls)
     annotations = na.read_nodules(luna)
     print(f"nodule_analysis on {device} ({device_name(device)}), {torch.get_num_threads()} "
           f"threads; seg {seg}, cls {cls}")
     started = time.perf_counter()
-    variants = analysis_variants(precisions, erosions)
+    variants = analysis_variants(precisions, erosions, compiled)
     calibration = (prec.calibration_sets(luna, [], batch_size) if "int8" in precisions
                    else None)
-    prepared = {(p, sp): na.prepare_models(models, p, sp, device, calibration, batch_size,
-                                           cache_dir)
-                for _label, (p, sp, _erosion) in variants}
+    prepared = {(p, sp, c): na.prepare_models(models, p, sp, device, calibration, batch_size,
+                                              cache_dir, c)
+                for _label, (p, sp, c, _erosion) in variants}
     prepare_s = time.perf_counter() - started
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         for uid, path, n in analysis_cts(luna, slice_counts, series_uid, workdir, real_ct):
             truth = annotations.get(uid, [])
-            calls = {label: partial(analysis_run, path, prepared[(p, sp)], truth, device,
+            calls = {label: partial(analysis_run, path, prepared[(p, sp, c)], truth, device,
                                     batch_size, erosion)
-                     for label, (p, sp, erosion) in variants}
+                     for label, (p, sp, c, erosion) in variants}
             # The book's way runs as the book's code would, with glibc's default allocator;
             # the rest after keep_freed_memory, as nodule_analysis.py runs.
             runs = timed_rounds({"book's way": partial(book_way, path, *models[:2], device,
@@ -299,18 +305,19 @@ def report_ct(uid, n, runs, precisions, erosions):
         rows[label] = {"timing": t, "total_s": total, "vs_book": book / total,
                        "candidates": len(r["detections"]), "passing": passing,
                        "rechecked": r["rechecked"]}
-        print(f"  {label:22s} " + " ".join(f"{k} {v:6.2f}" for k, v in t.items())
+        print(f"  {label:31s} " + " ".join(f"{k} {v:6.2f}" for k, v in t.items())
               + f"  total {total:6.2f} s = {book / total:4.1f}x the book's way; "
               f"{len(r['detections'])} candidates, {passing} pass"
               + (f" ({r['rechecked']} re-scored in fp32)" if r["rechecked"] else ""))
     for erosion in erosions:
-        ref = runs[f"fp32, erosion {erosion:g}"]
-        others = [label.split(",")[0] for label in runs
-                  if label.endswith(f", erosion {erosion:g}") and not label.startswith("fp32")]
-        for precision in others if precisions[0] == "fp32" else ():
-            diff = compare_detections(ref, runs[f"{precision}, erosion {erosion:g}"])
-            rows[f"{precision}, erosion {erosion:g}"]["compare"] = diff
-            print(f"  {precision} vs fp32 (erosion {erosion:g}): {describe_diff(diff)}")
+        ref = runs.get(f"fp32, erosion {erosion:g}")
+        for label in runs:
+            if ref is not None and label.endswith(f", erosion {erosion:g}") and \
+                    runs[label] is not ref:
+                diff = compare_detections(ref, runs[label])
+                rows[label]["compare"] = diff
+                print(f"  {label.split(',')[0]} vs fp32 (erosion {erosion:g}): "
+                      f"{describe_diff(diff)}")
     book_vs = compare_detections(runs["fp32, erosion inf"], runs["book's way"]) \
         if "fp32, erosion inf" in runs else None
     if book_vs is not None:
@@ -536,6 +543,8 @@ def main(argv=None):
     p.add_argument("--erosions", nargs="+", type=float, default=[float("inf"), 1.0],
                    metavar="MM", help="--analysis: erosion settings (--erosion-max-spacing) "
                    "to time (default: inf, the book's, and 1, the default)")
+    p.add_argument("--eager-only", action="store_true",
+                   help="--analysis: leave out the rows compiled ahead of time")
     p.add_argument("--real-ct", action="store_true",
                    help="--analysis on chapter 4's real 99-slice DICOM chest CT (the book's "
                         "file, python -m common.data download dicom-ct)")
@@ -553,7 +562,8 @@ def main(argv=None):
             args.cls_model or book_file(na.BOOK_CLS_MODEL, args.data_dir, "luna-models"),
             args.slices, args.series_uid, args.batch_size or 4, args.repeats, args.precisions,
             args.erosions, book_file(REAL_CT, args.data_dir, "dicom-ct") if args.real_ct
-            else None, data_root(args.data_dir) / "cache" / "programs", keep_freed_memory)
+            else None, data_root(args.data_dir) / "cache" / "programs", keep_freed_memory,
+            (False,) if args.eager_only else (False, True))
     args.batch_size = args.batch_size or 16
     keep_freed_memory()                                   # as the trainers run
     train_ds, val_ds, _ = make_seg_datasets(luna, mask_cache_dir(args.data_dir), 10,

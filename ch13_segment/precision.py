@@ -449,11 +449,12 @@ class Inference(torch.nn.Module):
 def aot_runner(model, precision, batch_size, cache_dir=None, fmt=None, announce=print):
     """float_runner's work compiled ahead of time by AOTInductor, with inductor's freezing
     (the weights constants: BatchNorm folded into the convolutions, ReLU fused), for batches of
-    `batch_size` (fixed_batch pads a short one), or of any size with `batch_size` None (one
-    program with a symbolic batch, as a server needs). A program per input size, compiled at
-    its first call and kept in `cache_dir` (by weights, precision, size, torch and CPU), so a
-    later run loads it at once. Where compiling fails (no C++ compiler, an operator inductor
-    cannot take), one warning line, and that size runs eagerly."""
+    `batch_size` (fixed_batch pads a short one), or with `batch_size` None for batches as they
+    come (a server's). A program per input shape, compiled at its first call and kept in
+    `cache_dir` (by weights, precision, shape, torch and CPU), so a later run loads it at once.
+    The batch is never symbolic: in torch 2.13 a program exported with a symbolic batch gave
+    LunaModel wrong outputs under freezing. Where compiling fails (no C++ compiler, an operator
+    inductor cannot take), one warning line, and that shape runs eagerly."""
     device = next(model.parameters()).device
     spatial_dims = 2 if isinstance(model, UNetWrapper) else 3
     fmt = fmt or memory_format(device, precision == "bf16", spatial_dims)
@@ -464,12 +465,10 @@ def aot_runner(model, precision, batch_size, cache_dir=None, fmt=None, announce=
     programs = {}
 
     def run(x):
-        shape = tuple(x.shape) if batch_size else ("N", *x.shape[1:])
+        shape = tuple(x.shape)
         if shape not in programs:
             name = f"{type(model).__name__}-{precision}-{'x'.join(map(str, shape))}-{key}"
-            example = x if batch_size else x[:1].expand(2, *x.shape[1:]).contiguous()
-            programs[shape] = load_or_compile(module, example, cache_dir, name, eager,
-                                              announce, dynamic_batch=not batch_size)
+            programs[shape] = load_or_compile(module, x, cache_dir, name, eager, announce)
         with torch.no_grad():
             return programs[shape](x)
     return fixed_batch(run, batch_size) if batch_size else run
@@ -495,11 +494,10 @@ def device_target(device):
     return str(cpu_vec_isa.pick_vec_isa())
 
 
-def load_or_compile(module, example, cache_dir, name, eager, announce=print,
-                    dynamic_batch=False):
-    """The AOTInductor program of `module` for inputs like `example` (any batch size with
-    `dynamic_batch`): loaded from `cache_dir`/`name`.pt2, else exported, compiled with
-    freezing and saved there (atomically); `eager` (with a warning line) where that fails."""
+def load_or_compile(module, example, cache_dir, name, eager, announce=print):
+    """The AOTInductor program of `module` for inputs of `example`'s shape: loaded from
+    `cache_dir`/`name`.pt2, else exported, compiled with freezing and saved there
+    (atomically); `eager` (with a warning line) where that fails."""
     import tempfile
 
     path = Path(cache_dir) / f"{name}.pt2" if cache_dir is not None else None
@@ -511,10 +509,11 @@ def load_or_compile(module, example, cache_dir, name, eager, announce=print,
                      "again")
     started = time.perf_counter()
     try:
-        with quiet_loggers("torch"), warnings.catch_warnings():
+        # Exported outside inference mode (a caller's torch.inference_mode changes how
+        # export traces views), from a copy of the example made there.
+        with quiet_loggers("torch"), warnings.catch_warnings(), torch.inference_mode(False):
             warnings.simplefilter("ignore")
-            dims = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-            program = torch.export.export(module, (example,), dynamic_shapes=dims)
+            program = torch.export.export(module, (example.clone(),))
             buffer = io.BytesIO()
             torch._inductor.aoti_compile_and_package(
                 program, package_path=buffer, inductor_configs={"freezing": True})

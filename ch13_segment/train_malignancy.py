@@ -96,7 +96,7 @@ from common.errors import DataError, run_cli
 BOOK_CH14_AUGMENTATION = AugmentSpec(flip=True, offset=0.1, rotate=True)
 SYNTHETIC_EPOCH = 2_400         # 75 batches of 32
 VALIDATION_CADENCE = 5          # the book's; every epoch when fine-tuning
-RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume")
+RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume", "compile")
 
 
 def parse_args(argv=None):
@@ -277,6 +277,8 @@ def main(argv=None):
                      "larger --epochs to continue")
         # Frozen parameters (--finetune) get no gradient hooks and every trainable one is used
         # in each forward pass: no find_unused_parameters needed.
+        if args.compile:
+            model.compile()                                 # torch.compile, names kept
         model = distribute(model, proc)
         run = open_run(run_dir, "mal", args.comment, proc)
         args.run_dir = str(run.dir)

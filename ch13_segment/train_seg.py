@@ -68,7 +68,7 @@ MODEL_KWARGS = dict(in_channels=7, n_classes=1, depth=3, wf=4, padding=True, bat
 DICE, LOSS, TP, FN, FP = range(5)      # rows of the per-sample metrics tensor
 FN_WEIGHT = 8                          # the book's weight on the false-negative Dice
 SYNTHETIC_EPOCH = 16_000               # 1,000 batches of 16
-RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume")
+RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume", "compile")
 
 
 def parse_args(argv=None):
@@ -283,6 +283,8 @@ def main(argv=None):
                                   memory_format(proc.device, amp, 2))  # channels-last on CPU
         optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         start = resume_training(model, optimizer, saved, args.resume, proc, "best_recall")
+        if args.compile:
+            model.compile()                                 # torch.compile, names kept
         model = distribute(model, proc)                     # DDP when there are several
         run = open_run(run_dir, "seg", args.comment, proc)
         args.run_dir = str(run.dir)

@@ -42,6 +42,8 @@ BACKEND_TITLES = {"eager": "eager (NCHW)", "eager-cl": "eager, channels-last",
                   "eager-cl-bf16": "eager, channels-last, bf16 autocast",
                   "torchscript": "TorchScript (traced)", "onnxruntime": "ONNX Runtime",
                   "aoti": "AOTInductor (.pt2)",
+                  "compiled": "AOTInductor, freezing (--compile)",
+                  "compiled-bf16": "AOTInductor, freezing, bf16",
                   "int8": "int8 static (torchao PT2E, compiled)"}
 CPU = torch.device("cpu")
 

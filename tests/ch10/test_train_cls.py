@@ -224,3 +224,16 @@ def test_fold_validates_on_one_subset(tiny_luna, tmp_path):
     assert val["count/pos"] + val["count/neg"] == expected
     state = torch.load(tmp_path / "run" / "cls_dlwpt.last.state", weights_only=True)
     assert state["args"]["fold"] == 1                            # a resumed run keeps its fold
+
+
+@pytest.mark.slow          # torch.compile of the forward and backward: tens of seconds
+def test_compiled_training_learns_alike_and_saves_the_books_names(tiny_luna, tmp_path):
+    _, eager = main(tiny_args(tiny_luna, tmp_path / "eager", "--epochs", "1"))
+    _, compiled = main(tiny_args(tiny_luna, tmp_path / "compiled", "--epochs", "1",
+                                 "--compile"))
+    state = torch.load(tmp_path / "compiled" / "cls_dlwpt.last.state", weights_only=True)
+    LunaModel().load_state_dict(state["model_state"])                  # strict: no _orig_mod
+    assert state["args"]["compile"] is True
+    for phase in ("trn", "val"):                     # the same steps, rounded differently
+        assert compiled[0][phase]["loss/all"] == pytest.approx(eager[0][phase]["loss/all"],
+                                                               rel=0.05)

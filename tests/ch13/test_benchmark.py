@@ -60,7 +60,7 @@ def test_analysis_benchmark_on_a_resampled_tiny_ct(tiny_models, seg_luna, monkey
     uid = sorted(seg_luna.series)[0]
     result = analysis_benchmark(seg_luna, torch.device("cpu"), seg, cls, [9], uid,
                                 batch_size=4, precisions=("fp32", "bf16"),
-                                erosions=(float("inf"),))
+                                erosions=(float("inf"),), compiled=(False,))
     (ct,) = result["cts"]
     assert ct["shape"] == (9, 512, 512)
     assert list(ct["rows"]) == ["book's way", "fp32, erosion inf", "bf16, erosion inf"]

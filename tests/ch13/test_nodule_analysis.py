@@ -411,3 +411,24 @@ def test_int8_on_a_data_root_holding_one_ct(tiny_models, seg_luna, tmp_path, cap
     assert len(result["results"]) == 1
     assert "calibrated on the analysed series (no training series under" in \
         capsys.readouterr().out
+
+
+@pytest.mark.slow          # two AOTInductor compilations with freezing
+def test_compiled_networks_give_the_eager_detections_and_are_kept(tiny_models, seg_luna,
+                                                                   tmp_path, capsys):
+    seg, cls, _ = tiny_models
+    data = tmp_path / "data"
+    data.mkdir()
+    common = [sorted(seg_luna.series)[0], "--data-dir", str(seg_luna.root), "--seg-model", seg,
+              "--cls-model", cls, "--no-png", "--no-volumes", "--no-markups"]
+    eager = main(["--no-compile", *common])
+    compiled = main(["--compile", *common])
+    assert "compiled UNetWrapper-fp32" in capsys.readouterr().out
+    again = main(["--compile", *common])
+    assert "compiled " not in capsys.readouterr().out            # loaded from the cache
+    for result in (compiled, again):
+        (r,), (e,) = result["results"], eager["results"]
+        assert [d.center_irc for d in r["detections"]] == [d.center_irc for d in e["detections"]]
+        np.testing.assert_allclose([d.prob_nodule for d in r["detections"]],
+                                   [d.prob_nodule for d in e["detections"]], atol=1e-5)
+        np.testing.assert_array_equal(result["table"], eager["table"])

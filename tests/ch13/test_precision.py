@@ -253,6 +253,19 @@ def test_compiled_ahead_of_time_gives_the_eager_outputs_and_is_kept(tmp_path):
     assert said == []                                            # nothing compiled, no warning
 
 
+def test_a_compiled_classifier_gives_the_eager_logits(tmp_path):
+    """Untrained, on HU-scale crops, its logits run to the hundreds: a layout or batch-norm
+    folding error would show (a symbolic batch did, in torch 2.13)."""
+    luna, x = small_luna(), batches((3, 1, *CROP), 1, 8)[0] * 300 - 500
+    with torch.no_grad():
+        expected, _ = luna(x)
+    for batch_size in (None, 2):                       # shapes as they come, or fixed
+        logits, probs = precision.prepare(luna, "fp32", batch_size=batch_size, compiled=True,
+                                          cache_dir=tmp_path)(x)
+        assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max()
+        torch.testing.assert_close(probs.sum(dim=1), torch.ones(3))
+
+
 def test_where_compiling_fails_one_warning_and_the_eager_model(tmp_path, monkeypatch):
     def no_compiler(*args, **kwargs):
         raise RuntimeError("no C++ compiler found\nmore detail")

@@ -257,15 +257,17 @@ def test_deep_json_is_refused_by_its_depth(app_client):
     assert r.status_code == 400 and "200000 bytes; at most 4096" in r.get_json()["error"]
 
 
-@pytest.mark.slow          # one AOTInductor compilation with freezing
-def test_compile_serves_the_eager_answers_from_a_kept_program(tmp_path):
-    from ch15_deploy.classifier import prob_nodule
+@pytest.mark.slow          # AOTInductor compilations with freezing, one per batch size
+def test_compile_serves_the_eager_answers_from_kept_programs(tmp_path):
     from ch15_deploy.served_models import load_cls_model
 
     eager, _ = load_cls_model(flask_server.classify, random_weights=True, data_dir=tmp_path)
     served, _ = load_cls_model(flask_server.classify, random_weights=True, data_dir=tmp_path,
                                compiled=True)
-    crops = torch.stack([hu_like_crop(seed) for seed in range(3)])   # any batch size
-    torch.testing.assert_close(prob_nodule(served, crops), prob_nodule(eager, crops),
-                               rtol=0, atol=1e-5)
-    assert len(list((tmp_path / "cache" / "programs").glob("LunaModel-fp32-N*.pt2"))) == 1
+    crops = torch.stack([hu_like_crop(seed) for seed in range(3)])
+    with torch.inference_mode():                  # untrained: logits in the hundreds
+        logits, _ = served(crops)
+        expected, _ = eager(crops)
+    assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max()
+    kept = sorted(p.name.split("-")[2] for p in (tmp_path / "cache" / "programs").iterdir())
+    assert kept == ["1x1x32x48x48", "3x1x32x48x48"]   # the start-up try's and this batch's

@@ -4,18 +4,11 @@
     python ch10_luna/check_data.py --data-dir /big/disk/dlwpt
     python ch10_luna/check_data.py --synthetic        # the built-in sample (generated if absent)
 
-LUNA16 comes as ten `subset0..9` folders of CT scans (~89 each, 888 in all, each an `.mhd`
-header next to its `.raw` voxels) and two CSVs: `candidates.csv` (551,065 candidate locations,
-1,351 of them nodules) and `annotations.csv` (1,186 nodules with their diameters, in 601
-series). Any number of subsets can be used; the candidates of absent series are skipped. The
-`seg-lungs-LUNA16` lung masks are not used by the book and are ignored.
-
-The check is cheap: it reads the CSVs and validates each `.mhd` header as common/ct.py does
-(3-D, sizes, spacing, direction, element type) and compares each `.raw` file's size with it (no
-voxel is read). It prints one line per item, then a verdict, and exits 0 when the folder is
-usable for training, 1 when it is not. Broken series and empty subset folders are listed; the
-training skips them, as it does, with a warning each, so they alone do not make a folder
-unusable.
+It reads the CSVs as the trainers do, validates each subset's `.mhd` headers as common/ct.py
+does and compares each `.raw` file's size with its header (no voxel is read). It prints one line
+per item, then a verdict, and exits 0 when train_cls.py can train on the folder, 1 when not.
+Broken series and empty subset folders are listed; the training skips them. What LUNA16 holds
+and the lines to expect: README.md and NOTES.md.
 """
 import argparse
 import json

@@ -1,19 +1,13 @@
-"""The built-in synthetic LUNA sample: CTs and CSVs in LUNA16's own formats.
+"""The built-in synthetic LUNA sample: CTs and CSVs in LUNA16's own formats, deterministic by seed.
 
     python ch10_luna/synthetic.py --out data/synthetic/luna     # train_cls.py does this by itself
+    python ch10_luna/synthetic.py --out /tmp/heldout/luna --seed 1   # 30 CTs no model has seen
 
-Deterministic for a seed. Each CT is an int16 HU MetaImage (.mhd + uncompressed .raw) with
-anisotropic spacing and a non-zero origin: a body of soft tissue and fat, a spine, two lungs with
-parenchyma texture and branching vessels, and 3-6 nodules of 3-30 mm. Malignancy (for chapter 14)
-rises with size, and malignant nodules are lobulated and spiculated while benign ones are smooth
-(some calcified). `candidates.csv` holds a few candidates per nodule and several hundred
-negatives per CT (on vessels, in the parenchyma, at the chest wall, on sub-3 mm specks), so the
-imbalance is LUNA's: hundreds of negatives per nodule. `annotations_excluded.csv` lists the
-sample's "irrelevant findings" as LUNA16 does: the sub-3 mm specks (LUNA16 excludes nodules under
-3 mm), each also a non-nodule candidate, half listed with their diameter and half unsized (-1, the
-challenge's 10 mm). The files are written into a temporary folder that is renamed into place, so
-an interrupted run never leaves a half sample; one left by a killed run is removed by the next
-generation, and a full disk is one line saying so.
+Each CT is an int16 HU MetaImage (.mhd + .raw) with a body, a spine, two lungs with vessels and
+3-6 nodules of 3-30 mm; candidates.csv has LUNA's imbalance (hundreds of negatives per nodule),
+annotations_with_malignancy.csv chapter 14's labels, annotations_excluded.csv LUNA16's irrelevant
+findings. The files are written into a temporary folder renamed into place, so an interrupted
+run never leaves a half sample. What the CTs hold: NOTES.md ("The synthetic sample").
 """
 import argparse
 import csv

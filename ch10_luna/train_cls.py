@@ -1,12 +1,16 @@
 """Chapters 11-12: train the LUNA nodule-candidate classifier.
 
     python ch10_luna/train_cls.py --epochs 1                  # the built-in sample if no LUNA16
-    python ch10_luna/train_cls.py --balanced --augmented --epochs 10 full-aug
+    python ch10_luna/train_cls.py --augmented --epochs 10 full-aug
+    python ch10_luna/train_cls.py --resume runs/ch10/<run>/cls_full-aug.last.state --epochs 20
     torchrun --nproc_per_node=2 ch10_luna/train_cls.py --epochs 1
 
-Per epoch and phase it prints and logs (TensorBoard and metrics.jsonl in the run directory)
-loss, percent correct, precision, recall and F1; checkpoints use the book's dict format, are
-written atomically, and `--resume` continues a run exactly where its last checkpoint left it.
+The book's doTraining and doValidation are train_one_epoch and evaluate, its logMetrics
+summarize and log_metrics; main sets up the run around them (processes, mixed precision, memory
+layout, checkpoints and resume, augmentation). Per epoch and phase it prints and logs
+(TensorBoard and metrics.jsonl in the run directory) loss, percent correct, precision, recall
+and F1; checkpoints use the book's dict format, are written atomically, and `--resume`
+continues a run exactly where its last checkpoint left it, mid-epoch too.
 """
 import argparse
 import time

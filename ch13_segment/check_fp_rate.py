@@ -2,22 +2,14 @@
 
     python ch13_segment/check_fp_rate.py --analysis runs/ch13/analysis.json
     python ch13_segment/check_fp_rate.py --run-validation --synthetic    # runs the analysis first
-    python ch13_segment/check_fp_rate.py --run-validation --seg-model S.best.state \\
-        --cls-model C.best.state --json runs/ch13/analysis.json
 
-The false-positive-rate check of chapter 14's "what next" notes: how the classifier threshold
-trades found nodules against false alarms. It reads the candidates that
+The false-positive-rate check of chapter 14's "what next" notes. It reads the candidates that
 `nodule_analysis.py --json` wrote (or, without --analysis, runs `nodule_analysis.main` with the
-flags given, which are that script's) and, for a sweep of thresholds on P(nodule), prints
-
-- recall: annotated nodules with a matching candidate above the threshold / all annotated
-  nodules (complete misses, nodules no candidate matches, are never found at any threshold);
-- FP/CT: candidates above the threshold that match no nodule, averaged over the CTs;
-- precision: the share of the candidates above the threshold that match a nodule;
-
-marks nodule_analysis's operating point (P(nodule) > 0.5) and saves a FROC-style figure
-(recall against false positives per CT) as `froc.png` in --out (default runs/ch13/). A candidate
-matches a nodule as in the analysis: distance / diameter < 0.7.
+flags given, which are that script's) and prints, for P(nodule) thresholds 0.1 .. 0.9, the
+recall (annotated nodules matched by a candidate above the threshold), the false positives per
+CT and the precision, marking nodule_analysis's operating point (P(nodule) > 0.5); it saves
+`froc.png` (recall against false positives per CT) in --out (default runs/ch13/). A candidate
+matches a nodule as in the analysis: distance / diameter < 0.7. Definitions: NOTES.md.
 """
 import argparse
 import json

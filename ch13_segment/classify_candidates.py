@@ -3,19 +3,14 @@ of the scans evaluated, written as a submission CSV and scored as evaluate_luna.
 
     python ch13_segment/classify_candidates.py                  # the book's classifier
     python ch13_segment/classify_candidates.py --cls-model runs/ch10/<run>/cls_dlwpt.best.state
-    python ch13_segment/classify_candidates.py --candidates luna/candidates_V2.csv \\
-        --series seriesuids.csv
 
-The track gives every system the same candidates (LUNA16's candidates_V2.csv; the book trains
-on candidates.csv) and scores only how they are ranked. Here each row of --candidates (default:
-the LUNA folder's candidates.csv, else candidates_V2.csv) on a scan evaluated (default: the
-validation series, every --val-stride-th series on disk as nodule_analysis.py --run-validation
-takes them) is classified on the 32x48x48 crop around the voxel of its centre (the crop the
-classifier trained on); its class column is not read. The marks go to a submission CSV
-(<out>/fpr_<model>_submission.csv unless --submission) and are scored by the challenge's rules
-(evaluate_luna.py: CPM, sensitivities, counts, froc_fpr_<model>.png); as in the challenge's
-script, which scores both tracks alike, only the 100 most probable candidates of a scan count.
-The CT of every scan evaluated must be on disk.
+Each row of --candidates (default: the LUNA folder's candidates.csv, else candidates_V2.csv) on
+a scan evaluated (--series; default: the validation series, as nodule_analysis.py
+--run-validation takes them) is classified on the 32x48x48 crop around the voxel of its centre;
+its class column is not read. The marks go to <out>/fpr_<model>_submission.csv (or
+--submission) and are scored by the challenge's rules (CPM, sensitivities, counts,
+froc_fpr_<model>.png); only the 100 most probable candidates of a scan count. The CT of every
+scan evaluated must be on disk. More in NOTES.md.
 """
 import argparse
 import time

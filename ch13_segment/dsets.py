@@ -8,16 +8,11 @@
     train_ds = TrainingLuna2dSegmentationDataset(train_uids, luna.series, masks)  # (7,64,64) crops
     val_ds = Luna2dSegmentationDataset(val_uids, luna.series, masks)          # whole slices
 
-LUNA16 gives nodule centres and diameters, not outlines. The book turns each annotated centre
-into a box that grows along index, row and column while the CT stays denser than -700 HU on both
-sides, and keeps the dense voxels inside the boxes. Masks are built once per series and cached
-as `<data root>/cache/seg_masks/<series_uid>.npz`, keyed by MASK_VERSION, the threshold and the
-annotation centres, so a changed annotation file or builder rebuilds them by itself.
-
-A mask is held as a `SeriesMask`: the coordinates of its voxels rather than a dense volume
-(a dense bool mask is 34 MB per LUNA CT, ~30 GB for all 888; nodules are a few thousand voxels).
-Each sample is one slice with 3 neighbours on each side as 7 input channels; the label is the
-mask of the centre slice.
+LUNA16 gives nodule centres, not outlines: each annotated centre grows a box while the CT stays
+denser than -700 HU on both sides, and the mask keeps the dense voxels inside the boxes. Masks
+are cached per series under <data root>/cache/seg_masks and held as voxel coordinates
+(SeriesMask). A sample is one slice with 3 neighbours on each side as 7 input channels; its
+label is the mask of the centre slice. The cache, the sizes and the departures: NOTES.md.
 """
 import argparse
 import json

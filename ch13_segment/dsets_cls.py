@@ -9,11 +9,10 @@
     mal_train = MalignantLunaDataset(train, luna.series, balanced=True)   # mal, ben, mal, neg, ...
     mal_val = MalignantLunaDataset(val, luna.series)                 # benign + malignant nodules
 
-Chapter 14 rebuilds the candidate list: the nodules are the rows of
-`annotations_with_malignancy.csv` (LUNA16's annotations with duplicate readings merged and a
-`mal_bool` from the LIDC radiologists' ratings), the non-nodules are `candidates.csv`'s class-0
-rows. Items are chapter 11's tuple (crop, one-hot label, series_uid, center_irc), with the label
-[not malignant, malignant], so ch10's training and evaluation loops run unchanged.
+The nodules are the rows of `annotations_with_malignancy.csv` (with its `mal_bool`), the
+non-nodules `candidates.csv`'s class-0 rows. Items are chapter 11's tuple (crop, one-hot label,
+series_uid, center_irc), with the label [not malignant, malignant], so train_malignancy.py's
+loops keep chapter 11's shape. More in NOTES.md ("Malignancy").
 """
 import argparse
 from collections import namedtuple

@@ -5,21 +5,13 @@
     python ch13_segment/evaluate_luna.py submission.csv --series seriesuids.csv
     python ch13_segment/classify_candidates.py            # false-positive reduction track
 
-DETECTIONS is the file `nodule_analysis.py --json` writes (every candidate: its centre in mm and
-P(nodule)) or a LUNA16 submission CSV (seriesuid,coordX,coordY,coordZ,probability; mm in the
-patient frame of the .mhd). The marks are scored against --annotations (LUNA16's
-annotations.csv: the JSON's own annotation list is not used) and --excluded (the challenge's
-annotations_excluded.csv, its irrelevant findings) on the scans of --series (the challenge's
-seriesuids.csv: one uid per line; default: the scans of the analysis, or every scan the CSV
-names). The CSV flags default to the LUNA folder of the data root (LUNA16 when present, else
-the synthetic sample). The rules are the challenge's (ch13_segment/froc.py): at most the 100
-most probable marks per scan, a hit strictly within the nodule's radius, marks on excluded
-findings ignored, CPM = mean sensitivity at 1/8, 1/4, 1/2, 1, 2, 4, 8 false positives per
-scan, a 95% bootstrap interval over scans.
-
-It prints `CPM 0.xxxxxx` with the interval, the seven sensitivities and the counts; writes the
-FROC (log-2 axis, 1/8 to 8, the bootstrap band) as froc_<name>.png in --out (default
-runs/ch13/) and, for a JSON input or with --submission, the marks as a submission CSV.
+DETECTIONS is the file `nodule_analysis.py --json` writes or a LUNA16 submission CSV
+(seriesuid,coordX,coordY,coordZ,probability; mm in the patient frame of the .mhd). The marks are
+scored against --annotations and --excluded (the challenge's irrelevant findings) on the scans
+of --series, by the challenge's rules (froc.py). It prints `CPM 0.xxxxxx` with its 95% bootstrap
+interval, the seven sensitivities and the counts; writes the FROC as froc_<name>.png in --out
+(default runs/ch13/) and, for a JSON input or with --submission, the marks as a submission CSV.
+The defaults of the CSV flags and the rules: NOTES.md.
 """
 import argparse
 import csv

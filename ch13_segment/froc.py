@@ -5,16 +5,11 @@
     result = evaluate(scans, n_resamples=1000, seed=0)   # CPM, 7 sensitivities, counts, band
 
 The rules are those of `noduleCADEvaluationLUNA16.py` in the challenge's evaluationScript.zip
-(Setio et al. 2017, Medical Image Analysis 42): per scan at most the 100 most probable marks;
-a mark hits a nodule when its squared distance to the centre is strictly below (diameter/2)^2;
-a nodule counts once, found with its most probable hit; marks hitting no nodule but inside an
-excluded finding ("irrelevant finding", diameter -1 = 10 mm) are ignored; every other mark is
-a false positive; never-found nodules stay in the denominator. The FROC is sklearn's
-`roc_curve` (defaults) over the found nodules and the false positives, rescaled to false
-positives per scan and sensitivity over all nodules; CPM is the mean sensitivity at 1/8 .. 8
-false positives per scan. This module computes the same points itself (numpy only), so scoring
-needs no scikit-learn; the tests compare it with sklearn's roc_curve, equal to the last bit.
-Distances are in mm (the patient frame of the .mhd files).
+(Setio et al. 2017, Medical Image Analysis 42): at most the 100 most probable marks per scan; a
+hit strictly within the nodule's radius; a nodule found once, by its most probable hit; marks
+on excluded findings ignored; every other mark a false positive. CPM is the mean sensitivity at
+1/8 .. 8 false positives per scan. numpy only (no scikit-learn); distances in mm (the patient
+frame of the .mhd files). Every rule, and how the tests check it: NOTES.md.
 """
 import math
 from collections import namedtuple

@@ -1,38 +1,17 @@
 """Chapter 14: train the malignancy classifier, from scratch or fine-tuned from the nodule one.
 
     python ch13_segment/train_malignancy.py                  # the built-in sample if no LUNA16
-    python ch13_segment/train_malignancy.py --epochs 40 --finetune \\
-        data/part2/models/cls_2020-02-06_14.16.55_final-nodule-nonnodule.best.state finetune-depth1
-    python ch13_segment/train_malignancy.py --finetune-depth 2 --finetune PATH ...  # block4 too
+    python ch13_segment/train_malignancy.py --epochs 40 --finetune CLS.best.state finetune-depth1
+    python ch13_segment/train_malignancy.py --resume runs/ch14/<run>/mal_dlwpt.last.state --epochs 5
     torchrun --nproc_per_node=2 ch13_segment/train_malignancy.py --epochs 1
 
-Training draws the book's balanced epoch (malignant, benign, malignant, non-nodule, ...);
-validation scores the benign and malignant nodules of every 10th series by AUC, which picks the
-best model. `--finetune` starts from a LunaModel checkpoint (a ch10_luna/train_cls.py run's or
-the book's), re-initialises `head_linear` and freezes all but the last `--finetune-depth`
-parameterised children; it switches to the book's fine-tuning SGD (lr 0.003, weight decay
-1e-4, no momentum) and validates every epoch (else every 5th, the first and the last). The run
-directory gets metrics.jsonl, TensorBoard events, `mal_<comment>.best.state` /
-`.last.state` (the book's checkpoint dict) and `roc_val.png` (the last validation's ROC next to
-the diameter baseline on the same nodules).
-
-    python ch13_segment/train_malignancy.py --resume runs/ch14/<run>/mal_dlwpt.last.state --epochs 5
-
-continues a run after its last finished epoch with the run's own settings (--epochs,
---num-workers, --device and --data-dir may be given again), appending to its metrics.jsonl and
-keeping its best AUC; a fine-tuning run resumes with the same blocks frozen, without the file it
-was fine-tuned from. There is no mid-epoch checkpoint (train_cls.py's --checkpoint-every does
-nothing here).
-
-Under torchrun (gloo on CPU, nccl on CUDA) each process trains its share of the epoch's order,
-whole consecutive batches that keep the balanced mix (rank_share; --batch-size is per process);
-validation is split across the processes and gathered, so the AUC covers every validation
-nodule, and rank 0 alone prints and writes the run directory. With --finetune only the
-trainable blocks take part in DistributedDataParallel's gradient averaging.
-
-The run, data and runtime flags (--epochs --seed --run-dir --tb-prefix --resume --data-dir
---synthetic --val-stride --fold --device --amp --batch-size --num-workers --augment-*) are
-train_cls.py's, from the same parent parsers.
+The book's p2ch14 doTraining and doValidation are train_one_epoch and evaluate. Training draws
+the book's balanced epoch (malignant, benign, malignant, non-nodule, ...); validation scores the
+benign and malignant nodules of the validation series by AUC, which picks the best model.
+--finetune starts from a LunaModel checkpoint (a train_cls.py run's or the book's),
+re-initialises head_linear and freezes all but the last --finetune-depth parameterised
+children. The run directory gets metrics.jsonl, TensorBoard events, mal_<comment>.best.state /
+.last.state and roc_val.png. Optimizers, resume, torchrun: NOTES.md ("Malignancy").
 """
 import argparse
 import time

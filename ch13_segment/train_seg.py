@@ -4,15 +4,14 @@
     python ch13_segment/train_seg.py --augmented --epochs 20 --tb-prefix p2ch13 final-seg
     torchrun --nproc_per_node=2 ch13_segment/train_seg.py --epochs 1
 
-Training samples are 64 x 64 crops around annotated nodules (7 slices as channels), augmented
-on the training device together with their labels; validation runs the whole slices that hold
-nodule voxels, at epoch 1 and every --val-cadence-th epoch. The loss is the book's: soft Dice
-plus 8 times the Dice of the label pixels alone (false negatives cost more). Per epoch it prints
-and logs (TensorBoard and metrics.jsonl in the run directory) the Dice loss, true positives,
-false negatives and false positives as percentages of the label pixels, precision, recall and
-F1; at every validation it draws the book's overlays (TP green, FP red, FN orange) into
-TensorBoard and as PNGs under images/. Checkpoints use the book's dict format, are written
-atomically (last every epoch, best by validation recall) and `--resume` continues a run.
+The book's p2ch13 doTraining, doValidation and logImages are train_one_epoch, evaluate and
+draw_images with log_images. Training samples are 64 x 64 crops around annotated nodules (7
+slices as channels), augmented together with their labels; validation runs the whole slices
+that hold nodule voxels, at epoch 1 and every --val-cadence-th epoch. The loss is the book's:
+soft Dice plus 8 times the Dice of the label pixels alone. Per epoch it prints and logs the Dice
+loss, TP/FN/FP as percentages of the label pixels, precision, recall and F1; at each validation
+it draws the book's overlays (TP green, FP red, FN orange) as PNGs under images/. Checkpoints
+are the book's dict (last every epoch, best by validation recall); `--resume` continues a run.
 """
 import argparse
 import hashlib

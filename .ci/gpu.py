@@ -14,6 +14,8 @@ The steps, in this order (one that fails or runs out of time is recorded, and th
   ch13-analysis     ch13_segment/benchmark.py --analysis: nodule_analysis seconds per CT
   ch15-serving      ch15_deploy/benchmark.py: batched against unbatched serving
   ch10-train-plain  ch10_luna/benchmark.py --no-augment
+  ch10-train-compiled  ch10_luna/benchmark.py --compile: the same through torch.compile
+  ch13-train-compiled  ch13_segment/benchmark.py --compile
   ch15-latency      ch15_deploy/latency.py with --device cuda once it takes one; until then it
                     times the CPU only, so the GPU run skips it (the dry run runs it)
 
@@ -84,10 +86,10 @@ def plan(dry_run, book_models=None, latency_takes_device=False):
             if dry_run else [*dev, "--steps", 100, "--batch-size", 16, "--num-workers", 4])
     models = ["--seg-model", book_models[0], "--cls-model", book_models[1]] if book_models \
         else []
-    # int8 is CPU-only (oneDNN): the GPU compares fp32 with bf16; the dry run keeps to one
-    # erosion and one round so the wiring is tested in seconds
+    # int8 is CPU-only (oneDNN): the GPU compares fp32 with bf16, eager and compiled; the dry
+    # run keeps to one erosion, one round and eager networks so the wiring is tested in seconds
     analysis = ([*dev, "--analysis", "--slices", 7, "--batch-size", 4, "--precisions", "fp32",
-                 "bf16", "--erosions", "inf", "--repeats", 1, *models] if dry_run
+                 "bf16", "--erosions", "inf", "--repeats", 1, "--eager-only", *models] if dry_run
                 else [*dev, "--analysis", "--slices", 117, 205, "--batch-size", 16,
                       "--precisions", "fp32", "bf16", *models])
     serving = ([*dev, "--seconds", 0.1, "--clients", 1] if dry_run else
@@ -111,9 +113,18 @@ def plan(dry_run, book_models=None, latency_takes_device=False):
              "and 50 clients", "ch15_deploy/benchmark.py", serving, t(150)),
         step("ch10-train-plain", "LunaModel training without augmentation, fp32 and --amp",
              "ch10_luna/benchmark.py", [*ch10, "--no-augment"], t(120)),
+        step("ch10-train-compiled", "LunaModel training through torch.compile, fp32 and --amp "
+             "(eager: ch10-train)", "ch10_luna/benchmark.py", [*ch10, "--compile"], t(150)),
+        step("ch13-train-compiled", "U-Net training through torch.compile, fp32 and --amp "
+             "(eager: ch13-train)", "ch13_segment/benchmark.py", [*ch13, "--compile"], t(150)),
         step("ch15-latency", "one request's latency per backend (eager, TorchScript, ONNX "
              "Runtime, AOTInductor)", "ch15_deploy/latency.py", latency, t(150)),
     ]
+    if dry_run:              # torch.compile of a training step: minutes on a CPU, for no figure
+        for s in steps:
+            if s["name"].endswith("-compiled"):
+                s["skip"] = ("compiled training is timed on the GPU; on the CPU "
+                             "ch13_segment/benchmark.py --networks measures it")
     if not dry_run and not latency_takes_device:
         steps[-1]["skip"] = ("ch15_deploy/latency.py takes no --device (it times the CPU "
                              "only); once it takes --device this step runs it with cuda")

@@ -49,13 +49,16 @@ def time_crop_reads(dataset, n=200):
     return ours * 1e3, full * 1e3
 
 
-def model_ceiling(device, batch_size, steps, amp, train=True, fmt=None, warmup=2):
+def model_ceiling(device, batch_size, steps, amp, train=True, fmt=None, warmup=2,
+                  compiled=False):
     """samples/s of the bare model on one in-memory batch (after `warmup` steps); `fmt` the
-    memory format (default: the one the loops use)."""
+    memory format (default: the one the loops use); `compiled`: through torch.compile."""
     seed_everything(0)
     amp = mixed_precision(device, amp)
     fmt = memory_format(device, amp) if fmt is None else fmt
     model = LunaModel().to(device, memory_format=fmt)
+    if compiled:
+        model.compile()
     x = (torch.randn(batch_size, 1, 32, 48, 48) * 400 - 500).to(device).contiguous(
         memory_format=fmt)
     y = torch.randint(0, 2, (batch_size,), device=device)
@@ -110,11 +113,15 @@ def clocked(loader, device):
     return batches(), lambda: marks[-1] - marks[1]
 
 
-def loop_rates(train_ds, val_ds, device, batch_size, steps, amp, spec, num_workers):
-    """samples/s of train_one_epoch and evaluate on real crops, from the second batch on."""
+def loop_rates(train_ds, val_ds, device, batch_size, steps, amp, spec, num_workers,
+               compiled=False):
+    """samples/s of train_one_epoch and evaluate on real crops, from the second batch on
+    (`compiled`: the model through torch.compile, as train_cls.py --compile)."""
     seed_everything(0)
     amp = mixed_precision(device, amp)
     model = use_memory_format(LunaModel().to(device), memory_format(device, amp))
+    if compiled:
+        model.compile()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.99)
     order = epoch_order(train_ds.labels(), (steps + 1) * batch_size, balanced=True, seed=0)
     batches, seconds = clocked(make_loader(train_ds, order, batch_size, num_workers, device),
@@ -145,6 +152,9 @@ def main(argv=None):
                    help="skip timing the book's NCDHW layout on CPU (about a minute)")
     p.add_argument("--crop-reads", type=int, default=200,
                    help="memmap crop reads timed (default: %(default)s; 1/20 of them whole-CT)")
+    p.add_argument("--compile", action="store_true",
+                   help="the model through torch.compile in the ceilings and the loops (as "
+                        "train_cls.py --compile)")
     p.add_argument("--compare-f1", action="store_true",
                    help="also train one default epoch in fp32 and with --amp; print both F1")
     args = p.parse_args(argv)
@@ -170,10 +180,12 @@ def main(argv=None):
     for amp in (False, True):
         name = f"amp ({str(mixed_precision(device, True).dtype).split('.')[-1]})" if amp \
             else "fp32"
-        ceiling_trn = model_ceiling(device, args.batch_size, args.steps, amp, train=True)
-        ceiling_val = model_ceiling(device, args.batch_size, args.steps, amp, train=False)
+        ceiling_trn = model_ceiling(device, args.batch_size, args.steps, amp, train=True,
+                                    compiled=args.compile)
+        ceiling_val = model_ceiling(device, args.batch_size, args.steps, amp, train=False,
+                                    compiled=args.compile)
         trn, val = loop_rates(train_ds, val_ds, device, args.batch_size, args.steps, amp, spec,
-                              args.num_workers)
+                              args.num_workers, args.compile)
         results["amp" if amp else "fp32"] = {"ceiling_train": ceiling_trn,
                                              "ceiling_val": ceiling_val, "train": trn, "val": val}
         print(f"{name:14s} training   {trn:7.1f} samples/s = {trn / ceiling_trn:6.1%} of the "

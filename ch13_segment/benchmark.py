@@ -55,15 +55,17 @@ BOOK_BATCH = 4                 # the book's nodule_analysis.py --batch-size defa
 REAL_CT = "p1ch4/volumetric-dicom/2-LUNG 3.0  B70f-04083"   # chapter 4's chest CT, 99 slices
 
 
-def new_model(device, fmt):
+def new_model(device, fmt, compiled=False):
     seed_everything(0)
     model = UNetWrapper(**MODEL_KWARGS).to(device, memory_format=fmt)
+    if compiled:
+        model.compile()                            # as train_seg.py --compile
     return model, torch.optim.Adam(model.parameters())
 
 
-def model_ceiling(device, batch_size, steps, amp, fmt, warmup=2):
+def model_ceiling(device, batch_size, steps, amp, fmt, warmup=2, compiled=False):
     """samples/s of the bare model training on one in-memory batch of crops, in layout `fmt`."""
-    model, optimizer = new_model(device, fmt)
+    model, optimizer = new_model(device, fmt, compiled)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, 7, 64, 64, generator=generator) * 400 - 500
     x = x.to(device).contiguous(memory_format=fmt)
@@ -85,10 +87,10 @@ def model_ceiling(device, batch_size, steps, amp, fmt, warmup=2):
     return steps * batch_size / timed(device, lambda: [step() for _ in range(steps)])
 
 
-def loop_rate(train_ds, device, batch_size, steps, amp, spec, num_workers):
+def loop_rate(train_ds, device, batch_size, steps, amp, spec, num_workers, compiled=False):
     """samples/s of chapter 13's training loop on real crops, from the second batch on."""
     amp = mixed_precision(device, amp)
-    model, optimizer = new_model(device, memory_format(device, amp, 2))
+    model, optimizer = new_model(device, memory_format(device, amp, 2), compiled)
     use_memory_format(model, memory_format(device, amp, 2))
     batches, seconds = clocked(make_loader(train_ds, range((steps + 1) * batch_size),
                                            batch_size, num_workers, device), device)
@@ -243,7 +245,7 @@ def analysis_benchmark(luna, device, seg, cls, slice_counts, series_uid=None, ba
     calibration = (prec.calibration_sets(luna, [], batch_size) if "int8" in precisions
                    else None)
     prepared = {(p, sp, c): na.prepare_models(models, p, sp, device, calibration, batch_size,
-                                              cache_dir, c)
+                                              cache_dir, (c, c))
                 for _label, (p, sp, c, _erosion) in variants}
     prepare_s = time.perf_counter() - started
     results = []
@@ -340,6 +342,7 @@ def describe_diff(diff):
 def matmul_rate(dtype, device, n=2048, repeats=10):
     """GFLOP/s of an n x n matmul in `dtype` on `device` (best of `repeats`): the ceiling the
     networks' rates are set against."""
+    device = torch.device(device)
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     a @ b
     best = min(timed(device, lambda: a @ b) for _ in range(repeats))
@@ -543,6 +546,9 @@ def main(argv=None):
     p.add_argument("--erosions", nargs="+", type=float, default=[float("inf"), 1.0],
                    metavar="MM", help="--analysis: erosion settings (--erosion-max-spacing) "
                    "to time (default: inf, the book's, and 1, the default)")
+    p.add_argument("--compile", action="store_true",
+                   help="training: the U-Net through torch.compile in the ceilings and the loop "
+                        "(as train_seg.py --compile)")
     p.add_argument("--eager-only", action="store_true",
                    help="--analysis: leave out the rows compiled ahead of time")
     p.add_argument("--real-ct", action="store_true",
@@ -553,6 +559,7 @@ def main(argv=None):
     torch.backends.cudnn.benchmark = True
     luna = locate_luna(args.data_dir, args.synthetic)
     if args.networks:
+        keep_freed_memory()                               # as nodule_analysis.py runs
         return networks_benchmark(luna, args.data_dir, args.repeats,
                                   data_root(args.data_dir) / "cache" / "programs")
     if args.analysis:
@@ -579,11 +586,12 @@ def main(argv=None):
         name = f"amp ({str(mixed_precision(device, True).dtype).split('.')[-1]})" if amp \
             else "fp32"
         ceilings = {last: model_ceiling(device, args.batch_size, args.steps, amp,
-                                        torch.channels_last if last else torch.contiguous_format)
+                                        torch.channels_last if last else torch.contiguous_format,
+                                        compiled=args.compile)
                     for last in (False, True)}
         used = memory_format(device, amp, 2) == torch.channels_last
         trn, model = loop_rate(train_ds, device, args.batch_size, args.steps, amp, spec,
-                               args.num_workers)
+                               args.num_workers, args.compile)
         val = validation_seconds_per_slice(model, val_ds, device, args.batch_size, amp,
                                            args.num_workers, args.val_slices)
         results[key] = {"ceiling_nchw": ceilings[False], "ceiling_channels_last": ceilings[True],

@@ -252,19 +252,21 @@ def series_name(path):
 
 
 def prepare_models(models, precision, seg_precision, device, calibration, batch_size,
-                   cache_dir=None, compiled=False, announce=print):
+                   cache_dir=None, compiled=(False, False), announce=print):
     """The networks as the analysis runs them (precision.prepare): the U-Net at
     `seg_precision`, the classifiers at `precision`, bf16 and int8 classifiers with their
-    decisions near the thresholds re-taken in fp32 (precision.Rechecked); fp32 and bf16
-    compiled ahead of time when `compiled`, kept in `cache_dir`. `calibration`:
-    precision.calibration_sets' (slices, crops, where) for int8."""
+    decisions near the thresholds re-taken in fp32 (precision.Rechecked); `compiled`: whether
+    the U-Net and the classifiers (fp32 or bf16) run compiled ahead of time, kept in
+    `cache_dir`. `calibration`: precision.calibration_sets' (slices, crops, where) for int8."""
     seg, cls, mal = (None if m is None else m.to(device) for m in models)
     started = time.perf_counter()
     slices, crops, where = calibration if calibration else (None, None, None)
-    kept = {"batch_size": batch_size, "cache_dir": cache_dir, "compiled": compiled}
-    prepared = [prec.prepare(seg, seg_precision, calibration=slices, **kept)]
+    kept = {"batch_size": batch_size, "cache_dir": cache_dir}
+    prepared = [prec.prepare(seg, seg_precision, calibration=slices, compiled=compiled[0],
+                             **kept)]
     for model, threshold in ((cls, NODULE_THRESHOLD), (mal, MALIGNANT_THRESHOLD)):
-        run = model and prec.prepare(model, precision, calibration=crops, **kept)
+        run = model and prec.prepare(model, precision, calibration=crops,
+                                     compiled=compiled[1], **kept)
         if model is not None and precision != "fp32":
             run = prec.Rechecked(run, prec.prepare(model, "fp32"), threshold,
                                  RECHECK_MARGIN[precision])
@@ -368,9 +370,9 @@ def analysis_parser():
     p.add_argument("--amp", action="store_true", help="the same as --precision bf16")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="run the fp32 and bf16 networks compiled ahead of time by inductor "
-                        "(freezing: the same outputs to 1e-7, faster; a first run compiles each "
-                        "for a minute at most and keeps the programs under <data root>/cache). "
-                        "Default: on for the CPU, where it measured faster, off for CUDA")
+                        "with freezing (the same outputs to 1e-7; a first run compiles each for "
+                        "seconds and keeps the programs under <data root>/cache/programs). "
+                        "Default: the U-Net in fp32 on a CPU, where it measured faster")
     p.add_argument("--erosion-max-spacing", type=float, default=EROSION_MAX_SPACING_MM,
                    metavar="MM", help="erode along the axes whose voxel step is at most this "
                    "(default: %(default)s; inf: every axis, as the book; 0: no erosion)")
@@ -408,6 +410,15 @@ def parse_args(argv=None):
     args.precision = "bf16" if args.amp else args.precision or "fp32"
     args.seg_precision = args.seg_precision or args.precision
     return args
+
+
+def compile_choice(flag, device, seg_precision):
+    """(compile the U-Net?, compile the classifiers?): as --compile / --no-compile say; by
+    default the U-Net in fp32 on a CPU, the one network and precision that measured faster
+    compiled with the same detections (benchmark.py --analysis: NOTES.md, "Compiled")."""
+    if flag is not None:
+        return flag, flag
+    return device.type == "cpu" and seg_precision == "fp32", False
 
 
 def load_models(seg_path, cls_path, mal_path=None):
@@ -461,7 +472,7 @@ def main(argv=None):
         paths_of, nodules = luna.series, read_nodules(luna)
     calibration = (prec.calibration_sets(luna, [] if args.ct else uids, args.batch_size,
                                          args.val_stride, args.fold) if int8 else None)
-    compiled = device.type == "cpu" if args.compile is None else args.compile
+    compiled = compile_choice(args.compile, device, args.seg_precision)
     models = prepare_models(models, args.precision, args.seg_precision, device, calibration,
                             args.batch_size, data_root(args.data_dir) / "cache" / "programs",
                             compiled)
@@ -484,8 +495,9 @@ def main(argv=None):
     mean = {k: float(np.mean([r["timing"][k] for r in results])) for k in results[0]["timing"]}
     seg_in = (f" (U-Net {args.seg_precision})" if args.seg_precision != args.precision
               else "")
+    which = " and ".join(n for n, c in zip(("U-Net", "classifiers"), compiled) if c)
     print(f"\n{len(results)} CT(s) on {device} in {args.precision}{seg_in}"
-          f"{', compiled' if compiled else ''}; "
+          f"{f', compiled: {which}' if which else ''}; "
           f"seconds per CT: " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items())
           + f" (total {sum(mean.values()):.2f})\n")
     print(format_table(table))

@@ -423,7 +423,9 @@ def prepare(model, precision="fp32", *, batch_size=4, calibration=None, cache_di
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     if precision == "int8":
-        run = int8_runner(*int8_program(model, batch_size, calibration, cache_dir))
+        with warnings.catch_warnings():             # torch's own pytree notice, not ours
+            warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+            run = int8_runner(*int8_program(model, batch_size, calibration, cache_dir))
     elif compiled:
         run = aot_runner(model, precision, batch_size, cache_dir, fmt)
     else:
@@ -603,7 +605,9 @@ def load_int8(path):
     """The program save_int8 wrote, for int8_runner."""
     import_pt2e()                           # registers the quantized_decomposed ops it holds
     extra = {"spatial_multiple": ""}
-    program = torch.export.load(path, extra_files=extra).module()
+    with warnings.catch_warnings():                 # torch's own pytree notice, not ours
+        warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+        program = torch.export.load(path, extra_files=extra).module()
     program.meta["spatial_multiple"] = (None if extra["spatial_multiple"] == "None"
                                         else int(extra["spatial_multiple"]))
     return program

@@ -14,7 +14,8 @@ from common.data import REPO_ROOT, data_root
 
 GPU_SH = REPO_ROOT / ".ci" / "gpu"
 STEP_NAMES = ["gpu-tests", "ch10-train", "ch13-train", "ch13-analysis", "ch15-serving",
-              "ch10-train-plain", "ch15-latency"]
+              "ch10-train-plain", "ch10-train-compiled", "ch13-train-compiled", "ch15-latency"]
+COMPILED = ("ch10-train-compiled", "ch13-train-compiled")  # skipped by the dry run
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,9 @@ def test_the_gpu_plan_runs_every_benchmark_on_cuda_and_the_dry_run_on_the_cpu(gp
     ch10 = {s["name"]: s for s in dry}
     assert int(flag(ch10["ch10-train"]["args"], "--steps")) == 1        # the smallest size
     assert "--no-augment" in ch10["ch10-train-plain"]["args"]
-    assert not any(s.get("skip") for s in full + dry)
+    assert all("--compile" in s["args"] for s in full + dry if s["name"] in COMPILED)
+    assert not any(s.get("skip") for s in full)
+    assert [s["name"] for s in dry if s.get("skip")] == list(COMPILED)
 
 
 def test_latency_without_a_device_flag_is_skipped_on_the_gpu_and_run_in_the_dry_run(gpu):
@@ -195,7 +198,7 @@ def test_the_dry_run_runs_every_step_on_the_cpu_into_one_summary(gpu, tmp_path):
     steps = {s["name"]: s for s in summary["steps"]}
     assert list(steps) == STEP_NAMES
     models = gpu.find_book_models([data_root(), gpu.SHARED_DATA])
-    expected = {name: "ok" for name in STEP_NAMES}
+    expected = {name: "skipped" if name in COMPILED else "ok" for name in STEP_NAMES}
     if models is None:                           # without the book's checkpoints, it says so
         expected["ch13-analysis"] = "failed"
         assert "luna-models" in steps["ch13-analysis"]["error"]
@@ -203,6 +206,8 @@ def test_the_dry_run_runs_every_step_on_the_cpu_into_one_summary(gpu, tmp_path):
     assert result.returncode == (0 if models else 1)
     assert summary["ok"] == (models is not None)
     for name, s in steps.items():
+        if name in COMPILED:
+            continue
         assert s["seconds"] > 0 and s["output_tail"], name
         assert "--device cpu" in s["command"] or name in ("gpu-tests", "ch15-latency")
         if s["status"] == "ok":

@@ -41,6 +41,7 @@ NODULE_THRESHOLD = 0.5         # P(nodule) above it passes the classifier
 MALIGNANT_THRESHOLD = 0.5      # P(malignant) above it: 'Pred. malignant'
 MATCH_RATIO = 0.7              # a detection matches a nodule when distance / diameter < 0.7
 EROSION_MAX_SPACING_MM = 1.0   # erode only along axes whose voxel step is at most this
+COMPILE_FROM_CTS = 3           # the compiled U-Net repays its loading from 3 CTs a run
 PRECISIONS = ("fp32", "bf16", "int8")
 # Decisions re-taken in fp32 when the fast model's P lies this close to the threshold: bf16
 # moved the book classifier's P by at most 0.025 on a real CT, int8 by up to 0.69 when
@@ -372,7 +373,8 @@ def analysis_parser():
                    help="run the fp32 and bf16 networks compiled ahead of time by inductor "
                         "with freezing (the same outputs to 1e-7; a first run compiles each for "
                         "seconds and keeps the programs under <data root>/cache/programs). "
-                        "Default: the U-Net in fp32 on a CPU, where it measured faster")
+                        f"Default: the U-Net in fp32 on a CPU for runs of {COMPILE_FROM_CTS} CTs "
+                        "or more, where it measured faster")
     p.add_argument("--erosion-max-spacing", type=float, default=EROSION_MAX_SPACING_MM,
                    metavar="MM", help="erode along the axes whose voxel step is at most this "
                    "(default: %(default)s; inf: every axis, as the book; 0: no erosion)")
@@ -412,13 +414,15 @@ def parse_args(argv=None):
     return args
 
 
-def compile_choice(flag, device, seg_precision):
+def compile_choice(flag, device, seg_precision, n_cts):
     """(compile the U-Net?, compile the classifiers?): as --compile / --no-compile say; by
-    default the U-Net in fp32 on a CPU, the one network and precision that measured faster
-    compiled with the same detections (benchmark.py --analysis: NOTES.md, "Compiled")."""
+    default the U-Net in fp32 on a CPU when the run analyses COMPILE_FROM_CTS CTs or more: the
+    one network and precision that measured faster compiled, with the same detections, and only
+    once it has repaid loading the compiler and its programs (about 2 s a run; NOTES.md,
+    "Compiled inference")."""
     if flag is not None:
         return flag, flag
-    return device.type == "cpu" and seg_precision == "fp32", False
+    return device.type == "cpu" and seg_precision == "fp32" and n_cts >= COMPILE_FROM_CTS, False
 
 
 def load_models(seg_path, cls_path, mal_path=None):
@@ -472,7 +476,7 @@ def main(argv=None):
         paths_of, nodules = luna.series, read_nodules(luna)
     calibration = (prec.calibration_sets(luna, [] if args.ct else uids, args.batch_size,
                                          args.val_stride, args.fold) if int8 else None)
-    compiled = compile_choice(args.compile, device, args.seg_precision)
+    compiled = compile_choice(args.compile, device, args.seg_precision, len(uids))
     models = prepare_models(models, args.precision, args.seg_precision, device, calibration,
                             args.batch_size, data_root(args.data_dir) / "cache" / "programs",
                             compiled)

@@ -352,16 +352,21 @@ def int8_runner(program, example_inputs, compiled=True):
     """A callable for a quantize_int8 program (or one load_int8 read back): fp32 in, fp32 out.
 
     compiled: LunaModel-like programs (Conv3d) through lower_conv3d, then torch.compile
-    without freezing (its qlinear prepack does not run on the lowered graph); 2-D ones
-    through torch.compile with freezing. Otherwise the reference program as it stands.
+    without freezing (its qlinear prepack does not run on the lowered graph), fed channels-last
+    crops (the lowered convolutions' own layout); 2-D ones through torch.compile with
+    freezing. Otherwise the reference program as it stands.
     """
+    layout = None
     if compiled and any(n.target is aten.conv3d.default for n in program.graph.nodes):
         lowered, _count = lower_conv3d(copy.deepcopy(program))     # the program stays intact
         program = compiled_runner(lowered, example_inputs[0].shape[0], freezing=False)
+        layout = torch.channels_last_3d
     elif compiled:
         program = compiled_runner(program, example_inputs[0].shape[0])
 
     def run(*xs):
+        if layout is not None:
+            xs = [x.contiguous(memory_format=layout) if x.dim() == 5 else x for x in xs]
         with torch.no_grad():
             return as_float(program(*xs))
     return run
@@ -404,9 +409,12 @@ class Rechecked:
     def __call__(self, x):
         logits, probs = self.fast(x)
         near = (probs[:, 1] - self.threshold).abs() < self.margin
-        if near.any():
-            logits[near], probs[near] = self.exact(x[near])
-            self.count += int(near.sum())
+        n = int(near.sum())
+        if n:
+            again = x[near] if n > 1 else x[near].expand(2, *x.shape[1:])  # a batch of one
+            exact_logits, exact_probs = self.exact(again)   # is a slow path of oneDNN's 3-D
+            logits[near], probs[near] = exact_logits[:n], exact_probs[:n]  # channels-last conv
+            self.count += n
         return logits, probs
 
 

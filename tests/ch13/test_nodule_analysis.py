@@ -434,12 +434,13 @@ def test_compiled_networks_give_the_eager_detections_and_are_kept(tiny_models, s
         np.testing.assert_array_equal(result["table"], eager["table"])
 
 
-def test_by_default_only_the_fp32_unet_is_compiled_and_only_on_a_cpu():
-    from ch13_segment.nodule_analysis import compile_choice
+def test_by_default_only_the_fp32_unet_is_compiled_on_a_cpu_for_several_cts():
+    from ch13_segment.nodule_analysis import COMPILE_FROM_CTS, compile_choice
 
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert compile_choice(None, cpu, "fp32") == (True, False)      # measured faster, the same
-    assert compile_choice(None, cpu, "bf16") == (False, False)     # measured no faster
-    assert compile_choice(None, cuda, "fp32") == (False, False)    # not measured here
-    assert compile_choice(True, cuda, "bf16") == (True, True)
-    assert compile_choice(False, cpu, "fp32") == (False, False)
+    cpu, cuda, many = torch.device("cpu"), torch.device("cuda"), COMPILE_FROM_CTS
+    assert compile_choice(None, cpu, "fp32", many) == (True, False)  # measured faster, same
+    assert compile_choice(None, cpu, "fp32", 1) == (False, False)    # loading it costs more
+    assert compile_choice(None, cpu, "bf16", many) == (False, False)  # measured no faster
+    assert compile_choice(None, cuda, "fp32", many) == (False, False)  # not measured here
+    assert compile_choice(True, cuda, "bf16", 1) == (True, True)
+    assert compile_choice(False, cpu, "fp32", many) == (False, False)

@@ -83,9 +83,13 @@ def prob_nodule(model, crops, channels_last=False):
     crops = crops.to(model_device(model))
     if channels_last:
         crops = crops.contiguous(memory_format=torch.channels_last_3d)
+    # A lone crop goes to an eager LunaModel as a batch of two: oneDNN's fp32 3-D convolution
+    # is several times slower at batch 1 than at 2 (NOTES.md, "Latency").
+    one = len(crops) == 1 and isinstance(model, LunaModel)
     with torch.inference_mode():
-        out = model(crops)
+        out = model(crops.expand(2, *crops.shape[1:]) if one else crops)
     probs = out[1] if isinstance(out, (tuple, list)) else out.softmax(dim=1)
+    probs = probs[:1] if one else probs
     if probs.dim() != 2 or probs.shape[0] != crops.shape[0] or probs.shape[1] < 2:
         raise ValueError(f"the model answered {list(probs.shape)} for {crops.shape[0]} crops; "
                          "a classifier answers (N, 2)")

@@ -271,3 +271,14 @@ def test_compile_serves_the_eager_answers_from_kept_programs(tmp_path):
     assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max()
     kept = sorted(p.name.split("-")[2] for p in (tmp_path / "cache" / "programs").iterdir())
     assert kept == ["1x1x32x48x48", "3x1x32x48x48"]   # the start-up try's and this batch's
+
+
+def test_a_lone_crop_gets_the_answer_it_would_get_alone():
+    """prob_nodule runs a single crop as a batch of two (a faster oneDNN path): same answer."""
+    from ch15_deploy.classifier import prob_nodule
+
+    model = load_classifier(random_weights=True)
+    crop = hu_like_crop(1).unsqueeze(0)
+    with torch.inference_mode():
+        alone = model(crop)[1][:, 1]
+    torch.testing.assert_close(prob_nodule(model, crop), alone, rtol=0, atol=1e-6)

@@ -1,24 +1,16 @@
-"""Chapter 13 speed: segmentation training against the model-only ceiling, fp32 and --amp;
-chapter 14's nodule analysis per CT against the book's timings.
+"""Chapters 13-14 speed, every figure side by side from one run on one device.
 
-    python ch13_segment/benchmark.py                  # on the synthetic sample if no LUNA16
-    python ch13_segment/benchmark.py --augmented      # time the augmented training loop
-    python ch13_segment/benchmark.py --analysis       # nodule_analysis on LUNA16-sized CTs
+    python ch13_segment/benchmark.py                  # U-Net training against its ceiling
+    python ch13_segment/benchmark.py --networks       # both networks against the matmul rate
+    python ch13_segment/benchmark.py --analysis --real-ct   # nodule_analysis against the book's way
 
-Every figure comes from this one run on this device, side by side:
-- the model-only ceiling: UNetWrapper (the book's chapter 13 settings) forward + backward + Adam
-  step with the Dice + false-negative loss on one in-memory (N, 7, 64, 64) batch, in the NCHW
-  and the channels-last layout (the training loop uses the layout `runtime.memory_format` picks);
-- the real loop: train_one_epoch reading 64 x 64 crops from the sample's .raw files, and its
-  share of the ceiling in the same layout;
-- validation: evaluate() over every validation slice, in seconds per whole slice.
-
-With --analysis: nodule_analysis.analyze_series on one CT per --slices count (a validation CT of
-the sample resampled to that many 512 x 512 slices over the same field of view; a LUNA16 CT as it
-is), in fp32 and with --amp, seconds split into load / segmentation / grouping / classification,
-against the book's 49.6 s for 117 slices and 88 s for 205 (its code, on the CPU the issue was
-measured on); and whether bf16 changed any detection beyond candidates within 0.01 of a
-threshold.
+Training: the U-Net's forward + backward + step on an in-memory batch (the ceiling, NCHW and
+channels-last), train_seg's loop on the sample's crops as a share of it, validation per slice;
+`--compile` times them through torch.compile. --networks: the U-Net and the classifier in fp32,
+bf16 and int8, eager and compiled, in GFLOP/s beside this CPU's 2048 x 2048 matmul rate, with
+their agreement with fp32 on chapter 4's real CT, then training steps likewise. --analysis:
+nodule_analysis per CT, the book's way (composed here) against every precision, eager and
+compiled, with each one's detections against fp32's. Measured tables: NOTES.md.
 """
 import argparse
 import tempfile

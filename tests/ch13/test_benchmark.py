@@ -72,3 +72,16 @@ def test_analysis_benchmark_on_a_resampled_tiny_ct(tiny_models, seg_luna, monkey
     assert ct["book_vs_fp32"]["candidates"][0] == ct["book_vs_fp32"]["candidates"][1]
     out = capsys.readouterr().out
     assert "CT 9x512x512" in out and "the same detections" in out
+
+
+def test_the_networks_table_counts_flops_and_scores_agreement():
+    from ch13_segment.benchmark import agreement, flops_of, run_batches
+
+    layer = torch.nn.Linear(8, 4)
+    assert flops_of(lambda: layer(torch.ones(3, 8))) == 2 * 3 * 8 * 4      # a multiply-add: 2
+    reference = (torch.zeros(4, 2), torch.tensor([[.9, .1], [.4, .6], [.3, .7], [.8, .2]]))
+    other = (torch.zeros(4, 2), torch.tensor([[.9, .1], [.6, .4], [.3, .7], [.8, .2]]))
+    a = agreement(reference, other, "cls")
+    assert a == {"max_abs_diff": pytest.approx(0.2), "decisions_differ": 0.25, "n": 4}
+    doubled = run_batches(lambda x: (x * 2, x.sum(dim=1)), torch.ones(5, 3), 2)
+    assert doubled[0].shape == (5, 3) and doubled[1].tolist() == [3.0] * 5

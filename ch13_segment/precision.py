@@ -375,17 +375,23 @@ def int8_runner(program, example_inputs, compiled=True):
 def float_runner(model, precision, fmt=None):
     """fp32 or bf16 (autocast) inference of a copy of `model` in memory layout `fmt` (default:
     runtime.memory_format's, channels-last on a CPU); the model itself is left as it was."""
+    module = inference_module(model, precision, fmt)
+
+    def run(x):
+        with torch.no_grad():
+            return module(x)
+    return run
+
+
+def inference_module(model, precision, fmt=None):
+    """An eval-mode copy of `model` wrapped in Inference: its weights and inputs in layout
+    `fmt` (default: runtime.memory_format's for the model's device and precision), bf16
+    autocast for "bf16", fp32 outputs."""
     device = next(model.parameters()).device
     spatial_dims = 2 if isinstance(model, UNetWrapper) else 3
     fmt = fmt or memory_format(device, precision == "bf16", spatial_dims)
     copied = copy.deepcopy(model).eval().requires_grad_(False).to(memory_format=fmt)
-    autocast = precision == "bf16"
-
-    def run(*xs):
-        xs = [x.contiguous(memory_format=fmt) if x.dim() == spatial_dims + 2 else x for x in xs]
-        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=autocast):
-            return as_float(copied(*xs))
-    return run
+    return Inference(copied, fmt, precision == "bf16").eval()
 
 
 def whole_slices(run, multiple):
@@ -411,9 +417,11 @@ class Rechecked:
         near = (probs[:, 1] - self.threshold).abs() < self.margin
         n = int(near.sum())
         if n:
-            again = x[near] if n > 1 else x[near].expand(2, *x.shape[1:])  # a batch of one
-            exact_logits, exact_probs = self.exact(again)   # is a slow path of oneDNN's 3-D
-            logits[near], probs[near] = exact_logits[:n], exact_probs[:n]  # channels-last conv
+            # A lone crop goes as a batch of two: batch 1 is a slow path of oneDNN's fp32 3-D
+            # convolution (chapter 15's NOTES.md, "Latency").
+            again = x[near] if n > 1 else x[near].expand(2, *x.shape[1:])
+            exact_logits, exact_probs = self.exact(again)
+            logits[near], probs[near] = exact_logits[:n], exact_probs[:n]
             self.count += n
         return logits, probs
 
@@ -466,13 +474,13 @@ def aot_runner(model, precision, batch_size, cache_dir=None, fmt=None, announce=
     LunaModel wrong outputs under freezing. Where compiling fails (no C++ compiler, an operator
     inductor cannot take), one warning line, and that shape runs eagerly."""
     device = next(model.parameters()).device
-    spatial_dims = 2 if isinstance(model, UNetWrapper) else 3
-    fmt = fmt or memory_format(device, precision == "bf16", spatial_dims)
-    module = Inference(copy.deepcopy(model).eval().requires_grad_(False).to(memory_format=fmt),
-                       fmt, precision == "bf16").eval()
-    eager = float_runner(model, precision, fmt)
-    key = program_key(model, precision, device)
+    module = inference_module(model, precision, fmt)      # exported, and the eager fallback
+    key = weights_key(model, precision, torch.__version__, device.type, device_target(device))
     programs = {}
+
+    def eager(x):
+        with torch.no_grad():
+            return module(x)
 
     def run(x):
         shape = tuple(x.shape)
@@ -484,11 +492,11 @@ def aot_runner(model, precision, batch_size, cache_dir=None, fmt=None, announce=
     return fixed_batch(run, batch_size) if batch_size else run
 
 
-def program_key(model, precision, device):
-    """16 hex digits naming a compiled program: the weights, the precision, torch's version and
-    the device it was compiled for (the CPU's vector instructions, or the GPU)."""
-    key = hashlib.sha1(repr((precision, torch.__version__, str(device.type),
-                             device_target(device))).encode())
+def weights_key(model, *parts):
+    """16 hex digits naming what was made from `model`: its weights (names and bytes) and
+    `parts` (for a compiled program: the precision, torch's version and the device it was
+    compiled for; for an int8 one: the calibration data and the batch size)."""
+    key = hashlib.sha1(repr(parts).encode())
     for name, tensor in model.state_dict().items():
         key.update(name.encode())
         key.update(tensor.detach().cpu().numpy().tobytes())
@@ -558,11 +566,8 @@ def int8_program(model, batch_size, calibration, cache_dir=None):
         raise RuntimeError(why)
     path = None
     if cache_dir is not None:
-        key = hashlib.sha1(repr((calibration.key, batch_size)).encode())
-        for name, tensor in model.state_dict().items():
-            key.update(name.encode())
-            key.update(tensor.detach().cpu().numpy().tobytes())
-        path = Path(cache_dir) / f"{type(model).__name__}-{key.hexdigest()[:16]}.pt2"
+        path = Path(cache_dir) / (f"{type(model).__name__}-"
+                                  f"{weights_key(model, calibration.key, batch_size)}.pt2")
     if path is not None and path.is_file():
         program = load_int8(path)
         return program, (torch.zeros(batch_size),)        # only the batch size is read

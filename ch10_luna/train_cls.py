@@ -6,7 +6,7 @@
     torchrun --nproc_per_node=2 ch10_luna/train_cls.py --epochs 1
 
 The book's doTraining and doValidation are train_one_epoch and evaluate, its logMetrics
-summarize and log_metrics; main sets up the run around them (processes, mixed precision, memory
+metrics.py's summarize and log_metrics; main sets up the run around them (processes, mixed precision, memory
 layout, checkpoints and resume, augmentation). Per epoch and phase it prints and logs
 (TensorBoard and metrics.jsonl in the run directory) loss, percent correct, precision, recall
 and F1; checkpoints use the book's dict format, are written atomically, and `--resume`
@@ -15,14 +15,12 @@ continues a run exactly where its last checkpoint left it, mid-epoch too.
 import argparse
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ch10_luna.augment import BOOK_AUGMENTATION, augment_parser, augment_spec, batch_augmenter
 from ch10_luna.checkpoints import (
     close_run,
-    log_epoch,
     mid_epoch_saver,
     open_run,
     parse_run_args,
@@ -43,6 +41,14 @@ from ch10_luna.dsets import (
     validation_uids,
     warn,
 )
+from ch10_luna.metrics import (  # noqa: F401 (LABEL, PRED, LOSS: the rows the loops fill)
+    LABEL,
+    LOSS,
+    PRED,
+    format_summary,
+    log_metrics,
+    summarize,
+)
 from ch10_luna.model import LunaModel
 from ch10_luna.runtime import (
     barrier,
@@ -61,7 +67,6 @@ from ch10_luna.runtime import (
 from common.device import seed_everything
 from common.errors import DataError, run_cli
 
-LABEL, PRED, LOSS = range(3)            # rows of the per-sample metrics tensor (book ch11)
 BOOK_BALANCED_EPOCH = 200_000           # the book's chapter 12 epoch
 SYNTHETIC_EPOCH = 4_800                 # 150 batches of 32: enough to learn on the sample
 RESUME_KEEPS = ("epochs", "num_workers", "device", "data_dir", "resume", "compile",
@@ -165,54 +170,6 @@ def evaluate(model, loader, amp):
                 loss = F.cross_entropy(logits.float(), y, reduction="none")
             rows.append(torch.stack([y.float(), probs[:, 1].float(), loss]))
     return torch.cat(rows, dim=1).cpu()
-
-
-# ----------------------------------------------------------------------------- metrics
-def summarize(metrics, threshold=0.5):
-    """Per-sample (3, N) metrics -> the book's numbers; no NaN when a class is absent."""
-    label = metrics[LABEL] > 0.5
-    predicted = metrics[PRED] > threshold
-    neg, pos = int((~label).sum()), int(label.sum())
-    tp = int((label & predicted).sum())
-    tn = int((~label & ~predicted).sum())
-    fp, fn = neg - tn, pos - tp
-    ratio = lambda a, b: a / b if b else 0.0  # noqa: E731
-    mean = lambda t: float(t.mean()) if t.numel() else 0.0  # noqa: E731
-    precision, recall = ratio(tp, tp + fp), ratio(tp, tp + fn)
-    return {
-        "loss/all": mean(metrics[LOSS]), "loss/neg": mean(metrics[LOSS][~label]),
-        "loss/pos": mean(metrics[LOSS][label]),
-        "correct/all": 100 * ratio(tp + tn, neg + pos), "correct/neg": 100 * ratio(tn, neg),
-        "correct/pos": 100 * ratio(tp, pos),
-        "pr/precision": precision, "pr/recall": recall,
-        "pr/f1_score": ratio(2 * precision * recall, precision + recall),
-        "count/tp": tp, "count/fp": fp, "count/fn": fn, "count/tn": tn,
-        "count/neg": neg, "count/pos": pos,
-    }
-
-
-def format_summary(epoch, phase, s):
-    return (f"E{epoch} {phase} loss {s['loss/all']:.4f}  correct {s['correct/all']:5.1f}% "
-            f"(neg {s['correct/neg']:5.1f}% of {s['count/neg']}, pos {s['correct/pos']:5.1f}% of "
-            f"{s['count/pos']})  precision {s['pr/precision']:.3f}  recall {s['pr/recall']:.3f}"
-            f"  f1 {s['pr/f1_score']:.3f}")
-
-
-def log_metrics(run, epoch, phase, metrics, summary, samples_seen):
-    """The book's logMetrics: a metrics.jsonl row and TensorBoard scalars, plus the PR curve
-    and the histograms of P(nodule) (the confident ones left out, as the book does)."""
-    log_epoch(run, epoch, phase, summary, samples_seen)
-    writer = run.writers.get(phase)
-    if writer is None:
-        return
-    label, pred = metrics[LABEL] > 0.5, metrics[PRED]
-    writer.add_pr_curve("pr", label, pred, samples_seen)
-    bins = np.linspace(0, 1, 51)
-    for tag, values in (("is_neg", pred[~label & (pred > 0.01)]),
-                        ("is_pos", pred[label & (pred < 0.99)])):
-        if values.numel():
-            writer.add_histogram(tag, values, samples_seen, bins=bins)
-    writer.flush()
 
 
 # ----------------------------------------------------------------------------- main

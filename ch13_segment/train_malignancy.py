@@ -46,6 +46,7 @@ from ch10_luna.dsets import (
     split_by_series,
     validation_uids,
 )
+from ch10_luna.metrics import LABEL, PRED, format_summary, log_metrics, summarize
 from ch10_luna.model import LunaModel, read_checkpoint
 from ch10_luna.runtime import (
     barrier,
@@ -61,7 +62,6 @@ from ch10_luna.runtime import (
     unwrap,
     use_memory_format,
 )
-from ch10_luna.train_cls import LABEL, PRED, format_summary, log_metrics, summarize
 from ch13_segment.dsets_cls import (
     BOOK_MAL_EPOCH,
     MalignantLunaDataset,

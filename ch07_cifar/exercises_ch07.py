@@ -331,9 +331,14 @@ def exercise_2(loaders, data, run, out):
               f"{h['loss'][-1] / h['loss'][0]:.3f} | {h['train'][-1]:.3f} | {h['val'][-1]:.3f} |"
               f" {reached if reached else 'not reached'}")
     nll, mse = runs["nll"], runs["mse"]
+    close = all(abs(mse[k][-1] - nll[k][-1]) < 0.02 for k in ("train", "val"))
     print(f"  After {run.epochs} epochs MSE's train accuracy is "
-          f"{compare(mse['train'][-1], nll['train'][-1])} than NLL's and its val accuracy "
-          f"{compare(mse['val'][-1], nll['val'][-1])}.")
+          f"{compare(mse['train'][-1], nll['train'][-1])} than NLL's ({mse['train'][-1]:.3f} "
+          f"against {nll['train'][-1]:.3f}) and its val accuracy "
+          f"{compare(mse['val'][-1], nll['val'][-1])} ({mse['val'][-1]:.3f} against "
+          f"{nll['val'][-1]:.3f}): " + (
+              "within 0.02 of each other, so here the two train much alike; the gradients "
+              "below show where they part." if close else "the two train differently here."))
     print("  Gradient of one sample's loss with respect to the logits (its size):")
     print("  p(right class) | NLL | MSE | NLL / MSE")
     grads = logit_gradients()

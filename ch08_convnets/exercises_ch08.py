@@ -195,7 +195,8 @@ def probabilities(model, images, mean, std):
         return F.softmax(model(normalize(images, mean, std)), dim=1)
 
 
-def plot_fooling(original, edited, model, mean, std, target_name, path, eps, shown=4):
+def plot_fooling(original, edited, model, mean, std, target_name, path, eps, shown=4,
+                 title=""):
     """Originals over their edits with p(target) in the titles, and the change, amplified."""
     target = AIRPLANE if target_name == "airplane" else BIRD
     p0 = probabilities(model, original, mean, std)[:, target]
@@ -212,6 +213,7 @@ def plot_fooling(original, edited, model, mean, std, target_name, path, eps, sho
             axes[row, j].imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
             axes[row, j].set_title(title, fontsize=8)
             axes[row, j].axis("off")
+    fig.suptitle(f"{title}: every pixel changed by at most {eps * 255:g}/255", fontsize=10)
     return save_figure(fig, path, dpi=110)
 
 
@@ -224,7 +226,8 @@ def plot_footprints(maps, path):
         ax.set_title(f"{name}: sees {shape[0]}x{shape[1]} input pixels", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("one pixel of conv2's output depends on (white)", fontsize=10)
+    fig.suptitle("the input pixels (white) that one pixel of conv2's output depends on",
+                 fontsize=10)
     return save_figure(fig, path)
 
 
@@ -339,11 +342,13 @@ def exercise_2(loaders, data, run, out, n_chans=(8, 16, 32), budget=(8 / 255, 20
         trained[n] = (model.cpu(), acc)              # the edits run on the CPU
     if book_root is not None:
         model, mean, std = load_book_net(book_root), BOOK_MEAN, BOOK_STD
-        which = (f"the book's trained Net ({book_root / BOOK_NET_FILE}; trained on the real "
-                 f"CIFAR-2, inputs normalized with the book's CIFAR-10 statistics)")
+        short = "the book's trained Net"
+        which = (f"{short} ({book_root / BOOK_NET_FILE}; trained on the real CIFAR-2, inputs "
+                 f"normalized with the book's CIFAR-10 statistics)")
     else:
         n = 16 if 16 in trained else n_chans[0]
         model, mean, std = trained[n][0], data["mean"], data["std"]
+        short = f"NetWidth({n}) trained here"
         which = (f"NetWidth({n}) trained here ({run}; val {trained[n][1]['val']:.3f})"
                  + (", Net's twin" if n == 16 else ""))
     probs = probabilities(model, neutral, mean, std)
@@ -366,7 +371,7 @@ def exercise_2(loaders, data, run, out, n_chans=(8, 16, 32), budget=(8 / 255, 20
         answer[key] = print_fooling(label, result[key], target)
         if len(result[key][0]):
             answer[f"png_{key}"] = plot_fooling(result[key][0], result[key][1], model, mean, std,
-                                                target, out / name, eps)
+                                                target, out / name, eps, title=short)
             print(f"  wrote {answer[f'png_{key}']}")
     print(f"8.2c Lower or higher capacity: NetWidth nets trained the same way ({run}); up to "
           f"{count} images of other classes and {count} airplanes each, chosen as above:")

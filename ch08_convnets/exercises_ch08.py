@@ -206,12 +206,12 @@ def plot_fooling(original, edited, model, mean, std, target_name, path, eps, sho
     axes = np.asarray(fig.subplots(3, n)).reshape(3, n)
     for j in range(n):
         delta = 0.5 + (edited[j] - original[j]) * (0.5 / eps)        # grey = unchanged
-        for row, (img, title) in enumerate((
+        for row, (img, label) in enumerate((
                 (original[j], f"original\np({target_name}) {p0[j]:.3f}"),
                 (edited[j], f"edited\np({target_name}) {p1[j]:.3f}"),
                 (delta.clamp(0, 1), f"change x{0.5 / eps:.0f}"))):
             axes[row, j].imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
-            axes[row, j].set_title(title, fontsize=8)
+            axes[row, j].set_title(label, fontsize=8)
             axes[row, j].axis("off")
     fig.suptitle(f"{title}: every pixel changed by at most {eps * 255:g}/255", fontsize=10)
     return save_figure(fig, path, dpi=110)

@@ -419,7 +419,8 @@ def main(argv=None):
     p.add_argument("--exercise", type=int, action="append", choices=EXERCISES,
                    help="8.M to run, repeatable (default: both)")
     p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
-                   help="adam (default: a short run) or sgd (the chapter's, with --lr 1e-2)")
+                   help="adam (default: a short run) or sgd (the chapter's, with --lr 1e-2); "
+                        "--lr is the learning rate of the one chosen")
     p.add_argument("--n-chans", type=int, nargs="+", default=[8, 16, 32],
                    help="8.2c: NetWidth's first-conv channels (default: 8 16 32; 16 is Net)")
     p.add_argument("--eps", type=float, default=8.0,
@@ -436,9 +437,10 @@ def main(argv=None):
     add_cifar_arguments(p, epochs=10, lr=1e-3)
     args = p.parse_args(argv)
     check_cifar_flags(args.epochs, args.lr, args.batch_size, args.epoch_size, args.num_workers)
-    for flag, value in (("--max-steps", args.max_steps), ("--images", args.images),
-                        *(("--n-chans", n) for n in args.n_chans)):
+    for flag, value in (("--max-steps", args.max_steps), ("--images", args.images)):
         require_at_least(flag, value, 1)
+    for n in args.n_chans:                        # NetWidth's second conv has n // 2 channels
+        require_at_least("--n-chans", n, 2)
     if not 0 < args.eps <= 255:
         raise DataError(f"--eps {args.eps}: must be above 0 and at most 255 (grey levels)")
     out = check_writable(args.out or runs_dir("ch08") / "exercises_ch08" / time.strftime(

@@ -163,7 +163,7 @@ def test_the_books_net_is_the_one_fooled_when_its_file_is_there(book_file, tiny_
 @pytest.mark.parametrize("argv, words", [
     (["--exercise", "3"], ["--exercise", "invalid choice: 3"]),
     (["--eps", "0"], ["--eps 0.0", "above 0"]),
-    (["--n-chans", "8", "0"], ["--n-chans 0", "at least 1"]),
+    (["--n-chans", "8", "1"], ["--n-chans 1", "at least 2"]),
 ])
 def test_bad_flags_are_one_line(tiny_root, tmp_path, capsys, argv, words):
     code, err = run_main(ex.main, ["--data-dir", tiny_root, "--out", tmp_path / "o", *argv],

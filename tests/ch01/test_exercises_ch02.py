@@ -41,6 +41,9 @@ def test_correlation_and_edges_on_hand_made_images():
     edges = ex.edge_map(step, block=8)
     assert edges.shape == (2, 4)
     assert edges[:, 2].min() > 0 and edges[:, [0, 1, 3]].abs().max() == 0
+    edges = ex.edge_map(step.T, block=8)        # one horizontal edge, between rows 19 and 20
+    assert edges.shape == (4, 2)
+    assert edges[2].min() > 0 and edges[[0, 1, 3]].abs().max() == 0
 
 
 def small_generator():
@@ -86,14 +89,15 @@ def hub_tree(root, marker):
     (root / "a/sub/hubconf.py").write_text(HUBCONF.format(marker=str(marker)))
     (root / "b/hubconf.py").write_text("def broken(:\n")
     (root / "b/hubconf.py.txt").write_text("")
-    (root / "a/model.py").write_text("")
+    for name in ("model.py", "README.md", "setup.py"):
+        (root / "a" / name).write_text("")
     return root
 
 
 def test_hubconfs_are_counted_and_read_without_running(tmp_path):
     root = hub_tree(tmp_path / "tree", tmp_path / "marker")
     found, n_files = ex.find_hubconfs([root])
-    assert found == [root / "a/sub/hubconf.py", root / "b/hubconf.py"] and n_files == 4
+    assert found == [root / "a/sub/hubconf.py", root / "b/hubconf.py"] and n_files == 6
     about = ex.describe_hubconf(found[0])
     assert not (tmp_path / "marker").exists()                 # nothing in it ran
     assert about["doc"] == "Small demo models." and about["dependencies"] == ["torch", "numpy"]

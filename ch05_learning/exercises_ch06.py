@@ -75,6 +75,12 @@ def output_curve(model, scale, shift=0.0):
         return t_u.flatten(), model((t_u - shift) * scale).flatten()
 
 
+def did_not_fit(train_loss, targets):
+    """True when the training loss is over half the targets' variance (the loss of predicting
+    their mean): the network has not learned the trend."""
+    return train_loss > 0.5 * float(targets.var(unbiased=False))
+
+
 def grid_run(n_hidden, lr, n_epochs, seed):
     """One cell of 6.1a: nn_fit.py's network and split, trained with SGD at `lr`."""
     t_c, t_u = batched_data()
@@ -88,7 +94,7 @@ def grid_run(n_hidden, lr, n_epochs, seed):
     x, y = output_curve(model, 0.1)
     return {"hidden": n_hidden, "lr": lr, "train": history[-1][1], "val": history[-1][2],
             "departure": line_departure(x, y), "range": float(y.max() - y.min()),
-            "flat": history[-1][1] >= float(t_c[train_idx].var(unbiased=False)),
+            "unfit": did_not_fit(history[-1][1], t_c[train_idx]),
             "curve": (x, y)}
 
 
@@ -96,7 +102,7 @@ def trend(rows, key):
     """{setting: mean departure over the cells that learned something}, setting by `key`."""
     means = {}
     for value in sorted({r[key] for r in rows}):
-        cells = [r["departure"] for r in rows if r[key] == value and not r["flat"]]
+        cells = [r["departure"] for r in rows if r[key] == value and not r["unfit"]]
         means[value] = sum(cells) / len(cells) if cells else None
     return means
 
@@ -134,9 +140,9 @@ def plot_exercise_1(answer, out):
     for ax, row in zip(axes.flatten(), rows):
         ax.plot(t_u.flatten().numpy(), t_c.flatten().numpy(), "o", color="tab:blue", ms=4)
         ax.plot(row["curve"][0].numpy(), row["curve"][1].numpy(), "-", color="tab:orange")
-        flat = " (flat: learned nothing)" if row["flat"] else ""
+        unfit = " (did not fit)" if row["unfit"] else ""
         ax.set_title(f"{units(row['hidden'])}, lr {row['lr']:g}: {row['departure']:.2f} °C "
-                     f"from a line{flat}", fontsize=9)
+                     f"from a line{unfit}", fontsize=9)
         ax.grid(alpha=0.3)
     fig.suptitle(f"Network output over t_u after {answer['epochs']} SGD epochs; "
                  "distance = RMS departure from the best straight line")
@@ -272,9 +278,9 @@ def print_exercise_1(a, pngs):
           f"(seed {a['seed']})")
     print(f"  {'units':>5} {'lr':>7} {'train':>8} {'val':>8}  {'from a line':>11}  output range")
     for r in a["rows"]:
-        flat = "  flat: learned nothing" if r["flat"] else ""
+        unfit = "  did not fit: loss over half the readings' variance" if r["unfit"] else ""
         print(f"  {r['hidden']:5d} {r['lr']:7g} {r['train']:8.3f} {r['val']:8.3f}  "
-              f"{r['departure']:8.2f} °C  {r['range']:7.1f} °C{flat}")
+              f"{r['departure']:8.2f} °C  {r['range']:7.1f} °C{unfit}")
 
     def summary(means, name):
         return ", ".join(f"{name(k)}: {'-' if v is None else f'{v:.2f} °C'}"
@@ -291,18 +297,17 @@ def print_exercise_1(a, pngs):
         low, high = min(by_lr), max(by_lr)
         size = compare_word(by_hidden[fewest], by_hidden[most], "fewer", "more")
         rate = compare_word(by_lr[low], by_lr[high], "a smaller", "a larger")
-        learned = [r for r in a["rows"] if not r["flat"]]
+        learned = [r for r in a["rows"] if not r["unfit"]]
         straightest = min(learned, key=lambda r: r["departure"])
-        flat = [describe(r) for r in a["rows"] if r["flat"]]
+        unfit = [describe(r) for r in a["rows"] if r["unfit"]]
         print(f"     verdict: {size} units and {rate} learning rate give a straighter output "
               f"here; the most linear cell that learned: {describe(straightest)}"
-              + (f"; flat, a fit that failed: {', '.join(flat)}" if flat else ""))
+              + (f"; left out, they did not fit: {', '.join(unfit)}" if unfit else ""))
     o = a["overfit"]
-    ratio = o["val"] / max(o["train"], 1e-12)
     shift = float(batched_data()[1][o["train_idx"]].mean())
     print(f"  b. can it be made to overfit? {units(o['hidden'])}, Adam lr {o['lr']:g}, "
           f"{len(o['history'])} epochs, input t_u - {shift:.1f}: training loss {o['train']:.4f}, "
-          f"validation {o['val']:.2f} ({ratio:.0f}x)")
+          f"validation {o['val']:.2f}")
     if o["train"] < 0.1 * o["val"]:
         print("     verdict: yes, clearly: it threads through the nine training readings, noise "
               "included, and misses the held-out ones (see overfit.png)")

@@ -39,11 +39,17 @@ def test_line_departure_is_the_rms_residual_of_the_best_line():
     assert ex.line_departure(x, y) == pytest.approx(np.sqrt((residual ** 2).mean()), rel=1e-5)
 
 
+def test_did_not_fit_compares_with_predicting_the_mean():
+    targets = torch.tensor([0.0, 2.0, 4.0, 6.0])          # variance 5
+    assert ex.did_not_fit(5.0, targets) and ex.did_not_fit(2.6, targets)
+    assert not ex.did_not_fit(2.5, targets) and not ex.did_not_fit(0.1, targets)
+
+
 def test_trend_averages_the_cells_that_learned():
-    rows = [{"hidden": 1, "lr": 0.1, "departure": 9.0, "flat": True},
-            {"hidden": 1, "lr": 0.01, "departure": 1.0, "flat": False},
-            {"hidden": 4, "lr": 0.1, "departure": 2.0, "flat": False},
-            {"hidden": 4, "lr": 0.01, "departure": 4.0, "flat": False}]
+    rows = [{"hidden": 1, "lr": 0.1, "departure": 9.0, "unfit": True},
+            {"hidden": 1, "lr": 0.01, "departure": 1.0, "unfit": False},
+            {"hidden": 4, "lr": 0.1, "departure": 2.0, "unfit": False},
+            {"hidden": 4, "lr": 0.01, "departure": 4.0, "unfit": False}]
     assert ex.trend(rows, "hidden") == {1: 1.0, 4: 3.0}
     assert ex.trend(rows, "lr") == {0.01: 2.5, 0.1: 2.0}
     assert ex.trend(rows[:1], "hidden") == {1: None}

@@ -70,7 +70,7 @@ def line_departure(x, y):
 
 def output_curve(model, scale, shift=0.0):
     """(t_u grid, the model's output there) over T_U_RANGE; the input is (t_u - shift) * scale."""
-    t_u = torch.linspace(*T_U_RANGE, 71).unsqueeze(1)
+    t_u = torch.linspace(*T_U_RANGE, 281).unsqueeze(1)        # every 0.25 t_u
     with torch.no_grad():
         return t_u.flatten(), model((t_u - shift) * scale).flatten()
 
@@ -252,6 +252,8 @@ def plot_wine(answer, path):
     dots = ax1.scatter(table[:, first].numpy(), table[:, second].numpy(),
                        c=table[:, -1].numpy(), cmap="viridis", s=4, alpha=0.6)
     fig.colorbar(dots, ax=ax1, label="quality")
+    for axis, i in ((ax1.set_xlim, first), (ax1.set_ylim, second)):     # outliers off-screen
+        axis(*torch.quantile(table[:, i], torch.tensor([0.002, 0.998])).tolist())
     ax1.set(xlabel=f"{columns[first]} (r {corr[first]:+.2f} with quality)",
             ylabel=f"{columns[second]} (r {corr[second]:+.2f})",
             title="The two columns most correlated with quality")

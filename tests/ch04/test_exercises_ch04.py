@@ -97,8 +97,8 @@ def test_exercise_2_index_one_hot_and_what_is_lost(tmp_path):
     novel.parent.mkdir(parents=True)
     novel.write_text("It is a truth, universally acknowledged.\nA truth!\n")
     a = ex.exercise_2(path, data_dir=tmp_path / "root")
-    words = ["A", "module", "docstring", "with", "prose", "words", "import", "os", "top", "RATE", "0",
-             "25", "class", "Action", "def", "action", "self", "x", "a", "comment", "about",
+    words = ["A", "module", "docstring", "with", "prose", "words", "import", "os", "top", "RATE",
+             "0", "25", "class", "Action", "def", "action", "self", "x", "a", "comment", "about",
              "zebras", "if", "x", "1", "return", "x", "RATE", "return", "os", "sep"]
     assert a["words"] == len(words) and a["vocabulary"] == len({w.lower() for w in words})
     assert a["onehot_shape"] == (len(words), a["vocabulary"]) and a["onehot_rows_sum_to_one"]

@@ -308,7 +308,7 @@ def print_exercise_1(a, pngs):
     o = a["overfit"]
     shift = float(batched_data()[1][o["train_idx"]].mean())
     print(f"  b. can it be made to overfit? {units(o['hidden'])}, Adam lr {o['lr']:g}, "
-          f"{len(o['history'])} epochs, input t_u - {shift:.1f}: training loss {o['train']:.4f}, "
+          f"{len(o['history'])} epochs, input t_u - {shift:.1f}: training loss {o['train']:.2g}, "
           f"validation {o['val']:.2f}")
     if o["train"] < 0.1 * o["val"]:
         print("     verdict: yes, clearly: it threads through the nine training readings, noise "

@@ -163,7 +163,7 @@ def plot_exercise_1(answer, out):
     epochs, train, val = zip(*o["history"])
     ax2.semilogy(epochs, train, label="training loss")
     ax2.semilogy(epochs, val, label="validation loss")
-    ax2.set(xlabel="epoch", ylabel="MSE (°C²)", title="Training loss falls, validation does not")
+    ax2.set(xlabel="epoch", ylabel="MSE (°C²)", title="Training and validation loss")
     ax2.legend()
     ax2.grid(alpha=0.3, which="both")
     return grid_png, save_figure(fig, out / "overfit.png")

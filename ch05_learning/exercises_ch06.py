@@ -294,17 +294,21 @@ def print_exercise_1(a, pngs):
           "that learned something)")
     print(f"     by size: {summary(a['by_hidden'], units)}")
     print(f"     by learning rate: {summary(a['by_lr'], lambda lr: f'lr {lr:g}')}")
-    if by_hidden and by_lr:
+    learned = [r for r in a["rows"] if not r["unfit"]]
+    unfit = [describe(r) for r in a["rows"] if r["unfit"]]
+    if len(by_hidden) > 1 and len(by_lr) > 1:
         fewest, most = min(by_hidden), max(by_hidden)
         low, high = min(by_lr), max(by_lr)
         size = compare_word(by_hidden[fewest], by_hidden[most], "fewer", "more")
         rate = compare_word(by_lr[low], by_lr[high], "a smaller", "a larger")
-        learned = [r for r in a["rows"] if not r["unfit"]]
         straightest = min(learned, key=lambda r: r["departure"])
-        unfit = [describe(r) for r in a["rows"] if r["unfit"]]
         print(f"     verdict: {size} units and {rate} learning rate give a straighter output "
               f"here; the most linear cell that learned: {describe(straightest)}"
               + (f"; left out, they did not fit: {', '.join(unfit)}" if unfit else ""))
+    else:
+        which = ", ".join(describe(r) for r in learned) or "none"
+        print(f"     verdict: too few cells learned the trend in {a['epochs']} epochs to compare "
+              f"(learned: {which}); give more --epochs")
     o = a["overfit"]
     shift = float(batched_data()[1][o["train_idx"]].mean())
     print(f"  b. can it be made to overfit? {units(o['hidden'])}, Adam lr {o['lr']:g}, "

@@ -55,6 +55,28 @@ def test_trend_averages_the_cells_that_learned():
     assert ex.trend(rows[:1], "hidden") == {1: None}
 
 
+def hand_made_grid(departure):
+    """An exercise_1 answer whose cells have the departures departure(units, lr)."""
+    rows = [{"hidden": h, "lr": lr, "train": 1.0, "val": 2.0, "departure": departure(h, lr),
+             "range": 30.0, "unfit": False} for h in ex.HIDDEN for lr in ex.LRS]
+    overfit = {"hidden": 100, "lr": 0.03, "history": [(1, 0.001, 9.0)], "train": 0.001,
+               "val": 9.0, "train_idx": torch.arange(9)}
+    return {"rows": rows, "by_hidden": ex.trend(rows, "hidden"), "by_lr": ex.trend(rows, "lr"),
+            "overfit": overfit, "epochs": 10, "seed": 0}
+
+
+@pytest.mark.parametrize("departure, words", [
+    (lambda h, lr: h + 1000 * lr, "fewer units and a smaller learning rate"),
+    (lambda h, lr: 1 / h + 1000 * lr, "more units and a smaller learning rate"),
+    (lambda h, lr: 1 / h - lr, "more units and a larger learning rate"),
+])
+def test_the_verdict_follows_the_measured_departures(departure, words, capsys):
+    ex.print_exercise_1(hand_made_grid(departure), [])
+    out = capsys.readouterr().out
+    assert f"verdict: {words} give a straighter output" in out
+    assert "yes, clearly" in out
+
+
 def test_the_overfit_run_centres_the_input_and_its_loss_falls(one_torch_thread):
     o = ex.overfit_run(60, seed=0, n_hidden=20)
     t_c, t_u = nn_linear.batched_data()

@@ -146,7 +146,8 @@ def plot_exercise_1(answer, out):
         ax.grid(alpha=0.3)
     fig.suptitle(f"Network output over t_u after {answer['epochs']} SGD epochs; "
                  "distance = RMS departure from the best straight line")
-    grid_png = save_figure(fig, out / "linearity_grid.png", dpi=80)
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.05, top=0.91, wspace=0.08, hspace=0.25)
+    grid_png = save_figure(fig, out / "linearity_grid.png", dpi=80, tight_layout=False)
 
     o = answer["overfit"]
     fig = new_figure(figsize=(11, 4.2))
@@ -169,10 +170,12 @@ def plot_exercise_1(answer, out):
     return grid_png, save_figure(fig, out / "overfit.png")
 
 
-def write_synthetic_wine(path, n_rows=WINE_ROWS, seed=0):
+def write_synthetic_wine(path, n_rows=None, seed=0):
     """A wine-like table in the book's CSV format (";" separated, quoted header): the chemical
     columns drawn around the real table's means, quality a noisy function of a few of them, as
-    whole scores 3..9. For runs without the book's file; says nothing about real wine."""
+    whole scores 3..9; WINE_ROWS rows unless told. For runs without the book's file; says
+    nothing about real wine."""
+    n_rows = n_rows or WINE_ROWS
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n_rows, len(WINE_COLUMNS), generator=g)
     values = torch.tensor([m for _, m, _ in WINE_COLUMNS]) + z * torch.tensor(

@@ -125,6 +125,7 @@ def test_exercise_2_trains_and_counts(tmp_path, monkeypatch, one_torch_thread):
 
 def test_main_on_the_synthetic_table(tmp_path, monkeypatch, capsys, one_torch_thread):
     monkeypatch.setattr(ex, "TIMING_EPOCHS", 2)
+    monkeypatch.setattr(ex, "WINE_ROWS", 300)
     answers = ex.main(["--epochs", "5", "--overfit-epochs", "5", "--wine-epochs", "3",
                        "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
@@ -138,6 +139,7 @@ def test_main_on_the_synthetic_table(tmp_path, monkeypatch, capsys, one_torch_th
                                              "synthetic-winequality-white.csv",
                                              "wine_network.png"]
     assert len(answers[1]["rows"]) == len(ex.HIDDEN) * len(ex.LRS)
+    assert answers[2]["rows"] == 300
 
 
 @pytest.mark.realdata

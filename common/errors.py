@@ -4,11 +4,12 @@
         run_cli(main)
 
 run_cli also ends an interrupted run in one line: Ctrl-C exits 130 and SIGTERM (what a job
-scheduler, `kill` and `docker stop` send) exits 143. Both reach `main` as a KeyboardInterrupt
-raised in the main thread, so `with` blocks and the atomic writer clean up on the way out. A
-`main` that can say more (where its last checkpoint is) catches KeyboardInterrupt and raises
-`Interrupted` with that detail. A reader that stops reading stdout (`script | head -1`) does not
-stop the run: the files its flags ask for are still written.
+scheduler, `kill` and `docker stop` send) exits 143, whether the signal reaches the main process,
+its process group or one DataLoader worker. Both reach `main` as a KeyboardInterrupt raised in
+the main thread, so `with` blocks and the atomic writer clean up on the way out. A `main` that
+can say more (where its last checkpoint is) catches KeyboardInterrupt and raises `Interrupted`
+with that detail. A reader that stops reading stdout (`script | head -1`) does not stop the
+run: the files its flags ask for are still written.
 """
 import argparse
 import contextlib
@@ -72,26 +73,73 @@ def one_line_flag_errors():
         argparse.ArgumentParser.error = original
 
 
+def _ignore(signum, frame):
+    """A signal handler that does nothing."""
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt(received):
-    """While the block runs, SIGTERM raises Terminated in the main thread, and its number is
-    added to the list `received`. A child forked meanwhile inherits the handler: a DataLoader
-    worker then ends quietly, as on Ctrl-C (dying of the signal instead would make its parent
-    print a traceback while it shuts the workers down). Nothing changes off the main thread,
-    where Python cannot set a handler."""
+    """While the block runs, SIGTERM raises Terminated in the main thread and Ctrl-C (SIGINT,
+    unless it is ignored, as in a `nohup ... &` run) KeyboardInterrupt; the signal's number is
+    added to the list `received`. Only the first raises: a later one is only added, so the
+    run's own clean-up (a DataLoader joining its workers) is not cut short. From the first on,
+    torch's SIGCHLD handler is set aside until the block ends: the workers that die of the same
+    signal are the interruption's, not an error raised in the middle of its clean-up. A process
+    forked meanwhile (a DataLoader worker) that receives SIGINT dies of it, so its parent learns
+    at once which signal ended it (for SIGTERM torch puts its own handler in its workers, to the
+    same effect). Nothing changes off the main thread, where Python cannot set a handler."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    pid, set_aside = os.getpid(), {}
 
-    def on_sigterm(signum, frame):
+    def on_signal(signum, frame):
+        if os.getpid() != pid:                  # a forked child: die of it, as without Python
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         received.append(signum)
-        raise Terminated("SIGTERM")
+        if len(received) > 1:
+            return
+        if callable(signal.getsignal(signal.SIGCHLD)):      # a no-op, not SIG_DFL: Python
+            set_aside[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _ignore)  # would say so
+        raise Terminated("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signals.append(signal.SIGINT)
+    previous = {s: signal.signal(s, on_signal) for s in signals}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in {**previous, **set_aside}.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _quiet_dropped_handovers():
+    """Inside the block, and in the processes forked meanwhile (DataLoader workers inherit the
+    hook), a hand-over of a file descriptor that its receiver dropped is not reported. A worker
+    sends each batch's tensors to the main process as file descriptors, served one connection
+    at a time by multiprocessing's resource-sharer thread; a main process interrupted during one
+    closes that connection, and the worker's thread would print the broken connection as a
+    traceback (`_serve ... deliver_challenge ... Connection reset by peer`) after the run's one
+    line. Any other exception, and any from elsewhere, is printed as before."""
+    from multiprocessing import resource_sharer
+
+    serve = resource_sharer._ResourceSharer._serve.__code__
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if not (issubclass(kind, (ConnectionError, EOFError)) and tb is not None
+                and tb.tb_frame.f_code is serve):
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
+    try:
+        yield
+    finally:
+        sys.excepthook = previous
 
 
 def _to_devnull(stream):
@@ -231,28 +279,30 @@ def run_cli(main, argv=None):
     received = []
     stdout = sys.stdout
     sys.stdout = safe = _ClosedPipeSafe(stdout)
-    try:
+    try:                       # the signals stay handled until the interruption's clean-up ends
         with sigterm_as_interrupt(received), _quiet_worker_deaths(lambda: bool(received)), \
-                one_line_flag_errors():
-            return main(argv)
-    except DataError as e:
-        _say(f"error: {one_line(_original_message(e), 2 * MAX_MESSAGE)}")
-        _let_go(e)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt as e:
-        said = "interrupted" + (" (SIGTERM)" if received else "")
-        detail = str(e) if isinstance(e, Interrupted) else ""
-        _say(said + (f"; {one_line(detail)}" if detail else ""))
-        _let_go(e)
-        raise SystemExit(STATUS[received[0] if received else signal.SIGINT]) from None
-    except (RuntimeError, EOFError, ConnectionError) as e:
-        status = _worker_death(e, received)
-        if status is None:
-            raise
-        if status != 2:                    # the worker said nothing: the interruption's line
-            _say("interrupted" + (" (SIGTERM)" if status == 143 else ""))
-        _let_go(e)
-        raise SystemExit(status) from None
+                _quiet_dropped_handovers():
+            try:
+                with one_line_flag_errors():
+                    return main(argv)
+            except DataError as e:
+                _say(f"error: {one_line(_original_message(e), 2 * MAX_MESSAGE)}")
+                _let_go(e)
+                raise SystemExit(2) from None
+            except KeyboardInterrupt as e:
+                said = "interrupted" + (" (SIGTERM)" if received[:1] == [signal.SIGTERM] else "")
+                detail = str(e) if isinstance(e, Interrupted) else ""
+                _say(said + (f"; {one_line(detail)}" if detail else ""))
+                _let_go(e)
+                raise SystemExit(STATUS[received[0] if received else signal.SIGINT]) from None
+            except (RuntimeError, EOFError, ConnectionError) as e:
+                status = _worker_death(e, received)
+                if status is None:
+                    raise
+                if status != 2:            # the worker said nothing: the interruption's line
+                    _say("interrupted" + (" (SIGTERM)" if status == 143 else ""))
+                _let_go(e)
+                raise SystemExit(status) from None
     finally:
         with contextlib.suppress(ValueError):          # main closed it: nothing to flush
             safe.flush()

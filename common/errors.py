@@ -207,17 +207,39 @@ def _failed_worker(wait_s):
             return None
 
 
+def _reaped_fates(error, pids):
+    """In torch's words ("killed by signal: Terminated", "exited unexpectedly with exit code
+    2"), what became of the DataLoader workers `pids` that the loader found dead and reaped
+    before it could ask how they ended (a worker killed while it handed over a batch): their
+    exit codes, from the loader whose frame is in `error`'s traceback."""
+    fates, tb = {}, error.__traceback__
+    while tb is not None:
+        for worker in getattr(tb.tb_frame.f_locals.get("self"), "_workers", None) or ():
+            with contextlib.suppress(AttributeError, ValueError):
+                code = worker.exitcode if worker.pid in pids else None
+                if code is not None and code < 0:
+                    fates[worker.pid] = f"killed by signal: {signal.strsignal(-code)}"
+                elif code:
+                    fates[worker.pid] = f"exited unexpectedly with exit code {code}"
+        tb = tb.tb_next
+    return " ".join(fates.values())
+
+
 def _worker_death(error, received):
     """For an error that came of a DataLoader worker process's death: the exit status to end
     with quietly (the interruption's; 2 when the worker printed its own error line and exited
     2, as common.ct's mapped-file guard does), else None. The loader says it as a RuntimeError,
-    its details sometimes only in the cause; a worker that dies while handing over a batch
-    shows as an EOFError or a ConnectionError instead, and its fate is asked of torch."""
+    its details sometimes only in the cause, or not at all (then _reaped_fates); a worker that
+    dies while handing over a batch shows as an EOFError or a ConnectionError instead, and its
+    fate is asked of torch."""
     handover = isinstance(error, (EOFError, ConnectionError))
-    texts = []
+    first, texts = error, []
     while error is not None:
         texts.append(str(error))
         error = error.__cause__ or error.__context__
+    unsaid = re.match(r"DataLoader worker \(pid\(s\) ([\d, ]+)\) exited unexpectedly$", texts[0])
+    if unsaid:
+        texts.append(_reaped_fates(first, {int(pid) for pid in unsaid[1].split(", ")}))
     if not texts[0].startswith("DataLoader worker"):
         failed = _failed_worker(1.0 if handover else 0.0)
         if failed is None:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 
@@ -136,6 +137,36 @@ def test_dataloader_workers_add_no_traceback(tmp_path, workers, sig, to, status,
     else:
         os.kill(worker if to == "worker" else process.pid, sig)
     assert finish(process) == (status, line + "\n")
+
+
+class Loader:
+    """A stand-in for torch's loader iterator, whose frame is in its error's traceback: it
+    found its worker dead and reaped it, and says only that it "exited unexpectedly" (what
+    torch raises when a worker dies while it hands over a batch)."""
+
+    def __init__(self, pid, exitcode):
+        self._workers = [types.SimpleNamespace(pid=pid, exitcode=exitcode)]
+
+    def next(self):
+        raise RuntimeError(f"DataLoader worker (pid(s) {self._workers[0].pid}) exited "
+                           "unexpectedly") from ConnectionResetError(104, "Connection reset")
+
+
+@pytest.mark.parametrize("exitcode, status, line", [
+    (-signal.SIGTERM, 143, "interrupted (SIGTERM)\n"),
+    (-signal.SIGINT, 130, "interrupted\n"),
+    (2, 2, ""),                          # the worker said its own line (common.ct's SIGBUS guard)
+])
+def test_a_worker_that_died_mid_handover_is_told_by_its_exit_code(capsys, exitcode, status,
+                                                                  line):
+    with pytest.raises(SystemExit) as caught:
+        run_cli(lambda argv: Loader(4242, exitcode).next(), [])
+    assert (caught.value.code, capsys.readouterr().err) == (status, line)
+
+
+def test_a_worker_that_died_otherwise_is_not_hidden():
+    with pytest.raises(RuntimeError, match=r"\(pid\(s\) 4242\) exited unexpectedly"):
+        run_cli(lambda argv: Loader(4242, -signal.SIGKILL).next(), [])
 
 
 def test_a_dataerror_in_a_dataloader_worker_is_its_own_one_line(tmp_path):

@@ -82,16 +82,23 @@ def sigterm_as_interrupt(received):
     """While the block runs, SIGTERM raises Terminated in the main thread and Ctrl-C (SIGINT,
     unless it is ignored, as in a `nohup ... &` run) KeyboardInterrupt; the signal's number is
     added to the list `received`. Only the first raises: a later one is only added, so the
-    run's own clean-up (a DataLoader joining its workers) is not cut short. From the first on,
-    torch's SIGCHLD handler is set aside until the block ends: the workers that die of the same
-    signal are the interruption's, not an error raised in the middle of its clean-up. A process
-    forked meanwhile (a DataLoader worker) that receives SIGINT dies of it, so its parent learns
-    at once which signal ended it (for SIGTERM torch puts its own handler in its workers, to the
-    same effect). Nothing changes off the main thread, where Python cannot set a handler."""
+    run's own clean-up (a DataLoader joining its workers) is not cut short. A process forked
+    meanwhile (a DataLoader worker) that receives SIGINT dies of it, so its parent learns at
+    once which signal ended it (for SIGTERM torch puts its own handler in its workers, to the
+    same effect). Nothing changes off the main thread, where Python cannot set a handler.
+
+    The block gets a function that sets torch's SIGCHLD handler aside until the block ends
+    (the first signal calls it too): from then on the DataLoader workers that die (of the same
+    signal, or of the end of the run) are not reported as an error in the middle of the
+    clean-up. It is replaced by a no-op, not SIG_DFL, which Python would report as a race."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
     pid, set_aside = os.getpid(), {}
+
+    def quiet_workers():
+        if signal.SIGCHLD not in set_aside and callable(signal.getsignal(signal.SIGCHLD)):
+            set_aside[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _ignore)
 
     def on_signal(signum, frame):
         if os.getpid() != pid:                  # a forked child: die of it, as without Python
@@ -101,8 +108,7 @@ def sigterm_as_interrupt(received):
         received.append(signum)
         if len(received) > 1:
             return
-        if callable(signal.getsignal(signal.SIGCHLD)):      # a no-op, not SIG_DFL: Python
-            set_aside[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _ignore)  # would say so
+        quiet_workers()
         raise Terminated("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt
 
     signals = [signal.SIGTERM]
@@ -110,7 +116,7 @@ def sigterm_as_interrupt(received):
         signals.append(signal.SIGINT)
     previous = {s: signal.signal(s, on_signal) for s in signals}
     try:
-        yield
+        yield quiet_workers
     finally:
         for s, handler in {**previous, **set_aside}.items():
             signal.signal(s, handler)
@@ -292,6 +298,27 @@ def _say(line):
     sys.stderr.flush()
 
 
+def _ending(error, received):
+    """The exit status a run ended by `error` ends with, its one line said and what the error
+    held let go; None when the error is not one of ours (a bug: its traceback is the report)."""
+    if isinstance(error, DataError):
+        _say(f"error: {one_line(_original_message(error), 2 * MAX_MESSAGE)}")
+        status = 2
+    elif isinstance(error, KeyboardInterrupt):
+        said = "interrupted" + (" (SIGTERM)" if received[:1] == [signal.SIGTERM] else "")
+        detail = str(error) if isinstance(error, Interrupted) else ""
+        _say(said + (f"; {one_line(detail)}" if detail else ""))
+        status = STATUS[received[0] if received else signal.SIGINT]
+    else:
+        status = _worker_death(error, received)
+        if status is None:
+            return None
+        if status != 2:                    # the worker said nothing: the interruption's line
+            _say("interrupted" + (" (SIGTERM)" if status == 143 else ""))
+    _let_go(error)
+    return status
+
+
 def run_cli(main, argv=None):
     """main(argv) as a command. DataError -> `error: ...` on stderr and exit 2 (argparse's
     refusals and DataLoader workers' DataErrors too). Ctrl-C -> `interrupted`, exit 130;
@@ -302,29 +329,24 @@ def run_cli(main, argv=None):
     stdout = sys.stdout
     sys.stdout = safe = _ClosedPipeSafe(stdout)
     try:                       # the signals stay handled until the interruption's clean-up ends
-        with sigterm_as_interrupt(received), _quiet_worker_deaths(lambda: bool(received)), \
-                _quiet_dropped_handovers():
+        with sigterm_as_interrupt(received) as quiet_workers, \
+                _quiet_worker_deaths(lambda: bool(received)), _quiet_dropped_handovers():
             try:
                 with one_line_flag_errors():
                     return main(argv)
-            except DataError as e:
-                _say(f"error: {one_line(_original_message(e), 2 * MAX_MESSAGE)}")
-                _let_go(e)
-                raise SystemExit(2) from None
-            except KeyboardInterrupt as e:
-                said = "interrupted" + (" (SIGTERM)" if received[:1] == [signal.SIGTERM] else "")
-                detail = str(e) if isinstance(e, Interrupted) else ""
-                _say(said + (f"; {one_line(detail)}" if detail else ""))
-                _let_go(e)
-                raise SystemExit(STATUS[received[0] if received else signal.SIGINT]) from None
-            except (RuntimeError, EOFError, ConnectionError) as e:
-                status = _worker_death(e, received)
-                if status is None:
-                    raise
-                if status != 2:            # the worker said nothing: the interruption's line
-                    _say("interrupted" + (" (SIGTERM)" if status == 143 else ""))
-                _let_go(e)
-                raise SystemExit(status) from None
+            except (DataError, KeyboardInterrupt, RuntimeError, EOFError, ConnectionError) as e:
+                error = e
+            while True:      # torch's SIGCHLD handler can report a worker's death at any call
+                try:         # until quiet_workers() has set it aside: such a report is dropped
+                    quiet_workers()
+                    status = _ending(error, received)
+                    break
+                except RuntimeError as late:
+                    if not str(late).startswith("DataLoader worker"):
+                        raise
+            if status is None:
+                raise error
+            raise SystemExit(status) from None
     finally:
         with contextlib.suppress(ValueError):          # main closed it: nothing to flush
             safe.flush()

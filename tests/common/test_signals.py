@@ -13,6 +13,7 @@ import types
 
 import pytest
 
+from common import errors
 from common.data import REPO_ROOT
 from common.errors import DataError, Interrupted, Terminated, run_cli
 
@@ -167,6 +168,32 @@ def test_a_worker_that_died_mid_handover_is_told_by_its_exit_code(capsys, exitco
 def test_a_worker_that_died_otherwise_is_not_hidden():
     with pytest.raises(RuntimeError, match=r"\(pid\(s\) 4242\) exited unexpectedly"):
         run_cli(lambda argv: Loader(4242, -signal.SIGKILL).next(), [])
+
+
+def test_a_worker_death_reported_while_the_run_ends_adds_nothing(monkeypatch, capsys):
+    """torch's SIGCHLD handler raises its report at whatever call comes next; one that comes
+    while run_cli ends the run (a worker killed while it handed over a batch: the main process
+    meets the broken connection first, the worker's death a moment later) is dropped, and the
+    handler is back afterwards."""
+    def report(signum, frame):                      # what torch's handler raises
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Terminated. ")
+
+    def the_death_comes_now(wait_s):                # while run_cli asks what became of it
+        os.kill(os.getpid(), signal.SIGCHLD)
+        return RuntimeError("DataLoader worker (pid 4242) is killed by signal: Terminated. ")
+
+    def main(argv):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(errors, "_failed_worker", the_death_comes_now)
+    previous = signal.signal(signal.SIGCHLD, report)
+    try:
+        with pytest.raises(SystemExit) as caught:
+            run_cli(main, [])
+        assert signal.getsignal(signal.SIGCHLD) is report
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert (caught.value.code, capsys.readouterr().err) == (143, "interrupted (SIGTERM)\n")
 
 
 def test_a_dataerror_in_a_dataloader_worker_is_its_own_one_line(tmp_path):

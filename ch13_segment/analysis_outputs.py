@@ -318,7 +318,10 @@ def analysis_figure(ct, mask, labels, detections, annotations, matches, series_u
             if detections else "the U-Net marked no candidate"), fontsize=14, ha="center",
             va="center")
     field_mm = max(w * s for w, s in zip(CROP_IRC, ct.spacing_xyz[::-1]))
-    field = [max(1, math.ceil(field_mm / s)) for s in ct.spacing_xyz[::-1]]
+    # the same mm on every axis, never more voxels than the CT has: an axis whose step is
+    # thousands of times finer than another's would otherwise ask for a view of gigabytes
+    field = [min(n, max(1, math.ceil(field_mm / s))) for s, n in zip(ct.spacing_xyz[::-1],
+                                                                       ct.shape)]
     for n, row in enumerate(rows, start=1):
         top = height - header - overview - (n - 1) * row_height
         caption, status, center, xyz = _row_caption(n, row, ct, detections, statuses,

@@ -72,8 +72,9 @@ def restore_signals(loop, previous, signals=(signal.SIGINT, signal.SIGTERM)):
             signal.signal(s, handler)
 
 
-async def serve(app, host, port, drain_s, **runner_kwargs):
-    """Serve `app` until SIGTERM or SIGINT; then drain for at most drain_s and clean up."""
+async def serve(app, host, port, drain_s, announce=None, **runner_kwargs):
+    """Serve `app` until SIGTERM or SIGINT; then drain for at most drain_s and clean up.
+    `announce(port)` is called once it listens, with the port it got (port 0: a free one)."""
     app[GATE] = {"closing": False, "in_app": 0}
     app.middlewares.append(stop_gate)
     sock = listening_socket(host, port)
@@ -83,6 +84,8 @@ async def serve(app, host, port, drain_s, **runner_kwargs):
     previous = on_signals(loop, stop.set)
     try:
         await web.SockSite(runner, sock, backlog=BACKLOG).start()
+        if announce is not None:
+            announce(sock.getsockname()[1])
         await stop.wait()
         app[GATE]["closing"] = True
         deadline, looks, count = loop.time() + drain_s, 0, runner.server.requests_count

@@ -279,14 +279,17 @@ def main(argv=None):
                      max_image_bytes=args.max_image_bytes, image_size=args.image_size,
                      batch_limits={"predict": cls_batch, "image": image_batch or 1})
     routes = "/predict" + (", /image" if image_model is not None else "") + ", /stats"
-    print(f"serving {routes} on http://{args.host}:{args.port} (batches of up to "
-          f"{args.max_batch_size}, waiting up to {args.max_wait_ms:g} ms); Ctrl-C stops",
-          flush=True)
-    if args.host not in LOOPBACK:
-        print(f"note: bound to {args.host}: reachable from other machines")
+
+    def announce(port):                             # once listening: --port 0's port too
+        print(f"serving {routes} on http://{args.host}:{port} (batches of up to "
+              f"{args.max_batch_size}, waiting up to {args.max_wait_ms:g} ms); Ctrl-C stops",
+              flush=True)
+        if args.host not in LOOPBACK:
+            print(f"note: bound to {args.host}: reachable from other machines")
+
     started = time.perf_counter()
-    asyncio.run(serve(app, args.host, args.port, args.timeout_s, handler_cancellation=True,
-                      logger=bad_client_logging()))        # SIGTERM, Ctrl-C: a graceful stop
+    asyncio.run(serve(app, args.host, args.port, args.timeout_s, announce,   # SIGTERM, Ctrl-C:
+                      handler_cancellation=True, logger=bad_client_logging()))  # a graceful stop
     print(f"stopped after {time.perf_counter() - started:.0f} s")
     return app
 

@@ -68,7 +68,7 @@ def main(argv=None):
                               data_dir=args.data_dir, device=pick_device(args.device),
                               flag="--model", channels_last=False, compiled=args.compile)
     served = start_server(create_app(model, max_bytes=args.max_bytes), args.host, args.port,
-                          args.threads, args.max_queue)
+                          args.threads, args.max_queue, max_body=args.max_bytes)
     what = "an untrained LunaModel" if args.random_weights else "the nodule classifier"
     print(f"serving {what} on http://{args.host}:{served['port']}/predict "
           f"(and /hello); Ctrl-C stops", flush=True)

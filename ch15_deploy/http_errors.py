@@ -3,7 +3,9 @@
 Every 4xx and 5xx is a JSON body {"error": "..."} (never Flask's or aiohttp's HTML page), and no
 answer carries NaN (JSON has none: `dumps` refuses it). A request so malformed that aiohttp
 cannot parse it (a bad request line, a bad header) is answered 400 by aiohttp and logged here
-as one access-log line, where aiohttp would print a traceback.
+as one access-log line, where aiohttp would print a traceback. A body refused as too large while
+it is still arriving ends its connection: the 413, then the server's end of it (the Flask
+server's under waitress: wsgi_serving.py).
 """
 import asyncio
 import functools
@@ -29,6 +31,31 @@ def json_error(status, message, headers=None):
     return web.json_response({"error": message}, status=status, headers=headers, dumps=dumps)
 
 
+class ClosingResponse(web.Response):
+    """An answer after which the server sends nothing more on the connection: once it is
+    written the sending side is shut (FIN), so the client sees the whole answer and the end at
+    once, while aiohttp still reads and drops what the client was sending (its lingering),
+    so that no reset can cut the answer off."""
+
+    def __init__(self, transport, **kwargs):
+        super().__init__(**kwargs)
+        self._sender = transport
+        self.force_close()                                  # Connection: close, no keep-alive
+
+    async def write_eof(self, data=b""):
+        await super().write_eof(data)
+        if self._sender is not None and not self._sender.is_closing() \
+                and self._sender.can_write_eof():
+            self._sender.write_eof()
+
+
+def too_large_answer(request, message):
+    """413 {"error": message}, and the connection ends (ClosingResponse): its body may still be
+    arriving."""
+    return ClosingResponse(request.transport, status=413, text=dumps({"error": message}),
+                           content_type="application/json")
+
+
 def unavailable(message):
     """503 with Retry-After: a full queue, or a server shutting down."""
     return json_error(503, message, {"Retry-After": str(RETRY_AFTER_S)})
@@ -44,7 +71,10 @@ async def json_errors(request, handler):
             raise
         headers = {k: v for k, v in e.headers.items() if k in ("Retry-After", "Allow")}
         detail = e.text if e.text and not e.text.startswith(f"{e.status}:") else ""
-        return json_error(e.status, f"{e.reason}: {detail}" if detail else e.reason, headers)
+        message = f"{e.reason}: {detail}" if detail else e.reason
+        if e.status == 413:                     # refused from its length, or mid-body
+            return too_large_answer(request, message)
+        return json_error(e.status, message, headers)
     except (ConnectionError, asyncio.CancelledError):   # the client went away mid-request
         raise
     except Exception as e:

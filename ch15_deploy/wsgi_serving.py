@@ -3,9 +3,12 @@
 waitress reads and writes the sockets in one loop and runs the app in a pool of threads. Around
 the app: at most --threads requests run it at once and at most --max-queue wait for a turn; one
 more is answered 503 with Retry-After at once, so under any load every connection gets an HTTP
-answer. SIGTERM or Ctrl-C stops it gracefully: what was read is answered (a request that
-reaches the app after the signal gets 503 with Retry-After), then the connections are closed
-and the script exits with status 0.
+answer. waitress reads a whole body before the app sees it, so the app's body limit is
+waitress's too: a declared length over it, or a chunked body once more of it has arrived, is
+answered 413 there and the connection closed; waitress's own answers are the API's JSON errors.
+SIGTERM or Ctrl-C stops it gracefully: what was read is answered (a request that reaches the
+app after the signal gets 503 with Retry-After), then the connections are closed and the script
+exits with status 0.
 """
 import contextlib
 import json
@@ -16,7 +19,11 @@ import threading
 import time
 
 from waitress import wasyncore
-from waitress.server import create_server
+from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.server import BaseWSGIServer, create_server
+from waitress.task import ErrorTask
+from waitress.utilities import RequestEntityTooLarge
 
 from ch15_deploy.http_errors import RETRY_AFTER_S
 from common.errors import DataError
@@ -27,6 +34,43 @@ SPARE_THREADS = 4           # answer the 503s while every other thread runs or w
 DRAIN_S = 30.0              # the longest a graceful stop waits for requests in flight
 POLL_S = 0.1                # how often the loop looks at the stop flag
 MOST_CONNECTIONS = 1000     # open connections; more wait in the listen backlog
+CHUNK_SLACK = 1 << 16       # bytes of chunk framing and trailers waitress may count on top
+
+
+class JsonErrorTask(ErrorTask):
+    """waitress's own answer to a request it refuses before the app (a body over the limit,
+    HTTP it cannot parse), as the app answers errors: JSON {"error": "<reason>: <detail>"}.
+    The connection is closed after it."""
+
+    def execute(self):
+        error = self.request.error
+        body = json.dumps({"error": f"{error.reason}: {error.body}"}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+def body_limit_channel(max_body):
+    """waitress's connection class answering with JsonErrorTask and, with `max_body`, refusing
+    a body from its declared length, or a chunked one as soon as more than max_body bytes of it
+    (its chunk framing not counted) have arrived: waitress reads no further."""
+    class BodyLimitParser(HTTPRequestParser):
+        def received(self, data):
+            consumed = super().received(data)
+            if max_body is not None and (
+                    isinstance(self.error, RequestEntityTooLarge) or self.error is None and (
+                        self.content_length > max_body
+                        or self.body_rcv is not None and len(self.body_rcv) > max_body)):
+                self.error = RequestEntityTooLarge(f"Maximum request body size {max_body} "
+                                                   "exceeded.")
+                self.completed = True
+                self.expect_continue = False            # no "100 Continue" for a refused body
+            return consumed
+
+    return type("BodyLimitChannel", (HTTPChannel,), {"error_task_class": JsonErrorTask,
+                                                     "parser_class": BodyLimitParser})
 
 
 def refuse(start_response, message):
@@ -74,19 +118,31 @@ def connection_limit(most=MOST_CONNECTIONS):
     return most if soft == resource.RLIM_INFINITY else max(64, min(most, soft - 64))
 
 
-def start_server(app, host="127.0.0.1", port=8000, threads=THREADS, max_queue=MAX_QUEUE):
+def start_server(app, host="127.0.0.1", port=8000, threads=THREADS, max_queue=MAX_QUEUE,
+                 max_body=None):
     """The app behind waitress, listening but not serving yet: a dict with the server, the gate,
-    `port` (the one picked for port 0) and the `stop` event. A busy port is a DataError."""
+    `port` (the one picked for port 0) and the `stop` event. A busy port is a DataError.
+    `max_body`: the largest request body in bytes (default: a Flask app's MAX_CONTENT_LENGTH),
+    refused by waitress while it reads (body_limit_channel)."""
+    if max_body is None:
+        max_body = getattr(app, "config", {}).get("MAX_CONTENT_LENGTH")
     gated, gate = gate_app(app, threads, max_queue)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # a warning per queued request
+    # waitress's own count includes chunk framing (up to 5 bytes per byte in 1-byte chunks):
+    # above the limit, so that the limit itself is body_limit_channel's
+    raw_limit = {} if max_body is None else {"max_request_body_size": 6 * max_body + CHUNK_SLACK}
     try:
         server = create_server(gated, host=host, port=port,
                                threads=threads + max_queue + SPARE_THREADS,
                                connection_limit=connection_limit(), backlog=1024,
-                               asyncore_use_poll=True, ident="")
+                               asyncore_use_poll=True, ident="", **raw_limit)
     except OSError as e:
         raise DataError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another "
                         "--port or --host") from None
+    channel = body_limit_channel(max_body)
+    for listener in {server, *socket_map(server).values()}:
+        if isinstance(listener, BaseWSGIServer):
+            listener.channel_class = channel
     listening = getattr(server, "effective_listen", None) or [(host, server.effective_port)]
     return {"server": server, "gate": gate, "port": int(listening[0][1]),
             "stop": threading.Event()}

@@ -24,6 +24,16 @@ from common.mapped import check_mapped, mapped, shrank
 
 HU_MIN, HU_MAX = -1000.0, 1000.0       # the book clips: air below, bone and metal above
 
+# What a CT can be. A header beyond these is damaged (a swapped line, a fuzzed digit), not a
+# scan, and is refused before any array is made from it: a voxel step of 700 m once made the
+# analysis' picture ask numpy for gigabytes.
+SPACING_MM = (0.01, 50.0)    # a voxel step: micro-CT's 10 um up to slabs 5x any CT's 10 mm
+MAX_ORIGIN_MM = 10_000.0     # |origin| on each axis: scanner coordinates lie within a few metres
+#                              of the isocentre (a table travels about 2 m); 10 m is no scanner
+MAX_SIZE = 16_384            # voxels along an axis: 512 to 2,048 across, a few thousand slices
+DIRECTION_TOLERANCE = 1e-3   # largest |D^T D - I|: cosines written with 4 decimals or more pass,
+#                              a scale or shear of 0.1% does not
+
 # Frames kept apart by name (book ch10): patient xyz in mm (LPS), array index-row-column in voxels.
 XyzTuple = namedtuple("XyzTuple", ["x", "y", "z"])
 IrcTuple = namedtuple("IrcTuple", ["index", "row", "col"])
@@ -162,16 +172,57 @@ def _numbers(where, field, text, count, kind=float):
     return values
 
 
-def check_geometry(where, origin_xyz, spacing_xyz, direction):
-    """A DataError naming `where` unless spacing is finite and > 0, the origin finite and the
-    (3, 3) direction matrix finite and invertible (xyz_to_irc solves with it)."""
+def spacing_problem(spacing):
+    """What is wrong with 3 voxel steps (mm) as a CT's, or None."""
+    outside = [v for v in spacing if not SPACING_MM[0] <= v <= SPACING_MM[1]]
+    if not outside:
+        return None
+    return (f"a voxel step of {outside[0]:g} mm is no CT's (each must lie between "
+            f"{SPACING_MM[0]:g} and {SPACING_MM[1]:g} mm)")
+
+
+def origin_problem(origin):
+    """What is wrong with a CT's origin (mm), or None."""
+    outside = [v for v in origin if not abs(v) <= MAX_ORIGIN_MM]
+    if not outside:
+        return None
+    return (f"{outside[0]:g} mm from the scanner's origin is no CT's (each coordinate must lie "
+            f"within {MAX_ORIGIN_MM:,.0f} mm)")
+
+
+def direction_problem(matrix):
+    """What is wrong with a (3, 3) direction matrix (columns: the x, y, z axes), or None."""
+    matrix = np.asarray(matrix, dtype=np.float64).reshape(3, 3)
+    off = float(np.abs(matrix.T @ matrix - np.eye(3)).max())
+    if off <= DIRECTION_TOLERANCE:
+        return None
+    return (f"not orthonormal (axes of length 1 at right angles: |D^T D - I| is {off:.2g}, "
+            f"at most {DIRECTION_TOLERANCE:g})")
+
+
+def size_problem(dims):
+    """What is wrong with a CT's voxel counts per axis, or None."""
+    if all(1 <= n <= MAX_SIZE for n in dims):
+        return None
+    return f"each size must lie between 1 and {MAX_SIZE:,} voxels"
+
+
+def check_geometry(where, origin_xyz, spacing_xyz, direction, size_xyz=None):
+    """A DataError naming `where` and the field unless the geometry is a CT's: spacing finite
+    and within SPACING_MM, the origin finite and within MAX_ORIGIN_MM, the (3, 3) direction
+    matrix finite, invertible (xyz_to_irc solves with it) and orthonormal, and the size (when
+    given) within MAX_SIZE."""
     spacing = np.asarray(spacing_xyz, dtype=np.float64)
     if spacing.shape != (3,) or not (np.isfinite(spacing).all() and (spacing > 0).all()):
         raise DataError(f"{where}: spacing {tuple(spacing.tolist())} mm: a CT needs 3 finite "
                         "spacings > 0")
+    if problem := spacing_problem(spacing):
+        raise DataError(f"{where}: spacing {tuple(spacing.tolist())} mm: {problem}")
     origin = np.asarray(origin_xyz, dtype=np.float64)
     if origin.shape != (3,) or not np.isfinite(origin).all():
         raise DataError(f"{where}: origin {tuple(origin.tolist())}: a CT needs 3 finite numbers")
+    if problem := origin_problem(origin):
+        raise DataError(f"{where}: origin {tuple(origin.tolist())} mm: {problem}")
     matrix = np.asarray(direction, dtype=np.float64)
     if matrix.size != 9 or not np.isfinite(matrix).all():
         raise DataError(f"{where}: direction matrix {matrix.ravel().tolist()}: expected 9 "
@@ -179,6 +230,10 @@ def check_geometry(where, origin_xyz, spacing_xyz, direction):
     if abs(np.linalg.det(matrix.reshape(3, 3))) < 1e-6:
         raise DataError(f"{where}: direction matrix {matrix.ravel().tolist()} is singular "
                         "(not invertible): voxel and patient coordinates cannot be converted")
+    if problem := direction_problem(matrix):
+        raise DataError(f"{where}: direction matrix {matrix.ravel().tolist()}: {problem}")
+    if size_xyz is not None and (problem := size_problem(size_xyz)):
+        raise DataError(f"{where}: size {tuple(size_xyz)} voxels: {problem}")
 
 
 def _field(header, *names, default=None):
@@ -191,8 +246,8 @@ def _field(header, *names, default=None):
 
 def check_mhd(mhd_path):
     """The validated header of a MetaImage CT, reading no voxel: an MhdHeader, or a DataError
-    naming the file and the field that is wrong. 3-D only; DimSize positive; spacing finite and
-    > 0; origin finite; direction finite and invertible; one channel of a supported
+    naming the file and the field that is wrong. 3-D only; geometry a CT's (check_geometry's
+    bounds: DimSize, spacing, origin, an orthonormal direction); one channel of a supported
     ElementType; an uncompressed .raw exactly as long as the header says (longer is as wrong as
     shorter); a compressed one as long as its CompressedDataSize, when given."""
     mhd_path = Path(mhd_path)
@@ -214,20 +269,28 @@ def check_mhd(mhd_path):
                         f"(found {len(dims)} sizes)")
     if min(dims) < 1:
         raise DataError(f"{where}: DimSize {header['DimSize']!r}: every size must be positive")
+    if problem := size_problem(dims):
+        raise DataError(f"{where}: DimSize {header['DimSize']!r}: {problem}")
     name, text = _field(header, "ElementSpacing", "ElementSize", default="1 1 1")
     spacing = _numbers(where, name, text, 3)
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise DataError(f"{where}: {name} {text!r}: spacings must be finite and > 0 (mm)")
+    if problem := spacing_problem(spacing):
+        raise DataError(f"{where}: {name} {text!r}: {problem}")
     name, text = _field(header, "Offset", "Origin", "Position", default="0 0 0")
     origin = _numbers(where, name, text, 3)
     if not all(np.isfinite(o) for o in origin):
         raise DataError(f"{where}: {name} {text!r}: the origin must be finite (mm)")
+    if problem := origin_problem(origin):
+        raise DataError(f"{where}: {name} {text!r}: {problem}")
     name, text = _field(header, "TransformMatrix", "Rotation", "Orientation",
                         default="1 0 0 0 1 0 0 0 1")
     direction = np.array(_numbers(where, name, text, 9)).reshape(3, 3).T  # written by columns
     if not np.isfinite(direction).all() or abs(np.linalg.det(direction)) < 1e-6:
         raise DataError(f"{where}: {name} {text!r}: the direction matrix must be finite and "
                         "invertible")
+    if problem := direction_problem(direction):
+        raise DataError(f"{where}: {name} {text!r}: the direction matrix is {problem}")
     element_type = header.get("ElementType", "")
     if element_type not in _MET_DTYPES:
         raise DataError(f"{where}: ElementType {element_type!r} is not supported (one of "
@@ -295,7 +358,8 @@ def _check_image(where, image, shape_irc=None):
     if shape_irc is not None and tuple(reversed(image.GetSize())) != tuple(shape_irc):
         raise DataError(f"{where}: {image.GetSize()} voxels read, the header says "
                         f"{tuple(reversed(shape_irc))}")
-    check_geometry(where, image.GetOrigin(), image.GetSpacing(), image.GetDirection())
+    check_geometry(where, image.GetOrigin(), image.GetSpacing(), image.GetDirection(),
+                   image.GetSize())
 
 
 def load_mhd(mhd_path):
@@ -341,8 +405,27 @@ def _memmap_raw(header, shape_irc):
         raise DataError(f"{header.raw_path}: cannot map it ({e})") from None
 
 
+def _check_dicom_header(where, header, n_files):
+    """The first file's header of a DICOM series (a reader after ReadImageInformation), before
+    any pixel is read: its rows and columns, the slice count, the in-plane spacing
+    (PixelSpacing), position and orientation within check_geometry's bounds. The slices'
+    spacing comes from their positions, so it is checked once the series is read."""
+    names = (("size", "Columns, Rows and files", size_problem,
+              (*header.GetSize()[:2], n_files)),
+             ("spacing", "PixelSpacing", spacing_problem, header.GetSpacing()[:2]),
+             ("origin", "ImagePositionPatient", origin_problem, header.GetOrigin()),
+             ("direction", "ImageOrientationPatient", direction_problem, header.GetDirection()))
+    for field, tags, problem_of, values in names:
+        values = tuple(float(v) if field != "size" else int(v) for v in values)
+        if not np.isfinite(values).all():
+            raise DataError(f"{where}: {field} {values} ({tags}): not finite numbers")
+        if problem := problem_of(values):
+            raise DataError(f"{where}: {field} {values} ({tags}): {problem}")
+
+
 def load_dicom_series(folder):
-    """The largest DICOM series in a folder; SimpleITK applies the rescale to HU."""
+    """The largest DICOM series in a folder; SimpleITK applies the rescale to HU. The first
+    file's header is checked before the series is read, the series' geometry after."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder of DICOM files")
@@ -352,12 +435,17 @@ def load_dicom_series(folder):
                      for s in series_ids), key=len, default=())
         if not files:
             raise DataError(f"{folder}: no DICOM series found")
+        where = f"{folder} (DICOM series of {len(files)} files)"
+        header = sitk.ImageFileReader()
+        header.SetFileName(files[0])
+        header.ReadImageInformation()                   # one file's header: no pixel is read
+        _check_dicom_header(where, header, len(files))
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         image = reader.Execute()
     except RuntimeError as e:
         raise _sitk_error(folder, e) from None
-    _check_image(f"{folder} (DICOM series of {len(files)} files)", image)
+    _check_image(where, image)
     return Ct(sitk.GetArrayFromImage(image), image.GetOrigin(), image.GetSpacing(),
               image.GetDirection(), folder)
 

@@ -4,11 +4,12 @@
         run_cli(main)
 
 run_cli also ends an interrupted run in one line: Ctrl-C exits 130 and SIGTERM (what a job
-scheduler, `kill` and `docker stop` send) exits 143. Both reach `main` as a KeyboardInterrupt
-raised in the main thread, so `with` blocks and the atomic writer clean up on the way out. A
-`main` that can say more (where its last checkpoint is) catches KeyboardInterrupt and raises
-`Interrupted` with that detail. A reader that stops reading stdout (`script | head -1`) does not
-stop the run: the files its flags ask for are still written.
+scheduler, `kill` and `docker stop` send) exits 143, whether the signal reaches the main process,
+its process group or one DataLoader worker. Both reach `main` as a KeyboardInterrupt raised in
+the main thread, so `with` blocks and the atomic writer clean up on the way out. A `main` that
+can say more (where its last checkpoint is) catches KeyboardInterrupt and raises `Interrupted`
+with that detail. A reader that stops reading stdout (`script | head -1`) does not stop the
+run: the files its flags ask for are still written.
 """
 import argparse
 import contextlib
@@ -72,26 +73,79 @@ def one_line_flag_errors():
         argparse.ArgumentParser.error = original
 
 
+def _ignore(signum, frame):
+    """A signal handler that does nothing."""
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt(received):
-    """While the block runs, SIGTERM raises Terminated in the main thread, and its number is
-    added to the list `received`. A child forked meanwhile inherits the handler: a DataLoader
-    worker then ends quietly, as on Ctrl-C (dying of the signal instead would make its parent
-    print a traceback while it shuts the workers down). Nothing changes off the main thread,
-    where Python cannot set a handler."""
+    """While the block runs, SIGTERM raises Terminated in the main thread and Ctrl-C (SIGINT,
+    unless it is ignored, as in a `nohup ... &` run) KeyboardInterrupt; the signal's number is
+    added to the list `received`. Only the first raises: a later one is only added, so the
+    run's own clean-up (a DataLoader joining its workers) is not cut short. A process forked
+    meanwhile (a DataLoader worker) that receives SIGINT dies of it, so its parent learns at
+    once which signal ended it (for SIGTERM torch puts its own handler in its workers, to the
+    same effect). Nothing changes off the main thread, where Python cannot set a handler.
+
+    The block gets a function that sets torch's SIGCHLD handler aside until the block ends
+    (the first signal calls it too): from then on the DataLoader workers that die (of the same
+    signal, or of the end of the run) are not reported as an error in the middle of the
+    clean-up. It is replaced by a no-op, not SIG_DFL, which Python would report as a race."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield lambda: None
         return
+    pid, set_aside = os.getpid(), {}
 
-    def on_sigterm(signum, frame):
+    def quiet_workers():
+        if signal.SIGCHLD not in set_aside and callable(signal.getsignal(signal.SIGCHLD)):
+            set_aside[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _ignore)
+
+    def on_signal(signum, frame):
+        if os.getpid() != pid:                  # a forked child: die of it, as without Python
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         received.append(signum)
-        raise Terminated("SIGTERM")
+        if len(received) > 1:
+            return
+        quiet_workers()
+        raise Terminated("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    signals = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signals.append(signal.SIGINT)
+    previous = {s: signal.signal(s, on_signal) for s in signals}
+    try:
+        yield quiet_workers
+    finally:
+        for s, handler in {**previous, **set_aside}.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _quiet_dropped_handovers():
+    """Inside the block, and in the processes forked meanwhile (DataLoader workers inherit the
+    hook), a hand-over of a file descriptor that its receiver dropped is not reported. A worker
+    sends each batch's tensors to the main process as file descriptors, served one connection
+    at a time by multiprocessing's resource-sharer thread; a main process interrupted during one
+    closes that connection, and the worker's thread would print the broken connection as a
+    traceback (`_serve ... deliver_challenge ... Connection reset by peer`) after the run's one
+    line. Any other exception, and any from elsewhere, is printed as before."""
+    from multiprocessing import resource_sharer
+
+    serve = resource_sharer._ResourceSharer._serve.__code__
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if not (issubclass(kind, (ConnectionError, EOFError)) and tb is not None
+                and tb.tb_frame.f_code is serve):
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        sys.excepthook = previous
 
 
 def _to_devnull(stream):
@@ -159,17 +213,39 @@ def _failed_worker(wait_s):
             return None
 
 
+def _reaped_fates(error, pids):
+    """In torch's words ("killed by signal: Terminated", "exited unexpectedly with exit code
+    2"), what became of the DataLoader workers `pids` that the loader found dead and reaped
+    before it could ask how they ended (a worker killed while it handed over a batch): their
+    exit codes, from the loader whose frame is in `error`'s traceback."""
+    fates, tb = {}, error.__traceback__
+    while tb is not None:
+        for worker in getattr(tb.tb_frame.f_locals.get("self"), "_workers", None) or ():
+            with contextlib.suppress(AttributeError, ValueError):
+                code = worker.exitcode if worker.pid in pids else None
+                if code is not None and code < 0:
+                    fates[worker.pid] = f"killed by signal: {signal.strsignal(-code)}"
+                elif code:
+                    fates[worker.pid] = f"exited unexpectedly with exit code {code}"
+        tb = tb.tb_next
+    return " ".join(fates.values())
+
+
 def _worker_death(error, received):
     """For an error that came of a DataLoader worker process's death: the exit status to end
     with quietly (the interruption's; 2 when the worker printed its own error line and exited
     2, as common.ct's mapped-file guard does), else None. The loader says it as a RuntimeError,
-    its details sometimes only in the cause; a worker that dies while handing over a batch
-    shows as an EOFError or a ConnectionError instead, and its fate is asked of torch."""
+    its details sometimes only in the cause, or not at all (then _reaped_fates); a worker that
+    dies while handing over a batch shows as an EOFError or a ConnectionError instead, and its
+    fate is asked of torch."""
     handover = isinstance(error, (EOFError, ConnectionError))
-    texts = []
+    first, texts = error, []
     while error is not None:
         texts.append(str(error))
         error = error.__cause__ or error.__context__
+    unsaid = re.match(r"DataLoader worker \(pid\(s\) ([\d, ]+)\) exited unexpectedly$", texts[0])
+    if unsaid:
+        texts.append(_reaped_fates(first, {int(pid) for pid in unsaid[1].split(", ")}))
     if not texts[0].startswith("DataLoader worker"):
         failed = _failed_worker(1.0 if handover else 0.0)
         if failed is None:
@@ -222,6 +298,27 @@ def _say(line):
     sys.stderr.flush()
 
 
+def _ending(error, received):
+    """The exit status a run ended by `error` ends with, its one line said and what the error
+    held let go; None when the error is not one of ours (a bug: its traceback is the report)."""
+    if isinstance(error, DataError):
+        _say(f"error: {one_line(_original_message(error), 2 * MAX_MESSAGE)}")
+        status = 2
+    elif isinstance(error, KeyboardInterrupt):
+        said = "interrupted" + (" (SIGTERM)" if received[:1] == [signal.SIGTERM] else "")
+        detail = str(error) if isinstance(error, Interrupted) else ""
+        _say(said + (f"; {one_line(detail)}" if detail else ""))
+        status = STATUS[received[0] if received else signal.SIGINT]
+    else:
+        status = _worker_death(error, received)
+        if status is None:
+            return None
+        if status != 2:                    # the worker said nothing: the interruption's line
+            _say("interrupted" + (" (SIGTERM)" if status == 143 else ""))
+    _let_go(error)
+    return status
+
+
 def run_cli(main, argv=None):
     """main(argv) as a command. DataError -> `error: ...` on stderr and exit 2 (argparse's
     refusals and DataLoader workers' DataErrors too). Ctrl-C -> `interrupted`, exit 130;
@@ -231,28 +328,25 @@ def run_cli(main, argv=None):
     received = []
     stdout = sys.stdout
     sys.stdout = safe = _ClosedPipeSafe(stdout)
-    try:
-        with sigterm_as_interrupt(received), _quiet_worker_deaths(lambda: bool(received)), \
-                one_line_flag_errors():
-            return main(argv)
-    except DataError as e:
-        _say(f"error: {one_line(_original_message(e), 2 * MAX_MESSAGE)}")
-        _let_go(e)
-        raise SystemExit(2) from None
-    except KeyboardInterrupt as e:
-        said = "interrupted" + (" (SIGTERM)" if received else "")
-        detail = str(e) if isinstance(e, Interrupted) else ""
-        _say(said + (f"; {one_line(detail)}" if detail else ""))
-        _let_go(e)
-        raise SystemExit(STATUS[received[0] if received else signal.SIGINT]) from None
-    except (RuntimeError, EOFError, ConnectionError) as e:
-        status = _worker_death(e, received)
-        if status is None:
-            raise
-        if status != 2:                    # the worker said nothing: the interruption's line
-            _say("interrupted" + (" (SIGTERM)" if status == 143 else ""))
-        _let_go(e)
-        raise SystemExit(status) from None
+    try:                       # the signals stay handled until the interruption's clean-up ends
+        with sigterm_as_interrupt(received) as quiet_workers, \
+                _quiet_worker_deaths(lambda: bool(received)), _quiet_dropped_handovers():
+            try:
+                with one_line_flag_errors():
+                    return main(argv)
+            except (DataError, KeyboardInterrupt, RuntimeError, EOFError, ConnectionError) as e:
+                error = e
+            while True:      # torch's SIGCHLD handler can report a worker's death at any call
+                try:         # until quiet_workers() has set it aside: such a report is dropped
+                    quiet_workers()
+                    status = _ending(error, received)
+                    break
+                except RuntimeError as late:
+                    if not str(late).startswith("DataLoader worker"):
+                        raise
+            if status is None:
+                raise error
+            raise SystemExit(status) from None
     finally:
         with contextlib.suppress(ValueError):          # main closed it: nothing to flush
             safe.flush()

@@ -11,6 +11,7 @@ import torch
 
 from ch10_luna import check_data, f1_plot, train_cls, vis
 from ch10_luna.checkpoints import save_checkpoint
+from ch10_luna.dsets import find_luna
 from ch10_luna.model import LunaModel
 from common.errors import run_cli
 
@@ -75,6 +76,12 @@ GEOMETRY_FAULTS = [
     ("NDims", "2", "NDims '2': a CT volume must be 3-D"),
     ("DimSize", "160 160 71", "not the file this header describes"),     # .raw is larger
     ("ElementType", "MET_STRING", "ElementType 'MET_STRING' is not supported"),
+    ("ElementSpacing", "700000.0 0.7 2.5", "ElementSpacing '700000.0 0.7 2.5': a voxel step of "
+                                           "700000 mm is no CT's"),      # beyond a CT's bounds
+    ("Offset", "0 0 10000.5", "Offset '0 0 10000.5': 10000.5 mm from the scanner's origin"),
+    ("TransformMatrix", "1 0 0 0 1 0 0 0 1.01", "the direction matrix is not orthonormal"),
+    ("DimSize", "160 160 16385", "DimSize '160 160 16385': each size must lie between 1 and "
+                                 "16,384 voxels"),
 ]
 
 
@@ -88,6 +95,7 @@ def test_check_data_names_the_broken_field(luna, field, value, message):
     assert bad["file"] == str(mhd) and message in bad["error"]
     assert report["series_ok"] == 3 and report["usable"]           # training skips it
     assert "1 broken series skipped" in report["verdict"]
+    assert message in find_luna(luna).skipped[mhd.stem]       # the trainers' reader, the same
 
 
 def test_training_skips_a_broken_series_with_one_warning(luna, tmp_path, capsys):

@@ -26,8 +26,9 @@ from tests.helpers import assert_same_rows, read_jsonl
 SCRIPT = str(REPO_ROOT / "ch10_luna" / "train_cls.py")
 
 # On PYTHONPATH as sitecustomize: the Nth os.replace onto a file named $SLOW_REPLACE_NAME
-# writes the temporary's path to $SLOW_REPLACE_MARK and waits a minute first, so the test can
-# stop the process while the temporary exists. The product code has no such hook.
+# writes the temporary's path to $SLOW_REPLACE_MARK (whole, by a rename: the test acts as soon
+# as the mark exists) and waits a minute first, so the test can stop the process while the
+# temporary exists. The product code has no such hook.
 SLOW_REPLACE = textwrap.dedent("""
     import os, time
     name, nth = os.environ["SLOW_REPLACE_NAME"].rsplit(":", 1)
@@ -37,8 +38,10 @@ SLOW_REPLACE = textwrap.dedent("""
         if os.path.basename(dst) == name:
             seen.append(dst)
             if len(seen) == int(nth):
-                with open(os.environ["SLOW_REPLACE_MARK"], "w") as f:
+                mark = os.environ["SLOW_REPLACE_MARK"]
+                with open(mark + ".part", "w") as f:
                     f.write(str(src))
+                replace(mark + ".part", mark)
                 time.sleep(60)
         return replace(src, dst, **kwargs)
 
@@ -77,7 +80,6 @@ def stopped_at_second_save(luna, run, tmp_path, sig):
     if not mark.exists():
         process.kill()
         pytest.fail(f"no second checkpoint write seen: {process.communicate()[1][-2000:]}")
-    time.sleep(0.2)                                          # the mark is written whole
     process.send_signal(sig)
     try:
         _, err = process.communicate(timeout=120)

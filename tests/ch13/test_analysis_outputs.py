@@ -256,6 +256,18 @@ def test_rows_are_capped_and_a_long_ct_is_subsampled():
     assert fig.get_size_inches()[0] == small[0]
 
 
+def test_a_ct_at_the_spacing_bounds_gets_a_picture_no_larger_than_itself(tmp_path):
+    """Voxel steps 5,000 times apart (common.ct's bounds, 0.01 and 50 mm): the views at the same
+    mm on every axis would need 240,000 voxels along the fine axes; they stop at the CT's."""
+    ct, mask, labels, detections, annotations, matches = make_case()
+    odd = Ct(ct.voxels, ct.origin_xyz, (0.01, 50.0, 0.01), ct.direction)
+    [path] = ao.write_series_outputs(tmp_path, "1.2.3", odd, mask, labels, detections,
+                                     annotations, matches, label_volume=False, markups=False)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = ao.analysis_figure(odd, mask, labels, detections, annotations, matches, "1.2.3")
+    assert all(max(image.get_array().shape) <= max(ct.shape) for image in fig.axes[0].images)
+
+
 # ----------------------------------------------------------------------------- bad outputs
 def main(argv):
     """For run_in_subprocess: check the folder, as the analysis does first, then write a case."""

@@ -14,6 +14,7 @@ from ch13_segment.model import UNetWrapper
 from ch13_segment.train_seg import MODEL_KWARGS
 from common.errors import run_cli
 from tests.ch10.test_bad_input import Marker, refused, set_field
+from tests.common.test_ct import write_dicom_series
 
 
 @pytest.fixture
@@ -62,6 +63,56 @@ def test_analysing_a_broken_series_names_its_field(luna, tiny_models, capsys):
                                           "--seg-model", seg, "--cls-model", cls], capsys)
     assert line == (f"error: series {mhd.stem} is unusable: {mhd}: ElementSpacing '0 1 1': "
                     "spacings must be finite and > 0 (mm)")
+
+
+# A header beyond what a CT can be (common.ct's bounds): one line naming the file and the field,
+# through --ct (a scan of one's own) and through the LUNA folder; nothing written.
+BEYOND_A_CT = [
+    ("ElementSpacing", "700000.0 0.7 2.5", "a voxel step of 700000 mm is no CT's (each must lie "
+                                           "between 0.01 and 50 mm)"),     # the header
+    ("Offset", "0 -10000.5 0", "-10000.5 mm from the scanner's origin is no CT's (each "
+                               "coordinate must lie within 10,000 mm)"),
+    ("TransformMatrix", "1 0 0 0 1 0 0 0 1.01", "the direction matrix is not orthonormal (axes "
+                                                "of length 1 at right angles: |D^T D - I| is "
+                                                "0.02, at most 0.001)"),
+    ("DimSize", "160 160 16385", "each size must lie between 1 and 16,384 voxels"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", BEYOND_A_CT, ids=[f for f, _, _ in BEYOND_A_CT])
+def test_a_ct_beyond_the_bounds_is_one_line_naming_the_file_and_field(luna, tiny_models,
+                                                                      tmp_path, capsys, field,
+                                                                      value, message):
+    seg, cls, _ = tiny_models
+    source = sorted(luna.glob("subset*/*.mhd"))[0]
+    own = tmp_path / "own"
+    own.mkdir()
+    for path in (source, source.with_suffix(".raw")):
+        shutil.copy(path, own / path.name)
+    mhd = own / source.name
+    set_field(mhd, field, value)
+    out = tmp_path / "out"
+    line = refused(nodule_analysis.main, ["--no-compile", "--ct", str(mhd), "--seg-model", seg,
+                                          "--cls-model", cls, "--outputs", str(out)], capsys)
+    assert line == f"error: {mhd}: {field} {value!r}: {message}"
+    assert not out.exists() or not list(out.iterdir())
+    set_field(source, field, value)
+    line = refused(nodule_analysis.main, ["--no-compile", source.stem, "--data-dir",
+                                          str(luna.parent), "--seg-model", seg, "--cls-model",
+                                          cls, "--outputs", str(out)], capsys)
+    assert line == f"error: series {source.stem} is unusable: {source}: {field} {value!r}: " \
+                   f"{message}"
+
+
+def test_a_dicom_series_beyond_the_bounds_is_one_line(tiny_models, tmp_path, capsys):
+    seg, cls, _ = tiny_models
+    folder, _ = write_dicom_series(tmp_path / "scan", (0.7, 0.7, 60.0))
+    line = refused(nodule_analysis.main, ["--no-compile", "--ct", str(folder), "--seg-model",
+                                          seg, "--cls-model", cls, "--outputs",
+                                          str(tmp_path / "out")], capsys)
+    assert line.startswith(f"error: {folder} (DICOM series of 4 files): spacing (0.7, 0.7, 60")
+    assert line.endswith("mm: a voxel step of 60 mm is no CT's (each must lie between 0.01 and "
+                         "50 mm)")
 
 
 # ----------------------------------------------------------------------------- class 3: files

@@ -1,5 +1,6 @@
 """Fixtures for the chapter 15 tests: a classifier with unsaturated outputs, crops, live servers
 (in a thread, or the scripts as their own processes)."""
+import re
 import signal
 import socket
 import subprocess
@@ -81,24 +82,30 @@ def app_client(hu_model):
 
 
 def free_port():
+    """A port free at this moment, for a server that is refused before it listens (a port
+    another process takes meanwhile would not change its answer)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+SERVING = re.compile(r"^serving .* on http://127\.0\.0\.1:(\d+)\b", re.M)
+
+
 @pytest.fixture
 def server_process(tmp_path):
-    """server_process(module, *flags) -> a ch15 server script running as its own process on a
-    free 127.0.0.1 port, once it accepts connections: a dict with `process`, `port`, `url` and
-    `stop()` (SIGTERM, then its exit status, stdout and stderr). Killed at teardown if alive."""
+    """server_process(module, *flags) -> a ch15 server script running as its own process on
+    127.0.0.1, on the port it picked itself (--port 0: no other process can hold it first),
+    once it says it is serving: a dict with `process`, `port`, `url` and `stop()` (SIGTERM,
+    then its exit status, stdout and stderr). Killed at teardown if alive."""
     started = []
 
     def start(module, *flags, startup_s=120):
-        port = free_port()
-        out, err = tmp_path / f"{port}.out", tmp_path / f"{port}.err"
+        n = len(started)
+        out, err = tmp_path / f"{n}.out", tmp_path / f"{n}.err"
         with open(out, "w") as stdout, open(err, "w") as stderr:
             process = subprocess.Popen(
-                [sys.executable, "-m", module, "--port", str(port), *map(str, flags)],
+                [sys.executable, "-m", module, "--port", "0", *map(str, flags)],
                 cwd=REPO_ROOT, stdout=stdout, stderr=stderr)
         started.append(process)
 
@@ -108,17 +115,16 @@ def server_process(tmp_path):
             code = process.wait(timeout=timeout)
             return code, out.read_text(), err.read_text()
 
-        deadline = time.monotonic() + startup_s
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + startup_s          # a bound on a hang, not on speed
+        while not (serving := SERVING.search(out.read_text())):
             if process.poll() is not None:
                 pytest.fail(f"{module} exited {process.returncode}: {err.read_text()[-2000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return {"process": process, "port": port, "url": f"http://127.0.0.1:{port}",
-                        "stop": stop}
-            except OSError:
-                time.sleep(0.1)
-        pytest.fail(f"{module} did not listen within {startup_s} s")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{module} did not say it serves within {startup_s} s")
+            time.sleep(0.05)
+        port = int(serving[1])
+        return {"process": process, "port": port, "url": f"http://127.0.0.1:{port}",
+                "stop": stop}
 
     yield start
     for process in started:

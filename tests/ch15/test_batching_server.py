@@ -9,6 +9,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -40,17 +41,27 @@ CROP_HEADERS = {"Content-Type": "application/octet-stream", "X-Shape": "1,32,48,
 
 
 class Counting(nn.Module):
-    """Wraps a model: counts forward calls, records batch sizes, optionally sleeps first."""
+    """Wraps a model: counts forward calls, records batch sizes; with a `gate` (a
+    threading.Event) each forward first waits until the test opens it, so that requests pile up
+    behind a busy model however fast or slow the machine is."""
 
-    def __init__(self, model, delay_s=0.0):
+    def __init__(self, model, gate=None):
         super().__init__()
-        self.model, self.delay_s, self.batch_sizes = model, delay_s, []
+        self.model, self.gate, self.batch_sizes = model, gate, []
 
     def forward(self, x):
         self.batch_sizes.append(x.shape[0])
-        if self.delay_s:
-            time.sleep(self.delay_s)                # runs in the executor thread
+        if self.gate is not None:                   # runs in the executor thread
+            assert self.gate.wait(timeout=120), "the test never opened the gate"
         return self.model(x)
+
+
+async def until(condition, what, timeout_s=120):
+    """Wait (in the event loop) until condition() holds; a bound on a hang, not on speed."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"never: {what}"
+        await asyncio.sleep(0.005)
 
 
 class MeanClassifier(nn.Module):
@@ -106,21 +117,23 @@ def tiny_generator():
 def test_concurrent_requests_share_forward_calls_and_answer_as_unbatched(hu_model):
     model = Counting(hu_model)
     crops = [hu_like_crop(seed) for seed in range(5)]
-    app = bs.create_app(model, max_batch_size=8, max_wait_ms=300)
+    # a batch of 5 runs as soon as the fifth arrives; the minute is only a bound on a stall
+    app = bs.create_app(model, max_batch_size=5, max_wait_ms=60_000)
 
     async def scenario(client):
-        body, headers = form(crops[0])                      # one in the book's form
-        first = client.post("/predict", data=body, headers=headers)
-        rest = [post_crop(client, c) for c in crops[1:]]
-        r0 = await first
-        answers = [(r0.status, await r0.json())] + list(await asyncio.gather(*rest))
+        async def post_form(crop):                          # one in the book's form
+            body, headers = form(crop)
+            r = await client.post("/predict", data=body, headers=headers)
+            return r.status, await r.json()
+
+        answers = await asyncio.gather(post_form(crops[0]),
+                                       *(post_crop(client, c) for c in crops[1:]))
         stats = await (await client.get("/stats")).json()
         return answers, stats
 
     answers, stats = run_with_client(app, scenario)
     assert [status for status, _ in answers] == [200] * 5
-    assert len(model.batch_sizes) < 5 and sum(model.batch_sizes) == 5
-    assert max(model.batch_sizes) > 1
+    assert model.batch_sizes == [5]                         # one forward for all five
     for crop, (_, body) in zip(crops, answers, strict=True):
         assert body["prob_nodule"] == body["prob_malignant"]
         assert body["prob_nodule"] == pytest.approx(expected_prob(hu_model, crop), abs=1e-6)
@@ -140,13 +153,15 @@ def test_batch_size_one_runs_one_forward_per_request(hu_model):
 
 
 def test_a_full_queue_answers_503_with_retry_after():
-    model = Counting(MeanClassifier(), delay_s=0.3)
+    model = Counting(MeanClassifier(), gate=threading.Event())     # busy until a 503 is out
     app = bs.create_app(model, max_batch_size=1, max_queue=2, max_wait_ms=0)
     crop = hu_like_crop(0)
 
     async def scenario(client):
         async def one():
             r = await client.post("/predict", data=as_bytes(crop), headers=CROP_HEADERS)
+            if r.status == 503:
+                model.gate.set()
             return r.status, r.headers.get("Retry-After"), await r.json()
         return await asyncio.gather(*(one() for _ in range(8)))
 
@@ -160,14 +175,13 @@ def test_a_full_queue_answers_503_with_retry_after():
 
 
 def test_a_slow_answer_gets_504_and_the_server_goes_on():
-    model = Counting(MeanClassifier(), delay_s=0.6)
+    model = Counting(MeanClassifier(), gate=threading.Event())     # no answer until opened
     app = bs.create_app(model, timeout_s=0.2, max_wait_ms=0)
 
     async def scenario(client):
         late = await post_crop(client, hu_like_crop(0))
-        await asyncio.sleep(0.6)                          # let the slow batch finish
-        bs_app = client.server.app
-        bs_app[bs.SETTINGS]["timeout_s"] = 5.0
+        client.server.app[bs.SETTINGS]["timeout_s"] = 120.0
+        model.gate.set()                                  # the slow batch finishes now
         return late, await post_crop(client, hu_like_crop(1))
 
     (status, body), (status2, body2) = run_with_client(app, scenario)
@@ -320,7 +334,7 @@ async def send_partial_and_close(port, n_bytes, total):
 
 
 def test_clients_that_disconnect_mid_request_do_not_stop_the_server():
-    model = Counting(MeanClassifier(), delay_s=0.2)
+    model = Counting(MeanClassifier(), gate=threading.Event())
     app = bs.create_app(model, max_wait_ms=0)
     size = len(good_crop_bytes())
 
@@ -328,7 +342,8 @@ def test_clients_that_disconnect_mid_request_do_not_stop_the_server():
         port = client.server.port
         await send_partial_and_close(port, size // 2, size)      # body cut in the middle
         await send_partial_and_close(port, size, size)           # gone before the answer
-        await asyncio.sleep(0.5)
+        await until(lambda: model.batch_sizes, "the second one reaches the model")
+        model.gate.set()                          # its answer now goes to a closed connection
         return await post_crop(client, hu_like_crop(2))
 
     status, body = run_with_client(app, scenario)
@@ -336,7 +351,7 @@ def test_clients_that_disconnect_mid_request_do_not_stop_the_server():
 
 
 def test_shutdown_answers_every_queued_request():
-    model = Counting(MeanClassifier(), delay_s=0.15)
+    model = Counting(MeanClassifier(), gate=threading.Event())
     app = bs.create_app(model, max_batch_size=2, max_wait_ms=0, max_queue=16)
 
     async def scenario():
@@ -349,9 +364,13 @@ def test_shutdown_answers_every_queued_request():
                                         headers=CROP_HEADERS) as r:
                     return r.status, await r.json()
             tasks = [asyncio.create_task(one(s)) for s in range(6)]
-            while app[bs.BATCHERS]["predict"]["queue"].qsize() < 3:   # all sent, most queued
-                await asyncio.sleep(0.01)
-            await server.close()                       # stop while requests wait
+            batcher = app[bs.BATCHERS]["predict"]
+            await until(lambda: batcher["queue"].qsize() == 6 - sum(model.batch_sizes),
+                        "all six in: the first batch held at the model, the rest queued")
+            closing = asyncio.create_task(server.close())     # stop while requests wait
+            await until(lambda: batcher["closing"], "the server is stopping")
+            model.gate.set()
+            await closing
             return await asyncio.gather(*tasks)
 
     results = asyncio.run(scenario())
@@ -361,7 +380,7 @@ def test_shutdown_answers_every_queued_request():
 
 def test_image_route_answers_a_jpeg_of_the_fixed_size(tiny_generator):
     model = Counting(tiny_generator)
-    app = bs.create_app(image_model=model, image_size=32, max_wait_ms=300)
+    app = bs.create_app(image_model=model, image_size=32, max_batch_size=3, max_wait_ms=60_000)
     images = [jpeg(64, 48, seed=1), jpeg(20, 30, "PNG", seed=2), jpeg(33, 33, seed=3)]
 
     async def scenario(client):
@@ -376,7 +395,7 @@ def test_image_route_answers_a_jpeg_of_the_fixed_size(tiny_generator):
         assert status == 200 and content_type == "image/jpeg"
         out = Image.open(io.BytesIO(data))
         assert out.format == "JPEG" and out.size == (32, 32) and out.mode == "RGB"
-    assert len(model.batch_sizes) < 3 and sum(model.batch_sizes) == 3
+    assert model.batch_sizes == [3]
     # the generator's picture of the resized input (JPEG-encoded the same way; a batched
     # forward may round a pixel differently from a single one)
     x = decode_image(images[0], 32)
@@ -429,7 +448,7 @@ class FailsOnce(nn.Module):
 
 def test_one_failed_batch_is_answered_one_by_one_and_batching_goes_on(capsys):
     model = FailsOnce()
-    app = bs.create_app(model, max_batch_size=4, max_wait_ms=300)
+    app = bs.create_app(model, max_batch_size=3, max_wait_ms=60_000)     # batches of 3 at once
     first, second = ([hu_like_crop(s) for s in range(i, i + 3)] for i in (0, 3))
 
     async def scenario(client):
@@ -443,7 +462,7 @@ def test_one_failed_batch_is_answered_one_by_one_and_batching_goes_on(capsys):
         assert body["prob_nodule"] == pytest.approx(expected_prob(MeanClassifier(), crop))
     # the failed batch of 3 went one by one; the next 3 were one batch again
     assert model.batch_sizes == [3, 1, 1, 1, 3]
-    assert stats["predict"]["failed_batches"] == 1 and stats["predict"]["max_batch_size"] == 4
+    assert stats["predict"]["failed_batches"] == 1 and stats["predict"]["max_batch_size"] == 3
     assert "answered one by one" in capsys.readouterr().err
 
 
@@ -510,14 +529,19 @@ def test_200_clients_through_load_test_get_only_200_and_503():
         assert set(r["errors"]) <= {"HTTP 503"}, r["errors"]
 
 
-def run_bursts(app, body, n_bursts=4, clients=200):
+def run_bursts(app, body, n_bursts=4, clients=200, gate=None):
     """n bursts of `clients` simultaneous POSTs; per burst the (status, Retry-After) pairs, and
-    Python's heap (tracemalloc) and the RSS after each, then one more request and /stats."""
+    Python's heap (tracemalloc) and the RSS after each, then one more request and /stats.
+    `gate`: the model's (Counting), closed at each burst's start and opened by its first 503."""
     async def burst(session, url):
         async def one():
             async with session.post(url, data=body, headers=CROP_HEADERS) as r:
                 await r.read()
+                if r.status == 503 and gate is not None:
+                    gate.set()
                 return r.status, r.headers.get("Retry-After")
+        if gate is not None:
+            gate.clear()
         return await asyncio.gather(*(one() for _ in range(clients)))
 
     async def scenario(client):
@@ -578,10 +602,11 @@ def test_a_200_client_burst_overflows_with_503s_leaks_nothing_and_the_server_goe
     (glibc keeps freed pages for reuse; the first burst also raises its mmap threshold to the
     288 KiB bodies, so it is left out). Memory is measured in fresh interpreters, the server
     and the leaking one alike."""
-    model = Counting(MeanClassifier(), delay_s=0.01)
+    model = Counting(MeanClassifier(), gate=threading.Event())   # busy until a 503 is out
     body = as_bytes(hu_like_crop(0))
     bursts, _, _, (status, answer), stats = run_bursts(
-        bs.create_app(model, max_batch_size=8, max_wait_ms=5, max_queue=8), body)
+        bs.create_app(model, max_batch_size=8, max_wait_ms=5, max_queue=8), body,
+        gate=model.gate)
     answered = 0
     for results in bursts:
         statuses = Counter(s for s, _ in results)

@@ -2,7 +2,6 @@
 import asyncio
 import socket
 import threading
-import time
 
 import pytest
 import torch
@@ -63,10 +62,14 @@ def test_fixed_number_of_requests(live_server):
 
 def test_a_time_bound_run_stops_by_itself(live_server):
     url = live_server(bs.create_app(MeanClassifier(), max_wait_ms=5)) + "/predict"
-    start = time.perf_counter()
-    summary = load_test.main(["--url", url, "--concurrency", "3", "--seconds", "0.5"])
-    assert time.perf_counter() - start < 5
-    assert summary["ok"] > 0 and summary["errors"] == {}
+    summaries = []
+    run = threading.Thread(target=lambda: summaries.append(load_test.main(
+        ["--url", url, "--concurrency", "3", "--seconds", "0.5"])), daemon=True)
+    run.start()
+    run.join(timeout=120)                     # a bound on a hang, not a measure of speed
+    assert not run.is_alive(), "the run did not stop by itself"
+    (summary,) = summaries
+    assert summary["seconds"] >= 0.5 and summary["ok"] > 0 and summary["errors"] == {}
 
 
 def test_image_route_gets_jpegs(live_server):
@@ -79,11 +82,11 @@ def test_image_route_gets_jpegs(live_server):
 
 
 def test_errors_are_counted_by_kind(live_server):
-    with socket.socket() as s:                 # a free port nobody listens on
-        s.bind(("127.0.0.1", 0))
+    with socket.socket() as s:                 # a port held, never listening: refused, and no
+        s.bind(("127.0.0.1", 0))              # other process can take it meanwhile
         port = s.getsockname()[1]
-    down = load_test.main(["--url", f"http://127.0.0.1:{port}/predict", "--requests", "3",
-                           "--concurrency", "1"])
+        down = load_test.main(["--url", f"http://127.0.0.1:{port}/predict", "--requests", "3",
+                               "--concurrency", "1"])
     assert down["ok"] == 0 and down["errors"] == {"ClientConnectorError": 3}
     url = live_server(bs.create_app(MeanClassifier())) + "/nowhere"
     missing = load_test.main(["--url", url, "--requests", "2", "--concurrency", "2"])

@@ -249,6 +249,23 @@ BAD_HEADERS = [                                  # (field, value, words the mess
     ("ElementType", "MET_STRING", "ElementType 'MET_STRING' is not supported"),
     ("ElementNumberOfChannels", "3", "ElementNumberOfChannels '3': a CT has one value per voxel"),
     ("HeaderSize", "big", "HeaderSize 'big'"),
+    # beyond what a CT can be (common.ct's SPACING_MM, MAX_ORIGIN_MM, DIRECTION_TOLERANCE,
+    # MAX_SIZE): the issue's fuzzed header first, then just past each bound
+    ("ElementSpacing", "700000.0 0.7 2.5", "ElementSpacing '700000.0 0.7 2.5': a voxel step of "
+                                           "700000 mm is no CT's (each must lie between 0.01 "
+                                           "and 50 mm)"),
+    ("ElementSpacing", "0.7 0.0099 2.5", "a voxel step of 0.0099 mm is no CT's"),
+    ("ElementSpacing", "0.7 0.8 50.001", "a voxel step of 50.001 mm is no CT's"),
+    ("Offset", "-120 10000.001 -310", "Offset '-120 10000.001 -310': 10000 mm from the scanner's "
+                                      "origin is no CT's (each coordinate must lie within "
+                                      "10,000 mm)"),
+    ("Offset", "0 0 -1e300", "-1e+300 mm from the scanner's origin is no CT's"),
+    ("TransformMatrix", "1 0 0 0 1 0 0 0 1.0006", "the direction matrix is not orthonormal "
+                                                 "(axes of length 1 at right angles: |D^T D - I| "
+                                                 "is 0.0012, at most 0.001)"),
+    ("TransformMatrix", "1 0 0 0.1 1 0 0 0 1", "the direction matrix is not orthonormal"),
+    ("DimSize", "36 16385 24", "DimSize '36 16385 24': each size must lie between 1 and 16,384 "
+                               "voxels"),
 ]
 
 
@@ -264,6 +281,29 @@ def test_every_bad_header_field_is_one_line_naming_it(ct_file, capsys, field, va
         run_cli(lambda argv: load_ct(path))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("field, value", [
+    ("ElementSpacing", "0.01 50 0.01"),                 # SPACING_MM's ends, both kept
+    ("Offset", "-10000 10000 0"),                       # MAX_ORIGIN_MM on either side
+    ("TransformMatrix", "1 0 0 0 1 0 0 0 1.0004"),      # |D^T D - I| 0.0008 <= 0.001
+    ("TransformMatrix", " ".join(map(repr, SKEW.T.ravel().tolist()))),  # a rotation, in full
+])
+def test_headers_at_the_bounds_still_load(ct_file, field, value):
+    path, volume = ct_file
+    edit_header(path, field, value)
+    ct = load_ct(path)
+    np.testing.assert_array_equal(ct.voxels, volume)
+    numbers = [float(v) for v in value.split()]
+    got = {"ElementSpacing": ct.spacing_xyz, "Offset": ct.origin_xyz,
+           "TransformMatrix": ct.direction.T.ravel()}[field]
+    np.testing.assert_allclose(got, numbers, rtol=1e-12)
+
+
+def test_the_largest_size_still_loads(tmp_path):
+    volume = np.arange(16_384, dtype=np.int16).reshape(1, 1, 16_384)        # MAX_SIZE voxels
+    ct = load_ct(write_mhd(tmp_path / "long.mhd", volume, (0, 0, 0), (1, 1, 1)))
+    assert ct.shape == (1, 1, 16_384) and ct.crop_irc((0, 0, 16_383), (1, 1, 1))[0, 0, 0] == 1000
 
 
 def test_a_raw_longer_than_the_header_says_is_refused(ct_file):
@@ -323,12 +363,74 @@ def test_write_mhd_leaves_no_staging_folder(tmp_path):
 
 def test_geometry_checks_for_any_reader():
     check_geometry("ct", (0, 0, 0), (1, 1, 1), np.eye(3))
-    for origin, spacing, direction, message in (
-            ((0, 0, 0), (1, 0, 1), np.eye(3), "spacing"),
-            ((0, np.nan, 0), (1, 1, 1), np.eye(3), "origin"),
-            ((0, 0, 0), (1, 1, 1), np.zeros((3, 3)), "direction matrix .* is singular")):
+    check_geometry("ct", (-1e4, 1e4, 0), (0.01, 50, 1), SKEW, (16_384, 1, 1))    # the bounds
+    for origin, spacing, direction, size, message in (
+            ((0, 0, 0), (1, 0, 1), np.eye(3), None, "spacing"),
+            ((0, 0, 0), (1, 50.01, 1), np.eye(3), None, r"spacing .*: a voxel step of 50.01 mm"),
+            ((0, 0, 0), (0.009, 1, 1), np.eye(3), None, r"spacing .*: a voxel step of 0.009 mm"),
+            ((0, np.nan, 0), (1, 1, 1), np.eye(3), None, "origin"),
+            ((0, 10_001, 0), (1, 1, 1), np.eye(3), None, r"origin .*: 10001 mm from the"),
+            ((0, 0, 0), (1, 1, 1), np.zeros((3, 3)), None, "direction matrix .* is singular"),
+            ((0, 0, 0), (1, 1, 1), np.diag([1, 1, 1.01]), None,
+             r"direction matrix .*: not orthonormal"),
+            ((0, 0, 0), (1, 1, 1), np.eye(3), (1, 16_385, 1),
+             r"size \(1, 16385, 1\) voxels: each size must lie between 1 and 16,384")):
         with pytest.raises(DataError, match=f"^ct: {message}"):
-            check_geometry("ct", origin, spacing, direction)
+            check_geometry("ct", origin, spacing, direction, size)
+
+
+# ---------------------------------------------------------------- DICOM series: header bounds
+def write_dicom_series(folder, spacing_xyz=(0.7, 0.8, 2.5), origin_xyz=(-100.0, 20.0, -300.0),
+                       shape_irc=(4, 8, 6)):
+    """A small CT as a DICOM series (one file per slice), its geometry written by SimpleITK
+    (PixelSpacing, ImagePositionPatient per slice): the folder, and the voxels."""
+    folder.mkdir()
+    volume = (np.arange(np.prod(shape_irc)).reshape(shape_irc) % 50).astype(np.int16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125.1.12345"
+    for k in range(shape_irc[0]):
+        image = sitk.GetImageFromArray(volume[k:k + 1])
+        image.SetSpacing(spacing_xyz)
+        image.SetOrigin((*origin_xyz[:2], origin_xyz[2] + k * spacing_xyz[2]))
+        for tag, value in (("0008|0060", "CT"), ("0020|000d", uid + ".1"), ("0020|000e", uid),
+                           ("0008|0018", f"{uid}.{k + 2}"), ("0020|0013", str(k + 1))):
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{k:03d}.dcm"))
+        writer.Execute(image)
+    return folder, volume
+
+
+def test_a_dicom_series_at_the_bounds_loads(tmp_path):
+    folder, volume = write_dicom_series(tmp_path / "s", (0.01, 50.0, 50.0), (1e4, -1e4, 0.0))
+    ct = load_ct(folder)
+    np.testing.assert_array_equal(ct.voxels, volume)
+    assert ct.spacing_xyz == pytest.approx((0.01, 50, 50)) and ct.origin_xyz[:2] == (1e4, -1e4)
+
+
+@pytest.mark.parametrize("spacing, origin, message", [
+    ((700000.0, 0.7, 2.5), (0, 0, 0), r"spacing \(700000.0, 0.7\) \(PixelSpacing\): a voxel "
+                                      r"step of 700000 mm is no CT's"),
+    ((0.7, 0.8, 2.5), (-100.0, 2e4, 0), r"origin \(-100.0, 20000.0, 0.0\) "
+                                        r"\(ImagePositionPatient\): 20000 mm from"),
+])
+def test_a_dicom_header_beyond_the_bounds_is_refused_before_any_pixel_is_read(
+        tmp_path, monkeypatch, spacing, origin, message):
+    folder, _ = write_dicom_series(tmp_path / "s", spacing, origin)
+
+    def no_read(self):
+        raise AssertionError("the series was read")
+
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", no_read)
+    with pytest.raises(DataError, match=rf"^{folder} \(DICOM series of 4 files\): {message}"):
+        load_ct(folder)
+
+
+def test_slices_too_close_for_a_ct_are_refused_from_their_positions(tmp_path):
+    folder, _ = write_dicom_series(tmp_path / "s", (0.7, 0.8, 0.005))
+    with pytest.raises(DataError, match=r"\(DICOM series of 4 files\): spacing \(0.7, 0.8, "
+                                        r"0.00\d+\) mm: a voxel step of 0.005 mm is no CT's"):
+        load_ct(folder)
 
 
 # --------------------------------------------------------------------------- files that shrink

@@ -1,20 +1,26 @@
 """run_cli under signals and a closed stdout: SIGTERM handled like Ctrl-C (one line, exit 143 or
-130, the atomic writer's temporary removed), DataLoader workers quiet, `Interrupted` details."""
+130, the atomic writer's temporary removed), DataLoader workers quiet whichever process the signal
+reaches, `Interrupted` details.
+
+The children reset SIGINT to Python's default first: a test run started in the background
+(`pytest &` in a script) hands them SIGINT ignored, as it would to a trainer started so."""
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 
+from common import errors
 from common.data import REPO_ROOT
 from common.errors import DataError, Interrupted, Terminated, run_cli
 
 # Writes half of out.txt through the atomic writer, says "ready" and waits to be stopped; with
 # "detail", the way a trainer says where its last checkpoint is.
 WRITER = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from common.errors import Interrupted, run_cli
     from common.files import atomic_open
 
@@ -32,13 +38,15 @@ WRITER = textwrap.dedent("""
                                   "c.state)") from None
             raise
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     run_cli(main, sys.argv[1:])
 """)
 
-# A DataLoader with two workers (or none) fetching slowly; "ready" once batches flow. With
-# "broken", item 5 raises a DataError inside a worker instead.
+# A DataLoader with two workers (or none) fetching slowly; "ready PID" once batches flow, PID
+# the process that made the third batch (a worker's, or the main process'). With "broken", item
+# 5 raises a DataError inside a worker instead.
 LOADER = textwrap.dedent("""
-    import sys, time
+    import os, signal, sys, time
     import torch
     from torch.utils.data import DataLoader, Dataset
     from common.errors import DataError, run_cli
@@ -54,22 +62,23 @@ LOADER = textwrap.dedent("""
             if self.broken and i == 5:
                 raise DataError(f"item {i}: broken on purpose")
             time.sleep(0.02)
-            return torch.zeros(3)
+            return torch.full((3,), os.getpid())
 
     def main(argv):
         workers, mode = int(argv[0]), argv[1]
-        for i, _ in enumerate(DataLoader(Slow(mode == "broken"), batch_size=2,
-                                         num_workers=workers)):
+        for i, batch in enumerate(DataLoader(Slow(mode == "broken"), batch_size=2,
+                                             num_workers=workers)):
             if i == 2:
-                print("ready", flush=True)
+                print("ready", int(batch[0, 0]), flush=True)
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     run_cli(main, sys.argv[1:])
 """)
 
 
 def start(tmp_path, code, *args):
     """The script `code` running in its own process group (a scheduler's job, a terminal's
-    foreground job), once it has said "ready"."""
+    foreground job), once it has said "ready" (and what follows it on that line)."""
     script = tmp_path / "child.py"
     script.write_text(code)
     process = subprocess.Popen([sys.executable, str(script), *map(str, args)], cwd=REPO_ROOT,
@@ -77,9 +86,10 @@ def start(tmp_path, code, *args):
                                start_new_session=True,
                                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     line = process.stdout.readline()
-    if line != "ready\n":
+    if line.split()[:1] != ["ready"]:
         process.kill()
         pytest.fail(f"the child did not start: {line!r} {process.communicate()[1][-2000:]}")
+    process.said = line.split()[1:]
     return process
 
 
@@ -109,16 +119,81 @@ def test_a_signal_mid_write_is_one_line_and_leaves_no_temporary(tmp_path, sig, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["child.py"]   # no out.txt, no .tmp
 
 
-@pytest.mark.parametrize("workers, sig, group, status, line", [
-    (2, signal.SIGTERM, True, 143, "interrupted (SIGTERM)"),    # docker stop, a scheduler
-    (2, signal.SIGTERM, False, 143, "interrupted (SIGTERM)"),   # kill PID
-    (2, signal.SIGINT, True, 130, "interrupted"),               # Ctrl-C in a terminal
-    (0, signal.SIGTERM, True, 143, "interrupted (SIGTERM)"),
-], ids=["sigterm-group", "sigterm-parent", "ctrl-c", "no-workers"])
-def test_dataloader_workers_add_no_traceback(tmp_path, workers, sig, group, status, line):
+@pytest.mark.parametrize("workers, sig, to, status, line", [
+    (2, signal.SIGTERM, "group", 143, "interrupted (SIGTERM)"),    # docker stop, a scheduler
+    (2, signal.SIGTERM, "parent", 143, "interrupted (SIGTERM)"),   # kill PID
+    (2, signal.SIGTERM, "worker", 143, "interrupted (SIGTERM)"),   # kill a worker's PID
+    (2, signal.SIGINT, "group", 130, "interrupted"),               # Ctrl-C in a terminal
+    (2, signal.SIGINT, "parent", 130, "interrupted"),              # kill -INT PID
+    (2, signal.SIGINT, "worker", 130, "interrupted"),              # kill -INT a worker's PID
+    (0, signal.SIGTERM, "group", 143, "interrupted (SIGTERM)"),
+], ids=["sigterm-group", "sigterm-parent", "sigterm-worker", "ctrl-c", "sigint-parent",
+        "sigint-worker", "no-workers"])
+def test_dataloader_workers_add_no_traceback(tmp_path, workers, sig, to, status, line):
     process = start(tmp_path, LOADER, workers, "plain")
-    (os.killpg if group else os.kill)(process.pid, sig)
+    (worker,) = map(int, process.said)
+    assert (worker != process.pid) == (workers > 0)       # a batch made by a worker process
+    if to == "group":
+        os.killpg(process.pid, sig)
+    else:
+        os.kill(worker if to == "worker" else process.pid, sig)
     assert finish(process) == (status, line + "\n")
+
+
+class Loader:
+    """A stand-in for torch's loader iterator, whose frame is in its error's traceback: it
+    found its worker dead and reaped it, and says only that it "exited unexpectedly" (what
+    torch raises when a worker dies while it hands over a batch)."""
+
+    def __init__(self, pid, exitcode):
+        self._workers = [types.SimpleNamespace(pid=pid, exitcode=exitcode)]
+
+    def next(self):
+        raise RuntimeError(f"DataLoader worker (pid(s) {self._workers[0].pid}) exited "
+                           "unexpectedly") from ConnectionResetError(104, "Connection reset")
+
+
+@pytest.mark.parametrize("exitcode, status, line", [
+    (-signal.SIGTERM, 143, "interrupted (SIGTERM)\n"),
+    (-signal.SIGINT, 130, "interrupted\n"),
+    (2, 2, ""),                          # the worker said its own line (common.ct's SIGBUS guard)
+])
+def test_a_worker_that_died_mid_handover_is_told_by_its_exit_code(capsys, exitcode, status,
+                                                                  line):
+    with pytest.raises(SystemExit) as caught:
+        run_cli(lambda argv: Loader(4242, exitcode).next(), [])
+    assert (caught.value.code, capsys.readouterr().err) == (status, line)
+
+
+def test_a_worker_that_died_otherwise_is_not_hidden():
+    with pytest.raises(RuntimeError, match=r"\(pid\(s\) 4242\) exited unexpectedly"):
+        run_cli(lambda argv: Loader(4242, -signal.SIGKILL).next(), [])
+
+
+def test_a_worker_death_reported_while_the_run_ends_adds_nothing(monkeypatch, capsys):
+    """torch's SIGCHLD handler raises its report at whatever call comes next; one that comes
+    while run_cli ends the run (a worker killed while it handed over a batch: the main process
+    meets the broken connection first, the worker's death a moment later) is dropped, and the
+    handler is back afterwards."""
+    def report(signum, frame):                      # what torch's handler raises
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Terminated. ")
+
+    def the_death_comes_now(wait_s):                # while run_cli asks what became of it
+        os.kill(os.getpid(), signal.SIGCHLD)
+        return RuntimeError("DataLoader worker (pid 4242) is killed by signal: Terminated. ")
+
+    def main(argv):
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    monkeypatch.setattr(errors, "_failed_worker", the_death_comes_now)
+    previous = signal.signal(signal.SIGCHLD, report)
+    try:
+        with pytest.raises(SystemExit) as caught:
+            run_cli(main, [])
+        assert signal.getsignal(signal.SIGCHLD) is report
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+    assert (caught.value.code, capsys.readouterr().err) == (143, "interrupted (SIGTERM)\n")
 
 
 def test_a_dataerror_in_a_dataloader_worker_is_its_own_one_line(tmp_path):

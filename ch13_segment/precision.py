@@ -79,12 +79,19 @@ def int8_unavailable():
     return None
 
 
+def reduce_range():
+    """True where int8 activations must keep to 7 bits: a CPU without VNNI (make_quantizer)."""
+    return not torch.cpu._is_vnni_supported()
+
+
 # ----------------------------------------------------------------------------- annotation
 def make_quantizer():
     """X86InductorQuantizer's default recipe, plus Conv3d and the ReLU-then-BatchNorm outputs.
 
     The torchao Quantizer interface is a class with annotate(); this subclass runs the stock
-    annotation, then annotate_extras.
+    annotation, then annotate_extras. Activations take 7 bits (0-127) on a CPU without VNNI:
+    there oneDNN multiplies u8 by s8 in pairs summed into int16 (vpmaddubsw), which saturates
+    past 32767 (2 x 255 x 127 does); 2 x 127 x 127 does not.
     """
     _, x86, _ = import_pt2e()
 
@@ -95,7 +102,7 @@ def make_quantizer():
             return model
 
     q = ConvNetQuantizer()
-    q.set_global(x86.get_default_x86_inductor_quantization_config())
+    q.set_global(x86.get_default_x86_inductor_quantization_config(reduce_range=reduce_range()))
     return q
 
 
@@ -566,8 +573,8 @@ def int8_program(model, batch_size, calibration, cache_dir=None):
         raise RuntimeError(why)
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / (f"{type(model).__name__}-"
-                                  f"{weights_key(model, calibration.key, batch_size)}.pt2")
+        key = weights_key(model, calibration.key, batch_size, reduce_range())
+        path = Path(cache_dir) / f"{type(model).__name__}-{key}.pt2"
     if path is not None and path.is_file():
         program = load_int8(path)
         return program, (torch.zeros(batch_size),)        # only the batch size is read

@@ -291,3 +291,11 @@ def test_a_damaged_kept_program_is_compiled_again(tmp_path):
     assert said[0].startswith(f"warning: {kept}: not a loadable program") and len(said) == 2
     with torch.no_grad():
         torch.testing.assert_close(logits, luna(x)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_activations_keep_to_seven_bits_without_vnni(int8, monkeypatch):
+    """Without VNNI, oneDNN's u8 x s8 pairs sum into int16 and saturate at 8-bit activations:
+    the quantizer asks for 0-127 there and 0-255 where VNNI is."""
+    for vnni, top in ((False, 127), (True, 255)):
+        monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda vnni=vnni: vnni)
+        assert precision.make_quantizer().global_config.input_activation.quant_max == top

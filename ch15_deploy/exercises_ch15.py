@@ -80,7 +80,7 @@ def check_steps(root=REPO_ROOT, steps=STEPS):
         exists = (Path(root) / s.script).is_file()
         listed = help_text(s.script) if exists else ""
         checked.append({"step": s, "exists": exists, "missing_flags": [
-            f for f in s.flags if exists and not re.search(rf"(?<![\w-]){f}(?![\w-])", listed)]})
+            f for f in s.flags if exists and not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", listed)]})
     return checked
 
 

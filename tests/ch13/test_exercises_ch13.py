@@ -18,7 +18,7 @@ from ch13_segment.dsets import (
     split_series,
 )
 from ch13_segment.model import UNet
-from ch13_segment.train_seg import fn_weighted_loss
+from ch13_segment.train_seg import dice_loss, fn_weighted_loss
 from tests.common.cli import assert_one_error_line, run_main
 
 TINY = ex.Sizes(epochs=1, epoch_size=16, batch_size=8, lr=1e-2, seed=0, width=2, depth=2)
@@ -149,24 +149,24 @@ def test_three_class_unet_gives_class_probabilities_and_its_loss_falls(one_torch
     losses = []
     for _step in range(25):
         optimizer.zero_grad()
-        loss = ex.class_dice_loss(model(x), label).mean()
+        loss = ex.class_loss(model(x), label).mean()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_class_dice_loss_is_the_chapters_loss_per_nodule_class():
+def test_class_loss_is_cross_entropy_plus_the_dice_of_each_nodule_class():
     label = torch.zeros(2, 8, 8, dtype=torch.int64)
     label[0, 2:5, 2:5], label[1, 3:6, 3:6] = 1, 2
     perfect = torch.nn.functional.one_hot(label, 3).permute(0, 3, 1, 2).float() * 50
-    assert torch.allclose(ex.class_dice_loss(perfect, label), torch.zeros(2), atol=1e-4)
+    assert torch.allclose(ex.class_loss(perfect, label), torch.zeros(2), atol=1e-4)
     swapped = perfect[:, [0, 2, 1]]                           # benign called malignant, ...
     probs = swapped.softmax(dim=1)
-    expected = (fn_weighted_loss(probs[:, 1:2], (label == 1).float()[:, None])
-                + fn_weighted_loss(probs[:, 2:3], (label == 2).float()[:, None])) / 2
-    assert torch.allclose(ex.class_dice_loss(swapped, label), expected)
-    assert (ex.class_dice_loss(swapped, label) > 4).all()
+    dice = (dice_loss(probs[:, 1:2], (label == 1).float()[:, None])
+            + dice_loss(probs[:, 2:3], (label == 2).float()[:, None])) / 2
+    ce = torch.tensor([50 * 9 / 64, 50 * 9 / 64])            # 9 pixels 50 logits off, of 64
+    assert torch.allclose(ex.class_loss(swapped, label), ce + dice, rtol=1e-4)
 
 
 def test_evaluate_three_class_counts_voxels_and_votes_per_nodule():

@@ -79,8 +79,9 @@ def check_steps(root=REPO_ROOT, steps=STEPS):
     for s in steps:
         exists = (Path(root) / s.script).is_file()
         listed = help_text(s.script) if exists else ""
-        checked.append({"step": s, "exists": exists, "missing_flags": [
-            f for f in s.flags if exists and not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", listed)]})
+        missing = [f for f in s.flags        # whole flags only: --mode is not found in --model
+                   if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", listed)]
+        checked.append({"step": s, "exists": exists, "missing_flags": missing if exists else []})
     return checked
 
 

@@ -228,7 +228,9 @@ def test_mixed_sampler_alternates_batches_of_one_shape_in_the_stated_proportion(
             assert all(50 <= i < 58 for i in idx)
     assert sampler.batches() == batches                       # reproducible per epoch
     many = ex.MixedShapeBatchSampler(400, shapes, 8, 2, 1, seed=1)   # slices cycled
-    assert sum(kind == "slice" for kind, _ in many.batches()) == 50
+    slice_batches = [idx for kind, idx in many.batches() if kind == "slice"]
+    assert len(slice_batches) == 50
+    assert all(len({shapes[i - 400] for i in idx}) == 1 for idx in slice_batches)
 
 
 def test_mixed_loader_trains_on_both_shapes(seg_luna, seg_masks, one_torch_thread):
@@ -249,8 +251,8 @@ def test_mixed_loader_trains_on_both_shapes(seg_luna, seg_masks, one_torch_threa
             loss = fn_weighted_loss(model(x), label.float()).mean()
             loss.backward()
             optimizer.step()
-            first.setdefault(x.shape[-1], float(loss))
-            last[x.shape[-1]] = float(loss)
+            first.setdefault(x.shape[-1], loss.item())
+            last[x.shape[-1]] = loss.item()
     assert all(last[side] < first[side] for side in first) and len(first) == 2
 
 

@@ -103,6 +103,12 @@ def three_way_split(series, val_stride=10, fold=None):
     return sorted(train), sorted(val), sorted(test)
 
 
+def of_series(candidates, uids):
+    """The candidates that belong to the series `uids`."""
+    keep = set(uids)
+    return [c for c in candidates if c.series_uid in keep]
+
+
 def start_model(init, n_classes=2, depth=2, device="cpu"):
     """A LunaModel with `n_classes` outputs: `init`'s weights but a fresh head, only the last
     `depth` blocks trainable (train_malignancy.prepare_finetune); depth 0: a fresh model, every
@@ -182,9 +188,8 @@ def exercise_1(luna, seg, init, budget, device, seed=0, out=None, val_stride=10,
     train_uids, val_uids, test_uids = three_way_split(luna.series, val_stride, fold)
     val_uids, test_uids = val_uids[:max_cts], test_uids[:max_cts]
     candidates = read_candidates_ch14(luna)
-    in_set = lambda uids: [c for c in candidates if c.series_uid in set(uids)]  # noqa: E731
-    train_ds = LunaDataset(in_set(train_uids), luna.series)
-    val_ds = LunaDataset(in_set(val_uids), luna.series)
+    train_ds = LunaDataset(of_series(candidates, train_uids), luna.series)
+    val_ds = LunaDataset(of_series(candidates, val_uids), luna.series)
     nodules, seg_run = read_nodules(luna), prec.prepare(seg, "fp32")
     rows, states = [], {}
 
@@ -341,9 +346,9 @@ def exercise_2(luna, init, budget, device, seed=0, val_stride=10, fold=None):
     """14.2: one three-class model under each balancing (a), and the best against the book's
     two passes, nodule then malignancy classifier, on the same validation candidates (b)."""
     candidates = read_candidates_ch14(luna)
-    val_set = set(validation_uids(luna.series, val_stride, fold))
-    train_c = [c for c in candidates if c.series_uid not in val_set]
-    val_c = [c for c in candidates if c.series_uid in val_set]
+    val_uids = validation_uids(luna.series, val_stride, fold)
+    train_c = of_series(candidates, set(luna.series) - set(val_uids))
+    val_c = of_series(candidates, val_uids)
     train_ds = ThreeClassLunaDataset(train_c, luna.series)
     val_ds = ThreeClassLunaDataset(val_c, luna.series)
     val_loader = make_loader(val_ds, range(len(val_ds)), 32, 0, device)
@@ -419,12 +424,12 @@ def report_2(a):
                        (f"  one pass, {a['best']} ({a['samples']['one_pass']:,} training "
                         "samples)", f"  two passes ({a['samples']['two_pass']:,} training "
                         "samples)")))
-    better = "one pass" if best["mean_recall"] > two["mean_recall"] else (
-        "two passes" if two["mean_recall"] > best["mean_recall"] else "neither")
+    verdict = ("the one-pass model is better" if best["mean_recall"] > two["mean_recall"] else
+               "the two passes are better" if two["mean_recall"] > best["mean_recall"] else
+               "they tie")
     print(f"  -> mean per-class recall: one pass {best['mean_recall']:.3f}, two passes "
-          f"{two['mean_recall']:.3f}: {better} {'is' if better != 'neither' else ''} better"
-          f"{'' if better != 'neither' else ', they tie'}; one pass runs one network per "
-          "candidate, the analysis' two passes run two")
+          f"{two['mean_recall']:.3f}: {verdict}; one pass runs one network per candidate, the "
+          "analysis' two passes run two")
 
 
 # ----------------------------------------------------------------------------- 14.3
@@ -453,8 +458,7 @@ def exercise_3(luna, seg, init, budget, device, seed=0, val_stride=10, fold=None
     val_uids = validation_uids(luna.series, val_stride, fold)
     train_uids = sorted(set(luna.series) - set(val_uids))
     mine_uids, val_uids = train_uids[:max_cts], val_uids[:max_cts]
-    train_c = [c for c in candidates if c.series_uid in set(train_uids)]
-    val_c = [c for c in candidates if c.series_uid in set(val_uids)]
+    train_c, val_c = of_series(candidates, train_uids), of_series(candidates, val_uids)
     nodules, seg_run = read_nodules(luna), prec.prepare(seg, "fp32")
     mined, matched = mine_non_nodules(seg_run, luna, mine_uids, nodules, device)
     if not mined:

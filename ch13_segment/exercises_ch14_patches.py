@@ -127,8 +127,9 @@ def edge_losses(seg_run, dataset, width, device="cpu"):
         labels = torch.stack([label[0, r:r + TRAIN_CROP, c:c + TRAIN_CROP] for r, c in boxes])
         crop_loss = pixel_loss(seg_run(crops)[:, 0], labels).cpu()      # (K, 64, 64)
         inside = torch.stack([full[r:r + TRAIN_CROP, c:c + TRAIN_CROP] for r, c in boxes])
+        hu = region_means(x[dataset.context].cpu().numpy(), edge_band(x.shape[1:], width))
         slices.append({"full": full.numpy(), "crop": crop_loss.numpy(),
-                       "delta": (crop_loss - inside).numpy()})
+                       "delta": (crop_loss - inside).numpy(), "hu": hu})
     return slices
 
 
@@ -151,8 +152,8 @@ def exercise_4(luna, seg, cache_dir, width=EDGE_WIDTH, device="cpu", seed=0, out
     crop_inner = [s["crop"][:, ~band].ravel() for s in slices]
     delta_edge = [s["delta"][:, band].ravel() for s in slices]
     delta_inner = [s["delta"][:, ~band].ravel() for s in slices]
-    edge_minus_inner = [np.array([e.mean() - i.mean()]) for e, i in zip(
-        (s["crop"][:, band] for s in slices), (s["crop"][:, ~band] for s in slices))]
+    edge_minus_inner = [np.array([s["crop"][:, band].mean() - s["crop"][:, ~band].mean()])
+                        for s in slices]                # per slice, over its crops
     distance = border_distance((TRAIN_CROP, TRAIN_CROP))
     profile = {name: [float(np.mean([s[name][:, distance == d].mean() for s in slices]))
                       for d in range(TRAIN_CROP // 2)] for name in ("crop", "delta")}
@@ -162,7 +163,8 @@ def exercise_4(luna, seg, cache_dir, width=EDGE_WIDTH, device="cpu", seed=0, out
                   "diff": float(paired.mean()), "sd": float(paired.std(ddof=1))
                   if len(paired) > 1 else 0.0,
                   "ci": bootstrap_interval([[d] for d in paired], seed),
-                  "edge_higher": int((paired > 0).sum())},
+                  "edge_higher": int((paired > 0).sum()),
+                  "hu": tuple(float(np.mean([s["hu"][k] for s in slices])) for k in (0, 1))},
         "crops_loss": {"edge": float(np.concatenate(crop_edge).mean()),
                        "interior": float(np.concatenate(crop_inner).mean()),
                        "ci": bootstrap_interval(edge_minus_inner, seed)},
@@ -239,10 +241,11 @@ def report_4(a):
                   "not measurably different")
     lost = ("raises" if ctx["ci_edge"][0] > 0 else "lowers" if ctx["ci_edge"][1] < 0 else
             "does not measurably change")
-    print(f"  -> on whole slices the edge loss is {whole_says} than the interior's: the border "
-          "of a CT slice is air outside the body, easy to call; cutting the same pixels out "
-          f"as a crop {lost} their loss at the crop's edge, which is what the padding costs "
-          "(the profile: how far inward it reaches)")
+    print(f"  -> on whole slices the edge loss is {whole_says} than the interior's, but the "
+          f"regions differ: the edge band's mean is {w['hu'][0]:.0f} HU against "
+          f"{w['hu'][1]:.0f} HU inside (the border of a CT slice is mostly air outside the "
+          f"body). Like for like, cutting the same pixels out as a crop {lost} their loss at "
+          "the crop's edge: that is what the padding does (the profile: how far inward)")
     if a["png"]:
         print(f"  loss maps: {a['png']}")
 

@@ -4,7 +4,8 @@
     python ch13_segment/exercises_ch14.py                  # all five on the synthetic sample
     python ch13_segment/exercises_ch14.py --exercise 2     # one of them
     python ch13_segment/exercises_ch14.py --exercise 5 --stride 8,12,12 --patch-cts 1
-    python ch13_segment/exercises_ch14.py --epochs 10 --epoch-size 20000 --seg-model S --cls-model C
+    python ch13_segment/exercises_ch14.py --epochs 10 --epoch-size 20000 --val-negatives 0 \
+        --max-cts 100 --seg-model S --cls-model C          # book-sized, on LUNA16
 
 The networks are chapter 14's: the book's U-Net and nodule classifier by default (--seg-model,
 --cls-model take ones trained here). The classifiers the exercises train start from --cls-model
@@ -109,6 +110,16 @@ def of_series(candidates, uids):
     return [c for c in candidates if c.series_uid in keep]
 
 
+def validation_sample(candidates, negatives, seed=0):
+    """Every nodule of `candidates` and `negatives` of its non-nodules drawn at random (all of
+    them for 0 or more than there are), in the list's order: the listed validation, sized."""
+    others = [i for i, c in enumerate(candidates) if not c.is_nodule]
+    keep = set(others)
+    if 0 < negatives < len(others):
+        keep = set(np.random.default_rng(seed).choice(others, negatives, replace=False).tolist())
+    return [c for i, c in enumerate(candidates) if c.is_nodule or i in keep]
+
+
 def start_model(init, n_classes=2, depth=2, device="cpu"):
     """A LunaModel with `n_classes` outputs: `init`'s weights but a fresh head, only the last
     `depth` blocks trainable (train_malignancy.prepare_finetune); depth 0: a fresh model, every
@@ -182,14 +193,15 @@ def verdict_same(diff, spread, what):
 
 # ----------------------------------------------------------------------------- 14.1
 def exercise_1(luna, seg, init, budget, device, seed=0, out=None, val_stride=10, fold=None,
-               max_cts=30):
+               max_cts=10, val_negatives=0):
     """14.1: train a nodule classifier on a three-way split, pick its epoch by the end-to-end
     analysis of the validation CTs, then analyse the test CTs once with that checkpoint."""
     train_uids, val_uids, test_uids = three_way_split(luna.series, val_stride, fold)
     val_uids, test_uids = val_uids[:max_cts], test_uids[:max_cts]
     candidates = read_candidates_ch14(luna)
     train_ds = LunaDataset(of_series(candidates, train_uids), luna.series)
-    val_ds = LunaDataset(of_series(candidates, val_uids), luna.series)
+    val_ds = LunaDataset(validation_sample(of_series(candidates, val_uids), val_negatives, seed),
+                         luna.series)
     nodules, seg_run = read_nodules(luna), prec.prepare(seg, "fp32")
     rows, states = [], {}
 
@@ -220,6 +232,7 @@ def exercise_1(luna, seg, init, budget, device, seed=0, out=None, val_stride=10,
                                 make_optimizer(model, "adam", budget.lr), {"exercise": "14.1"},
                                 picked["epoch"], picked["epoch"] * budget.epoch_size)
     return {"split": {"train": len(train_uids), "val": len(val_uids), "test": len(test_uids)},
+            "listed": (sum(val_ds.labels()), len(val_ds) - sum(val_ds.labels())),
             "epochs": rows, "picked_epoch": picked["epoch"], "val": v, "test": t,
             "recall_diff": t["recall"] - v["recall"], "recall_se": float(recall_se),
             "fp_diff": t["fp_per_ct"] - v["fp_per_ct"], "fp_se": float(fp_se),
@@ -229,7 +242,8 @@ def exercise_1(luna, seg, init, budget, device, seed=0, out=None, val_stride=10,
 def report_1(a):
     s = a["split"]
     print(f"  split by series: {s['train']} training, {s['val']} validation (the chapter's), "
-          f"{s['test']} test series (halfway between validation ones)")
+          f"{s['test']} test series (halfway between validation ones); the listed validation "
+          f"candidates: {a['listed'][0]} nodules, {a['listed'][1]} non-nodules")
     print("  epoch | F1 on the listed validation candidates | the analysis of the validation "
           "CTs: found/nodules  recall  FP/CT  F1")
     for r in a["epochs"]:
@@ -342,13 +356,13 @@ def two_pass_classes(p_nodule, p_malignant, nodule_threshold=NODULE_THRESHOLD,
                     np.where(p_malignant > malignant_threshold, 2, 1))
 
 
-def exercise_2(luna, init, budget, device, seed=0, val_stride=10, fold=None):
+def exercise_2(luna, init, budget, device, seed=0, val_stride=10, fold=None, val_negatives=0):
     """14.2: one three-class model under each balancing (a), and the best against the book's
     two passes, nodule then malignancy classifier, on the same validation candidates (b)."""
     candidates = read_candidates_ch14(luna)
     val_uids = validation_uids(luna.series, val_stride, fold)
     train_c = of_series(candidates, set(luna.series) - set(val_uids))
-    val_c = of_series(candidates, val_uids)
+    val_c = validation_sample(of_series(candidates, val_uids), val_negatives, seed)
     train_ds = ThreeClassLunaDataset(train_c, luna.series)
     val_ds = ThreeClassLunaDataset(val_c, luna.series)
     val_loader = make_loader(val_ds, range(len(val_ds)), 32, 0, device)
@@ -406,8 +420,9 @@ def format_confusion(table):
 
 def report_2(a):
     counts = a["val_counts"]
-    print(f"  validation candidates: {counts[0]} non-nodules, {counts[1]} benign, {counts[2]} "
-          "malignant nodules (per-class recall of so few nodules moves in big steps)")
+    print(f"  validation candidates: {counts[0]} non-nodules (--val-negatives), {counts[1]} "
+          f"benign, {counts[2]} malignant nodules (per-class recall of so few nodules moves in "
+          "big steps)")
     print("  a. Which balancing works best? per-class recall on the validation candidates")
     print(f"  {'balancing':>20} | drawn: non-nodule  benign  malignant | recall: non-nodule  "
           "benign  malignant | mean")
@@ -456,14 +471,16 @@ def mine_non_nodules(seg_run, luna, uids, nodules, device="cpu", batch_size=4):
     return mined, matched
 
 
-def exercise_3(luna, seg, init, budget, device, seed=0, val_stride=10, fold=None, max_cts=30):
+def exercise_3(luna, seg, init, budget, device, seed=0, val_stride=10, fold=None, max_cts=10,
+               val_negatives=0):
     """14.3: non-nodules mined by the segmentation pipeline instead of candidates.csv's: does
     the classifier improve (a), and which candidates change most (b)?"""
     candidates = read_candidates_ch14(luna)
     val_uids = validation_uids(luna.series, val_stride, fold)
     train_uids = sorted(set(luna.series) - set(val_uids))
     mine_uids, val_uids = train_uids[:max_cts], val_uids[:max_cts]
-    train_c, val_c = of_series(candidates, train_uids), of_series(candidates, val_uids)
+    train_c = of_series(candidates, train_uids)
+    val_c = validation_sample(of_series(candidates, val_uids), val_negatives, seed)
     nodules, seg_run = read_nodules(luna), prec.prepare(seg, "fp32")
     mined, matched = mine_non_nodules(seg_run, luna, mine_uids, nodules, device)
     if not mined:
@@ -568,17 +585,20 @@ def parse_args(argv=None):
     p.add_argument("--cls-model", default=None,
                    help="nodule classifier: what 14.5 runs and 14.1-14.3 fine-tune from "
                         f"(default: the book's {Path(BOOK_CLS_MODEL).name})")
-    p.add_argument("--epochs", type=int, default=3, help="per training run (default: %(default)s)")
-    p.add_argument("--epoch-size", type=int, default=960,
+    p.add_argument("--epochs", type=int, default=2, help="per training run (default: %(default)s)")
+    p.add_argument("--epoch-size", type=int, default=320,
                    help="training samples per epoch (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="default: %(default)s")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's (default: %(default)s)")
     p.add_argument("--finetune-depth", type=int, choices=(0, 1, 2), default=2,
                    help="blocks fine-tuned from --cls-model: 1 the head, 2 block4 and the head, "
                         "0 a fresh model trained whole (default: %(default)s)")
-    p.add_argument("--max-cts", type=int, default=30,
+    p.add_argument("--max-cts", type=int, default=10,
                    help="CTs analysed at most per set (14.1's validation and test, 14.3's mined "
                         "and validated; default: %(default)s)")
+    p.add_argument("--val-negatives", type=int, default=200,
+                   help="listed validation non-nodules scored by 14.1-14.3, drawn at random "
+                        "beside every nodule (0: all of them; default: %(default)s)")
     p.add_argument("--edge-width", type=int, default=EDGE_WIDTH,
                    help="14.4: pixels from the border that count as edge (default: %(default)s)")
     p.add_argument("--stride", type=parse_stride, action="append", metavar="I,R,C",
@@ -595,6 +615,7 @@ def parse_args(argv=None):
     for flag in ("epochs", "epoch_size", "batch_size", "max_cts", "patch_cts"):
         require_at_least("--" + flag.replace("_", "-"), getattr(args, flag), 1)
     require_at_least("--edge-width", args.edge_width, 1)
+    require_at_least("--val-negatives", args.val_negatives, 0)
     if not args.lr > 0:
         raise DataError(f"--lr {args.lr}: must be above 0")
     args.exercise = sorted(set(args.exercise or EXERCISES))
@@ -640,20 +661,21 @@ def main(argv=None):
         print("(the synthetic sample: the answers show the mechanics; their sizes mean something "
               "on LUNA16 with longer runs, see the README)")
     split = {"val_stride": args.val_stride, "fold": args.fold}
+    listed = {"val_negatives": args.val_negatives}
     answers = {}
     for n in args.exercise:
         print(f"\nExercise 14.{n}: {QUESTIONS[n]}", flush=True)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         if n == 1:
             answers[1] = exercise_1(luna, seg, cls, budget, device, args.seed, out,
-                                    max_cts=args.max_cts, **split)
+                                    max_cts=args.max_cts, **split, **listed)
             report_1(answers[1])
         elif n == 2:
-            answers[2] = exercise_2(luna, cls, budget, device, args.seed, **split)
+            answers[2] = exercise_2(luna, cls, budget, device, args.seed, **split, **listed)
             report_2(answers[2])
         elif n == 3:
             answers[3] = exercise_3(luna, seg, cls, budget, device, args.seed,
-                                    max_cts=args.max_cts, **split)
+                                    max_cts=args.max_cts, **split, **listed)
             report_3(answers[3])
         elif n == 4:
             answers[4] = patches.exercise_4(luna, seg, mask_cache_dir(args.data_dir),
@@ -664,7 +686,9 @@ def main(argv=None):
                                             out, **split)
             patches.report_5(answers[5])
         answers[n]["seconds"] = time.perf_counter() - started
-        print(f"  ({answers[n]['seconds']:.0f} s)", flush=True)
+        answers[n]["cpu_seconds"] = time.process_time() - cpu
+        print(f"  ({answers[n]['seconds']:.0f} s, {answers[n]['cpu_seconds']:.0f} s of CPU time)",
+              flush=True)
     return answers
 
 

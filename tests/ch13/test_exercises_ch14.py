@@ -10,7 +10,7 @@ from torch import nn
 from ch10_luna.model import LunaModel
 from ch13_segment import exercises_ch14 as ex
 from ch13_segment import exercises_ch14_patches as expatch
-from ch13_segment.dsets_cls import balanced_kind, read_candidates_ch14
+from ch13_segment.dsets_cls import MalCandidate, balanced_kind, read_candidates_ch14
 from ch13_segment.model import UNetWrapper
 from ch13_segment.nodule_analysis import Annotation, group_candidates, match_and_score, read_nodules
 from common.ct import Ct, load_ct
@@ -51,6 +51,18 @@ def test_table_scores_read_the_books_table():
     assert (s["found"], s["nodules"], s["fp"]) == (5, 9, 4)
     assert s["recall"] == pytest.approx(5 / 9) and s["fp_per_ct"] == 2.0
     assert s["f1"] == pytest.approx(2 * 5 / (5 + 4 + 9))
+
+
+def test_validation_sample_keeps_every_nodule_and_draws_the_non_nodules():
+    candidates = [MalCandidate(k % 10 == 0, False, False, 0.0, "u", (float(k), 0.0, 0.0))
+                  for k in range(100)]                   # 10 nodules, 90 non-nodules
+    sample = ex.validation_sample(candidates, 25, seed=1)
+    assert sum(c.is_nodule for c in sample) == 10 and len(sample) == 35
+    assert sample == [c for c in candidates if c in sample]         # the list's order
+    assert sample == ex.validation_sample(candidates, 25, seed=1)
+    assert sample != ex.validation_sample(candidates, 25, seed=2)
+    for everything in (0, 90, 500):
+        assert ex.validation_sample(candidates, everything) == candidates
 
 
 # ----------------------------------------------------------------------------- 14.2
@@ -247,8 +259,8 @@ def test_main_answers_every_exercise(seg_luna, smallest_models, tmp_path, capsys
     seg, cls = smallest_models
     answers = ex.main(["--data-dir", str(seg_luna.root), "--seg-model", seg, "--cls-model", cls,
                        "--epochs", "1", "--epoch-size", "8", "--batch-size", "4",
-                       "--val-stride", "3", "--max-cts", "1", "--stride", "32,48,48",
-                       "--patch-cts", "1", "--out", str(tmp_path / "out")])
+                       "--val-stride", "3", "--max-cts", "1", "--val-negatives", "6",
+                       "--stride", "32,48,48", "--patch-cts", "1", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert set(answers) == {1, 2, 3, 4, 5}
     for n in range(1, 6):
@@ -258,6 +270,7 @@ def test_main_answers_every_exercise(seg_luna, smallest_models, tmp_path, capsys
                   "crops classified per CT"):
         assert label in out
     assert answers[1]["split"] == {"train": 1, "val": 1, "test": 1}
+    assert answers[1]["listed"][1] == 6 and answers[2]["val_counts"][0] == 6
     assert set(answers[2]["runs"]) == set(ex.BALANCINGS)
     assert answers[3]["mined"] >= 1
     for png in (answers[4]["png"], answers[5]["png"]):

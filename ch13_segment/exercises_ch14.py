@@ -445,11 +445,10 @@ def report_2(a):
     right = {name: (int(t[1, 1] + t[2, 2]), int(t[0, 0]))
              for name, t in (("one", best["table"]), ("two", two["table"]))}
     print(f"  -> mean per-class recall: one pass {best['mean_recall']:.3f}, two passes "
-          f"{two['mean_recall']:.3f}: {verdict}, by {abs(right['one'][0] - right['two'][0])} "
-          f"of the {counts[1] + counts[2]} nodules graded right ({right['one'][0]} against "
-          f"{right['two'][0]}) and {abs(right['one'][1] - right['two'][1])} of the "
-          f"{counts[0]} non-nodules ({right['one'][1]} against {right['two'][1]}); one pass "
-          "runs one network per candidate, the analysis' two passes run two")
+          f"{two['mean_recall']:.3f}: {verdict}; one pass grades {right['one'][0]} of the "
+          f"{counts[1] + counts[2]} nodules right (two passes: {right['two'][0]}) and "
+          f"{right['one'][1]} of the {counts[0]} non-nodules (two passes: {right['two'][1]}); "
+          "one pass runs one network per candidate, the analysis' two passes run two")
 
 
 # ----------------------------------------------------------------------------- 14.3

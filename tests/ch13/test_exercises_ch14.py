@@ -280,7 +280,8 @@ def test_main_answers_every_exercise(seg_luna, smallest_models, tmp_path, capsys
 @pytest.mark.parametrize("argv, flag", [(["--exercise", "6"], "--exercise"),
                                         (["--stride", "40,48,48"], "--stride"),
                                         (["--stride", "8,12"], "--stride"),
-                                        (["--epochs", "0"], "--epochs")])
+                                        (["--epochs", "0"], "--epochs"),
+                                        (["--val-negatives", "-1"], "--val-negatives")])
 def test_bad_flags_are_one_line(argv, flag, capsys):
     code, err = run_main(ex.main, argv, capsys)
     assert_one_error_line(code, err, flag)

@@ -75,7 +75,8 @@ def parse_run_args(parse_args, argv, model_name, keeps, prefix, load=None):
         args = argparse.Namespace(**restore_settings(vars(args), saved, vars(parse_args([])),
                                                      keeps, path))
         args.resume = str(path)
-        if why:
+        if why:                          # found in the run folder: the run goes on there
+            args.run_dir = str(Path(path).parent)
             say_first(f"{why}: continuing from {path} ({resume_place(saved)})")
     run_dir = run_directory(args.run_dir, args.resume, args.tb_prefix, args.comment)
     return args, saved, check_writable(run_dir, "--run-dir")
@@ -318,9 +319,10 @@ def check_resumable(state, path):
 def check_resume_point(state, path, epoch_size=None):
     """The resume point of a checked `state` (check_resumable) as a whole: its epoch, batch,
     sample counts and partial metrics agree with each other and with the saved batch size and
-    epoch size (`epoch_size`: the run's samples per epoch now, before main's equal-shares trim;
-    None: the saved --epoch-size, and where that is unset the checks that need it pass). A
-    DataError naming the file and what disagrees.
+    epoch size (`epoch_size`: the run's samples per epoch now, before main's equal-shares trim,
+    which the batch must fit; None: the saved --epoch-size). The sample counts of earlier epochs
+    are checked against a saved --epoch-size only (left to the data, they may have differed).
+    A DataError naming the file and what disagrees.
 
     What the trainers write: at the end of epoch e, samples seen after e epochs (none
     mid-epoch); in epoch e after batch b (1 <= b < the epoch's batches per process), each
@@ -344,9 +346,9 @@ def check_resume_point(state, path, epoch_size=None):
             raise DataError(f"{where} field 'totalTrainingSamples_count' is {seen} after "
                             f"epoch {epoch}: " + ("none are seen before epoch 1" if epoch == 0
                                                   else "each epoch trains on some"))
-        if epoch_size and seen > epoch * epoch_size:
+        if saved_size and seen > epoch * saved_size:
             raise DataError(f"{where} field 'totalTrainingSamples_count' is {seen}, more than "
-                            f"{epoch} epoch(s) of {epoch_size} samples hold")
+                            f"{epoch} epoch(s) of {saved_size} samples hold")
         return
     parts, start = state["trn_partial"], state["epoch_start_samples"]
     world = len(parts)
@@ -381,9 +383,9 @@ def check_resume_point(state, path, epoch_size=None):
     if (epoch == 1) != (start == 0):
         raise DataError(f"{where} field 'epoch_start_samples' is {start} in epoch {epoch}: "
                         + ("epoch 1 starts at 0" if epoch == 1 else "earlier epochs saw some"))
-    if epoch_size and start > (epoch - 1) * epoch_size:
+    if saved_size and start > (epoch - 1) * saved_size:
         raise DataError(f"{where} field 'epoch_start_samples' is {start}, more than the "
-                        f"{epoch - 1} epoch(s) before epoch {epoch} hold ({epoch_size} samples "
+                        f"{epoch - 1} epoch(s) before epoch {epoch} hold ({saved_size} samples "
                         "each)")
 
 

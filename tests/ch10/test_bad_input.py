@@ -411,11 +411,12 @@ def resumed_rows(state, tmp_path, capsys, name="case"):
         state["args"]["run_dir"] = str(run)           # a resumed run writes where it was saved
     path = tmp_path / f"{name}.state"
     torch.save(state, path)
+    capsys.readouterr()                               # an earlier case's progress bars
     try:
         run_cli(train_cls.main, ["--resume", str(path)])
     except SystemExit as e:
         err = capsys.readouterr().err.strip().splitlines()
-        assert e.code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+        assert e.code == 2 and len(err) == 1 and "Traceback" not in err[0], err[-3:]
         assert err[0].startswith(f"error: --resume {path}: "), err
         assert not run.exists()                       # refused before the run starts
         return err[0]

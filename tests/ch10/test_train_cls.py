@@ -133,6 +133,9 @@ def test_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run(
     shutil.copytree(killed, run_b)
     last = run_b / "cls_dlwpt.last.state"
     if how == "--resume PATH":
+        state = torch.load(last, weights_only=True)
+        state["args"]["run_dir"] = str(run_b)          # the copy: a resumed run writes there
+        torch.save(state, last)
         main(["--resume", str(last)])
     else:
         main(["--data-dir", str(tiny_luna), *KILLED_RUN, "--run-dir", str(run_b), "--resume",

@@ -99,15 +99,15 @@ def resume_from(args, prefix):
         return None, None
     folder = run_directory(args.run_dir, None, args.tb_prefix, args.comment)
     last = run_files(folder, prefix, args.comment)[0]
+    if job is not None and last.exists() and read_torch(last, "the run's last checkpoint").get(
+            "torchrun_run_id") == job.run_id:
+        return last, f"torchrun restarted job {job.run_id}"
     if args.resume == "auto":
         if last.exists():
             return last, "--resume auto"
         say_first(f"--resume auto: no checkpoint in {folder} yet; starting the run from its "
                   "beginning")
         return None, None
-    if last.exists() and read_torch(last, "the run's last checkpoint").get(
-            "torchrun_run_id") == job.run_id:
-        return last, f"torchrun restarted job {job.run_id}"
     if job.restart > 0:
         say_first(f"torchrun restart {job.restart} of job {job.run_id}: no checkpoint of it in "
                   f"{folder} yet; starting the run from its beginning")

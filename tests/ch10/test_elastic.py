@@ -79,6 +79,8 @@ def test_a_started_again_job_continues_from_its_own_last_checkpoint(torchrun, tm
     assert (saved["epoch"], args.resume, run_dir) == (1, str(last), tmp_path / "run")
     assert capsys.readouterr().out == (f"torchrun restarted job job-7: continuing from {last} "
                                        "(after epoch 1)\n")
+    parse(["--run-dir", str(tmp_path / "run"), "--resume", "auto"])   # the README's command
+    assert capsys.readouterr().out.startswith("torchrun restarted job job-7: continuing from")
 
 
 def test_another_jobs_checkpoint_is_not_continued_without_resume_auto(torchrun, tmp_path,

@@ -14,6 +14,7 @@ import datetime
 import os
 import platform
 import re
+import socket
 import time
 from collections import namedtuple
 
@@ -166,15 +167,14 @@ def fresh_store(rank, world):
     deadline = time.monotonic() + STORE_TIMEOUT.total_seconds()
     while True:
         port = int(agent.get(announce))
-        try:
-            store = dist.TCPStore(host, port, world, is_master=False,
-                                  timeout=datetime.timedelta(seconds=5))
-        except RuntimeError:                   # DistNetworkError: refused, a dead one's port
+        try:            # a plain probe: a TCPStore refused retries and logs C++ stack frames
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError:                        # refused: a dead process's port
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
             continue
-        store.set_timeout(STORE_TIMEOUT)
+        store = dist.TCPStore(host, port, world, is_master=False, timeout=STORE_TIMEOUT)
         return store
 
 

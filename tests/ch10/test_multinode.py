@@ -123,6 +123,7 @@ def assert_restarted_as_uninterrupted(runs, run_dir, said, marker):
     assert marker.exists()                                        # the kill did land
     assert "exitcode: -9" in said.stderr                           # torchrun saw the SIGKILL
     assert "Traceback" not in said.stderr          # the survivor: one line, then restarted
+    assert "Exception raised from" not in said.stderr     # nor C++ frames from a stale store
     (line,) = [line for line in said.stdout.splitlines() if "torchrun restarted job" in line]
     assert line.endswith(f"continuing from {run_dir / 'cls_dlwpt.last.state'} (epoch 1, "
                          "after batch 1)")

@@ -10,8 +10,12 @@ see the results (a loader, an `amp`, a model that takes plain batches).
 import argparse
 import contextlib
 import ctypes
+import datetime
 import os
 import platform
+import re
+import socket
+import time
 from collections import namedtuple
 
 import numpy as np
@@ -20,9 +24,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from common.device import add_device_argument, pick_device
+from common.errors import DataError
 
 # One process of a run: its device, rank and the number of processes; `say` prints on rank 0.
 Proc = namedtuple("Proc", ["device", "rank", "world", "say"])
+# How torchrun started this process: its run id (--rdzv-id; a fresh one per --standalone
+# launch), which start of the job this is (0: the first, 1: the first restart, ...) and how many
+# restarts --max-restarts allows. None for a process not started by torchrun.
+Elastic = namedtuple("Elastic", ["run_id", "restart", "max_restarts"])
 # Mixed precision: the autocast context to run the model in, and the GradScaler (enabled only
 # for float16, which needs it; a disabled one passes the loss and the step straight through);
 # `dtype` is what the autocast computes in.
@@ -77,6 +86,21 @@ def is_node_leader():
     return int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
+def launched_rank():
+    """This process's rank as torchrun set it, before the process group is joined (0 alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def elastic():
+    """torchrun's Elastic for this process (restarts after a lost process or node); None when
+    torchrun did not start it."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    return Elastic(os.environ["TORCHELASTIC_RUN_ID"],
+                   int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")),
+                   int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")))
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()
@@ -97,12 +121,61 @@ def process_group(device_name="auto"):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    backend, job = "nccl" if device.type == "cuda" else "gloo", elastic()
+    if job is not None and job.max_restarts > 0 and \
+            os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        rank, world = launched_rank(), int(os.environ["WORLD_SIZE"])
+        dist.init_process_group(backend, store=fresh_store(rank, world), rank=rank,
+                                world_size=world)
+    else:
+        dist.init_process_group(backend)
     try:
         rank = dist.get_rank()
         yield Proc(device, rank, dist.get_world_size(), print if rank == 0 else _quiet)
+    except RuntimeError as e:
+        lost = LOST_PEER.search(str(e))
+        if lost is None:
+            raise
+        raise DataError(f"rank {rank}: lost another process of the run ({lost.group(0)}); a "
+                        "torchrun job with --max-restarts starts again from its last "
+                        "checkpoint") from None
     finally:
         dist.destroy_process_group()
+
+
+# What gloo and nccl say when another process of the group died (collectives fail, not hang).
+LOST_PEER = re.compile(r"Connection (reset|closed) by peer|Broken pipe|NCCL communicator was "
+                       r"aborted|remote process exited")
+STORE_TIMEOUT = datetime.timedelta(minutes=30)           # torch's default for collectives
+
+
+def fresh_store(rank, world):
+    """A key-value store of this start's own for the process group of a torchrun job that may
+    restart. torchrun hands every start of a job the same store, where the keys of the start
+    before are still there: a restarted process may read a dead peer's address and fail to
+    connect (pytorch issue 135712). Rank 0 hosts a new store and announces its port in
+    torchrun's; the others connect to the announced port, reading it again while it is a dead
+    process's (refused)."""
+    host, announce = os.environ["MASTER_ADDR"], f"dlwpt/store/{os.environ['TORCHELASTIC_RUN_ID']}"
+    agent = dist.TCPStore(host, int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=STORE_TIMEOUT)
+    if rank == 0:
+        store = dist.TCPStore(host, 0, world, is_master=True, timeout=STORE_TIMEOUT,
+                              wait_for_workers=False)
+        agent.set(announce, str(store.port))
+        return store
+    deadline = time.monotonic() + STORE_TIMEOUT.total_seconds()
+    while True:
+        port = int(agent.get(announce))
+        try:            # a plain probe: a TCPStore refused retries and logs C++ stack frames
+            socket.create_connection((host, port), timeout=5).close()
+        except OSError:                        # refused: a dead process's port
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+            continue
+        store = dist.TCPStore(host, port, world, is_master=False, timeout=STORE_TIMEOUT)
+        return store
 
 
 def describe(proc, amp):

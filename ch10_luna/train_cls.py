@@ -3,14 +3,15 @@
     python ch10_luna/train_cls.py --epochs 1                  # the built-in sample if no LUNA16
     python ch10_luna/train_cls.py --augmented --epochs 10 full-aug
     python ch10_luna/train_cls.py --resume runs/ch10/<run>/cls_full-aug.last.state --epochs 20
-    torchrun --nproc_per_node=2 ch10_luna/train_cls.py --epochs 1
+    torchrun --nproc_per_node=2 --max-restarts 3 ch10_luna/train_cls.py --run-dir R --resume auto
 
 The book's doTraining and doValidation are train_one_epoch and evaluate, its logMetrics
 metrics.py's summarize and log_metrics; main sets up the run around them (processes, mixed
 precision, memory layout, checkpoints and resume, augmentation). Per epoch and phase it prints
 and logs (TensorBoard and metrics.jsonl in the run directory) loss, percent correct, precision,
 recall and F1; checkpoints use the book's dict format, are written atomically, and `--resume`
-continues a run exactly where its last checkpoint left it, mid-epoch too.
+continues a run exactly where its last checkpoint left it, mid-epoch too (`--resume auto`, and
+torchrun's restarts, from the last one in the run folder).
 """
 import argparse
 import time
@@ -174,7 +175,7 @@ def evaluate(model, loader, amp):
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    args, saved, run_dir = parse_run_args(parse_args, argv, "LunaModel", RESUME_KEEPS)
+    args, saved, run_dir = parse_run_args(parse_args, argv, "LunaModel", RESUME_KEEPS, "cls")
     with process_group(args.device) as proc:                # torchrun's ranks, or one process
         seed_everything(args.seed)
         luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)
@@ -190,7 +191,8 @@ def main(argv=None):
                  f"{args.optimizer} lr {args.lr:g}")
         model = use_memory_format(LunaModel().to(proc.device), memory_format(proc.device, amp))
         optimizer = make_optimizer(model, args.optimizer, args.lr)
-        start = resume_training(model, optimizer, saved, args.resume, proc, "best_f1")
+        start = resume_training(model, optimizer, saved, args.resume, proc, "best_f1",
+                                epoch_size)
         if args.compile:
             model.compile()                                 # torch.compile, names kept
         model = distribute(model, proc)                     # DDP when there are several

@@ -227,7 +227,7 @@ def diameter_auc(candidates):
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    args, saved, run_dir = parse_run_args(parse_args, argv, "LunaModel", RESUME_KEEPS,
+    args, saved, run_dir = parse_run_args(parse_args, argv, "LunaModel", RESUME_KEEPS, "mal",
                                           load=load_resume_state)
     # Resuming a fine-tuning run freezes the same blocks; the weights come from the checkpoint.
     finetune_state = (saved["model_state"] if saved else

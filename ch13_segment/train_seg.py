@@ -264,7 +264,7 @@ def sha1(path):
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    args, saved, run_dir = parse_run_args(parse_args, argv, "UNetWrapper", RESUME_KEEPS)
+    args, saved, run_dir = parse_run_args(parse_args, argv, "UNetWrapper", RESUME_KEEPS, "seg")
     with process_group(args.device) as proc:                # torchrun's ranks, or one process
         seed_everything(args.seed)
         luna = locate_luna(args.data_dir, args.synthetic, announce=proc.say)

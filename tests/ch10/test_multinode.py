@@ -1,6 +1,8 @@
 """train_cls.py past one machine: two torchrun "nodes" on loopback (c10d rendezvous, one process
 each) train as one node of two processes does, and a run resumed with another number of
-processes refuses a mid-epoch checkpoint in one line and continues from an end-of-epoch one."""
+processes refuses a mid-epoch checkpoint in one line and continues from an end-of-epoch one.
+torchrun --max-restarts: a process killed mid-epoch (one of two, or one node's), the job
+restarts and continues from the last checkpoint to the uninterrupted run's metrics and weights."""
 import os
 import subprocess
 import sys
@@ -12,9 +14,16 @@ import torch
 
 from ch10_luna.train_cls import main
 from common.data import REPO_ROOT
-from tests.helpers import assert_same_rows, read_jsonl, torchrun_nodes, torchrun_two_processes
+from tests.helpers import (
+    assert_same_rows,
+    kill_after_script,
+    kill_env,
+    read_jsonl,
+    torchrun_nodes,
+    torchrun_two_processes,
+)
 
-pytestmark = pytest.mark.slow           # two torchrun jobs of two processes: about a minute
+pytestmark = pytest.mark.slow           # four torchrun jobs of two processes
 
 SCRIPT = REPO_ROOT / "ch10_luna" / "train_cls.py"
 # train_cls.py, also keeping a copy of its mid-epoch checkpoint (the end of the epoch overwrites
@@ -106,3 +115,46 @@ def test_an_end_of_epoch_checkpoint_of_two_processes_continues_with_one(runs):
     assert_same_rows(runs.rows, rows[:2])                             # the first epoch kept
     assert rows[2]["count/pos"] + rows[2]["count/neg"] == 32 and rows[2]["samples"] == 64
     assert torch.load(last, weights_only=True)["epoch"] == 2
+
+
+# --------------------------------------------------------------------------- torchrun restarts
+def assert_restarted_as_uninterrupted(runs, run_dir, said, marker):
+    """The killed and restarted job's run folder against the uninterrupted one-node run's."""
+    assert marker.exists()                                        # the kill did land
+    assert "exitcode: -9" in said.stderr                           # torchrun saw the SIGKILL
+    assert "Traceback" not in said.stderr          # the survivor: one line, then restarted
+    assert "Exception raised from" not in said.stderr     # nor C++ frames from a stale store
+    (line,) = [line for line in said.stdout.splitlines() if "torchrun restarted job" in line]
+    assert line.endswith(f"continuing from {run_dir / 'cls_dlwpt.last.state'} (epoch 1, "
+                         "after batch 1)")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert len(rows) == len(runs.one_rows) == 2
+    assert_same_rows(runs.one_rows, rows)
+    restarted = torch.load(run_dir / "cls_dlwpt.last.state", weights_only=True)
+    single = torch.load(runs.one_node / "cls_dlwpt.last.state", weights_only=True)
+    assert (restarted["epoch"], "batch" in restarted) == (1, False)
+    for key, value in single["model_state"].items():
+        torch.testing.assert_close(restarted["model_state"][key], value, msg=key)
+
+
+def test_torchrun_restarts_a_killed_process_and_the_job_ends_as_uninterrupted(
+        runs, tiny_luna, tmp_path):
+    run_dir = tmp_path / "run"
+    env = kill_env(run_dir / "cls_dlwpt.last.state", tmp_path / "killed", epoch=1, batch=1,
+                   rank=1)                         # rank 1, right after batch 1's checkpoint
+    result = torchrun_two_processes(kill_after_script(tmp_path), "ch10_luna.train_cls",
+                                    *run_args(tiny_luna, run_dir), max_restarts=2, env=env)
+    assert_restarted_as_uninterrupted(runs, run_dir, result, tmp_path / "killed")
+
+
+def test_torchrun_restarts_after_one_nodes_process_is_killed(runs, tiny_luna, tmp_path):
+    run_dir = tmp_path / "shared"                  # both nodes see it: a shared filesystem
+    env = kill_env(run_dir / "cls_dlwpt.last.state", tmp_path / "killed", epoch=1, batch=1,
+                   rank=0)                         # the node of rank 0, which writes
+    nodes = torchrun_nodes(kill_after_script(tmp_path), [
+        ["ch10_luna.train_cls", *run_args(tiny_luna, run_dir)]] * 2, max_restarts=2, env=env)
+    said = [r for r in nodes if "torchrun restarted job" in r.stdout]
+    assert len(said) == 1                          # rank 0's node says it, once
+    stderr = "".join(r.stderr for r in nodes)
+    assert_restarted_as_uninterrupted(runs, run_dir, subprocess.CompletedProcess(
+        [], 0, said[0].stdout, stderr), tmp_path / "killed")

@@ -103,22 +103,60 @@ KILL_AFTER_SAVING = textwrap.dedent("""
 """)
 
 
-def test_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run(tiny_luna, tmp_path):
-    common = ["--data-dir", str(tiny_luna), "--epochs", "2", "--epoch-size", "64",
-              "--batch-size", "8", "--augmented", "--checkpoint-every", "1"]
-    main([*common, "--run-dir", str(tmp_path / "a")])
-    run_b = tmp_path / "b"
+KILLED_RUN = ["--epochs", "2", "--epoch-size", "64", "--batch-size", "8", "--augmented",
+              "--checkpoint-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def killed_mid_epoch(tiny_luna, tmp_path_factory):
+    """(the rows of a KILLED_RUN nothing stopped, the folder of the same run killed with
+    SIGKILL right after its checkpoint of epoch 2, batch 3)."""
+    tmp = tmp_path_factory.mktemp("killed")
+    common = ["--data-dir", str(tiny_luna), *KILLED_RUN]
+    main([*common, "--run-dir", str(tmp / "a")])
+    run_b = tmp / "b"
     killed = subprocess.run([sys.executable, "-c", KILL_AFTER_SAVING, *common, "--run-dir",
                              str(run_b)], capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]                 # SIGKILLed
-    last = run_b / "cls_dlwpt.last.state"
-    state = torch.load(last, weights_only=True)
+    state = torch.load(run_b / "cls_dlwpt.last.state", weights_only=True)
     assert (state["epoch"], state["batch"]) == (2, 3)
     assert len(read_jsonl(run_b / "metrics.jsonl")) == 2                  # epoch 1 only
-    main(["--resume", str(last)])
-    a, b = read_jsonl(tmp_path / "a" / "metrics.jsonl"), read_jsonl(run_b / "metrics.jsonl")
+    return read_jsonl(tmp / "a" / "metrics.jsonl"), run_b
+
+
+@pytest.mark.parametrize("how", ["--resume PATH", "--resume auto"])
+def test_resumed_after_a_kill_mid_epoch_equals_an_uninterrupted_run(
+        killed_mid_epoch, tiny_luna, tmp_path, capsys, how):
+    """`--resume PATH`, or the same command again with `--resume auto` (a requeued job)."""
+    rows, killed = killed_mid_epoch
+    run_b = tmp_path / "b"
+    shutil.copytree(killed, run_b)
+    last = run_b / "cls_dlwpt.last.state"
+    if how == "--resume PATH":
+        state = torch.load(last, weights_only=True)
+        state["args"]["run_dir"] = str(run_b)          # the copy: a resumed run writes there
+        torch.save(state, last)
+        main(["--resume", str(last)])
+    else:
+        main(["--data-dir", str(tiny_luna), *KILLED_RUN, "--run-dir", str(run_b), "--resume",
+              "auto"])
+        assert capsys.readouterr().out.startswith(
+            f"--resume auto: continuing from {last} (epoch 2, after batch 3)\n")
+    b = read_jsonl(run_b / "metrics.jsonl")
     assert len(b) == 4
-    assert_same_rows(a, b)
+    assert_same_rows(rows, b)
+
+
+def test_resume_auto_with_nothing_to_resume_starts_the_run_and_says_so(tiny_luna, tmp_path,
+                                                                       capsys):
+    from ch10_luna.checkpoints import parse_run_args
+    from ch10_luna.train_cls import RESUME_KEEPS
+
+    argv = ["--data-dir", str(tiny_luna), "--run-dir", str(tmp_path / "new"), "--resume", "auto"]
+    args, saved, run_dir = parse_run_args(parse_args, argv, "LunaModel", RESUME_KEEPS, "cls")
+    assert (saved, run_dir, args.resume) == (None, tmp_path / "new", "auto")
+    assert capsys.readouterr().out == (f"--resume auto: no checkpoint in {tmp_path / 'new'} "
+                                       "yet; starting the run from its beginning\n")
 
 
 def test_two_process_ddp_on_cpu(tiny_luna, tmp_path):

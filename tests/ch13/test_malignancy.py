@@ -1,6 +1,9 @@
 """Chapter 14: malignancy candidate list, datasets, fine-tuning and the training script."""
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -28,7 +31,13 @@ from ch13_segment.train_malignancy import (
 )
 from common.data import REPO_ROOT
 from common.errors import DataError
-from tests.helpers import assert_same_rows, read_jsonl, torchrun_two_processes
+from tests.helpers import (
+    assert_same_rows,
+    kill_after_script,
+    kill_env,
+    read_jsonl,
+    torchrun_two_processes,
+)
 
 MAL_CSV = "part2/luna/annotations_with_malignancy.csv"
 SCRIPT = REPO_ROOT / "ch13_segment" / "train_malignancy.py"
@@ -214,15 +223,33 @@ def test_reads_the_book_csv(book_file):
 
 
 # --------------------------------------------------------------------------- --resume
+def tuning_args(mal_folder, nodule_checkpoint):
+    """A fine-tuning run (block4 + head, Adam: optimizer state to restore) of 8 samples."""
+    return ["--data-dir", str(mal_folder), "--val-stride", "4", "--batch-size", "4",
+            "--epoch-size", "8", "--finetune", str(nodule_checkpoint), "--finetune-depth", "2",
+            "--optimizer", "adam", "tuned"]
+
+
+@pytest.fixture(scope="module")
+def tuned_two_epochs(mal_folder, nodule_checkpoint, tmp_path_factory):
+    """The run folder of an uninterrupted 2-epoch tuning_args run (one torch thread)."""
+    run_a, threads = tmp_path_factory.mktemp("mal_a") / "a", torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main([*tuning_args(mal_folder, nodule_checkpoint), "--epochs", "2", "--run-dir",
+              str(run_a)])
+    finally:
+        torch.set_num_threads(threads)
+    return run_a
+
+
 def test_resume_after_epoch_1_equals_an_uninterrupted_run(mal_folder, nodule_checkpoint,
-                                                          tmp_path, one_torch_thread):
-    """A fine-tuning run (block4 + head, Adam: optimizer state to restore) stopped after epoch
-    1 and resumed for epoch 2 logs the rows and ends with the weights of a 2-epoch run."""
-    common = ["--data-dir", str(mal_folder), "--val-stride", "4", "--batch-size", "4",
-              "--epoch-size", "8", "--finetune", str(nodule_checkpoint), "--finetune-depth",
-              "2", "--optimizer", "adam", "tuned"]
-    run_a, run_b = tmp_path / "a", tmp_path / "b"
-    main([*common, "--epochs", "2", "--run-dir", str(run_a)])
+                                                          tuned_two_epochs, tmp_path,
+                                                          one_torch_thread):
+    """A fine-tuning run stopped after epoch 1 and resumed for epoch 2 logs the rows and ends
+    with the weights of a 2-epoch run."""
+    common = tuning_args(mal_folder, nodule_checkpoint)
+    run_a, run_b = tuned_two_epochs, tmp_path / "b"
     main([*common, "--epochs", "1", "--run-dir", str(run_b)])
     assert len(read_jsonl(run_b / "metrics.jsonl")) == 2
     model, history = main(["--resume", str(run_b / "mal_tuned.last.state"), "--epochs", "2"])
@@ -248,6 +275,33 @@ def test_resume_after_epoch_1_equals_an_uninterrupted_run(mal_folder, nodule_che
                and "num_batches" not in k)
     assert not torch.equal(last_b["model_state"]["block4.conv1.weight"],
                            source["block4.conv1.weight"])
+
+
+def test_killed_after_epoch_1_then_resume_auto_equals_an_uninterrupted_run(
+        mal_folder, nodule_checkpoint, tuned_two_epochs, tmp_path, one_torch_thread, capsys):
+    """SIGKILL right after epoch 1's checkpoint, then the same command with --resume auto (as
+    a scheduler requeues a job): the 2-epoch run's rows and weights."""
+    run = tmp_path / "run"
+    command = [*tuning_args(mal_folder, nodule_checkpoint), "--epochs", "2", "--run-dir",
+               str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           **kill_env(run / "mal_tuned.last.state", tmp_path / "killed", epoch=1)}
+    killed = subprocess.run([sys.executable, kill_after_script(tmp_path),
+                             "ch13_segment.train_malignancy", *command], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert [r["epoch"] for r in read_jsonl(run / "metrics.jsonl")] == [1, 1]
+    _, history = main([*command, "--resume", "auto"])
+    assert [row["epoch"] for row in history] == [2]
+    assert capsys.readouterr().out.startswith(
+        f"--resume auto: continuing from {run / 'mal_tuned.last.state'} (after epoch 1)\n")
+    assert_same_rows(read_jsonl(tuned_two_epochs / "metrics.jsonl"),
+                     read_jsonl(run / "metrics.jsonl"))
+    assert len(read_jsonl(run / "metrics.jsonl")) == 4
+    resumed, whole = (torch.load(d / "mal_tuned.last.state", weights_only=True)
+                      for d in (run, tuned_two_epochs))
+    for key, value in whole["model_state"].items():
+        torch.testing.assert_close(resumed["model_state"][key], value, msg=key)
 
 
 @pytest.mark.parametrize("kind, message", [

@@ -26,7 +26,14 @@ from ch13_segment.train_seg import (
 )
 from common.data import REPO_ROOT
 from common.errors import DataError
-from tests.helpers import assert_same_rows, read_jsonl, torchrun_two_processes
+from tests.helpers import (
+    assert_same_rows,
+    kill_after_script,
+    kill_env,
+    read_jsonl,
+    torchrun_nodes,
+    torchrun_two_processes,
+)
 
 SCRIPT = str(REPO_ROOT / "ch13_segment" / "train_seg.py")
 
@@ -202,10 +209,59 @@ def test_resume_after_epoch_1_equals_an_uninterrupted_run(two_epochs, seg_luna, 
     assert_same_rows(a, b)
 
 
-def test_two_process_ddp_on_cpu(seg_luna, tmp_path):
-    torchrun_two_processes(SCRIPT, *tiny_args(seg_luna, tmp_path / "ddp"), "--batch-size", "4")
-    rows = read_jsonl(tmp_path / "ddp" / "metrics.jsonl")                 # rank 0 alone writes
-    assert [(r["phase"], r["count/samples"]) for r in rows] == [("trn", 16), ("val", 25)]
+def ddp_args(luna, run_dir):
+    """Two epochs of 16 crops, 4 per process and batch, validated at epoch 1."""
+    return tiny_args(luna, run_dir, "--batch-size", "4", "--epochs", "2")
+
+
+@pytest.fixture(scope="module")
+def ddp_run(seg_luna, tmp_path_factory):
+    """An uninterrupted torchrun job of two processes (ddp_args): its run folder."""
+    run = tmp_path_factory.mktemp("seg_ddp") / "ddp"
+    torchrun_two_processes(SCRIPT, *ddp_args(seg_luna, run))
+    return run
+
+
+def test_two_process_ddp_on_cpu(ddp_run):
+    rows = read_jsonl(ddp_run / "metrics.jsonl")                          # rank 0 alone writes
+    assert [(r["epoch"], r["phase"], r["count/samples"]) for r in rows] == [
+        (1, "trn", 16), (1, "val", 25), (2, "trn", 16)]
+
+
+def assert_restarted_as_uninterrupted(ddp_run, run_dir, stdout, stderr, marker):
+    """A job killed after epoch 1 and restarted by torchrun: the uninterrupted one's rows and
+    weights."""
+    assert marker.exists() and "exitcode: -9" in stderr and "Traceback" not in stderr
+    (line,) = [line for line in stdout.splitlines() if "torchrun restarted job" in line]
+    assert line.endswith(f"continuing from {run_dir / 'seg_dlwpt.last.state'} (after epoch 1)")
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [(r["epoch"], r["phase"]) for r in rows] == [(1, "trn"), (1, "val"), (2, "trn")]
+    assert_same_rows(read_jsonl(ddp_run / "metrics.jsonl"), rows)
+    restarted, whole = (torch.load(d / "seg_dlwpt.last.state", weights_only=True)
+                        for d in (run_dir, ddp_run))
+    assert restarted["epoch"] == whole["epoch"] == 2
+    for key, value in whole["model_state"].items():
+        torch.testing.assert_close(restarted["model_state"][key], value, msg=key)
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_a_killed_process_after_epoch_1(ddp_run, seg_luna, tmp_path):
+    run_dir = tmp_path / "run"
+    env = kill_env(run_dir / "seg_dlwpt.last.state", tmp_path / "killed", epoch=1, rank=1)
+    result = torchrun_two_processes(kill_after_script(tmp_path), "ch13_segment.train_seg",
+                                    *ddp_args(seg_luna, run_dir), max_restarts=2, env=env)
+    assert_restarted_as_uninterrupted(ddp_run, run_dir, result.stdout, result.stderr,
+                                      tmp_path / "killed")
+
+
+@pytest.mark.slow
+def test_torchrun_restarts_after_one_nodes_process_is_killed(ddp_run, seg_luna, tmp_path):
+    run_dir = tmp_path / "shared"                  # both nodes see it: a shared filesystem
+    env = kill_env(run_dir / "seg_dlwpt.last.state", tmp_path / "killed", epoch=1, rank=0)
+    nodes = torchrun_nodes(kill_after_script(tmp_path), [
+        ["ch13_segment.train_seg", *ddp_args(seg_luna, run_dir)]] * 2, max_restarts=2, env=env)
+    assert_restarted_as_uninterrupted(ddp_run, run_dir, "".join(r.stdout for r in nodes),
+                                      "".join(r.stderr for r in nodes), tmp_path / "killed")
 
 
 # --------------------------------------------------------------------------- bad input

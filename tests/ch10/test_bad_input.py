@@ -520,7 +520,7 @@ def test_damaged_resume_points_resume_or_are_refused_in_one_line(mid_epoch_run, 
     saved, rows = mid_epoch_run
     rng, counts = random.Random(21), {"refused": 0, "resumed": 0, "resumed exactly": 0}
     chosen = [[("trn_partial", padded(32))], [("epoch_size", 31)]]   # kept, another epoch size
-    for case in range(len(chosen) + 60):
+    for case in range(len(chosen) + 18):             # each case a train_cls start
         state, same = damaged(saved[2], rng, chosen[case] if case < len(chosen) else None)
         result = resumed_rows(state, tmp_path, capsys, f"case{case}")
         if not could_have_been_written(state):
@@ -537,4 +537,4 @@ def test_damaged_resume_points_resume_or_are_refused_in_one_line(mid_epoch_run, 
         counts["resumed"] += 1
     with capsys.disabled():
         print(f"\nresume point fuzz: {counts}")
-    assert counts["refused"] > 50 and counts["resumed"] > counts["resumed exactly"] >= 1
+    assert counts["refused"] >= 12 and counts["resumed"] > counts["resumed exactly"] >= 1

@@ -62,11 +62,12 @@ def balanced_order(size, seed):
 
 
 def train_short(train_ds, val_ds, epochs, order, make_model=LunaModel, augment=None,
-                collate=None, seed=0, lr=1e-3, batch_size=32, device="cpu"):
+                collate=None, seed=0, lr=1e-3, batch_size=32, device="cpu", after_epoch=None):
     """A fresh `make_model()` trained with chapter 11's train_one_epoch and evaluate, unchanged:
     each epoch the samples `order(labels, epoch)` of `train_ds` in batches (through `collate`
     when given), `augment(epoch)` the epoch's per-batch augmentation (or None), then the whole
-    of `val_ds`. Adam (the book's SGD needs far more steps), fp32. (model, [Epoch, ...])."""
+    of `val_ds`, then `after_epoch(model, Epoch)` when given. Adam (the book's SGD needs far
+    more steps), fp32. (model, [Epoch, ...])."""
     seed_everything(seed)
     device = torch.device(device)
     amp = mixed_precision(device, enabled=False)
@@ -81,6 +82,8 @@ def train_short(train_ds, val_ds, epochs, order, make_model=LunaModel, augment=N
         trn = train_one_epoch(model, train_dl, optimizer, amp,
                               augment(epoch) if augment else None)
         history.append(Epoch(epoch, trn, evaluate(model, val_dl, amp)))
+        if after_epoch is not None:
+            after_epoch(model, history[-1])
     return model, history
 
 

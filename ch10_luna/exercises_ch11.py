@@ -27,7 +27,12 @@ from ch10_luna.dsets import LunaDataset, epoch_order, locate_luna, luna_parser, 
 from ch10_luna.exercises_ch10 import Timing, clear_caches, rate, raw_files, time_samples, times
 from ch10_luna.metrics import LABEL, PRED, summarize
 from ch10_luna.model import LunaModel
-from ch10_luna.runtime import memory_format, mixed_precision, use_memory_format
+from ch10_luna.runtime import (
+    keep_freed_memory,
+    memory_format,
+    mixed_precision,
+    use_memory_format,
+)
 from ch10_luna.train_cls import evaluate, make_datasets, train_one_epoch
 from common.device import add_device_argument, pick_device, seed_everything
 from common.errors import require_at_least, run_cli
@@ -426,4 +431,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    keep_freed_memory()                 # glibc keeps freed blocks: see runtime.py
     run_cli(main)

@@ -35,15 +35,15 @@ from ch10_luna.dsets import LunaDataset, epoch_order, locate_luna, luna_parser, 
 from ch10_luna.exercises_ch11 import balanced_order, scores, short_data, train_short
 from ch10_luna.metrics import format_summary, log_metrics, summarize
 from ch10_luna.model import LunaModel
-from ch10_luna.runtime import Proc
+from ch10_luna.runtime import Proc, keep_freed_memory
 from common.device import add_device_argument, pick_device
 from common.errors import require_at_least, run_cli
 from common.figures import new_figure, save_figure
 from common.files import output_dir, runs_dir
 
 EXERCISES = (1, 2, 3, 4, 5, 6)
-# One training run of a comparison: its name, validation scores, history and seconds.
-Run = namedtuple("Run", ["name", "scores", "history", "seconds", "model"])
+# One training run of a comparison: its name, validation scores, history, seconds, model.
+Trial = namedtuple("Trial", ["name", "scores", "history", "seconds", "model"])
 # What every comparison shares: data, sizes, seed, device.
 Setup = namedtuple("Setup", ["train", "val", "epochs", "epoch_size", "batch_size", "lr", "seed",
                              "device"])
@@ -52,15 +52,15 @@ Setup = namedtuple("Setup", ["train", "val", "epochs", "epoch_size", "batch_size
 # ----------------------------------------------------------------------------- shared
 def run(setup, name, order=None, seed=None, **variation):
     """One train_short run of `setup` with `variation` (make_model, augment, collate); the
-    order defaults to chapter 12's balanced epochs. A Run scored on the last epoch."""
+    order defaults to chapter 12's balanced epochs. A Trial scored on its last epoch."""
     seed = setup.seed if seed is None else seed
     order = order or balanced_order(setup.epoch_size, seed)
     started = time.perf_counter()
     model, history = train_short(setup.train, setup.val, setup.epochs, order, seed=seed,
                                  lr=setup.lr, batch_size=setup.batch_size, device=setup.device,
                                  **variation)
-    return Run(name, fbeta_scores(history[-1].val), history, time.perf_counter() - started,
-               model)
+    return Trial(name, fbeta_scores(history[-1].val), history, time.perf_counter() - started,
+                 model)
 
 
 def fbeta_scores(metrics):
@@ -98,7 +98,9 @@ def best(runs, key="pr/f1_score"):
 
 
 def setup_line(setup):
-    return (f"{setup.epochs} epochs of {setup.epoch_size:,} samples, batch {setup.batch_size}, "
+    plural = "s" if setup.epochs != 1 else ""
+    return (f"{setup.epochs} epoch{plural} of {setup.epoch_size:,} samples, batch "
+            f"{setup.batch_size}, "
             f"validation {len(setup.val):,} candidates ({sum(setup.val.labels())} nodules), "
             f"seed {setup.seed}")
 
@@ -702,4 +704,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    keep_freed_memory()                 # glibc keeps freed blocks: see runtime.py
     run_cli(main)

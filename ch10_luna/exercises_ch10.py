@@ -60,12 +60,14 @@ def rate(t):
             f"{t.series} series)")
 
 
-def times(slow, fast):
-    """'3.1x faster' / '1.2x slower' / 'about as fast': `fast` against `slow` (Timings)."""
-    ratio = slow.seconds / max(fast.seconds, 1e-9)
+def times(reference, timing, what):
+    """'3.1x faster than <what>' / '1.2x slower than <what>' / 'about as fast as <what>':
+    `timing` against `reference` (Timings)."""
+    ratio = reference.seconds / max(timing.seconds, 1e-9)
     if 1 / 1.1 <= ratio <= 1.1:
-        return "about as fast"
-    return f"{ratio:.1f}x faster" if ratio > 1 else f"{1 / ratio:.1f}x slower"
+        return f"about as fast as {what}"
+    return (f"{ratio:.1f}x faster than {what}" if ratio > 1 else
+            f"{1 / ratio:.1f}x slower than {what}")
 
 
 # ----------------------------------------------------------------------------- caches
@@ -211,41 +213,37 @@ def exercise_1(dataset, limit, workdir):
 
 def report_1(r, limit):
     runs, paged = r["runs"], r["paged_in"]
+    a, b, c_ct, c_all, d = (runs[k] for k in ("a", "b", "c_ct", "c_all", "d"))
     print(f"Exercise 10.1: iterate the training LunaDataset, N = {limit:,} (the sorted list: "
           "nodules first, largest first)")
     print(f"  a. first run (CT cache empty; posix_fadvise dropped the .raw files from the page "
-          f"cache: {mib(r['resident_after_drop'])} of {mib(r['raw_bytes'])} left): "
-          f"{rate(runs['a'])}, {mib(paged['a'])} read from disk")
-    print(f"  b. second run: {rate(runs['b'])}: {times(runs['a'], runs['b'])} than a")
-    print(f"  c. after clearing the CT cache alone (cached_ct.cache_clear()): {rate(runs['c_ct'])}"
-          f": {times(runs['b'], runs['c_ct'])} than b; after clearing both: "
-          f"{rate(runs['c_all'])}: {times(runs['a'], runs['c_all'])} than a")
-    print(f"  d. the last {limit:,} instead, both caches cleared: {rate(runs['d'])}, "
-          f"{mib(paged['d'])} read from disk; second run {rate(runs['d_second'])}")
-    print(f"  the book's design, an on-disk crop cache: writing {runs['disk_cold'].n:,} crops took "
-          f"{r['cache_write_s']:.2f} s ({mib(r['cache_bytes'])}, against "
-          f"{mib(r['raw_bytes'])} of .raw for every CT of the training set); read back cold "
-          f"({mib(r['cache_resident_after_drop'])} left in the page cache): "
-          f"{rate(runs['disk_cold'])}, {times(runs['a'], runs['disk_cold'])} than a; warm: "
-          f"{rate(runs['disk_warm'])}, {times(runs['b'], runs['disk_warm'])} than b")
-    reopen_s = runs["c_ct"].seconds - runs["b"].seconds
-    if runs["disk_warm"].seconds < runs["b"].seconds and runs["disk_cold"].seconds < \
-            runs["a"].seconds:
-        cache = ("faster than the memmapped CTs here, cold and warm: it pays for its disk where "
-                 "every crop is read many times")
+          f"cache: {mib(r['resident_after_drop'])} of {mib(r['raw_bytes'])} left): {rate(a)}, "
+          f"{mib(paged['a'])} read from disk")
+    print(f"  b. second run: {rate(b)}: {times(a, b, 'a')}")
+    print(f"  c. after clearing the CT cache alone (cached_ct.cache_clear()): {rate(c_ct)}: "
+          f"{times(b, c_ct, 'b')}; after clearing both: {rate(c_all)}: {times(a, c_all, 'a')}")
+    print(f"  d. the last {limit:,} instead, both caches cleared: {rate(d)}, {mib(paged['d'])} "
+          f"read from disk; second run {rate(runs['d_second'])}")
+    cold, warm = runs["disk_cold"], runs["disk_warm"]
+    print(f"  the book's design, an on-disk crop cache: writing {cold.n:,} crops took "
+          f"{r['cache_write_s']:.2f} s ({mib(r['cache_bytes'])}, against {mib(r['raw_bytes'])} "
+          f"of .raw for every CT of the training set); read back cold "
+          f"({mib(r['cache_resident_after_drop'])} left in the page cache): {rate(cold)}, "
+          f"{times(a, cold, 'a')}; warm: {rate(warm)}, {times(b, warm, 'b')}")
+    reopen_s = c_ct.seconds - b.seconds
+    if warm.seconds < b.seconds and cold.seconds < a.seconds:
+        cache = "reads faster than the memmapped CTs, cold and warm: it pays for its disk"
     else:
-        cache = ("no faster than the memmapped CTs here (cold or warm): cutting a crop from a "
-                 "mapped .raw costs no more than reading a crop file, so it has nothing to save")
-    print(f"  answer: the first run took {runs['a'].seconds / max(runs['b'].seconds, 1e-9):.1f}x "
-          f"as long as the second. Clearing the CT cache alone adds {reopen_s:+.2f} s "
-          f"({runs['c_ct'].series} CTs reopened: {reopen_s / runs['c_ct'].series * 1e3:+.1f} ms "
-          f"each); the rest of a cold run is the page cache: it read {mib(paged['a'])} of .raw "
-          f"from disk. The last N come from {runs['d'].series} series instead of "
-          f"{runs['a'].series}, so their cold run read {mib(paged['d'])} "
-          f"({times(runs['a'], runs['d'])} than a). The book's crop cache stores "
-          f"{r['cache_bytes'] / max(runs['disk_cold'].n, 1) / 1024:,.0f} KiB per crop and reads "
-          f"{cache}. The "
-          "book's getCt read whole CTs (10.3): that is what its cache saved.")
+        cache = ("reads no faster than the memmapped CTs (cold or warm): cutting a crop from a "
+                 "mapped .raw costs no more than reading a crop file back")
+    print(f"  answer: the second run was {times(a, b, 'the first')}. What a cold start "
+          f"costs, measured: reopening {c_ct.series} CTs (the CT cache) {reopen_s:+.2f} s, "
+          f"{reopen_s / max(c_ct.series, 1) * 1e3:+.1f} ms each; reading {mib(paged['c_all'])} "
+          f"of .raw from disk (the page cache) {c_all.seconds - c_ct.seconds:+.2f} s more. The "
+          f"last N come from {d.series} series instead of {a.series}: their cold run read "
+          f"{mib(paged['d'])} and was {times(a, d, 'the first N')}. The book's crop cache "
+          f"({r['cache_bytes'] / max(cold.n, 1) / 1024:,.0f} KiB a crop) {cache}; the book's "
+          "getCt read whole CTs (10.3): that is what its cache saved.")
 
 
 # ----------------------------------------------------------------------------- 10.2
@@ -287,7 +285,8 @@ def report_2(r, limit):
     print(f"Exercise 10.2: the sample list shuffled in __init__ (seeded), N = {limit:,}")
     print(f"  first run after clearing both caches: {rate(runs['first'])}, {mib(paged['first'])} "
           f"read from disk, {nodules['shuffled']} nodules among them")
-    print(f"  second run: {rate(runs['second'])}: {times(runs['first'], runs['second'])}")
+    print(f"  second run: {rate(runs['second'])}: "
+          f"{times(runs['first'], runs['second'], 'the first')}")
     print(f"  the sorted list's first run, caches cleared: {rate(runs['sorted'])}, "
           f"{mib(paged['sorted'])} read, {nodules['sorted']} nodules")
     more = "more" if (paged["first"] or 0) > (paged["sorted"] or 0) else "no more"
@@ -296,8 +295,8 @@ def report_2(r, limit):
           f"{r['opens_one_ct']['shuffled']:,}; cached_ct here keeps {CT_CACHE_SIZE} CTs")
     print(f"  answer: shuffled, the first N come from {runs['first'].series} series (sorted: "
           f"{runs['sorted'].series}) and a cold run reads {more} of the .raw files "
-          f"({mib(paged['first'])} against {mib(paged['sorted'])}); the second run is "
-          f"{times(runs['first'], runs['second'])} than the first, as with the sorted list. "
+          f"({mib(paged['first'])} against {mib(paged['sorted'])}) and was "
+          f"{times(runs['sorted'], runs['first'], 'the sorted one')}. "
           f"Where the order matters is a small CT cache: with the book's one-CT cache the "
           f"shuffled list reopens a CT for {r['opens_one_ct']['shuffled'] / max(limit, 1):.0%} "
           "of its samples.")
@@ -350,17 +349,17 @@ def report_3(r, limit):
     print(f"  first run (page cache dropped): {rate(runs['first'])}; second run: "
           f"{rate(runs['second'])}")
     print(f"  with the CT cache, warm: {rate(runs['cached'])}: the uncached second run is "
-          f"{times(runs['cached'], runs['second'])}, {extra_ms:.2f} ms more per sample "
+          f"{times(runs['cached'], runs['second'], 'it')}, {extra_ms:.2f} ms more per sample "
           f"({r['opens']:,} CT opens for {2 * runs['second'].n:,} samples)")
     print(f"  the book's getCt without a cache read the whole CT for each sample: "
           f"{r['book_ms']:.1f} ms per sample here (measured on {r['book_samples']}), "
           f"{r['book_ms'] * limit / 1e3:,.1f} s for {limit:,}")
     print(f"  answer: opening a CT here reads its .mhd header (SimpleITK and our checks) and maps "
-          f"the .raw without reading voxels, so without the cache each sample pays "
-          f"{extra_ms:.2f} ms for that; the page cache still keeps the voxels, so the second "
-          f"run is no faster than the first by much. The book's uncached getCt read the whole "
-          f"CT ({r['book_ms']:.1f} ms per sample): that is why it had the lru_cache and the "
-          "disk cache.")
+          f"the .raw without reading voxels; without the cache every sample pays that, "
+          f"{extra_ms:.2f} ms here, and the second run, its .raw pages cached, was "
+          f"{times(runs['first'], runs['second'], 'the first')}. The book's uncached getCt "
+          f"read the whole CT ({r['book_ms']:.1f} ms per sample): that is why it had the "
+          "lru_cache and the disk cache.")
 
 
 REPORTS = {1: report_1, 2: report_2, 3: report_3}

@@ -213,12 +213,12 @@ def report_1(r, limit):
           " the second time")
     for w in (k for k in runs if k != "plain"):
         print(f"  a. num_workers {w}: {rate(runs[w][0])} with the caches cleared; second pass "
-              f"{rate(runs[w][1])} ({times(plain[1], runs[w][1])} than the plain second pass)")
+              f"{rate(runs[w][1])} ({times(plain[1], runs[w][1], 'the plain second pass')})")
     best = max((k for k in runs if k != "plain"), key=lambda k: runs[k][1].n / runs[k][1].seconds)
-    print(f"     fastest second pass: num_workers {best}. Each pass starts new workers, "
-          "forked with the training process's CT cache as it is then (empty here, the loop "
-          "ran in the workers): every worker reopens the CTs it reads, every pass; the page "
-          "cache is shared by all.")
+    print(f"     fastest second pass: num_workers {best}. Each pass forks new workers "
+          "(persistent_workers is off), each starting with the training process's CT cache as "
+          "it is at the fork (empty here), so every worker reopens the CTs it reads on every "
+          "pass; the OS page cache is shared by all.")
     total, available = r["memory"] or (None, None)
     print(f"  b. measured: {r['sample_bytes'] / 1024:,.0f} KiB per sample in a batch (the "
           f"float32 crop), {r['activations'] / 2**20:,.1f} MiB of activations kept for the "

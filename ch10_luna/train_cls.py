@@ -6,10 +6,10 @@
     torchrun --nproc_per_node=2 ch10_luna/train_cls.py --epochs 1
 
 The book's doTraining and doValidation are train_one_epoch and evaluate, its logMetrics
-metrics.py's summarize and log_metrics; main sets up the run around them (processes, mixed precision, memory
-layout, checkpoints and resume, augmentation). Per epoch and phase it prints and logs
-(TensorBoard and metrics.jsonl in the run directory) loss, percent correct, precision, recall
-and F1; checkpoints use the book's dict format, are written atomically, and `--resume`
+metrics.py's summarize and log_metrics; main sets up the run around them (processes, mixed
+precision, memory layout, checkpoints and resume, augmentation). Per epoch and phase it prints
+and logs (TensorBoard and metrics.jsonl in the run directory) loss, percent correct, precision,
+recall and F1; checkpoints use the book's dict format, are written atomically, and `--resume`
 continues a run exactly where its last checkpoint left it, mid-epoch too.
 """
 import argparse

@@ -279,8 +279,8 @@ def report_2(r):
         verdict = ("the model ends where the epoch ends: the last class it saw wins. Both orders "
                    "teach it; a shuffled epoch (or chapter 12's balancing) mixes the classes")
     else:
-        verdict = (f"here the {r['train']:,} steps did not end on the last class seen; try a "
-                   "longer --epoch-size")
+        verdict = (f"here {r['train']:,} samples were too few for the last class seen to win; "
+                   "try a longer --epoch-size")
     print(f"  answer: reversed, the epoch ends on nodules: mean P(nodule) {rev['mean_p']:.3f} "
           f"on validation against {srt['mean_p']:.3f} sorted (ending on non-nodules), "
           f"{100 - rev['correct/neg']:.0f}% of the non-nodules called nodules against "

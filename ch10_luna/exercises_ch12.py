@@ -608,7 +608,8 @@ def features_figure(crop, caught):
 
 def exercise_6(setup, out, size=256):
     """A short run whose weights go to TensorBoard as histograms every epoch, then one
-    validation nodule's block outputs (forward hooks) as images; the event file read back."""
+    validation nodule's block outputs (forward hooks) as images (the first candidate where
+    validation holds no nodule); the event file read back."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
@@ -617,7 +618,7 @@ def exercise_6(setup, out, size=256):
     small = setup._replace(epoch_size=min(size, setup.epoch_size))
     try:
         r = run(small, "weights logged", after_epoch=weight_histograms(writer))
-        index = next(i for i, c in enumerate(setup.val.candidates) if c.is_nodule)
+        index = next((i for i, c in enumerate(setup.val.candidates) if c.is_nodule), 0)
         crop = setup.val[index][0]
         caught = block_outputs(r.model, crop[None])
         for name, features in caught.items():

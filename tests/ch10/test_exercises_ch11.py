@@ -126,7 +126,7 @@ def test_the_event_files_hold_the_keys_each_naming_asks_for(tmp_path):
 
 def test_main_answers_every_exercise(tiny_luna, tmp_path, capsys):
     results = ex.main(["--data-dir", str(tiny_luna.parent), "--val-stride", "2", "--limit", "6",
-                       "--batch-size", "4", "--epoch-size", "12", "--val-size", "8",
+                       "--batch-size", "4", "--epoch-size", "4", "--val-size", "8",
                        "--device", "cpu", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert sorted(results) == [1, 2, 3]
@@ -134,7 +134,7 @@ def test_main_answers_every_exercise(tiny_luna, tmp_path, capsys):
                   "Exercise 11.2", "reversed (nodules last)", "Exercise 11.3", "c. own",
                   "answer:"):
         assert label in out, label
-    assert results[2]["train"] == 12
+    assert results[2]["train"] == 4
     assert set(results[3]["tags"]) == {"book", "a", "b", "c"}
 
 

@@ -126,7 +126,7 @@ def test_crop_stats(tiny_luna):
 
 def test_main_answers_every_exercise(tiny_luna, tmp_path, capsys):
     results = ex.main(["--data-dir", str(tiny_luna.parent), "--val-stride", "2", "--epochs",
-                       "1", "--epoch-size", "4", "--val-size", "4", "--batch-size", "4",
+                       "1", "--epoch-size", "2", "--val-size", "4", "--batch-size", "2",
                        "--device", "cpu", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert sorted(results) == [1, 2, 3, 4, 5, 6]

@@ -87,9 +87,10 @@ def _quiet(*_args, **_kwargs):
 
 
 @contextlib.contextmanager
-def process_group(device_name="auto"):
+def process_group(device_name="auto", timeout=None):
     """Yield this process's Proc; under torchrun join its process group (gloo on CPU, nccl on
-    CUDA, one GPU per local rank) and leave it on the way out, whatever happens."""
+    CUDA, one GPU per local rank) and leave it on the way out, whatever happens. `timeout`
+    (a timedelta): how long a collective waits for the slowest rank (None: torch's default)."""
     device = pick_device(device_name)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield Proc(device, 0, 1, print)
@@ -97,7 +98,7 @@ def process_group(device_name="auto"):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     try:
         rank = dist.get_rank()
         yield Proc(device, rank, dist.get_world_size(), print if rank == 0 else _quiet)

@@ -262,7 +262,11 @@ def analysis_run(path, models, annotations, device, batch_size, erosion):
     """analyze_series, with how many crops its Rechecked classifiers re-scored in fp32 (the
     probabilities kept for compare_detections, the CT and labels let go)."""
     before = na.rechecked(models)
-    result = na.analyze_series(path, models, annotations, device, batch_size, erosion)
+    timing = {}
+    with na.timed(timing, "load"):
+        ct = na.read_ct(path)
+    result = na.analyze_series(ct, models, annotations, device, batch_size, erosion)
+    result["timing"] = {**timing, **result["timing"]}
     result["rechecked"] = na.rechecked(models) - before
     del result["ct"], result["labels"]
     return result

@@ -98,12 +98,34 @@ def process_group(device_name="auto", timeout=None):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout,
+                            **attempt_store(timeout))
     try:
         rank = dist.get_rank()
         yield Proc(device, rank, dist.get_world_size(), print if rank == 0 else _quiet)
     finally:
         dist.destroy_process_group()
+
+
+def attempt_store(timeout=None):
+    """init_process_group's store, rank and world size for this attempt of a torchrun job:
+    the job's store with this attempt's keys apart (a prefix per TORCHELASTIC_RESTART_COUNT).
+    torch 2.13's env:// rendezvous reuses the agent's store across torchrun's restarts
+    (--max-restarts), where the failed attempt's process group left its ranks' addresses: the
+    restarted ranks then dial dead ones ("Gloo connectFullMesh failed ... Connection
+    refused"). {} outside torchrun (env:// as it is)."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None:
+        return {}
+    from torch.distributed.constants import default_pg_timeout
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"   # else rank 0 hosts it
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent and rank == 0,
+                          timeout=timeout or default_pg_timeout, multi_tenant=True)
+    return {"store": dist.PrefixStore(f"attempt_{restart}", store), "rank": rank,
+            "world_size": world}
 
 
 def describe(proc, amp):

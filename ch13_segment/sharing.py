@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import heapq
 import json
+import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -117,7 +118,8 @@ def skipped(error):
 
 # ----------------------------------------------------------------------------- kept results
 def result_path(folder, name):
-    return Path(folder) / f"{name}.json"
+    """Where `keep` puts the result of `name` (characters a file name cannot hold as '_')."""
+    return Path(folder) / (re.sub(r"[^A-Za-z0-9._ -]", "_", name).lstrip(".") + ".json")
 
 
 def keep(folder, name, key, record):
@@ -142,5 +144,5 @@ def read_kept(folder, names, key, complete=lambda record: True):
                 if isinstance(record, dict) and record.pop("key", None) == canonical and \
                         complete(record):
                     kept[name] = record
-    done = agreed(sorted(kept))
-    return kept if kept else dict.fromkeys(done)
+    done = agreed(sorted(kept))                    # what rank 0 found, on every rank
+    return kept or dict.fromkeys(done)             # rank 0: the records; the others: names

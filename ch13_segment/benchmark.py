@@ -532,21 +532,25 @@ def drop_from_page_cache(paths):
                     os.close(fd)
 
 
-def sharing_cts(luna, n_cts, n_slices, workdir):
-    """A data root under `workdir` holding `n_cts` of the sample's CTs, each resampled to
-    (n_slices, 512, 512) as LUNA16 keeps them (.mhd + .raw), with the sample's CSVs: the
-    .mhd paths."""
+def sharing_cts(luna, n_cts, n_slices, workdir, cache_dir):
+    """A data root under `workdir` holding `n_cts` of the sample's CTs, as they are or, with
+    `n_slices`, resampled to (n_slices, 512, 512) as LUNA16 keeps them (.mhd + .raw), with the
+    sample's CSVs, and `cache_dir` as its program cache: the .mhd paths."""
     folder = Path(workdir) / "luna"
     (folder / "subset0").mkdir(parents=True, exist_ok=True)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    (Path(workdir) / "cache").mkdir()
+    (Path(workdir) / "cache" / "programs").symlink_to(Path(cache_dir).resolve())
     for name in ("candidates.csv", "annotations.csv", "annotations_with_malignancy.csv"):
         if (luna.root / name).is_file():
             (folder / name).write_bytes((luna.root / name).read_bytes())
     paths = []
     for uid in sorted(luna.series)[:n_cts]:
-        big = luna_sized_ct(load_ct(luna.series[uid]), n_slices)
+        ct = load_ct(luna.series[uid])
+        ct = luna_sized_ct(ct, n_slices) if n_slices else ct
         paths.append(write_mhd(folder / "subset0" / f"{uid}.mhd",
-                               np.round(big.hu).astype(np.int16), big.origin_xyz,
-                               big.spacing_xyz, big.direction))
+                               np.round(ct.hu).astype(np.int16), ct.origin_xyz,
+                               ct.spacing_xyz, ct.direction))
     return paths
 
 
@@ -594,15 +598,18 @@ def run_costs(wall, doc, world, sizes):
 
 
 def sharing_benchmark(luna, device, seg, cls, n_cts, n_slices, repeats, cache_dir):
-    """The analysis past one process on `n_cts` LUNA-sized CTs, side by side: in one process
-    with and without the next CT read in the background (from a cold page cache), then whole
-    runs of nodule_analysis.py, 1 process x 2 threads against torchrun's 2 processes x 1 thread,
-    with each run's start-up; and from those costs, LUNA16 on 1, 8 and 64 ranks."""
+    """The analysis past one process on `n_cts` of the sample's CTs (resampled to `n_slices`
+    slices of 512 x 512, or as they are), side by side: in one process with and without the next
+    CT read in the background (from a cold page cache), then whole runs of nodule_analysis.py,
+    1 process x 2 threads against torchrun's 2 processes x 1 thread, with each run's start-up;
+    and from those costs, LUNA16 on 1, 8 and 64 ranks."""
     models = na.load_models(seg, cls)
     with tempfile.TemporaryDirectory() as workdir:
-        paths = sharing_cts(luna, n_cts, n_slices, workdir)
-        print(f"{n_cts} CTs of {n_slices} x 512 x 512 (the sample's, resampled); seg {seg}, "
-              f"cls {cls}; {torch.get_num_threads()} threads")
+        paths = sharing_cts(luna, n_cts, n_slices, workdir, cache_dir)
+        shapes = [load_ct(p).shape for p in paths]
+        print(f"{n_cts} CTs of the sample{', resampled' if n_slices else ''}: "
+              + ", ".join("x".join(map(str, s)) for s in shapes)
+              + f"; seg {Path(seg).name}, cls {Path(cls).name}; {torch.get_num_threads()} threads")
         prepared = na.prepare_models(models, "fp32", "fp32", device, None, BOOK_BATCH,
                                      cache_dir, na.compile_choice(None, device, "fp32", n_cts))
         prefetch_pass(paths[:1], prepared, device, False)         # warm-up: programs, caches
@@ -615,7 +622,7 @@ def sharing_benchmark(luna, device, seg, cls, n_cts, n_slices, repeats, cache_di
               f"which reading {plain[1]:.2f} s), the next read in the background "
               f"{ahead[0]:.2f} s (waiting {ahead[1]:.2f} s): {plain[0] / ahead[0]:.3f}x")
         sizes = [sharing.header_voxels(p) for p in sorted(paths)]
-        analysis_process(workdir, seg, cls, 1, 2, Path(workdir) / "warm.json")  # compiles
+        analysis_process(workdir, seg, cls, 1, 2, Path(workdir) / "warm.json")   # warm-up
         runs = {1: [], 2: []}
         for _ in range(repeats):
             for world in (1, 2):
@@ -632,29 +639,32 @@ def sharing_benchmark(luna, device, seg, cls, n_cts, n_slices, repeats, cache_di
               f"{b['busiest_rank_s']:.2f} s; start-up and merge {b['startup_s']:.2f} s")
     print(f"2 processes x 1 thread against 1 process x 2 threads: "
           f"{best[1]['wall_s'] / best[2]['wall_s']:.2f}x")
+    voxels = sum(sizes) / len(sizes)
     return {"prefetch": {"plain": plain, "ahead": ahead}, "runs": runs,
-            "projection": luna16_projection(best[2], n_slices, ahead[1] / n_cts)}
+            "projection": luna16_projection(best[2], voxels, ahead[1] / n_cts)}
 
 
-def luna16_projection(run, n_slices, wait_s, ranks=(1, 8, 64)):
+def luna16_projection(run, voxels, wait_s, ranks=(1, 8, 64)):
     """Hours for LUNA16 on `ranks` processes of one thread each, from a 1-thread rank's costs
-    in `run` (analysis_process under torchrun): the U-Net and grouping per 512 x 512 slice, the
-    classifier per crop, the start-up, and `wait_s`, the seconds a CT of `n_slices` slices kept
-    the analysis waiting when read from a cold page cache with the next-CT prefetch; for the
-    detection track (nodule_analysis.py: every CT, LUNA16_SLICES slices, as many crops as a CT
-    has listed candidates on average) and the false-positive track (classify_candidates.py:
-    LUNA16_CANDIDATES crops, a read per CT)."""
+    in `run` (analysis_process under torchrun, on CTs of `voxels` voxels on average): the U-Net
+    and grouping per voxel, the classifier per crop, the start-up, and `wait_s`, the seconds a
+    CT kept the analysis waiting when read from a cold page cache with the next-CT prefetch
+    (scaled by voxels); for the detection track (nodule_analysis.py: every CT, LUNA16_SLICES
+    slices, as many crops as a CT has listed candidates on average) and the false-positive
+    track (classify_candidates.py: LUNA16_CANDIDATES crops, a read per CT)."""
     stages, crops = run["stages"], sum(run["candidates"])
-    per_slice = sum(s["segmentation"] + s["grouping"] for s in stages) / (
-        len(stages) * n_slices)
+    luna_voxels = LUNA16_SLICES * 512 ** 2
+    per_ct_seg = sum(s["segmentation"] + s["grouping"] for s in stages) / len(stages) * (
+        luna_voxels / voxels)
     per_crop = sum(s["classification"] for s in stages) / max(crops, 1)
-    wait = wait_s * LUNA16_SLICES / n_slices
+    wait = wait_s * luna_voxels / voxels
     crops_per_ct = LUNA16_CANDIDATES / LUNA16_CTS
-    per_ct = per_slice * LUNA16_SLICES + per_crop * crops_per_ct + wait
-    print(f"\nLUNA16 projected ({LUNA16_CTS} CTs of {LUNA16_SLICES} slices, "
+    per_ct = per_ct_seg + per_crop * crops_per_ct + wait
+    print(f"\nLUNA16 projected ({LUNA16_CTS} CTs of {LUNA16_SLICES} x 512 x 512, "
           f"{LUNA16_CANDIDATES:,} candidates, {crops_per_ct:.0f} per CT) from a 1-thread rank: "
-          f"{per_slice * 1e3:.0f} ms per slice (U-Net and grouping), {per_crop * 1e3:.1f} ms "
-          f"per crop, {wait:.2f} s waiting per CT read, start-up {run['startup_s']:.1f} s")
+          f"U-Net and grouping {per_ct_seg:.1f} s per CT ({per_ct_seg / LUNA16_SLICES * 1e3:.0f}"
+          f" ms per slice), {per_crop * 1e3:.1f} ms per crop, {wait:.2f} s waiting per CT read, "
+          f"start-up {run['startup_s']:.1f} s")
     print("ranks | detection track (hours) | false-positive track (hours)")
     rows = []
     for r in ranks:
@@ -712,6 +722,9 @@ def main(argv=None):
                         "without the next CT read in the background, then 1 process x 2 threads "
                         "against torchrun's 2 x 1, and LUNA16 projected on 1, 8 and 64 ranks")
     p.add_argument("--cts", type=int, default=4, help="--sharing: CTs (default: %(default)s)")
+    p.add_argument("--luna-size", action="store_true",
+                   help="--sharing: the CTs resampled to --slices slices of 512 x 512 (default: "
+                        "the sample's CTs as they are)")
     p.add_argument("--real-ct", action="store_true",
                    help="--analysis on chapter 4's real 99-slice DICOM chest CT (the book's "
                         "file, python -m common.data download dicom-ct)")
@@ -729,7 +742,7 @@ def main(argv=None):
             luna, device, args.seg_model or book_file(na.BOOK_SEG_MODEL, args.data_dir,
                                                       "luna-models"),
             args.cls_model or book_file(na.BOOK_CLS_MODEL, args.data_dir, "luna-models"),
-            args.cts, args.slices[0], args.repeats,
+            args.cts, args.slices[0] if args.luna_size else None, args.repeats,
             data_root(args.data_dir) / "cache" / "programs")
     if args.analysis:
         return analysis_benchmark(

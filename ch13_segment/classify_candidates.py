@@ -3,6 +3,7 @@ of the scans evaluated, written as a submission CSV and scored as evaluate_luna.
 
     python ch13_segment/classify_candidates.py                  # the book's classifier
     python ch13_segment/classify_candidates.py --cls-model runs/ch10/<run>/cls_dlwpt.best.state
+    torchrun --nproc_per_node 2 ch13_segment/classify_candidates.py   # the scans shared out
 
 Each row of --candidates (default: the LUNA folder's candidates.csv, else candidates_V2.csv) on
 a scan evaluated (--series; default: the validation series, as nodule_analysis.py

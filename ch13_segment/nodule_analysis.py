@@ -4,13 +4,15 @@
     python ch13_segment/nodule_analysis.py SERIES_UID --json runs/ch13/analysis.json
     python ch13_segment/nodule_analysis.py --list-series               # the series on disk
     python ch13_segment/nodule_analysis.py --run-validation --malignancy-model M.best.state
+    torchrun --nproc_per_node 2 ch13_segment/nodule_analysis.py --run-validation   # shared out
 
 Per CT, the book's steps: segment_ct (the U-Net on every slice with its context), clean_mask
 (P > 0.5, one erosion), group_candidates (connected components, HU-weighted centres), classify
 (a 32x48x48 crop around each centre; an optional second LunaModel grades the nodules) and
 match_and_score (the book's 3x4 table). main prepares the networks once (fp32, bf16, int8:
-precision.py) and runs analyze_series per CT. The default models are the book's published
-checkpoints (`python -m common.data download luna-models`); checkpoints trained here load too.
+precision.py) and runs analyze_series per CT, each torchrun process on its share (sharing.py).
+The default models are the book's published checkpoints (`python -m common.data download
+luna-models`); checkpoints trained here load too.
 """
 import argparse
 import time

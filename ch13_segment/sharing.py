@@ -35,9 +35,9 @@ MERGE_WAIT = datetime.timedelta(hours=8)
 def share(sizes, world):
     """[indexes of rank 0's items, rank 1's, ...]: the items (their `sizes`: voxels, candidates)
     dealt greedily, largest first, each onto the rank with the least so far (the lowest rank
-    among equals): the longest-processing-time rule, within one item of the best split. Every
-    rank computes the same split from the same sizes; each list in ascending order; ranks
-    beyond the items get none."""
+    among equals): the longest-processing-time rule, so the busiest rank holds at most an
+    even split plus its largest item. Every rank computes the same split from the same sizes;
+    each list in ascending order; ranks beyond the items get none."""
     loads = [(0, rank) for rank in range(world)]                 # a heap of (load, rank)
     parts = [[] for _ in range(world)]
     for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):

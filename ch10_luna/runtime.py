@@ -111,9 +111,10 @@ def _quiet(*_args, **_kwargs):
 
 
 @contextlib.contextmanager
-def process_group(device_name="auto"):
+def process_group(device_name="auto", timeout=None):
     """Yield this process's Proc; under torchrun join its process group (gloo on CPU, nccl on
-    CUDA, one GPU per local rank) and leave it on the way out, whatever happens."""
+    CUDA, one GPU per local rank) and leave it on the way out, whatever happens. `timeout`
+    (a timedelta): how long a collective waits for the slowest rank (None: torch's default)."""
     device = pick_device(device_name)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         yield Proc(device, 0, 1, print)
@@ -126,9 +127,9 @@ def process_group(device_name="auto"):
             os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         rank, world = launched_rank(), int(os.environ["WORLD_SIZE"])
         dist.init_process_group(backend, store=fresh_store(rank, world), rank=rank,
-                                world_size=world)
+                                world_size=world, timeout=timeout)
     else:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=timeout)
     try:
         rank = dist.get_rank()
         yield Proc(device, rank, dist.get_world_size(), print if rank == 0 else _quiet)

@@ -3,6 +3,7 @@
     python ch13_segment/benchmark.py                  # U-Net training against its ceiling
     python ch13_segment/benchmark.py --networks       # both networks against the matmul rate
     python ch13_segment/benchmark.py --analysis --real-ct   # nodule_analysis against the book's way
+    python ch13_segment/benchmark.py --sharing        # the analysis past one process
 
 Training: the U-Net's forward + backward + step on an in-memory batch (the ceiling, NCHW and
 channels-last), train_seg's loop on the sample's crops as a share of it, validation per slice;
@@ -10,9 +11,15 @@ channels-last), train_seg's loop on the sample's crops as a share of it, validat
 bf16 and int8, eager and compiled, in GFLOP/s beside this CPU's 2048 x 2048 matmul rate, with
 their agreement with fp32 on chapter 4's real CT, then training steps likewise. --analysis:
 nodule_analysis per CT, the book's way (composed here) against every precision, eager and
-compiled, with each one's detections against fp32's. Measured tables: NOTES.md.
+compiled, with each one's detections against fp32's. --sharing: the next-CT prefetch on and off,
+1 process x 2 threads against 2 x 1, LUNA16 projected on 1-64 ranks. Tables: NOTES.md.
 """
 import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from functools import partial
@@ -29,6 +36,7 @@ from ch10_luna.model import LunaModel
 from ch10_luna.runtime import keep_freed_memory, memory_format, mixed_precision, use_memory_format
 from ch13_segment import nodule_analysis as na
 from ch13_segment import precision as prec
+from ch13_segment import sharing
 from ch13_segment.dsets import context_slices, make_seg_datasets, mask_cache_dir, split_series
 from ch13_segment.model import UNetWrapper
 from ch13_segment.train_seg import (
@@ -262,7 +270,11 @@ def analysis_run(path, models, annotations, device, batch_size, erosion):
     """analyze_series, with how many crops its Rechecked classifiers re-scored in fp32 (the
     probabilities kept for compare_detections, the CT and labels let go)."""
     before = na.rechecked(models)
-    result = na.analyze_series(path, models, annotations, device, batch_size, erosion)
+    timing = {}
+    with na.timed(timing, "load"):
+        ct = na.read_ct(path)
+    result = na.analyze_series(ct, models, annotations, device, batch_size, erosion)
+    result["timing"] = {**timing, **result["timing"]}
     result["rechecked"] = na.rechecked(models) - before
     del result["ct"], result["labels"]
     return result
@@ -501,6 +513,168 @@ def networks_benchmark(luna, data_dir, repeats, cache_dir, steps=4):
     return out
 
 
+# ----------------------------------------------------------------------------- past one process
+LUNA16_CTS, LUNA16_CANDIDATES = 888, 754_975       # candidates_V2.csv's rows
+# LUNA16's mean CT: 120 GB of int16 voxels (book, ch. 10) over 888 CTs of 512 x 512 slices.
+LUNA16_SLICES = round(120e9 / LUNA16_CTS / 2 / 512 ** 2)
+
+
+def drop_from_page_cache(paths):
+    """Ask the kernel to forget the files' cached pages (as a CT not read for a while is: 888
+    CTs do not fit in memory), so the next read comes from the disk; a no-op where unsupported."""
+    for path in paths:
+        for f in (Path(path), Path(path).with_suffix(".raw")):
+            with contextlib.suppress(OSError, AttributeError):
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                finally:
+                    os.close(fd)
+
+
+def sharing_cts(luna, n_cts, n_slices, workdir, cache_dir):
+    """A data root under `workdir` holding `n_cts` of the sample's CTs, as they are or, with
+    `n_slices`, resampled to (n_slices, 512, 512) as LUNA16 keeps them (.mhd + .raw), with the
+    sample's CSVs, and `cache_dir` as its program cache: the .mhd paths."""
+    folder = Path(workdir) / "luna"
+    (folder / "subset0").mkdir(parents=True, exist_ok=True)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    (Path(workdir) / "cache").mkdir()
+    (Path(workdir) / "cache" / "programs").symlink_to(Path(cache_dir).resolve())
+    for name in ("candidates.csv", "annotations.csv", "annotations_with_malignancy.csv"):
+        if (luna.root / name).is_file():
+            (folder / name).write_bytes((luna.root / name).read_bytes())
+    paths = []
+    for uid in sorted(luna.series)[:n_cts]:
+        ct = load_ct(luna.series[uid])
+        ct = luna_sized_ct(ct, n_slices) if n_slices else ct
+        paths.append(write_mhd(folder / "subset0" / f"{uid}.mhd",
+                               np.round(ct.hu).astype(np.int16), ct.origin_xyz,
+                               ct.spacing_xyz, ct.direction))
+    return paths
+
+
+def prefetch_pass(paths, models, device, prefetch):
+    """One analysis of every CT in `paths`, the next CT read in the background or not, from a
+    cold page cache: (wall seconds, seconds spent waiting for CTs)."""
+    drop_from_page_cache(paths)
+    started, waited = time.perf_counter(), 0.0
+    if prefetch:
+        for _path, ct, wait, _error in sharing.prefetched(paths, na.read_ct):
+            na.analyze_series(ct, models, [], device)
+            waited += wait
+    else:
+        for path in paths:
+            read = time.perf_counter()
+            ct = na.read_ct(path)
+            waited += time.perf_counter() - read
+            na.analyze_series(ct, models, [], device)
+    return time.perf_counter() - started, waited
+
+
+def analysis_process(workdir, seg, cls, world, threads, out):
+    """One whole run of nodule_analysis.py over the data root `workdir`, alone or under
+    torchrun with `world` processes, each with `threads` threads: (wall seconds, its JSON)."""
+    script = Path(na.__file__)
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={world}"] if world > 1 else [sys.executable])
+    argv = [*launch, str(script), "--run-validation", "--include-train", "--data-dir",
+            str(workdir), "--seg-model", str(seg), "--cls-model", str(cls), "--no-png",
+            "--no-volumes", "--no-markups", "--json", str(out)]
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, text=True,
+                   env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    return time.perf_counter() - started, json.loads(Path(out).read_text())
+
+
+def run_costs(wall, doc, world, sizes):
+    """Split a run's wall seconds: per CT (the JSON's stages), each rank's share (sharing.share
+    on the same sizes, as the run split them), and what is left: the start-up (interpreter,
+    imports, models, programs, process group) and the merge."""
+    per_ct = [sum(s["timing_s"].values()) for s in doc["series"]]
+    busiest = max(sum(per_ct[i] for i in part) for part in sharing.share(sizes, world))
+    return {"wall_s": wall, "ct_s": per_ct, "busiest_rank_s": busiest,
+            "startup_s": wall - busiest}
+
+
+def sharing_benchmark(luna, device, seg, cls, n_cts, n_slices, repeats, cache_dir):
+    """The analysis past one process on `n_cts` of the sample's CTs (resampled to `n_slices`
+    slices of 512 x 512, or as they are), side by side: in one process with and without the next
+    CT read in the background (from a cold page cache), then whole runs of nodule_analysis.py,
+    1 process x 2 threads against torchrun's 2 processes x 1 thread, with each run's start-up;
+    and from those costs, LUNA16 on 1, 8 and 64 ranks."""
+    models = na.load_models(seg, cls)
+    with tempfile.TemporaryDirectory() as workdir:
+        paths = sharing_cts(luna, n_cts, n_slices, workdir, cache_dir)
+        shapes = [load_ct(p).shape for p in paths]
+        print(f"{n_cts} CTs of the sample{', resampled' if n_slices else ''}: "
+              + ", ".join("x".join(map(str, s)) for s in shapes)
+              + f"; seg {Path(seg).name}, cls {Path(cls).name}; {torch.get_num_threads()} threads")
+        prepared = na.prepare_models(models, "fp32", "fp32", device, None, BOOK_BATCH,
+                                     cache_dir, na.compile_choice(None, device, "fp32", n_cts))
+        prefetch_pass(paths[:1], prepared, device, False)         # warm-up: programs, caches
+        passes = {False: [], True: []}
+        for _ in range(repeats):
+            for prefetch in (False, True):
+                passes[prefetch].append(prefetch_pass(paths, prepared, device, prefetch))
+        plain, ahead = (min(passes[k]) for k in (False, True))
+        print(f"one process, {n_cts} CTs: reading each CT when it comes {plain[0]:.2f} s (of "
+              f"which reading {plain[1]:.2f} s), the next read in the background "
+              f"{ahead[0]:.2f} s (waiting {ahead[1]:.2f} s): {plain[0] / ahead[0]:.3f}x")
+        sizes = [sharing.header_voxels(p) for p in sorted(paths)]
+        analysis_process(workdir, seg, cls, 1, 2, Path(workdir) / "warm.json")   # warm-up
+        runs = {1: [], 2: []}
+        for _ in range(repeats):
+            for world in (1, 2):
+                wall, doc = analysis_process(workdir, seg, cls, world, 2 // world,
+                                             Path(workdir) / f"{world}.json")
+                runs[world].append(run_costs(wall, doc, world, sizes))
+                runs[world][-1]["candidates"] = [len(s["candidates"]) for s in doc["series"]]
+                runs[world][-1]["stages"] = [s["timing_s"] for s in doc["series"]]
+    best = {w: min(r, key=lambda c: c["wall_s"]) for w, r in runs.items()}
+    for world, threads in ((1, 2), (2, 1)):
+        b = best[world]
+        print(f"nodule_analysis.py, {world} process(es) x {threads} thread(s): {b['wall_s']:.2f} "
+              f"s wall; CTs {sum(b['ct_s']):.2f} s in all, the busiest rank "
+              f"{b['busiest_rank_s']:.2f} s; start-up and merge {b['startup_s']:.2f} s")
+    print(f"2 processes x 1 thread against 1 process x 2 threads: "
+          f"{best[1]['wall_s'] / best[2]['wall_s']:.2f}x")
+    voxels = sum(sizes) / len(sizes)
+    return {"prefetch": {"plain": plain, "ahead": ahead}, "runs": runs,
+            "projection": luna16_projection(best[2], voxels, ahead[1] / n_cts)}
+
+
+def luna16_projection(run, voxels, wait_s, ranks=(1, 8, 64)):
+    """Hours for LUNA16 on `ranks` processes of one thread each, from a 1-thread rank's costs
+    in `run` (analysis_process under torchrun, on CTs of `voxels` voxels on average): the U-Net
+    and grouping per voxel, the classifier per crop, the start-up, and `wait_s`, the seconds a
+    CT kept the analysis waiting when read from a cold page cache with the next-CT prefetch
+    (scaled by voxels); for the detection track (nodule_analysis.py: every CT, LUNA16_SLICES
+    slices, as many crops as a CT has listed candidates on average) and the false-positive
+    track (classify_candidates.py: LUNA16_CANDIDATES crops, a read per CT)."""
+    stages, crops = run["stages"], sum(run["candidates"])
+    luna_voxels = LUNA16_SLICES * 512 ** 2
+    per_ct_seg = sum(s["segmentation"] + s["grouping"] for s in stages) / len(stages) * (
+        luna_voxels / voxels)
+    per_crop = sum(s["classification"] for s in stages) / max(crops, 1)
+    wait = wait_s * luna_voxels / voxels
+    crops_per_ct = LUNA16_CANDIDATES / LUNA16_CTS
+    per_ct = per_ct_seg + per_crop * crops_per_ct + wait
+    print(f"\nLUNA16 projected ({LUNA16_CTS} CTs of {LUNA16_SLICES} x 512 x 512, "
+          f"{LUNA16_CANDIDATES:,} candidates, {crops_per_ct:.0f} per CT) from a 1-thread rank: "
+          f"U-Net and grouping {per_ct_seg:.1f} s per CT ({per_ct_seg / LUNA16_SLICES * 1e3:.0f}"
+          f" ms per slice), {per_crop * 1e3:.1f} ms per crop, {wait:.2f} s waiting per CT read, "
+          f"start-up {run['startup_s']:.1f} s")
+    print("ranks | detection track (hours) | false-positive track (hours)")
+    rows = []
+    for r in ranks:
+        detection = run["startup_s"] + -(-LUNA16_CTS // r) * per_ct
+        fpr = run["startup_s"] + (LUNA16_CTS * wait + LUNA16_CANDIDATES * per_crop) / r
+        rows.append({"ranks": r, "detection_h": detection / 3600, "fpr_h": fpr / 3600})
+        print(f"{r:5d} | {detection / 3600:23.2f} | {fpr / 3600:28.2f}")
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -543,6 +717,14 @@ def main(argv=None):
                         "(as train_seg.py --compile)")
     p.add_argument("--eager-only", action="store_true",
                    help="--analysis: leave out the rows compiled ahead of time")
+    p.add_argument("--sharing", action="store_true",
+                   help="the analysis past one process on --cts LUNA-sized CTs: with and "
+                        "without the next CT read in the background, then 1 process x 2 threads "
+                        "against torchrun's 2 x 1, and LUNA16 projected on 1, 8 and 64 ranks")
+    p.add_argument("--cts", type=int, default=4, help="--sharing: CTs (default: %(default)s)")
+    p.add_argument("--luna-size", action="store_true",
+                   help="--sharing: the CTs resampled to --slices slices of 512 x 512 (default: "
+                        "the sample's CTs as they are)")
     p.add_argument("--real-ct", action="store_true",
                    help="--analysis on chapter 4's real 99-slice DICOM chest CT (the book's "
                         "file, python -m common.data download dicom-ct)")
@@ -554,6 +736,14 @@ def main(argv=None):
         keep_freed_memory()                               # as nodule_analysis.py runs
         return networks_benchmark(luna, args.data_dir, args.repeats,
                                   data_root(args.data_dir) / "cache" / "programs")
+    if args.sharing:
+        keep_freed_memory()                               # as nodule_analysis.py runs
+        return sharing_benchmark(
+            luna, device, args.seg_model or book_file(na.BOOK_SEG_MODEL, args.data_dir,
+                                                      "luna-models"),
+            args.cls_model or book_file(na.BOOK_CLS_MODEL, args.data_dir, "luna-models"),
+            args.cts, args.slices[0] if args.luna_size else None, args.repeats,
+            data_root(args.data_dir) / "cache" / "programs")
     if args.analysis:
         return analysis_benchmark(
             luna, device, args.seg_model or book_file(na.BOOK_SEG_MODEL, args.data_dir,

@@ -3,6 +3,7 @@ of the scans evaluated, written as a submission CSV and scored as evaluate_luna.
 
     python ch13_segment/classify_candidates.py                  # the book's classifier
     python ch13_segment/classify_candidates.py --cls-model runs/ch10/<run>/cls_dlwpt.best.state
+    torchrun --nproc_per_node 2 ch13_segment/classify_candidates.py   # the scans shared out
 
 Each row of --candidates (default: the LUNA folder's candidates.csv, else candidates_V2.csv) on
 a scan evaluated (--series; default: the validation series, as nodule_analysis.py
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ch10_luna.dsets import find_luna, finite_fields
+from ch10_luna.runtime import barrier, is_node_leader, process_group
+from ch13_segment import sharing
 from ch13_segment.dsets import split_series
 from ch13_segment.evaluate_luna import (
     csv_rows,
@@ -33,7 +36,7 @@ from ch13_segment.nodule_analysis import classify
 from ch13_segment.precision import prepare
 from common.ct import load_ct
 from common.data import book_file
-from common.device import add_device_argument, pick_device
+from common.device import add_device_argument
 from common.errors import DataError, run_cli
 from common.files import runs_dir
 
@@ -50,18 +53,33 @@ def read_candidate_centres(path, uids):
     return {uid: np.array(xyz, dtype=np.float64) for uid, xyz in centres.items()}
 
 
-def classify_scans(model, centres, series_paths, batch_size=64, device="cpu"):
-    """uid -> (centres (N, 3) mm, P(nodule) (N,) float64), one CT at a time."""
+def classify_scans(model, centres, cts, batch_size=64, device="cpu"):
+    """uid -> (centres (N, 3) mm, P(nodule) (N,) float64), one CT at a time: `cts` gives
+    (uid, Ct) for each scan of `centres` (read_scans)."""
     marks = {}
-    for k, uid in enumerate(sorted(centres), start=1):
+    for k, (uid, ct) in enumerate(cts, start=1):
         started = time.perf_counter()
-        ct = load_ct(series_paths[uid])
         irc = [ct.xyz_to_irc(tuple(xyz)) for xyz in centres[uid]]      # the voxel, as trained
         probs = classify(model, ct, irc, batch_size, device).astype(np.float64)
         marks[uid] = (centres[uid], probs)
         print(f"  {k}/{len(centres)} {uid}: {len(probs)} candidates, "
               f"{time.perf_counter() - started:.1f} s", flush=True)
     return marks
+
+
+def read_scans(uids, series_paths):
+    """(uid, its Ct with every voxel read) for each of `uids` in order, the next one read in a
+    background thread while this one is classified (sharing.prefetched); a scan that does not
+    read stops the run, since every scan evaluated is scored."""
+    def read(uid):
+        ct = load_ct(series_paths[uid])
+        ct.hu                                 # noqa: B018 (the property reads the voxels)
+        return ct
+
+    for uid, ct, _waited, error in sharing.prefetched(uids, read):
+        if error is not None:
+            raise error
+        yield uid, ct
 
 
 def parse_args(argv=None):
@@ -90,27 +108,42 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    folder, synthetic = luna_folder(args.data_dir, args.synthetic)
-    if synthetic:
-        print(f"SYNTHETIC DATA: the built-in sample in {folder}, not LUNA16")
-    luna = find_luna(folder, synthetic)
-    uids = (read_series(args.series) if args.series is not None
-            else sorted(split_series(luna.series, args.val_stride)[1]))
-    absent = [uid for uid in uids if uid not in luna.series]
-    if absent:
-        raise DataError(f"--series: {len(absent)} of the {len(uids)} scans are not on disk under "
-                        f"{luna.root}, e.g. {absent[0]}: this track classifies their CTs")
-    candidates = Path(args.candidates) if args.candidates else luna.candidates_csv
-    centres = read_candidate_centres(candidates, uids)
-    cls_path = args.cls_model or book_file(BOOK_CLS_MODEL, args.data_dir, "luna-models")
-    device = pick_device(args.device)
-    model = prepare(load_model(cls_path, "LunaModel", "--cls-model").to(device), "fp32",
-                    batch_size=args.batch_size)
-    n = sum(len(c) for c in centres.values())
-    print(f"{n:,} candidates of {candidates.name} on {len(uids)} scans; classifier "
-          f"{Path(cls_path).name} on {device}")
-    marks = classify_scans(model, centres, luna.series, args.batch_size, device)
-    annotations, excluded = reference_csvs(folder, args.annotations, args.excluded)
+    # Under torchrun each process classifies its share of the scans (balanced by candidates)
+    # and rank 0 scores them all; alone, it is rank 0 of 1 (sharing.py).
+    with process_group(args.device, timeout=sharing.MERGE_WAIT) as proc:
+        if is_node_leader():                # the sample, if it is to be made: once per node
+            luna_folder(args.data_dir, args.synthetic)
+        barrier()
+        folder, synthetic = luna_folder(args.data_dir, args.synthetic)
+        if synthetic:
+            proc.say(f"SYNTHETIC DATA: the built-in sample in {folder}, not LUNA16")
+        luna = find_luna(folder, synthetic)
+        uids = (read_series(args.series) if args.series is not None
+                else sorted(split_series(luna.series, args.val_stride)[1]))
+        absent = [uid for uid in uids if uid not in luna.series]
+        if absent:
+            raise DataError(f"--series: {len(absent)} of the {len(uids)} scans are not on disk "
+                            f"under {luna.root}, e.g. {absent[0]}: this track classifies their "
+                            "CTs")
+        candidates = Path(args.candidates) if args.candidates else luna.candidates_csv
+        centres = read_candidate_centres(candidates, uids)
+        cls_path = args.cls_model or book_file(BOOK_CLS_MODEL, args.data_dir, "luna-models")
+        model = prepare(load_model(cls_path, "LunaModel", "--cls-model").to(proc.device),
+                        "fp32", batch_size=args.batch_size)
+        annotations, excluded = reference_csvs(folder, args.annotations, args.excluded)
+        n = sum(len(c) for c in centres.values())
+        ranks = f" x {proc.world} processes" if proc.world > 1 else ""
+        proc.say(f"{n:,} candidates of {candidates.name} on {len(uids)} scans; classifier "
+                 f"{Path(cls_path).name} on {proc.device}{ranks}")
+        scans = sorted(centres)
+        mine = [scans[i] for i in sharing.share([len(centres[u]) for u in scans],
+                                                 proc.world)[proc.rank]]
+        marks = classify_scans(model, {u: centres[u] for u in mine},
+                               read_scans(mine, luna.series), args.batch_size, proc.device)
+        parts = sharing.gather_to_first(marks)            # rank 0: every rank's marks
+    if parts is None:
+        return {"rank": proc.rank}                        # rank 0 scores the whole run
+    marks = {uid: part[uid] for part in parts for uid in part}
     name = "fpr_" + Path(cls_path).name.removesuffix(".state")
     out = Path(args.out) if args.out else runs_dir("ch13")
     result = report(marks, uids, annotations, excluded, out, name, args.bootstrap, args.seed,

@@ -4,13 +4,15 @@
     python ch13_segment/nodule_analysis.py SERIES_UID --json runs/ch13/analysis.json
     python ch13_segment/nodule_analysis.py --list-series               # the series on disk
     python ch13_segment/nodule_analysis.py --run-validation --malignancy-model M.best.state
+    torchrun --nproc_per_node 2 ch13_segment/nodule_analysis.py --run-validation   # shared out
 
 Per CT, the book's steps: segment_ct (the U-Net on every slice with its context), clean_mask
 (P > 0.5, one erosion), group_candidates (connected components, HU-weighted centres), classify
 (a 32x48x48 crop around each centre; an optional second LunaModel grades the nodules) and
 match_and_score (the book's 3x4 table). main prepares the networks once (fp32, bf16, int8:
-precision.py) and runs analyze_series per CT. The default models are the book's published
-checkpoints (`python -m common.data download luna-models`); checkpoints trained here load too.
+precision.py) and runs analyze_series per CT, each torchrun process on its share (sharing.py).
+The default models are the book's published checkpoints (`python -m common.data download
+luna-models`); checkpoints trained here load too.
 """
 import argparse
 import time
@@ -23,8 +25,9 @@ import torch
 from scipy import ndimage
 
 from ch10_luna.dsets import CROP_IRC, locate_luna, luna_parser, read_annotations
-from ch10_luna.runtime import keep_freed_memory
+from ch10_luna.runtime import keep_freed_memory, process_group
 from ch13_segment import precision as prec
+from ch13_segment import sharing
 from ch13_segment.analysis_outputs import check_outputs, write_series_outputs
 from ch13_segment.dsets import CONTEXT_SLICES, check_context, context_indexes, split_series
 from ch13_segment.dsets_cls import read_malignancy_annotations
@@ -210,23 +213,30 @@ def timed(timing, stage):
     timing[stage] = timing.get(stage, 0.0) + time.perf_counter() - started
 
 
-def analyze_series(mhd_path, models, annotations, device="cpu", batch_size=4,
+def read_ct(path):
+    """The book's getCt for the analysis: the CT at `path` with every voxel read once (ct.hu,
+    cached on the Ct) and enough slices for the U-Net's context; a DataError names what is
+    wrong. main reads the next CT this way while the networks work on this one."""
+    ct = load_ct(path)
+    check_context(series_name(path), ct.shape[0])
+    ct.hu                                     # noqa: B018 (the property reads the voxels)
+    return ct
+
+
+def analyze_series(ct, models, annotations, device="cpu", batch_size=4,
                    erosion_max_spacing=EROSION_MAX_SPACING_MM):
-    """The book's main loop for one CT: segment, group, classify, grade, and score against the
-    annotated nodules. `models` are the prepared U-Net, classifier and malignancy model (or
-    None). A dict: detections, the table, matches, timings, and the CT, the U-Net's (I, R, C)
-    probabilities and the candidates' labels."""
+    """The book's main loop for one CT (read by read_ct): segment, group, classify, grade, and
+    score against the annotated nodules. `models` are the prepared U-Net, classifier and
+    malignancy model (or None). A dict: detections, the table, matches, timings, and the CT,
+    the U-Net's (I, R, C) probabilities and the candidates' labels."""
     seg_model, cls_model, mal_model = models
     timing = {}
-    with timed(timing, "load"):
-        ct = load_ct(mhd_path)
-        hu = ct.hu                            # every voxel read once (cached on the Ct)
     with timed(timing, "segmentation"):
         probs = segment_ct(seg_model, ct, batch_size, device)
     with timed(timing, "grouping"):
         mask = probs > SEG_THRESHOLD
         clean = clean_mask(mask, ct.spacing_xyz[::-1], erosion_max_spacing)
-        centers_irc, labels = group_candidates(clean, hu)
+        centers_irc, labels = group_candidates(clean, ct.hu)
     with timed(timing, "classification"):
         p_nodule = classify(cls_model, ct, centers_irc, batch_size, device)
         p_mal = ([None] * len(centers_irc) if mal_model is None else
@@ -235,10 +245,10 @@ def analyze_series(mhd_path, models, annotations, device="cpu", batch_size=4,
                            ("--malignancy-model", mal_model, p_mal)):
         if model is not None and not np.isfinite(np.asarray(p, dtype=np.float64)).all():
             raise DataError(f"{flag}: the model gave a probability that is not a number on "
-                            f"series {series_name(mhd_path)} (a broken checkpoint?)")
+                            f"series {series_name(ct.path)} (a broken checkpoint?)")
     detections = [Detection(ct.irc_to_xyz(irc), irc, float(pn), None if pm is None else
                             float(pm)) for irc, pn, pm in zip(centers_irc, p_nodule, p_mal)]
-    return {"series_uid": series_name(mhd_path), "shape": ct.shape,
+    return {"series_uid": series_name(ct.path), "shape": ct.shape,
             "voxels": int(np.prod(ct.shape)), "segmented_voxels": int(mask.sum()),
             "detections": detections, "annotations": annotations,
             "table": match_and_score(detections, annotations),
@@ -316,6 +326,42 @@ def candidate_record(i, d, result):
             "matched_annotation": None if match is None else match._asdict()}
 
 
+def series_record(result, files=()):
+    """One analysed CT as plain JSON-ready data: all the merge needs (a rank sends it to rank 0,
+    a rerun reads it back), its floats as they are (JSON writes them to round-trip exactly);
+    `files`: the outputs written for it, relative to the outputs folder."""
+    return {"series_uid": result["series_uid"], "shape": list(result["shape"]),
+            "voxels": result["voxels"], "segmented_voxels": result["segmented_voxels"],
+            "rechecked": result["rechecked"], "timing": result["timing"],
+            "annotations": annotation_rows(result["annotations"]),
+            "detections": [[list(d.center_xyz), list(d.center_irc), d.prob_nodule,
+                            d.prob_malignant] for d in result["detections"]],
+            "table": result["table"].tolist(), "matches": result["matches"].tolist(),
+            "files": list(files)}
+
+
+def still_valid(record, annotations, out):
+    """Whether a result kept by an earlier run holds: scored against the same annotations, its
+    files all in the outputs folder `out`."""
+    return annotation_rows(annotations) == record["annotations"] and all(
+        (Path(out) / name).is_file() for name in record["files"])
+
+
+def annotation_rows(annotations):
+    return [[list(a.center_xyz), a.diameter_mm, a.is_malignant] for a in annotations]
+
+
+def series_result(record):
+    """series_record's result back as analyze_series gives it (without the volumes)."""
+    annotations = [Annotation(tuple(xyz), d, m) for xyz, d, m in record["annotations"]]
+    detections = [Detection(tuple(xyz), tuple(irc), pn, pm)
+                  for xyz, irc, pn, pm in record["detections"]]
+    return {**record, "shape": tuple(record["shape"]), "annotations": annotations,
+            "detections": detections, "table": np.array(record["table"], dtype=np.int64),
+            "matches": np.array(record["matches"], dtype=bool).reshape(len(annotations),
+                                                                        len(detections))}
+
+
 def analysis_document(results, table, models, erosion_max_spacing, precision="fp32",
                       seg_precision=None):
     """Every candidate of every series (centres, probabilities, matched annotation), totals and
@@ -385,6 +431,11 @@ def analysis_parser():
     p.add_argument("--outputs", default=None, metavar="DIR",
                    help="folder for each CT's picture (<uid>.png), label volumes (.mha) and 3D "
                         "Slicer markups (.mrk.json) (default: runs/ch13/analysis/<time>)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep each CT's result in <outputs>/results as it finishes, and skip "
+                        "the CTs a run with the same settings kept there: rerun the same "
+                        "command after a crash or a kill (needs --outputs: the same folder "
+                        "each time)")
     for name, what in (("png", "the picture"), ("volumes", "the label volumes"),
                        ("markups", "the markups")):
         p.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=True,
@@ -405,6 +456,9 @@ def parse_args(argv=None):
         p.error("--include-train goes with --run-validation")
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
+    if args.resume and not args.outputs:
+        p.error("--resume needs --outputs DIR: the folder a rerun finds the finished CTs in "
+                "(the default folder is new each run)")
     if np.isnan(args.erosion_max_spacing) or args.erosion_max_spacing < 0:
         p.error("--erosion-max-spacing must be 0 or more (inf: every axis)")
     if args.amp and args.precision not in (None, "bf16"):
@@ -462,45 +516,86 @@ def main(argv=None):
     writes = {"png": args.png, "label_volume": args.volumes, "markups": args.markups}
     out = Path(args.outputs) if args.outputs else runs_dir("ch13") / "analysis" / time.strftime(
         "%Y-%m-%d_%H.%M.%S")
-    if any(writes.values()):
+    if any(writes.values()) or args.resume:
         check_outputs(out, "--outputs")
-    luna = (None if args.ct and not int8 else
-            locate_luna(args.data_dir, args.synthetic, warn_skipped=args.series_uid is None))
-    if args.ct:                                # one CT of its own: no annotations to score
-        if not Path(args.ct).exists():
-            raise DataError(f"--ct {args.ct}: no such file or folder")
-        uids, paths_of, nodules = [series_name(args.ct)], {series_name(args.ct): args.ct}, {}
-    else:
-        uids = pick_series(luna, args.series_uid, args.include_train, args.val_stride,
-                           args.fold)
-        paths_of, nodules = luna.series, read_nodules(luna)
-    calibration = (prec.calibration_sets(luna, [] if args.ct else uids, args.batch_size,
-                                         args.val_stride, args.fold) if int8 else None)
-    compiled = compile_choice(args.compile, device, args.seg_precision, len(uids))
-    models = prepare_models(models, args.precision, args.seg_precision, device, calibration,
-                            args.batch_size, data_root(args.data_dir) / "cache" / "programs",
-                            compiled)
-    results, written = [], []
-    for uid in uids:
-        before = rechecked(models)
-        result = analyze_series(paths_of[uid], models, nodules.get(uid, []), device,
-                                args.batch_size, args.erosion_max_spacing)
-        result["rechecked"] = rechecked(models) - before
-        if any(writes.values()):
-            written += write_series_outputs(
-                out, result["series_uid"], result["ct"], result["probs"] > SEG_THRESHOLD,
-                result["labels"], result["detections"], None if args.ct else
-                result["annotations"], result["matches"], threshold=NODULE_THRESHOLD, **writes)
-        for volume in ("ct", "probs", "labels"):             # not kept from CT to CT
-            del result[volume]
-        results.append(result)
-        print(series_line(result), flush=True)
+    # Under torchrun each process analyses its share of the CTs and rank 0 merges; alone, it
+    # is rank 0 of 1 (sharing.py).
+    with process_group(args.device, timeout=sharing.MERGE_WAIT) as proc:
+        out = sharing.agreed(out)                         # the default folder: rank 0's time
+        device = proc.device
+        luna = (None if args.ct and not int8 else
+                locate_luna(args.data_dir, args.synthetic, announce=proc.say,
+                            warn_skipped=args.series_uid is None))
+        if args.ct:                            # one CT of its own: no annotations to score
+            if not Path(args.ct).exists():
+                raise DataError(f"--ct {args.ct}: no such file or folder")
+            uids, paths_of, nodules = [series_name(args.ct)], {series_name(args.ct): args.ct}, {}
+        else:
+            uids = pick_series(luna, args.series_uid, args.include_train, args.val_stride,
+                               args.fold)
+            paths_of, nodules = luna.series, read_nodules(luna)
+        calibration = (prec.calibration_sets(luna, [] if args.ct else uids, args.batch_size,
+                                             args.val_stride, args.fold) if int8 else None)
+        compiled = compile_choice(args.compile, device, args.seg_precision, len(uids))
+        prepared = prepare_models(models, args.precision, args.seg_precision, device,
+                                  calibration, args.batch_size,
+                                  data_root(args.data_dir) / "cache" / "programs", compiled,
+                                  announce=proc.say)
+        # --resume: each CT's result is kept in <outputs>/results, named by the settings.
+        key = {"models": [m and prec.weights_key(m) for m in models],
+               "precision": [args.precision, args.seg_precision], "compiled": list(compiled),
+               "batch_size": args.batch_size, "device": device.type, "outputs": writes,
+               "erosion_max_spacing": repr(args.erosion_max_spacing),
+               "torch": torch.__version__}
+        kept = sharing.read_kept(out / "results", uids, key, lambda r: still_valid(
+            r, nodules.get(r["series_uid"], []), out)) if args.resume else {}
+        if kept:
+            proc.say(f"--resume: {len(kept)} of the {len(uids)} CTs were analysed before "
+                     f"(their results kept in {out / 'results'}); analysing the others")
+        todo = [uid for uid in uids if uid not in kept]
+        mine = sharing.share([sharing.header_voxels(paths_of[u]) for u in todo], proc.world)
+        records, missing = [], {}
+        tag = f"[rank {proc.rank}] " if proc.world > 1 else ""
+        for uid, ct, waited, error in sharing.prefetched(          # the next CT read meanwhile
+                [todo[i] for i in mine[proc.rank]], lambda uid: read_ct(paths_of[uid])):
+            if error is not None:                        # a CT that does not read: left out
+                if len(uids) == 1:
+                    raise error
+                missing[uid] = sharing.skipped(error)
+                continue
+            before = rechecked(prepared)
+            result = analyze_series(ct, prepared, nodules.get(uid, []), device,
+                                    args.batch_size, args.erosion_max_spacing)
+            result["timing"] = {"load": waited, **result["timing"]}   # the wait for the CT
+            result["rechecked"] = rechecked(prepared) - before
+            written = []
+            if any(writes.values()):
+                written = write_series_outputs(
+                    out, result["series_uid"], result["ct"], result["probs"] > SEG_THRESHOLD,
+                    result["labels"], result["detections"], None if args.ct else
+                    result["annotations"], result["matches"], threshold=NODULE_THRESHOLD,
+                    **writes)
+            for volume in ("ct", "probs", "labels"):             # not kept from CT to CT
+                del result[volume]
+            records.append(series_record(result, [Path(f).name for f in written]))
+            if args.resume:
+                sharing.keep(out / "results", uid, key, records[-1])
+            print(tag + series_line(result), flush=True)
+        parts = sharing.gather_to_first((records, missing))   # rank 0: every rank's results
+    if parts is None:
+        return {"rank": proc.rank}                 # rank 0 reports the whole run
+    merged = {**kept, **{r["series_uid"]: r for rs, _ in parts for r in rs}}
+    results = [series_result(merged[uid]) for uid in uids if uid in merged]
+    missing = {uid: why for _, ms in parts for uid, why in ms.items()}
+    if not results:
+        raise DataError(f"none of the {len(uids)} CTs could be analysed (said above)")
     table = sum(r["table"] for r in results)
     mean = {k: float(np.mean([r["timing"][k] for r in results])) for k in results[0]["timing"]}
     seg_in = (f" (U-Net {args.seg_precision})" if args.seg_precision != args.precision
               else "")
     which = " and ".join(n for n, c in zip(("U-Net", "classifiers"), compiled) if c)
-    print(f"\n{len(results)} CT(s) on {device} in {args.precision}{seg_in}"
+    ranks = f" x {proc.world} processes" if proc.world > 1 else ""
+    print(f"\n{len(results)} CT(s) on {device}{ranks} in {args.precision}{seg_in}"
           f"{f', compiled: {which}' if which else ''}; "
           f"seconds per CT: " + ", ".join(f"{k} {v:.2f}" for k, v in mean.items())
           + f" (total {sum(mean.values()):.2f})\n")
@@ -509,8 +604,12 @@ def main(argv=None):
         print("(no --malignancy-model: 'Pred. benign' holds every detected nodule)")
     if luna is not None and luna.malignancy_csv is None and not args.ct:
         print("(no annotations_with_malignancy.csv: every annotated nodule is in the Benign row)")
+    if missing:
+        print(f"{len(missing)} CT(s) could not be read and are left out (said above): "
+              + ", ".join(sorted(missing)))
+    written = sum(len(r["files"]) for r in results)
     if written:
-        print(f"{len(written)} files in {out} (per CT: " + ", ".join(
+        print(f"{written} files in {out} (per CT: " + ", ".join(
             name for name, on in (("the picture", args.png), ("label volumes", args.volumes),
                                   ("markups", args.markups)) if on) + ")")
     if args.submission:
@@ -521,8 +620,10 @@ def main(argv=None):
     if args.json:
         doc = analysis_document(results, table, paths, args.erosion_max_spacing,
                                 args.precision, args.seg_precision)
+        if missing:
+            doc["missing"] = [{"series_uid": uid, "error": why} for uid, why in missing.items()]
         print(f"candidates written to {write_json(args.json, doc, '--json')}")
-    return {"table": table, "results": results, "timing": mean}
+    return {"table": table, "results": results, "timing": mean, "missing": missing}
 
 
 if __name__ == "__main__":

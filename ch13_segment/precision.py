@@ -32,7 +32,7 @@ from ch13_segment.dsets import context_slices, split_series
 from ch13_segment.model import UNetWrapper
 from common.ct import HU_MIN
 from common.errors import DataError
-from common.files import write_bytes
+from common.files import one_writer, write_bytes
 
 PRECISIONS = ("fp32", "bf16", "int8")
 KEY = "quantization_annotation"             # where pt2e quantizers keep a node's annotation
@@ -522,17 +522,42 @@ def device_target(device):
 def load_or_compile(module, example, cache_dir, name, eager, announce=print):
     """The AOTInductor program of `module` for inputs of `example`'s shape: loaded from
     `cache_dir`/`name`.pt2, else exported, compiled with freezing and saved there
-    (atomically); `eager` (with a warning line) where that fails."""
+    (atomically); `eager` (with a warning line) where that fails. Of several processes first
+    using the cache at once (torchrun's ranks), one compiles while the others wait for its
+    program and load it (common.files.one_writer)."""
+    path = Path(cache_dir) / f"{name}.pt2" if cache_dir is not None else None
+    existed = path is not None and path.is_file()
+    if existed:
+        program = load_program(path, announce)
+        if program is not None:
+            return program
+    with contextlib.ExitStack() as lock:
+        if path is not None:
+            with contextlib.suppress(DataError):       # an unwritable cache: compile, warn
+                lock.enter_context(one_writer(path, "compiled program cache"))
+        if not existed and path is not None and path.is_file():     # made while this waited
+            program = load_program(path, announce)
+            if program is not None:
+                return program
+        return compile_program(module, example, path, name, eager, announce)
+
+
+def load_program(path, announce=print):
+    """The AOTInductor program kept at `path`; None (with a warning line) when it cannot load."""
+    try:
+        return torch._inductor.aoti_load_package(str(path))
+    except Exception as e:                        # a damaged or foreign file: compile anew
+        announce(f"warning: {path}: not a loadable program ({type(e).__name__}); compiling "
+                 "again")
+        return None
+
+
+def compile_program(module, example, path, name, eager, announce=print):
+    """load_or_compile's compilation: `module` exported for `example`'s shape, compiled with
+    freezing, saved at `path` (None: a temporary folder) and loaded; `eager` where that fails."""
     import tempfile
 
-    path = Path(cache_dir) / f"{name}.pt2" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        try:
-            return torch._inductor.aoti_load_package(str(path))
-        except Exception as e:                    # a damaged or foreign file: compile anew
-            announce(f"warning: {path}: not a loadable program ({type(e).__name__}); compiling "
-                     "again")
-    started = time.perf_counter()
+    started, kept = time.perf_counter(), path is not None
     try:
         # Exported outside inference mode (a caller's torch.inference_mode changes how
         # export traces views), from a copy of the example made there.
@@ -556,7 +581,7 @@ def load_or_compile(module, example, cache_dir, name, eager, announce=print):
                  "; it runs eagerly")
         return eager
     announce(f"compiled {name.rsplit('-', 1)[0]} in {time.perf_counter() - started:.1f} s"
-             + (f" (kept in {path.parent} for later runs)" if cache_dir is not None else ""))
+             + (f" (kept in {path.parent} for later runs)" if kept else ""))
     return compiled
 
 
@@ -576,15 +601,18 @@ def int8_program(model, batch_size, calibration, cache_dir=None):
         key = weights_key(model, calibration.key, batch_size, reduce_range())
         path = Path(cache_dir) / f"{type(model).__name__}-{key}.pt2"
     if path is not None and path.is_file():
-        program = load_int8(path)
-        return program, (torch.zeros(batch_size),)        # only the batch size is read
-    batches = calibration.batches()
-    example = (batches[0][:1].expand(batch_size, *batches[0].shape[1:]).contiguous(),)
-    program = quantize_int8(model, example, batches)
-    if path is not None:
-        buffer = io.BytesIO()
-        save_int8(program, example, buffer)
-        write_bytes(path, buffer.getvalue(), "int8 model cache")
+        return load_int8(path), (torch.zeros(batch_size),)    # only the batch size is read
+    # Of several processes first using the cache at once, one quantizes; the others wait.
+    with one_writer(path, "int8 model cache") if path is not None else contextlib.nullcontext():
+        if path is not None and path.is_file():                # made while this one waited
+            return load_int8(path), (torch.zeros(batch_size),)
+        batches = calibration.batches()
+        example = (batches[0][:1].expand(batch_size, *batches[0].shape[1:]).contiguous(),)
+        program = quantize_int8(model, example, batches)
+        if path is not None:
+            buffer = io.BytesIO()
+            save_int8(program, example, buffer)
+            write_bytes(path, buffer.getvalue(), "int8 model cache")
     return program, example
 
 

@@ -4,9 +4,10 @@ Every file a script writes goes through `atomic_path` or the helpers built on it
 to a temporary file in the target folder, which is renamed onto the target only once complete
 and removed on any failure, so a full disk, a crash or Ctrl-C never leaves half a file. A
 temporary is named `.<stem>.tmp-<pid>@<host>-<random><suffix>`; one left by a process that was
-killed outright (kill -9, a power cut) is removed by the next writer of the same target. Every
-torch file a user hands a script is read by `read_torch` (`weights_only=True`: tensors and
-plain containers, never pickled code).
+killed outright (kill -9, a power cut) is removed by the next writer of the same target. A file
+that several processes may all set out to make (a cache) is made under `one_writer`: one makes
+it, the others wait, then read it. Every torch file a user hands a script is read by
+`read_torch` (`weights_only=True`: tensors and plain containers, never pickled code).
 """
 import contextlib
 import errno
@@ -20,6 +21,11 @@ import time
 from pathlib import Path
 
 from common.errors import DataError, one_line
+
+try:                                               # POSIX; elsewhere one_writer locks nothing
+    import fcntl
+except ImportError:
+    fcntl = None
 
 RUNS_ROOT = Path(__file__).resolve().parent.parent / "runs"   # the repository's runs/, git-ignored
 # Another machine's temporary (a shared disk) is removed only after this long without a change:
@@ -196,6 +202,40 @@ def atomic_path(path, what="output", write_errors=()):
     except BaseException:
         _remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def one_writer(path, what="output"):
+    """Hold the writer's lock of `path` for the block: an exclusive `fcntl.flock` on
+    `.<name>.lock` beside it, so that of several processes setting out to make `path` (a cache
+    that ranks or runs share) one makes it while the others wait here; a waiter then finds
+    `path` made and reads it instead. The lock file is removed on the way out; one left by a
+    killed holder (the kernel releases its lock) is taken over and removed by the next writer.
+    A waiter that finds the lock file replaced (removed by its holder, made anew by a third
+    process) locks again, so two processes never hold it at once."""
+    path = Path(path)
+    output_dir(path.parent, f"{what} folder")
+    if fcntl is None:
+        yield
+        return
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise cannot_write(what, path, e) from None
+        fcntl.flock(fd, fcntl.LOCK_EX)                 # waits while another process holds it
+        with contextlib.suppress(FileNotFoundError):
+            now, held = os.stat(lock), os.fstat(fd)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                break                                  # the lock file is still this one
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)                            # before releasing it: see the loop
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ reaches, `Interrupted` details.
 
 The children reset SIGINT to Python's default first: a test run started in the background
 (`pytest &` in a script) hands them SIGINT ignored, as it would to a trainer started so."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,9 +47,11 @@ WRITER = textwrap.dedent("""
 # the process that made the third batch (a worker's, or the main process'). With "broken", item
 # 5 raises a DataError inside a worker instead.
 LOADER = textwrap.dedent("""
-    import os, signal, sys, time
+    import faulthandler, os, signal, sys, time
     import torch
     from torch.utils.data import DataLoader, Dataset
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)     # finish() asks on a hang
     from common.errors import DataError, run_cli
 
     class Slow(Dataset):
@@ -94,12 +97,21 @@ def start(tmp_path, code, *args):
 
 
 def finish(process):
-    """(exit status, stderr) once it has ended; it must end within a minute."""
+    """(exit status, stderr) once it has ended; it must end within a minute. One that has not
+    fails the test with the Python stacks of its group's processes (a child that registered
+    faulthandler for SIGUSR1 prints them), so that a hang says where it hangs."""
     try:
         _, err = process.communicate(timeout=60)
     except subprocess.TimeoutExpired:
-        process.kill()
-        raise
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGUSR1)
+        try:
+            _, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            _, err = process.communicate()
+        pytest.fail(f"the child did not end within 60 s; its stacks:\n{err[-6000:]}")
     return process.returncode, err
 
 

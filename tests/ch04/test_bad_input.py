@@ -158,13 +158,26 @@ def test_no_wine_passing_the_threshold_says_so_instead_of_dividing_by_zero(tmp_p
 
 
 @pytest.mark.realdata
+def adjacent_slices(folder, count):
+    """The names of `count` files of a DICOM series that are neighbours in it (by instance
+    number; the files' own names are in no such order)."""
+    import SimpleITK as sitk
+
+    reader, numbered = sitk.ImageFileReader(), []
+    for path in sorted(folder.glob("*.dcm")):
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        numbered.append((int(reader.GetMetaData("0020|0013")), path.name))
+    return [name for _, name in sorted(numbered)[:count]]
+
+
 def test_a_dicom_series_shorter_than_the_slice_the_book_shows(tmp_path, capsys):
     source = find_book_file(DICOM)
     if source is None:
         pytest.skip("the book's DICOM CT is absent: python -m common.data download dicom-ct")
     folder = tmp_path / "root" / DICOM
     folder.mkdir(parents=True)
-    for name in ("000000.dcm", "000001.dcm", "000002.dcm"):
+    for name in adjacent_slices(source, 3):         # a 3 mm step: only the length is wrong
         shutil.copyfile(source / name, folder / name)
     from ch04_data import volumetric
 

@@ -54,6 +54,7 @@ from ch13_segment.nodule_analysis import (
     load_models,
     match_and_score,
     match_detections,
+    read_ct,
     read_nodules,
     segment_ct,
 )
@@ -170,7 +171,7 @@ def analyse(uids, luna, nodules, models, device, batch_size=4):
     """analyze_series (chapter 14's, unchanged) on each CT: the 3x4 tables summed."""
     table = np.zeros((3, 4), dtype=np.int64)
     for uid in bar(uids, "analysis"):                  # one CT's volumes in memory at a time
-        table += analyze_series(luna.series[uid], models, nodules.get(uid, []), device,
+        table += analyze_series(read_ct(luna.series[uid]), models, nodules.get(uid, []), device,
                                 batch_size)["table"]
     return table
 
@@ -500,7 +501,7 @@ def exercise_3(luna, seg, init, budget, device, seed=0, val_stride=10, fold=None
     own = {name: np.zeros((3, 4), dtype=np.int64) for name in models}
     shifts = []
     for uid in bar(val_uids, "analysis"):
-        result = analyze_series(luna.series[uid], (seg_run, runs["listed"], None),
+        result = analyze_series(read_ct(luna.series[uid]), (seg_run, runs["listed"], None),
                                 nodules.get(uid, []), device)
         own["listed"] += result["table"]
         centers = [d.center_irc for d in result["detections"]]

@@ -35,6 +35,7 @@ from ch13_segment.nodule_analysis import (
     classify,
     match_and_score,
     match_detections,
+    read_ct,
     read_nodules,
 )
 from common.figures import (
@@ -306,7 +307,8 @@ def exercise_5(luna, seg, cls, strides=DEFAULT_STRIDES, n_cts=3, device="cpu", o
     png = None
     for uid in uids:
         annotations = nodules.get(uid, [])
-        result = analyze_series(luna.series[uid], (seg_run, cls_run, None), annotations, device)
+        result = analyze_series(read_ct(luna.series[uid]), (seg_run, cls_run, None), annotations,
+                                device)
         seg_row = rows["segmentation"]
         seg_row["table"] += result["table"]
         seg_row["classified"] += len(result["detections"])

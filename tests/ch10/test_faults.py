@@ -30,7 +30,9 @@ SCRIPT = str(REPO_ROOT / "ch10_luna" / "train_cls.py")
 # as the mark exists) and waits a minute first, so the test can stop the process while the
 # temporary exists. The product code has no such hook.
 SLOW_REPLACE = textwrap.dedent("""
-    import os, time
+    import os, signal, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # as in a terminal, even when the
+                                                               # suite runs in the background
     name, nth = os.environ["SLOW_REPLACE_NAME"].rsplit(":", 1)
     replace, seen = os.replace, []
 

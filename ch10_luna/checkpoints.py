@@ -68,7 +68,7 @@ def parse_run_args(parse_args, argv, model_name, keeps, prefix, load=None):
     flags given again (restore_settings); `load` reads the checkpoint (default:
     load_resumable for `model_name`)."""
     args = parse_args(argv)
-    path, why = resume_from(args, prefix)
+    path, why = resume_from(args.resume, args.run_dir, args.tb_prefix, args.comment, prefix)
     saved = None
     if path:
         saved = (load or (lambda path: load_resumable(path, model_name)))(path)
@@ -82,27 +82,28 @@ def parse_run_args(parse_args, argv, model_name, keeps, prefix, load=None):
     return args, saved, check_writable(run_dir, "--run-dir")
 
 
-def resume_from(args, prefix):
-    """(checkpoint to resume or None, why it was chosen or None). --resume PATH as given; with
+def resume_from(resume, run_dir, tb_prefix, comment, prefix):
+    """(checkpoint to resume or None, why it was chosen or None), from the flags --resume,
+    --run-dir, --tb-prefix and the comment. --resume PATH as given; with
     --resume auto (which needs --run-dir) the run folder's last checkpoint, or None when the run
     wrote none yet (said on rank 0). Under torchrun, a run folder whose last checkpoint this
     same job wrote (its run id) is a restarted job's: it continues from there too. (The restart
     count torchrun sets is each machine's own: a healthy node's processes restarted with the
     others may see 0.)"""
     job = elastic()
-    if args.resume not in (None, "auto"):
-        return args.resume, None                 # PATH, on every start of the job
-    if args.resume == "auto" and not args.run_dir:
+    if resume not in (None, "auto"):
+        return resume, None                      # PATH, on every start of the job
+    if resume == "auto" and not run_dir:
         raise DataError("--resume auto: give --run-dir too, the run folder whose last "
                         "checkpoint to continue (a requeued job names the same one)")
-    if args.resume is None and job is None:
+    if resume is None and job is None:
         return None, None
-    folder = run_directory(args.run_dir, None, args.tb_prefix, args.comment)
-    last = run_files(folder, prefix, args.comment)[0]
+    folder = run_directory(run_dir, None, tb_prefix, comment)
+    last = run_files(folder, prefix, comment)[0]
     if job is not None and last.exists() and read_torch(last, "the run's last checkpoint").get(
             "torchrun_run_id") == job.run_id:
         return last, f"torchrun restarted job {job.run_id}"
-    if args.resume == "auto":
+    if resume == "auto":
         if last.exists():
             return last, "--resume auto"
         say_first(f"--resume auto: no checkpoint in {folder} yet; starting the run from its "

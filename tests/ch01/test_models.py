@@ -118,7 +118,7 @@ def test_alexnet_count_and_output():
 
 
 @pytest.mark.gpu
-def test_resnet_cpu_and_gpu_agree(resnet, cuda, monkeypatch):
+def test_resnet_cpu_and_gpu_agree(cuda, resnet, monkeypatch):   # cuda first: skip unbuilt
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     x = torch.randn(2, 3, 96, 96)

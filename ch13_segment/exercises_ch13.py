@@ -876,7 +876,7 @@ def parse_args(argv=None):
                    help="use the built-in synthetic sample even if LUNA16 is present")
     add_device_argument(p)
     p.add_argument("--epochs", type=int, default=2, help="U-Net epochs (default: %(default)s)")
-    p.add_argument("--epoch-size", type=int, default=4000,
+    p.add_argument("--epoch-size", type=int, default=2500,
                    help="training crops per U-Net epoch (default: %(default)s; the book: 300,000)")
     p.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's (default: %(default)s)")

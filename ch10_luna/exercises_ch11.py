@@ -275,12 +275,20 @@ def report_2(r):
         print(f"  {what:24s} val: neg {v['correct/neg']:5.1f}% pos {v['correct/pos']:5.1f}% "
               f"correct, mean P(nodule) {v['mean_p']:.3f}, {score_line(v)}")
     rev, srt = s["reversed"], s["sorted"]
-    if rev["mean_p"] > srt["mean_p"]:
-        verdict = ("the model ends where the epoch ends: the last class it saw wins. Both orders "
-                   "teach it; a shuffled epoch (or chapter 12's balancing) mixes the classes")
+    if rev["mean_p"] <= srt["mean_p"]:
+        verdict = (f"here {r['train']:,} samples were too few for the last class seen to pull "
+                   "the outputs; try a longer --epoch-size")
+    elif rev["correct/pos"] > srt["correct/pos"]:
+        verdict = ("the model ends where the epoch ends, the last class it saw wins: reversed "
+                   f"calls {rev['correct/pos']:.0f}% of the validation nodules nodules against "
+                   f"{srt['correct/pos']:.0f}% sorted. A shuffled epoch (or chapter 12's "
+                   "balancing) mixes the classes")
     else:
-        verdict = (f"here {r['train']:,} samples were too few for the last class seen to win; "
-                   "try a longer --epoch-size")
+        verdict = ("the outputs lean towards the class the epoch ended on, though not past the "
+                   f"0.5 threshold in {r['train']:,} samples: reversed finds no more validation "
+                   f"nodules than sorted ({rev['correct/pos']:.0f}% against "
+                   f"{srt['correct/pos']:.0f}%). A shuffled epoch (or chapter 12's balancing) "
+                   "mixes the classes")
     print(f"  answer: reversed, the epoch ends on nodules: mean P(nodule) {rev['mean_p']:.3f} "
           f"on validation against {srt['mean_p']:.3f} sorted (ending on non-nodules), "
           f"{100 - rev['correct/neg']:.0f}% of the non-nodules called nodules against "

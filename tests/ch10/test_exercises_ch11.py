@@ -1,6 +1,9 @@
 """Chapter 11's exercises: the loader passes visit every sample once, the memory arithmetic, the
 list orders, the thinned lists, the training helper around chapter 11's loop, the AUC against
 scikit-learn, and the TensorBoard event files holding the keys each naming asks for."""
+import contextlib
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +144,26 @@ def test_main_answers_every_exercise(tiny_luna, tmp_path, capsys):
 def test_bad_flags_are_one_line(capsys):
     assert_one_error_line(*run_main(ex.main, ["--epoch-size", "-1"], capsys), "--epoch-size -1")
     assert_one_error_line(*run_main(ex.main, ["--device", "tpu"], capsys), "--device tpu")
+
+
+def answer_2(reversed_p, reversed_pos, sorted_p=0.1, sorted_pos=0.0):
+    """11.2's printed answer line for hand-made validation scores."""
+    row = {"correct/neg": 100.0, "pr/f1_score": 0.0, "pr/precision": 0.0, "pr/recall": 0.0,
+           "auc": 0.5, "loss/all": 0.3}
+    scores = {"sorted": {**row, "mean_p": sorted_p, "correct/pos": sorted_pos},
+              "reversed": {**row, "mean_p": reversed_p, "correct/pos": reversed_pos},
+              "shuffled": {**row, "mean_p": 0.2, "correct/pos": 0.0}}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        ex.report_2({"train": 1024, "nodules": 248, "scores": scores})
+    (line,) = [x for x in out.getvalue().splitlines() if x.lstrip().startswith("answer:")]
+    return line
+
+
+def test_the_order_verdict_claims_a_win_only_where_nodules_are_found():
+    assert "the last class it saw wins: reversed calls 60% of the validation nodules" in \
+        answer_2(0.6, 60.0)
+    leaning = answer_2(0.348, 0.0)                  # the sample's run: outputs lean, none found
+    assert "lean towards the class the epoch ended on" in leaning and "wins" not in leaning
+    assert "lean towards" in answer_2(0.348, 0.0, sorted_pos=10.0)
+    assert "too few for the last class seen" in answer_2(0.1, 0.0)     # equal: no pull

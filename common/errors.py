@@ -78,11 +78,14 @@ def _ignore(signum, frame):
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt(received):
+def sigterm_as_interrupt(received, ending=()):
     """While the block runs, SIGTERM raises Terminated in the main thread and Ctrl-C (SIGINT,
     unless it is ignored, as in a `nohup ... &` run) KeyboardInterrupt; the signal's number is
     added to the list `received`. Only the first raises: a later one is only added, so the
-    run's own clean-up (a DataLoader joining its workers) is not cut short. A process forked
+    run's own clean-up (a DataLoader joining its workers) is not cut short. Once the list
+    `ending` holds anything (the run is saying how it ended), none raises: a torchrun agent's
+    SIGTERM that arrives while a process says it lost its peer must not cut that line short
+    into a traceback. A process forked
     meanwhile (a DataLoader worker) that receives SIGINT dies of it, so its parent learns at
     once which signal ended it (for SIGTERM torch puts its own handler in its workers, to the
     same effect). Nothing changes off the main thread, where Python cannot set a handler.
@@ -106,7 +109,7 @@ def sigterm_as_interrupt(received):
             os.kill(os.getpid(), signum)
             return
         received.append(signum)
-        if len(received) > 1:
+        if len(received) > 1 or ending:
             return
         quiet_workers()
         raise Terminated("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt
@@ -325,17 +328,23 @@ def run_cli(main, argv=None):
     SIGTERM -> `interrupted (SIGTERM)`, exit 143; `Interrupted(detail)` adds `; detail`. A
     reader that stops reading stdout (`script | head`) does not stop the run; nothing more is
     printed to it."""
-    received = []
+    received, ending = [], []
     stdout = sys.stdout
     sys.stdout = safe = _ClosedPipeSafe(stdout)
     try:                       # the signals stay handled until the interruption's clean-up ends
-        with sigterm_as_interrupt(received) as quiet_workers, \
+        with sigterm_as_interrupt(received, ending) as quiet_workers, \
                 _quiet_worker_deaths(lambda: bool(received)), _quiet_dropped_handovers():
             try:
-                with one_line_flag_errors():
-                    return main(argv)
-            except (DataError, KeyboardInterrupt, RuntimeError, EOFError, ConnectionError) as e:
+                try:
+                    with one_line_flag_errors():
+                        return main(argv)
+                except (DataError, KeyboardInterrupt, RuntimeError, EOFError,
+                        ConnectionError) as e:
+                    error = e
+                    ending.append(True)        # from here a signal is noted, never raised
+            except KeyboardInterrupt as e:     # the first signal came as the error was caught
                 error = e
+                ending.append(True)
             while True:      # torch's SIGCHLD handler can report a worker's death at any call
                 try:         # until quiet_workers() has set it aside: such a report is dropped
                     quiet_workers()

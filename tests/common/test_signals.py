@@ -208,6 +208,30 @@ def test_a_worker_death_reported_while_the_run_ends_adds_nothing(monkeypatch, ca
     assert (caught.value.code, capsys.readouterr().err) == (143, "interrupted (SIGTERM)\n")
 
 
+class LostPeer(DataError):
+    """A DataError whose message, read as run_cli says it, brings the SIGTERM a torchrun agent
+    sends the survivor of a killed process: the signal lands in the middle of the ending."""
+
+    def __str__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return "rank 0: lost another process of the run (Connection closed by peer)"
+
+
+def test_a_sigterm_while_the_run_says_how_it_ended_adds_no_traceback(capsys):
+    def main(argv):
+        raise LostPeer()
+
+    before, ended = signal.getsignal(signal.SIGTERM), None
+    try:
+        run_cli(main, [])
+    except BaseException as e:          # a Terminated escaping run_cli must fail, not abort
+        ended = e
+    assert type(ended) is SystemExit and ended.code == 2
+    assert capsys.readouterr().err == (
+        "error: rank 0: lost another process of the run (Connection closed by peer)\n")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_a_dataerror_in_a_dataloader_worker_is_its_own_one_line(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(LOADER)

@@ -85,10 +85,10 @@ def sigterm_as_interrupt(received, ending=()):
     run's own clean-up (a DataLoader joining its workers) is not cut short. Once the list
     `ending` holds anything (the run is saying how it ended), none raises: a torchrun agent's
     SIGTERM that arrives while a process says it lost its peer must not cut that line short
-    into a traceback. A process forked
-    meanwhile (a DataLoader worker) that receives SIGINT dies of it, so its parent learns at
-    once which signal ended it (for SIGTERM torch puts its own handler in its workers, to the
-    same effect). Nothing changes off the main thread, where Python cannot set a handler.
+    into a traceback. A process forked meanwhile (a DataLoader worker) that receives SIGINT
+    dies of it, so its parent learns at once which signal ended it (for SIGTERM torch puts its
+    own handler in its workers, to the same effect). Nothing changes off the main thread, where
+    Python cannot set a handler.
 
     The block gets a function that sets torch's SIGCHLD handler aside until the block ends
     (the first signal calls it too): from then on the DataLoader workers that die (of the same

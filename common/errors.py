@@ -77,6 +77,20 @@ def _ignore(signum, frame):
     """A signal handler that does nothing."""
 
 
+# Where an exception raised by a signal handler can leave a lock taken for good: Python's
+# threading and multiprocessing code. `with condition:` takes the lock in Condition.__enter__;
+# a signal handled just after (still in threading.py) raises before the `with` has begun, so
+# nothing releases it, and the next put() on that queue (a DataLoader's shutdown) waits forever.
+_LOCK_CODE = (threading.__file__,
+              os.path.join(os.path.dirname(threading.__file__), "multiprocessing", ""))
+
+
+def _in_lock_code(frame):
+    """Whether `frame` (where the main thread was when a signal came) runs Python's own lock
+    plumbing."""
+    return frame is not None and frame.f_code.co_filename.startswith(_LOCK_CODE)
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt(received, ending=()):
     """While the block runs, SIGTERM raises Terminated in the main thread and Ctrl-C (SIGINT,
@@ -89,6 +103,12 @@ def sigterm_as_interrupt(received, ending=()):
     dies of it, so its parent learns at once which signal ended it (for SIGTERM torch puts its
     own handler in its workers, to the same effect). Nothing changes off the main thread, where
     Python cannot set a handler.
+
+    A signal that comes while the main thread is in Python's threading or multiprocessing code
+    is raised as soon as it has left it (tried again every 10 ms on SIGALRM): raised there, it
+    could leave a lock taken that the DataLoader's shutdown then waits for forever. A thread
+    that has not moved between two tries is blocked there (a join), and gets it at once. A run
+    that ends meanwhile ends as it would have.
 
     The block gets a function that sets torch's SIGCHLD handler aside until the block ends
     (the first signal calls it too): from then on the DataLoader workers that die (of the same
@@ -112,16 +132,37 @@ def sigterm_as_interrupt(received, ending=()):
         if len(received) > 1 or ending:
             return
         quiet_workers()
-        raise Terminated("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt
+        raise_when_safe(frame)
+
+    def raise_when_safe(frame, where=None):
+        """Raise the first signal's exception now, or at the next try if `frame` is in lock
+        code at a new place (`where`: the place of the last try). The place is kept by the
+        frame's id, not the frame: a frame kept would keep what it holds (a DataLoader
+        iterator) alive past the end of the run."""
+        place = (id(frame), frame.f_code, frame.f_lasti) if frame is not None else None
+        if _in_lock_code(frame) and place != where:
+            if signal.SIGALRM not in deferred:
+                deferred[signal.SIGALRM] = signal.signal(signal.SIGALRM, signal.SIG_IGN)
+            signal.signal(signal.SIGALRM,
+                          lambda signum, now: None if ending else raise_when_safe(now, place))
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            return
+        if deferred:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        raise Terminated("SIGTERM") if received[0] == signal.SIGTERM else KeyboardInterrupt
 
     signals = [signal.SIGTERM]
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signals.append(signal.SIGINT)
+    deferred = {}
     previous = {s: signal.signal(s, on_signal) for s in signals}
     try:
         yield quiet_workers
     finally:
-        for s, handler in {**previous, **set_aside}.items():
+        if deferred:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for s, handler in {**previous, **set_aside, **deferred}.items():
             signal.signal(s, handler)
 
 

@@ -5,18 +5,21 @@ reaches, `Interrupted` details.
 The children reset SIGINT to Python's default first: a test run started in the background
 (`pytest &` in a script) hands them SIGINT ignored, as it would to a trainer started so."""
 import contextlib
+import functools
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import types
 
 import pytest
 
 from common import errors
 from common.data import REPO_ROOT
-from common.errors import DataError, Interrupted, Terminated, run_cli
+from common.errors import DataError, Interrupted, Terminated, run_cli, sigterm_as_interrupt
 
 # Writes half of out.txt through the atomic writer, says "ready" and waits to be stopped; with
 # "detail", the way a trainer says where its last checkpoint is.
@@ -230,6 +233,44 @@ def test_a_sigterm_while_the_run_says_how_it_ended_adds_no_traceback(capsys):
     assert capsys.readouterr().err == (
         "error: rank 0: lost another process of the run (Connection closed by peer)\n")
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_that_comes_as_a_condition_takes_its_lock_waits_for_the_with_block():
+    """The hang a SIGTERM once caused: handled in Condition.__enter__ (threading.py) just as it
+    took its lock, the raise left the lock taken, and the DataLoader's shutdown then waited for
+    it forever. The signal is raised once the `with` has begun, so its exit releases the lock."""
+    released = []
+    lock = types.SimpleNamespace(acquire=None, release=None,   # taking it sends the SIGTERM
+                                 __enter__=functools.partial(signal.raise_signal, signal.SIGTERM),
+                                 __exit__=lambda *exc: released.append(exc[0]))
+    condition, before = threading.Condition(lock), signal.getsignal(signal.SIGALRM)
+    with pytest.raises(Terminated):
+        with sigterm_as_interrupt([]):
+            with condition:
+                for _ in range(6000):
+                    time.sleep(0.01)                 # where the deferred signal is raised
+    assert released == [Terminated]
+    assert signal.getsignal(signal.SIGALRM) is before
+
+
+def test_a_signal_that_comes_while_the_main_thread_waits_in_lock_code_is_raised_there():
+    """A main thread blocked in threading.py (a join, a wait) is not at a lock half taken: it
+    does not move between two tries, and the signal is raised there instead of at the end of
+    the wait."""
+    main = threading.main_thread().ident
+
+    def send_once_waiting():
+        while sys._current_frames()[main].f_code is not threading.Condition.wait.__code__:
+            time.sleep(0.001)
+        signal.pthread_kill(main, signal.SIGTERM)
+
+    sender, waited = threading.Thread(target=send_once_waiting), None
+    with pytest.raises(Terminated):
+        with sigterm_as_interrupt([]):
+            sender.start()
+            waited = threading.Event().wait(60)
+    sender.join()
+    assert waited is None
 
 
 def test_a_dataerror_in_a_dataloader_worker_is_its_own_one_line(tmp_path):

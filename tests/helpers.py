@@ -43,12 +43,27 @@ def save_model_state(model, path):
 
 
 def free_port():
-    """A TCP port free on 127.0.0.1 at this moment (for a rendezvous to bind next)."""
+    """A TCP port free on 127.0.0.1 at this moment, for a rendezvous to bind next: one below
+    the kernel's range for outgoing connections (ip_local_port_range), so that no connection
+    made meanwhile (by this suite, or another on the machine) can be given it, picked at random
+    among them so that two suites at once do not try the same; one the kernel picks where the
+    range cannot be read."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 1024
+    ports = random.Random().sample(range(1024, low), min(100, low - 1024)) if low > 1024 else []
+    for port in [*ports, 0]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:                  # taken: the next
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free TCP port on 127.0.0.1")
 
 
 def torchrun_nodes(script, args_by_node, timeout=300, max_restarts=0, env=None):

@@ -22,6 +22,8 @@ import time
 
 MAX_MESSAGE = 300                   # characters: one readable line, however long the cause
 STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}     # 128 + the signal, as shells report it
+RETRY_S = 0.01                      # seconds between tries to raise a signal held back
+STILL_TRIES = 20                    # tries at one place in a row: the thread waits there
 
 
 class DataError(Exception):
@@ -105,9 +107,10 @@ def sigterm_as_interrupt(received, ending=()):
     Python cannot set a handler.
 
     A signal that comes while the main thread is in Python's threading or multiprocessing code
-    is raised as soon as it has left it (tried again every 10 ms on SIGALRM): raised there, it
-    could leave a lock taken that the DataLoader's shutdown then waits for forever. A thread
-    that has not moved between two tries is blocked there (a join), and gets it at once. A run
+    is raised as soon as it has left it (tried again every RETRY_S on SIGALRM, the program's own
+    alarm put back afterwards): raised there, it could leave a lock taken that the DataLoader's
+    shutdown then waits for forever. A thread found at the same place STILL_TRIES times in a row
+    is waiting there (a join), not half-way through taking a lock, and gets it then. A run
     that ends meanwhile ends as it would have.
 
     The block gets a function that sets torch's SIGCHLD handler aside until the block ends
@@ -134,35 +137,46 @@ def sigterm_as_interrupt(received, ending=()):
         quiet_workers()
         raise_when_safe(frame)
 
-    def raise_when_safe(frame, where=None):
-        """Raise the first signal's exception now, or at the next try if `frame` is in lock
-        code at a new place (`where`: the place of the last try). The place is kept by the
-        frame's id, not the frame: a frame kept would keep what it holds (a DataLoader
-        iterator) alive past the end of the run."""
+    def raise_when_safe(frame, where=None, still=0):
+        """Raise the first signal's exception now, or try again in RETRY_S if `frame` is in
+        lock code (`where`: the place of the last try, `still`: how many tries in a row found
+        it there). The place is kept by the frame's id, not the frame: a frame kept would keep
+        what it holds (a DataLoader iterator) alive past the end of the run."""
         place = (id(frame), frame.f_code, frame.f_lasti) if frame is not None else None
-        if _in_lock_code(frame) and place != where:
-            if signal.SIGALRM not in deferred:
-                deferred[signal.SIGALRM] = signal.signal(signal.SIGALRM, signal.SIG_IGN)
-            signal.signal(signal.SIGALRM,
-                          lambda signum, now: None if ending else raise_when_safe(now, place))
-            signal.setitimer(signal.ITIMER_REAL, 0.01)
+        still = still + 1 if place == where else 0
+        if _in_lock_code(frame) and still < STILL_TRIES:
+            if not retrying:
+                retrying.append((signal.getsignal(signal.SIGALRM),
+                                 signal.getitimer(signal.ITIMER_REAL), time.monotonic()))
+            signal.signal(signal.SIGALRM, lambda signum, now: stop_retrying() if ending or closing
+                          else raise_when_safe(now, place, still))
+            signal.setitimer(signal.ITIMER_REAL, RETRY_S)
             return
-        if deferred:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, signal.SIG_IGN)
+        stop_retrying()
         raise Terminated("SIGTERM") if received[0] == signal.SIGTERM else KeyboardInterrupt
+
+    def stop_retrying():
+        """SIGALRM's handler and timer as they were before the first try (the time the timer
+        had left, less the time since)."""
+        if retrying:
+            handler, (left_s, interval_s), since = retrying.pop()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, handler)
+            if left_s > 0:
+                signal.setitimer(signal.ITIMER_REAL,
+                                 max(left_s - (time.monotonic() - since), 1e-6), interval_s)
 
     signals = [signal.SIGTERM]
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signals.append(signal.SIGINT)
-    deferred = {}
+    retrying, closing = [], []
     previous = {s: signal.signal(s, on_signal) for s in signals}
     try:
         yield quiet_workers
     finally:
-        if deferred:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        for s, handler in {**previous, **set_aside, **deferred}.items():
+        closing.append(True)
+        stop_retrying()
+        for s, handler in {**previous, **set_aside}.items():
             signal.signal(s, handler)
 
 
@@ -378,7 +392,9 @@ def run_cli(main, argv=None):
             try:
                 try:
                     with one_line_flag_errors():
-                        return main(argv)
+                        result = main(argv)
+                    ending.append(True)        # done: a signal now is only noted
+                    return result
                 except (DataError, KeyboardInterrupt, RuntimeError, EOFError,
                         ConnectionError) as e:
                     error = e

@@ -43,13 +43,13 @@ def save_model_state(model, path):
 
 
 def free_port():
-    """A TCP port free on 127.0.0.1 at this moment, for a rendezvous to bind next: one below
-    the kernel's range for outgoing connections (ip_local_port_range), so that no connection
-    made meanwhile (by this suite, or another on the machine) can be given it, picked at random
-    among them so that two suites at once do not try the same; one the kernel picks where the
-    range cannot be read."""
+    """A TCP port free on every address at this moment, for a rendezvous to bind next: one
+    below the kernel's range for outgoing connections (ip_local_port_range), so that no
+    connection made meanwhile (by this suite, or another on the machine) can be given it,
+    picked at random among them so that two suites at once do not try the same; one the kernel
+    picks where the range cannot be read. Tried on the wildcard address, IPv6 and IPv4 alike,
+    as the rendezvous's store binds it."""
     import random
-    import socket
 
     try:
         low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
@@ -57,13 +57,27 @@ def free_port():
         low = 1024
     ports = random.Random().sample(range(1024, low), min(100, low - 1024)) if low > 1024 else []
     for port in [*ports, 0]:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:                  # taken: the next
-                continue
-            return s.getsockname()[1]
-    raise OSError("no free TCP port on 127.0.0.1")
+        bound = _bound_everywhere(port)
+        if bound is not None:
+            return bound
+    raise OSError("no free TCP port")
+
+
+def _bound_everywhere(port):
+    """`port` (0: one the kernel picks) if it can be bound on every address, else None."""
+    import socket
+
+    try:
+        s, host = socket.socket(socket.AF_INET6), "::"
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)     # IPv4's addresses too
+    except OSError:                                                  # no IPv6 here
+        s, host = socket.socket(socket.AF_INET), ""
+    with s:
+        try:
+            s.bind((host, port))
+        except OSError:                  # taken
+            return None
+        return s.getsockname()[1]
 
 
 def torchrun_nodes(script, args_by_node, timeout=300, max_restarts=0, env=None):

@@ -240,10 +240,7 @@ def test_a_signal_that_comes_as_a_condition_takes_its_lock_waits_for_the_with_bl
     took its lock, the raise left the lock taken, and the DataLoader's shutdown then waited for
     it forever. The signal is raised once the `with` has begun, so its exit releases the lock."""
     released = []
-    lock = types.SimpleNamespace(acquire=None, release=None,   # taking it sends the SIGTERM
-                                 __enter__=functools.partial(signal.raise_signal, signal.SIGTERM),
-                                 __exit__=lambda *exc: released.append(exc[0]))
-    condition, before = threading.Condition(lock), signal.getsignal(signal.SIGALRM)
+    condition, before = signal_on_taking(released), signal.getsignal(signal.SIGALRM)
     with pytest.raises(Terminated):
         with sigterm_as_interrupt([]):
             with condition:
@@ -251,6 +248,66 @@ def test_a_signal_that_comes_as_a_condition_takes_its_lock_waits_for_the_with_bl
                     time.sleep(0.01)                 # where the deferred signal is raised
     assert released == [Terminated]
     assert signal.getsignal(signal.SIGALRM) is before
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def signal_on_taking(released):
+    """A threading.Condition whose lock, as it is taken, sends this process SIGTERM: handled in
+    Condition.__enter__, in threading.py. `released` gets the exception type its exit saw."""
+    lock = types.SimpleNamespace(acquire=None, release=None,
+                                 __enter__=functools.partial(signal.raise_signal, signal.SIGTERM),
+                                 __exit__=lambda *exc: released.append(exc[0]))
+    return threading.Condition(lock)
+
+
+# Lock code that is slow to take its lock: a function compiled as threading.py's, so that
+# run_cli takes a signal handled in it for one in Python's lock plumbing.
+SLOW_TAKING = compile(textwrap.dedent("""
+    import signal, time
+
+    def take():
+        signal.raise_signal(signal.SIGTERM)
+        time.sleep(0.1)                 # about 10 tries at this one place, fewer than a wait's
+"""), threading.__file__, "exec")
+
+
+def test_a_few_tries_at_one_place_are_not_yet_a_wait():
+    """Tries that find the thread at the same place a few times (a slow moment, two handlers
+    in one pass) do not raise there: only a thread that stays put for STILL_TRIES is waiting."""
+    scope, released = {}, []
+    exec(SLOW_TAKING, scope)
+    lock = types.SimpleNamespace(acquire=None, release=None, __enter__=scope["take"],
+                                 __exit__=lambda *exc: released.append(exc[0]))
+    with pytest.raises(Terminated):
+        with sigterm_as_interrupt([]):
+            with threading.Condition(lock):
+                for _ in range(6000):
+                    time.sleep(0.01)
+    assert released == [Terminated]
+
+
+def test_a_run_that_ends_while_a_signal_is_held_back_ends_as_it_would_have(monkeypatch):
+    """The signal came in lock code and the block ended before the next try: nothing raised,
+    and SIGALRM's handler and the program's own alarm are as they were (less the time gone)."""
+    monkeypatch.setattr(errors, "RETRY_S", 600.0)       # the next try would come after the end
+    released, received = [], []
+
+    def own_alarm(signum, frame):                      # the program's: never due in the test
+        raise AssertionError("the program's alarm went off")
+
+    before = signal.signal(signal.SIGALRM, own_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 500.0)
+        with sigterm_as_interrupt(received):
+            with signal_on_taking(released):
+                pass
+        left_s, interval_s = signal.getitimer(signal.ITIMER_REAL)
+        assert received == [signal.SIGTERM] and released == [None]
+        assert signal.getsignal(signal.SIGALRM) is own_alarm
+        assert 400.0 < left_s <= 500.0 and interval_s == 0.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
 
 
 def test_a_signal_that_comes_while_the_main_thread_waits_in_lock_code_is_raised_there():

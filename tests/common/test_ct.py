@@ -436,11 +436,12 @@ def test_slices_too_close_for_a_ct_are_refused_from_their_positions(tmp_path):
 # --------------------------------------------------------------------------- files that shrink
 # Reads crops from a CT whose .raw is cut to one page after the first reads: through crop_irc
 # (its size check), or straight from the memmap (the read faults: SIGBUS), in this process or
-# in DataLoader workers (one CT per process, as dsets.cached_ct keeps it; whichever worker
-# meets the cut file first names it; one worker for the fault, which ends its process, so
-# that no other worker sees the cut file meanwhile and names it too).
+# in DataLoader workers (one CT per process, as dsets.cached_ct keeps it; the cut waits until
+# every worker has opened the CT, so that none opens a cut file, which is another message;
+# whichever worker meets the cut file first names it; one worker for the fault, which ends its
+# process, so that no other worker sees the cut file meanwhile and names it too).
 SHRINKING = textwrap.dedent("""
-    import os, sys
+    import os, sys, time
     import numpy as np
     import torch
     from torch.utils.data import DataLoader, Dataset
@@ -450,16 +451,23 @@ SHRINKING = textwrap.dedent("""
     CTS = {}
 
     class Crops(Dataset):
-        def __init__(self, path, direct):
-            self.path, self.direct = path, direct
+        def __init__(self, path, direct, readers):
+            self.path, self.direct, self.readers = path, direct, readers
 
         def __len__(self):
             return 8
 
         def __getitem__(self, i):
-            ct = CTS.get(self.path) or CTS.setdefault(self.path, load_ct(self.path))
+            if self.path not in CTS:
+                CTS[self.path] = load_ct(self.path)
+                (self.path.parent / f"loaded-{os.getpid()}").touch()
+            ct = CTS[self.path]
             crop = ct.crop_irc((4, 4, 4), (8, 8, 8))
             if i == 3:
+                deadline = time.monotonic() + 60     # the cut comes once every reader has
+                while len(list(self.path.parent.glob("loaded-*"))) < self.readers and \
+                        time.monotonic() < deadline:  # opened the CT: none opens a cut file
+                    time.sleep(0.01)
                 os.truncate(self.path.with_suffix(".raw"), 4096)
                 crop = np.asarray(ct.voxels[-8:], np.float32) if self.direct else \\
                     ct.crop_irc((28, 28, 28), (8, 8, 8))
@@ -468,7 +476,7 @@ SHRINKING = textwrap.dedent("""
     def main(argv):
         from pathlib import Path
         path, how, workers = Path(argv[0]), argv[1], int(argv[2])
-        for batch in DataLoader(Crops(path, how == "direct"), batch_size=1,
+        for batch in DataLoader(Crops(path, how == "direct", max(workers, 1)), batch_size=1,
                                 num_workers=workers):
             pass
         print("read it all")
